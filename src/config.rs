@@ -1,0 +1,443 @@
+//! The daemon's configuration: a TOML file, parsed with serde and then validated.
+//!
+//! Parsing (`deny_unknown_fields`, typed values) catches typos and wrong types; [`Config::validate`]
+//! catches what types cannot express (SMPP field limits, unique names, sane timers). Every error
+//! names the file and the key, so an operator can fix the file without reading our source.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type; toml's message names the key and the line.
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub carriers: Vec<CarrierConfig>,
+}
+
+/// Listeners and the data directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub http_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How long a graceful shutdown may take before in-flight work is abandoned.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9898)),
+            data_dir: PathBuf::from("/var/lib/otpgate"),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a carrier link is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindType {
+    /// One bind_transceiver connection carries submits and receipts.
+    Transceiver,
+    /// A bind_transmitter connection for submits plus a bind_receiver one for receipts.
+    TransmitterReceiver,
+}
+
+/// One carrier SMSC and how we talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarrierConfig {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub system_id: String,
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    #[serde(default = "default_bind")]
+    pub bind: BindType,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default)]
+    pub max_tps: u32,
+    #[serde(default = "default_enquire_link", deserialize_with = "duration")]
+    pub enquire_link_interval: Duration,
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    pub source_addr: String,
+}
+
+fn default_port() -> u16 {
+    2775
+}
+fn default_bind() -> BindType {
+    BindType::Transceiver
+}
+fn default_sessions() -> usize {
+    1
+}
+fn default_window() -> usize {
+    64
+}
+fn default_enquire_link() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Durations are written as humans write them: "500ms", "30s", "5m", "1h".
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write it like \"500ms\", \"30s\" or \"5m\""
+        ))
+    })
+}
+
+/// SMPP 3.4 §4.1: the bind fields' maximum lengths, without the terminating NUL.
+const MAX_SYSTEM_ID: usize = 15;
+const MAX_PASSWORD: usize = 8;
+const MAX_SYSTEM_TYPE: usize = 12;
+/// Upper bounds that catch typos (a window of 64000 is never meant).
+const MAX_WINDOW: usize = 10_000;
+const MAX_SESSIONS: usize = 64;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `file` is only used in error messages.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: limits, uniqueness, timer sanity.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        if self.carriers.is_empty() {
+            return Err(invalid(
+                "carriers".into(),
+                "at least one [[carriers]] section is required".into(),
+            ));
+        }
+        for (i, carrier) in self.carriers.iter().enumerate() {
+            let key = |field: &str| format!("carriers[{i}].{field}");
+            if let Some((field, message)) = carrier.problem() {
+                return Err(invalid(key(field), message));
+            }
+            if self.carriers[..i].iter().any(|c| c.name == carrier.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("carrier name {:?} is used twice; names must be unique", carrier.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CarrierConfig {
+    /// The first thing wrong with this carrier, as (field, message).
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            // Names become metric labels and log fields: keep them short and plain.
+            return Some((
+                "name",
+                format!(
+                    "{:?} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'",
+                    self.name
+                ),
+            ));
+        }
+        if self.host.trim().is_empty() {
+            return Some(("host", "must not be empty".into()));
+        }
+        if self.port == 0 {
+            return Some(("port", "must be 1-65535".into()));
+        }
+        let smpp_string = |value: &str, max: usize| -> Option<String> {
+            if !value.is_ascii() || value.bytes().any(|b| b == 0) {
+                Some("must be plain ASCII without NUL bytes".into())
+            } else if value.len() > max {
+                Some(format!(
+                    "is {} characters; SMPP 3.4 allows at most {max}",
+                    value.len()
+                ))
+            } else {
+                None
+            }
+        };
+        if self.system_id.is_empty() {
+            return Some(("system_id", "must not be empty".into()));
+        }
+        if let Some(m) = smpp_string(&self.system_id, MAX_SYSTEM_ID) {
+            return Some(("system_id", m));
+        }
+        if let Some(m) = smpp_string(&self.password, MAX_PASSWORD) {
+            // Never echo the password itself.
+            return Some(("password", m));
+        }
+        if let Some(m) = smpp_string(&self.system_type, MAX_SYSTEM_TYPE) {
+            return Some(("system_type", m));
+        }
+        if self.sessions == 0 || self.sessions > MAX_SESSIONS {
+            return Some(("sessions", format!("must be 1-{MAX_SESSIONS}, got {}", self.sessions)));
+        }
+        if self.window == 0 || self.window > MAX_WINDOW {
+            return Some(("window", format!("must be 1-{MAX_WINDOW}, got {}", self.window)));
+        }
+        if self.enquire_link_interval < Duration::from_millis(100) {
+            return Some(("enquire_link_interval", "must be at least 100ms".into()));
+        }
+        if self.response_timeout < Duration::from_millis(10) {
+            return Some(("response_timeout", "must be at least 10ms".into()));
+        }
+        if self.reconnect_min < Duration::from_millis(10) {
+            return Some(("reconnect_min", "must be at least 10ms".into()));
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Some((
+                "reconnect_max",
+                format!(
+                    "{} is below reconnect_min {}",
+                    humantime::format_duration(self.reconnect_max),
+                    humantime::format_duration(self.reconnect_min)
+                ),
+            ));
+        }
+        if let Err(e) = crate::smpp::address::Address::source(&self.source_addr) {
+            return Some(("source_addr", e.to_string()));
+        }
+        None
+    }
+
+    /// How the sender address will be sent, for the summary.
+    fn source_kind(&self) -> &'static str {
+        match crate::smpp::address::Address::source(&self.source_addr).map(|a| a.ton) {
+            Ok(rusmpp::values::Ton::Alphanumeric) => "alphanumeric, TON 5/NPI 0",
+            Ok(rusmpp::values::Ton::NetworkSpecific) => "short code, TON 3/NPI 0",
+            Ok(_) => "E.164, TON 1/NPI 1",
+            Err(_) => "invalid",
+        }
+    }
+
+    /// `host:port`, as given to the resolver.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Config {
+    /// A one-screen summary for `otpgate check-config`. Passwords are never shown.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let s = &self.server;
+        let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
+        let _ = writeln!(out, "data_dir:  {}", s.data_dir.display());
+        let _ = writeln!(out, "carriers:  {}", self.carriers.len());
+        for c in &self.carriers {
+            let bind = match c.bind {
+                BindType::Transceiver => "transceiver",
+                BindType::TransmitterReceiver => "transmitter+receiver",
+            };
+            let tps = if c.max_tps == 0 { "unlimited".to_string() } else { c.max_tps.to_string() };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<24} {bind} x{}  window {}  max_tps {tps}  system_id {:?}  source {:?} ({})",
+                c.name,
+                c.endpoint(),
+                c.sessions,
+                c.window,
+                c.system_id,
+                c.source_addr,
+                c.source_kind(),
+            );
+            let _ = writeln!(
+                out,
+                "  {:<12} timers: enquire_link {}  response {}  reconnect {}..{}",
+                "",
+                humantime::format_duration(c.enquire_link_interval),
+                humantime::format_duration(c.response_timeout),
+                humantime::format_duration(c.reconnect_min),
+                humantime::format_duration(c.reconnect_max),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[carriers]]
+name = "alpha"
+host = "127.0.0.1"
+system_id = "otpgate"
+password = "secret"
+source_addr = "Acme"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_unset_keys() {
+        let config = parse(MINIMAL).expect("minimal config is valid");
+        let c = &config.carriers[0];
+        assert_eq!(c.port, 2775);
+        assert_eq!(c.bind, BindType::Transceiver);
+        assert_eq!(c.sessions, 1);
+        assert_eq!(c.window, 64);
+        assert_eq!(c.max_tps, 0);
+        assert_eq!(c.enquire_link_interval, Duration::from_secs(30));
+        assert_eq!(c.response_timeout, Duration::from_secs(5));
+        assert_eq!(c.reconnect_min, Duration::from_secs(1));
+        assert_eq!(c.reconnect_max, Duration::from_secs(60));
+        assert_eq!(c.system_type, "");
+        assert_eq!(config.server.http_listen.port(), 8080);
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../config/otpgate.toml");
+        let config = parse(text).expect("config/otpgate.toml must stay valid");
+        assert!(config.carriers.len() >= 2);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("config must be rejected").to_string()
+    }
+
+    #[test]
+    fn long_password_is_rejected_without_echoing_it() {
+        let text = MINIMAL.replace("\"secret\"", "\"much-too-long\"");
+        let e = error_of(&text);
+        assert!(e.contains("carriers[0].password"), "{e}");
+        assert!(e.contains("at most 8"), "{e}");
+        assert!(!e.contains("much-too-long"), "the password leaked: {e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = error_of(&format!("{MINIMAL}windw = 4\n"));
+        assert!(e.contains("windw"), "{e}");
+        assert!(e.starts_with("test.toml:"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let e = error_of(&format!("{MINIMAL}response_timeout = \"5 parsecs\"\n"));
+        assert!(e.contains("invalid duration"), "{e}");
+        assert!(e.contains("response_timeout"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let e = error_of(&format!("{MINIMAL}{MINIMAL}"));
+        assert!(e.contains("carriers[1].name"), "{e}");
+        assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("window = 0", "carriers[0].window"),
+            ("sessions = 0", "carriers[0].sessions"),
+            ("reconnect_max = \"10ms\"", "carriers[0].reconnect_max"),
+            ("system_type = \"thirteen-chars\"", "carriers[0].system_type"),
+            ("bind = \"sideways\"", "bind"),
+        ];
+        for (line, key) in cases {
+            let e = error_of(&format!("{MINIMAL}{line}\n"));
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let e = error_of(&MINIMAL.replace("\"Acme\"", "\"Acme Corporation Ltd\""));
+        assert!(e.contains("carriers[0].source_addr"), "{e}");
+        let e = error_of(&MINIMAL.replace("\"alpha\"", "\"Alpha Carrier\""));
+        assert!(e.contains("carriers[0].name"), "{e}");
+    }
+
+    #[test]
+    fn summary_lists_carriers_and_hides_passwords() {
+        let summary = parse(MINIMAL).unwrap().summary();
+        assert!(summary.contains("alpha"), "{summary}");
+        assert!(summary.contains("127.0.0.1:2775"), "{summary}");
+        assert!(summary.contains("alphanumeric"), "{summary}");
+        assert!(!summary.contains("secret"), "{summary}");
+    }
+
+    #[test]
+    fn no_carriers_is_an_error() {
+        let e = error_of("[server]\nhttp_listen = \"127.0.0.1:1\"\n");
+        assert!(e.contains("carriers"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! otpgate: a self-hosted OTP SMS gateway.
+//!
+//! A business backend asks otpgate over HTTP to send a one-time code; otpgate queues the SMS
+//! durably, submits it over persistent SMPP binds to carrier SMSCs, tracks the delivery receipt and
+//! checks the code the user types back. Data flows one way:
+//! intake → store → router → carrier session → store.
+//!
+//! Layout, one concept per module:
+//! - [`config`]: the TOML configuration and its validation;
+//! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect) and receipt parsing;
+//! - [`daemon`]: wires the pieces together and runs them until shutdown;
+//! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod sim;
+pub mod smpp;

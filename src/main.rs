@@ -1,0 +1,162 @@
+//! The `otpgate` command: the daemon, its config checker, the demo and the SMSC simulator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use otpgate::config::Config;
+use otpgate::daemon::Daemon;
+use otpgate::sim::{SimConfig, SmscSim};
+
+#[derive(Parser)]
+#[command(name = "otpgate", version, about = "Self-hosted OTP SMS gateway over SMPP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exit 1 on any error.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the daemon against two simulated carriers on loopback: nothing external needed.
+    Demo {
+        /// Exit once the sample messages' receipts are in (for scripts and tests).
+        #[arg(long, hide = true)]
+        once: bool,
+    },
+    /// Run the SMSC simulator on its own, printing every SMS it receives.
+    SmscSim {
+        #[arg(long, default_value = "127.0.0.1:2775")]
+        listen: SocketAddr,
+        /// Require this system_id (any is accepted when unset).
+        #[arg(long)]
+        system_id: Option<String>,
+        /// Require this password (any is accepted when unset).
+        #[arg(long)]
+        password: Option<String>,
+        /// Delay before each submit_sm_resp, e.g. "50ms".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        response_delay: Duration,
+        /// Do not send delivery receipts.
+        #[arg(long)]
+        no_receipts: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("otpgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::CheckConfig { config } => check_config(config),
+            Command::Demo { once } => otpgate::demo::run(once).await.map_err(|e| e.to_string()),
+            Command::SmscSim {
+                listen,
+                system_id,
+                password,
+                response_delay,
+                no_receipts,
+            } => {
+                let config = SimConfig {
+                    name: listen.to_string(),
+                    system_id,
+                    password,
+                    response_delay,
+                    receipts: !no_receipts,
+                    ..SimConfig::default()
+                };
+                smsc_sim(listen, config).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("otpgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    println!("{}: OK", path.display());
+    print!("{}", config.summary());
+    Ok(())
+}
+
+async fn run(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    tracing::info!(config = %path.display(), carriers = config.carriers.len(), "starting");
+    let (daemon, mut receipts) = Daemon::start(&config);
+    // Until the store exists, receipts are only logged (ids and states, never message text).
+    tokio::spawn(async move {
+        while let Some(event) = receipts.recv().await {
+            match event.receipt {
+                Ok(r) => tracing::info!(carrier = %event.carrier, message_id = %r.message_id, state = r.state.as_str(), "receipt"),
+                Err(e) => tracing::warn!(carrier = %event.carrier, error = %e, "unreadable receipt"),
+            }
+        }
+    });
+    wait_for_signal().await.map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    tracing::info!("shutting down");
+    if daemon.shutdown(config.server.shutdown_timeout).await {
+        tracing::info!("all sessions unbound; bye");
+        Ok(())
+    } else {
+        Err(format!(
+            "shutdown did not finish within {}",
+            humantime::format_duration(config.server.shutdown_timeout)
+        ))
+    }
+}
+
+async fn smsc_sim(listen: SocketAddr, config: SimConfig) -> Result<(), String> {
+    let sim = SmscSim::start(listen, config)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("smsc-sim listening on {}", sim.addr());
+    let mut received = sim.subscribe();
+    tokio::spawn(async move {
+        while let Ok(sms) = received.recv().await {
+            println!("SMS to +{} from {:?}: {:?} (id {})", sms.to, sms.from, sms.text, sms.message_id);
+        }
+    });
+    wait_for_signal().await.map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    Ok(())
+}
+
+/// SIGTERM (systemd) or SIGINT (Ctrl-C).
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}

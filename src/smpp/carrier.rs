@@ -1,0 +1,287 @@
+//! A carrier: its configured number of sessions, each kept bound by a supervisor task.
+//!
+//! Each supervisor loops connect → bind → serve until closed → back off → again, until shutdown,
+//! when it unbinds cleanly. Submits go to the bound session with the most free window, after the
+//! carrier-wide `max_tps` pacer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::backoff::Backoff;
+use super::message::OutboundSms;
+use super::outcome::{NotSubmitted, Permanent, SubmitOutcome};
+use super::session::{BindMode, ReceiptSender, Session, SessionError, SessionSettings};
+use crate::config::{BindType, CarrierConfig};
+
+/// A carrier SMSC and its sessions.
+pub struct Carrier {
+    name: Arc<str>,
+    config: CarrierConfig,
+    /// One slot per configured session that can submit; `None` while that session is down.
+    slots: Vec<Mutex<Option<Session>>>,
+    /// How many slots hold a bound session.
+    bound: watch::Sender<usize>,
+    pacer: Option<Pacer>,
+    next_pick: AtomicUsize,
+    tasks: TaskTracker,
+}
+
+impl Carrier {
+    /// Starts the carrier's supervisors; they run until `shutdown` is cancelled.
+    pub fn start(config: CarrierConfig, receipts: ReceiptSender, shutdown: CancellationToken) -> Arc<Carrier> {
+        let carrier = Arc::new(Carrier {
+            name: Arc::from(config.name.as_str()),
+            slots: (0..config.sessions).map(|_| Mutex::new(None)).collect(),
+            bound: watch::channel(0).0,
+            pacer: (config.max_tps > 0).then(|| Pacer::new(config.max_tps)),
+            next_pick: AtomicUsize::new(0),
+            tasks: TaskTracker::new(),
+            config,
+        });
+        let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
+            .flat_map(|slot| match carrier.config.bind {
+                BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
+                BindType::TransmitterReceiver => vec![
+                    (slot, BindMode::Transmitter, true),
+                    (slot, BindMode::Receiver, false),
+                ],
+            })
+            .collect();
+        for (slot, mode, submits) in links {
+            let link = Link {
+                carrier: carrier.clone(),
+                slot: submits.then_some(slot),
+                label: format!("{}#{slot}/{}", carrier.name, mode.as_str()),
+                settings: carrier.session_settings(mode),
+            };
+            carrier.tasks.spawn(link.supervise(receipts.clone(), shutdown.clone()));
+        }
+        carrier.tasks.close();
+        carrier
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &CarrierConfig {
+        &self.config
+    }
+
+    fn session_settings(&self, mode: BindMode) -> SessionSettings {
+        let c = &self.config;
+        SessionSettings {
+            carrier: self.name.clone(),
+            endpoint: c.endpoint(),
+            system_id: c.system_id.clone(),
+            password: c.password.clone(),
+            system_type: c.system_type.clone(),
+            mode,
+            window: c.window,
+            response_timeout: c.response_timeout,
+            enquire_link_interval: c.enquire_link_interval,
+        }
+    }
+
+    /// Sessions that can submit right now.
+    pub fn bound_sessions(&self) -> usize {
+        *self.bound.borrow()
+    }
+
+    /// Watches the number of bound submit sessions (for the dispatcher: wait, don't poll).
+    pub fn watch_bound(&self) -> watch::Receiver<usize> {
+        self.bound.subscribe()
+    }
+
+    /// Waits until at least `n` sessions are bound, or `limit` passes. Returns whether they are.
+    pub async fn wait_bound(&self, n: usize, limit: Duration) -> bool {
+        let mut watch = self.watch_bound();
+        tokio::time::timeout(limit, watch.wait_for(|&bound| bound >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Submits outstanding across all sessions.
+    pub fn in_flight(&self) -> usize {
+        self.sessions().iter().map(Session::in_flight).sum()
+    }
+
+    fn sessions(&self) -> Vec<Session> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.lock().ok().and_then(|s| s.clone()))
+            .filter(|s| !s.is_closed())
+            .collect()
+    }
+
+    /// The bound session with the most free window; ties rotate.
+    fn pick(&self) -> Option<Session> {
+        let sessions = self.sessions();
+        if sessions.is_empty() {
+            return None;
+        }
+        let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % sessions.len();
+        (0..sessions.len())
+            .map(|i| &sessions[(start + i) % sessions.len()])
+            .max_by_key(|s| s.free_window())
+            .cloned()
+    }
+
+    /// Submits one SMS over this carrier.
+    pub async fn submit(&self, sms: &OutboundSms) -> SubmitOutcome {
+        if let Some(pacer) = &self.pacer {
+            pacer.wait().await;
+        }
+        let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
+            Ok(pdu) => pdu,
+            Err(e) => {
+                return SubmitOutcome::Permanent {
+                    reason: Permanent::Message(e),
+                };
+            }
+        };
+        match self.pick() {
+            Some(session) => session.submit(pdu).await,
+            None => SubmitOutcome::RetryElsewhere {
+                reason: NotSubmitted::NoSession,
+            },
+        }
+    }
+
+    /// Waits until every supervisor has finished (after shutdown: all sessions unbound).
+    pub async fn stopped(&self) {
+        self.tasks.wait().await;
+    }
+
+    fn publish(&self, slot: usize, session: Option<Session>) {
+        if let Ok(mut guard) = self.slots[slot].lock() {
+            *guard = session;
+        }
+        let bound = self
+            .slots
+            .iter()
+            .filter(|s| s.lock().map(|g| g.is_some()).unwrap_or(false))
+            .count();
+        self.bound.send_replace(bound);
+    }
+}
+
+/// One supervised connection of a carrier.
+struct Link {
+    carrier: Arc<Carrier>,
+    /// The submit slot it fills, or `None` for a receive-only link.
+    slot: Option<usize>,
+    label: String,
+    settings: SessionSettings,
+}
+
+impl Link {
+    async fn supervise(self, receipts: ReceiptSender, shutdown: CancellationToken) {
+        let config = &self.carrier.config;
+        let backoff = Backoff {
+            min: config.reconnect_min,
+            max: config.reconnect_max,
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let opened = tokio::select! {
+                opened = Session::open(&self.settings, receipts.clone()) => opened,
+                _ = shutdown.cancelled() => break,
+            };
+            match opened {
+                Ok(session) => {
+                    attempt = 0;
+                    tracing::info!(carrier = %self.carrier.name, link = %self.label, endpoint = %self.settings.endpoint, "bound");
+                    self.fill(Some(session.clone()));
+                    let ended = tokio::select! {
+                        reason = session.closed() => Some(reason),
+                        _ = shutdown.cancelled() => None,
+                    };
+                    self.fill(None);
+                    match ended {
+                        Some(reason) => {
+                            tracing::warn!(carrier = %self.carrier.name, link = %self.label, %reason, "session closed; will reconnect");
+                        }
+                        None => {
+                            session.unbind(config.response_timeout).await;
+                            tracing::info!(carrier = %self.carrier.name, link = %self.label, "unbound");
+                            break;
+                        }
+                    }
+                }
+                Err(error) => log_bind_failure(&self.carrier.name, &self.label, attempt, &error),
+            }
+            let delay = backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::debug!(link = %self.label, delay_ms = delay.as_millis() as u64, "reconnect backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    fn fill(&self, session: Option<Session>) {
+        if let Some(slot) = self.slot {
+            self.carrier.publish(slot, session);
+        }
+    }
+}
+
+fn log_bind_failure(carrier: &str, link: &str, attempt: u32, error: &SessionError) {
+    match error {
+        SessionError::BindRefused { .. } => {
+            tracing::error!(carrier, link, attempt, %error, "bind refused; check system_id/password with the carrier")
+        }
+        _ => tracing::warn!(carrier, link, attempt, %error, "bind failed"),
+    }
+}
+
+/// Spaces submits evenly at `max_tps` across the whole carrier (a burst of one: SMSCs that police
+/// per second throttle bursts).
+struct Pacer {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(tps: u32) -> Pacer {
+        Pacer {
+            interval: Duration::from_secs(1) / tps,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spaces_submits_evenly() {
+        let pacer = Pacer::new(10);
+        let start = Instant::now();
+        for _ in 0..11 {
+            pacer.wait().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1100), "{elapsed:?}");
+    }
+}

@@ -1,0 +1,22 @@
+//! The SMPP 3.4 client side: sessions to carrier SMSCs and what travels over them.
+//!
+//! - [`carrier`]: a carrier's sessions, kept bound with backoff, and the submit entry point;
+//! - [`session`]: one bound connection (window, timeouts, enquire_link, unbind);
+//! - [`message`] and [`address`]: an SMS turned into a submit_sm;
+//! - [`outcome`]: submit_sm_resp statuses in the classes the dispatcher acts on;
+//! - [`receipt`]: delivery receipts, TLV and text;
+//! - [`backoff`]: reconnect delays.
+
+pub mod address;
+pub mod backoff;
+pub mod carrier;
+pub mod message;
+pub mod outcome;
+pub mod receipt;
+pub mod session;
+
+pub use carrier::Carrier;
+pub use message::OutboundSms;
+pub use outcome::{NotSubmitted, Permanent, SubmitOutcome};
+pub use receipt::{DeliveryState, Receipt};
+pub use session::{ReceiptEvent, ReceiptSender};

@@ -1,0 +1,486 @@
+//! Delivery receipts: recognising them in a deliver_sm/data_sm and reading what they say.
+//!
+//! SMPP 3.4 only *suggests* a text layout (Appendix B, `id:… sub:… dlvrd:… submit date:… done date:…
+//! stat:… err:… text:…`), and real SMSCs bend it every way: key case, missing keys, `submit_date`
+//! spellings, 10/12/14-digit dates, ids in hex or decimal with or without leading zeros, raw bytes in
+//! `text:`. The TLVs (`receipted_message_id`, `message_state`, `network_error_code`) are exact, so they
+//! win when present; the text fills the rest. The parser works on bytes and never fails on what
+//! follows `text:`, which it does not keep at all: it echoes the start of *our* message, an OTP code
+//! included.
+
+use std::fmt;
+
+use rusmpp::pdus::{DataSm, DeliverSm};
+use rusmpp::tlvs::{Tlv, TlvValue};
+
+/// What the receipt says happened to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Enroute,
+    Delivered,
+    Expired,
+    Deleted,
+    Undeliverable,
+    Accepted,
+    Unknown,
+    Rejected,
+    /// A status outside SMPP 3.4 that we could not map (`stat:0` from one Ugandan SMSC, ...).
+    Unrecognised,
+}
+
+impl DeliveryState {
+    /// SMPP message_state values (§5.2.28).
+    fn from_message_state(value: u8) -> DeliveryState {
+        match value {
+            1 => DeliveryState::Enroute,
+            2 => DeliveryState::Delivered,
+            3 => DeliveryState::Expired,
+            4 => DeliveryState::Deleted,
+            5 => DeliveryState::Undeliverable,
+            6 => DeliveryState::Accepted,
+            7 => DeliveryState::Unknown,
+            8 => DeliveryState::Rejected,
+            _ => DeliveryState::Unrecognised,
+        }
+    }
+
+    /// Appendix B stat codes, plus the off-spec spellings seen in the wild (smpp-notes).
+    fn from_stat(stat: &str) -> DeliveryState {
+        match stat.to_ascii_uppercase().as_str() {
+            "DELIVRD" | "DELIVERED" => DeliveryState::Delivered,
+            "EXPIRED" => DeliveryState::Expired,
+            "DELETED" => DeliveryState::Deleted,
+            "UNDELIV" | "UNDELIVERABLE" | "FAILED" => DeliveryState::Undeliverable,
+            "ACCEPTD" | "ACCEPTED" | "ACKED" => DeliveryState::Accepted,
+            "UNKNOWN" => DeliveryState::Unknown,
+            "REJECTD" | "REJECTED" => DeliveryState::Rejected,
+            "ENROUTE" | "BUFFRED" | "BUFFERD" | "BUFFERED" => DeliveryState::Enroute,
+            _ => DeliveryState::Unrecognised,
+        }
+    }
+
+    /// Final states end the message's life; the others are progress reports.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeliveryState::Delivered
+                | DeliveryState::Expired
+                | DeliveryState::Deleted
+                | DeliveryState::Undeliverable
+                | DeliveryState::Rejected
+        )
+    }
+
+    /// The Appendix B code, used as a bounded metric label and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Enroute => "ENROUTE",
+            DeliveryState::Delivered => "DELIVRD",
+            DeliveryState::Expired => "EXPIRED",
+            DeliveryState::Deleted => "DELETED",
+            DeliveryState::Undeliverable => "UNDELIV",
+            DeliveryState::Accepted => "ACCEPTD",
+            DeliveryState::Unknown => "UNKNOWN",
+            DeliveryState::Rejected => "REJECTD",
+            DeliveryState::Unrecognised => "OTHER",
+        }
+    }
+}
+
+/// A receipt timestamp as the SMSC wrote it: its own clock, zone unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiptTime {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+impl fmt::Display for ReceiptTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+impl ReceiptTime {
+    /// Reads `YYMMDDhhmm`, `YYMMDDhhmmss`, `YYYYMMDDhhmm` or `YYYYMMDDhhmmss`. Twelve digits are
+    /// ambiguous; the layout that gives a valid date wins, seconds first. All zeros means "none".
+    pub fn parse(digits: &str) -> Option<ReceiptTime> {
+        if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        let n = |range: std::ops::Range<usize>| -> u16 {
+            digits[range].parse().unwrap_or(u16::MAX)
+        };
+        let short_year = |yy: u16| 2000 + yy;
+        let candidates: Vec<[u16; 6]> = match digits.len() {
+            10 => vec![[short_year(n(0..2)), n(2..4), n(4..6), n(6..8), n(8..10), 0]],
+            12 => vec![
+                [short_year(n(0..2)), n(2..4), n(4..6), n(6..8), n(8..10), n(10..12)],
+                [n(0..4), n(4..6), n(6..8), n(8..10), n(10..12), 0],
+            ],
+            14 => vec![[n(0..4), n(4..6), n(6..8), n(8..10), n(10..12), n(12..14)]],
+            _ => vec![],
+        };
+        candidates.into_iter().find_map(|[year, month, day, hour, minute, second]| {
+            let valid = (1..=12).contains(&month)
+                && (1..=31).contains(&day)
+                && hour < 24
+                && minute < 60
+                && second < 60;
+            valid.then_some(ReceiptTime {
+                year,
+                month: month as u8,
+                day: day as u8,
+                hour: hour as u8,
+                minute: minute as u8,
+                second: second as u8,
+            })
+        })
+    }
+}
+
+/// The network_error_code TLV: which network family, and its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkError {
+    pub network_type: u8,
+    pub code: u16,
+}
+
+/// A parsed delivery receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The id to match against submit_sm_resp: the TLV's when present, else the text's.
+    pub message_id: String,
+    /// The text's id when it differs from `message_id` (often the same number in another base).
+    pub alternate_id: Option<String>,
+    pub state: DeliveryState,
+    /// The text's `stat:` as sent (upper-cased), when there was one.
+    pub stat: Option<String>,
+    /// The text's `err:` as sent; SMSC-specific, so kept as text.
+    pub err: Option<String>,
+    pub submitted: Option<u32>,
+    pub delivered: Option<u32>,
+    pub submit_date: Option<ReceiptTime>,
+    pub done_date: Option<ReceiptTime>,
+    pub network_error: Option<NetworkError>,
+}
+
+/// Why a receipt could not be read. It is still acknowledged to the SMSC, and counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("receipt carries no message id (no receipted_message_id TLV and no id: in the text)")]
+    NoMessageId,
+    #[error("receipt carries no state (no message_state TLV and no stat: in the text)")]
+    NoState,
+}
+
+/// The key:value pairs of an Appendix B text, as borrowed slices.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReceiptText<'a> {
+    pub id: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub dlvrd: Option<&'a str>,
+    pub submit_date: Option<&'a str>,
+    pub done_date: Option<&'a str>,
+    pub stat: Option<&'a str>,
+    pub err: Option<&'a str>,
+}
+
+#[derive(Clone, Copy)]
+enum Key {
+    Id,
+    Sub,
+    Dlvrd,
+    SubmitDate,
+    DoneDate,
+    Stat,
+    Err,
+    Text,
+}
+
+/// Spellings seen in the wild, lower-case; longer ones first where one is a prefix of another.
+const KEYS: &[(&[u8], Key)] = &[
+    (b"submit date:", Key::SubmitDate),
+    (b"submit_date:", Key::SubmitDate),
+    (b"submitdate:", Key::SubmitDate),
+    (b"done date:", Key::DoneDate),
+    (b"done_date:", Key::DoneDate),
+    (b"donedate:", Key::DoneDate),
+    (b"id:", Key::Id),
+    (b"sub:", Key::Sub),
+    (b"dlvrd:", Key::Dlvrd),
+    (b"stat:", Key::Stat),
+    (b"err:", Key::Err),
+    (b"text:", Key::Text),
+    (b"txt:", Key::Text),
+];
+
+fn is_separator(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0
+}
+
+impl<'a> ReceiptText<'a> {
+    /// Reads the key:value pairs of a receipt text. Keys match case-insensitively at the start of
+    /// a word; a value runs to the next blank; reading stops at `text:`. Values that are not ASCII
+    /// are ignored (ids and dates always are).
+    pub fn parse(bytes: &'a [u8]) -> ReceiptText<'a> {
+        let mut out = ReceiptText::default();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let at_word_start = pos == 0 || is_separator(bytes[pos - 1]);
+            let matched = at_word_start
+                .then(|| {
+                    KEYS.iter().find(|(key, _)| {
+                        bytes.len() - pos >= key.len()
+                            && bytes[pos..pos + key.len()].eq_ignore_ascii_case(key)
+                    })
+                })
+                .flatten();
+            let Some(&(key, kind)) = matched else {
+                pos += 1;
+                continue;
+            };
+            if let Key::Text = kind {
+                break;
+            }
+            let start = pos + key.len();
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| is_separator(b))
+                .map_or(bytes.len(), |n| start + n);
+            let value = std::str::from_utf8(&bytes[start..end])
+                .ok()
+                .filter(|v| !v.is_empty() && v.is_ascii());
+            let slot = match kind {
+                Key::Id => &mut out.id,
+                Key::Sub => &mut out.sub,
+                Key::Dlvrd => &mut out.dlvrd,
+                Key::SubmitDate => &mut out.submit_date,
+                Key::DoneDate => &mut out.done_date,
+                Key::Stat => &mut out.stat,
+                Key::Err => &mut out.err,
+                Key::Text => unreachable!("handled above"),
+            };
+            if slot.is_none() {
+                *slot = value;
+            }
+            pos = end;
+        }
+        out
+    }
+}
+
+/// The receipt-related parts of a deliver_sm or data_sm.
+#[derive(Debug, Default)]
+pub struct ReceiptFields<'a> {
+    /// esm_class of the PDU (data_sm has one too).
+    pub esm_class: u8,
+    /// short_message, or message_payload when short_message is empty.
+    pub text: &'a [u8],
+    pub receipted_message_id: Option<String>,
+    pub message_state: Option<u8>,
+    pub network_error: Option<NetworkError>,
+}
+
+/// esm_class message-type bits (§5.2.12): SMSC delivery receipt 0x04, SME ack 0x08, manual ack
+/// 0x10, intermediate notification 0x20. Test the bits, not equality.
+const RECEIPT_TYPE_BITS: u8 = 0x3C;
+
+impl ReceiptFields<'_> {
+    /// Whether this PDU is a receipt at all. Some SMSCs send receipts with esm_class 0, so a
+    /// receipt TLV or an `id:` text counts too.
+    pub fn is_receipt(&self) -> bool {
+        self.esm_class & RECEIPT_TYPE_BITS != 0
+            || self.receipted_message_id.is_some()
+            || self.message_state.is_some()
+            || ReceiptText::parse(self.text).id.is_some()
+    }
+
+    /// Builds the receipt: TLVs first, the text for the rest.
+    pub fn parse(&self) -> Result<Receipt, ReceiptError> {
+        let text = ReceiptText::parse(self.text);
+        let text_id = text.id.map(str::to_string);
+        let (message_id, alternate_id) = match (self.receipted_message_id.clone(), text_id) {
+            (Some(tlv), Some(t)) if t != tlv => (tlv, Some(t)),
+            (Some(tlv), _) => (tlv, None),
+            (None, Some(t)) => (t, None),
+            (None, None) => return Err(ReceiptError::NoMessageId),
+        };
+        let state = match (self.message_state, text.stat) {
+            (Some(value), _) => DeliveryState::from_message_state(value),
+            (None, Some(stat)) => DeliveryState::from_stat(stat),
+            (None, None) => return Err(ReceiptError::NoState),
+        };
+        let number = |v: Option<&str>| v.and_then(|v| v.parse::<u32>().ok());
+        let err = text.err.filter(|e| !e.eq_ignore_ascii_case("null")).map(str::to_string);
+        Ok(Receipt {
+            message_id,
+            alternate_id,
+            state,
+            stat: text.stat.map(str::to_ascii_uppercase),
+            err,
+            submitted: number(text.sub),
+            delivered: number(text.dlvrd),
+            submit_date: text.submit_date.and_then(ReceiptTime::parse),
+            done_date: text.done_date.and_then(ReceiptTime::parse),
+            network_error: self.network_error,
+        })
+    }
+
+    fn with_tlvs<'t>(mut self, tlvs: impl Iterator<Item = &'t Tlv>) -> Self {
+        for value in tlvs.filter_map(Tlv::value) {
+            match value {
+                TlvValue::ReceiptedMessageId(id) => {
+                    self.receipted_message_id = Some(id.as_str().to_string());
+                }
+                TlvValue::MessageState(state) => self.message_state = Some(u8::from(*state)),
+                TlvValue::NetworkErrorCode(code) => {
+                    self.network_error = Some(NetworkError {
+                        network_type: u8::from(code.network_type),
+                        code: code.error_code,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self
+    }
+}
+
+fn payload<'t>(tlvs: impl Iterator<Item = &'t Tlv>) -> Option<&'t [u8]> {
+    tlvs.filter_map(Tlv::value).find_map(|v| match v {
+        TlvValue::MessagePayload(p) => Some(&p.value[..]),
+        _ => None,
+    })
+}
+
+impl<'a> From<&'a DeliverSm> for ReceiptFields<'a> {
+    fn from(pdu: &'a DeliverSm) -> Self {
+        let short = &pdu.short_message()[..];
+        let text = if short.is_empty() {
+            payload(pdu.tlvs().iter()).unwrap_or(short)
+        } else {
+            short
+        };
+        ReceiptFields {
+            esm_class: u8::from(pdu.esm_class),
+            text,
+            ..Default::default()
+        }
+        .with_tlvs(pdu.tlvs().iter())
+    }
+}
+
+impl<'a> From<&'a DataSm> for ReceiptFields<'a> {
+    fn from(pdu: &'a DataSm) -> Self {
+        ReceiptFields {
+            esm_class: u8::from(pdu.esm_class),
+            text: payload(pdu.tlvs().iter()).unwrap_or(&[]),
+            ..Default::default()
+        }
+        .with_tlvs(pdu.tlvs().iter())
+    }
+}
+
+/// The forms under which an SMSC may later name the message it called `id`.
+///
+/// Carriers disagree with themselves: the submit_sm_resp says `70BA8A69` and the receipt text says
+/// `1891273321` (the same number in decimal), or `0059113978` against `38601fa`. Instead of a
+/// per-carrier setting that operators get wrong, both sides are reduced to candidate keys: the id
+/// lower-cased without leading zeros, and its value re-written in the other base when it reads as a
+/// number. The first candidate is the canonical key to index under.
+pub fn id_candidates(id: &str) -> Vec<String> {
+    let trimmed = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    let lower = trimmed.to_ascii_lowercase();
+    let stripped = lower.trim_start_matches('0');
+    let canonical = if stripped.is_empty() && !lower.is_empty() {
+        "0".to_string()
+    } else {
+        stripped.to_string()
+    };
+    let mut out = vec![canonical.clone()];
+    let mut push = |candidate: String| {
+        if !out.contains(&candidate) {
+            out.push(candidate);
+        }
+    };
+    let digits = !canonical.is_empty() && canonical.len() <= 38;
+    if digits && canonical.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = canonical.parse::<u128>() {
+            push(format!("{n:x}"));
+        }
+    }
+    if digits && canonical.bytes().all(|b| b.is_ascii_hexdigit()) && canonical.len() <= 32 {
+        if let Ok(n) = u128::from_str_radix(&canonical, 16) {
+            push(n.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_in_every_layout() {
+        let t = |s: &str| ReceiptTime::parse(s).map(|t| t.to_string());
+        assert_eq!(t("1305050826").as_deref(), Some("2013-05-05T08:26:00"));
+        assert_eq!(t("141023215253").as_deref(), Some("2014-10-23T21:52:53"));
+        assert_eq!(t("201506201641").as_deref(), Some("2015-06-20T16:41:00"));
+        assert_eq!(t("20110314181534").as_deref(), Some("2011-03-14T18:15:34"));
+        assert_eq!(t("000000000000"), None);
+        assert_eq!(t("99999999999"), None);
+        assert_eq!(t("13050508xx"), None);
+        assert_eq!(t(""), None);
+    }
+
+    #[test]
+    fn keys_match_at_word_starts_only() {
+        let r = ReceiptText::parse(b"id:1 sub:001 xstat:BAD stat:DELIVRD err:0 text:stat:UNDELIV id:9");
+        assert_eq!(r.id, Some("1"));
+        assert_eq!(r.stat, Some("DELIVRD"));
+        assert_eq!(r.err, Some("0"));
+    }
+
+    #[test]
+    fn text_after_text_key_is_never_read() {
+        let fields = ReceiptFields {
+            text: b"id:7 stat:DELIVRD err:000 text:123456 is your code",
+            ..Default::default()
+        };
+        let receipt = fields.parse().unwrap();
+        assert!(!format!("{receipt:?}").contains("123456"));
+    }
+
+    #[test]
+    fn missing_id_or_state_is_an_error() {
+        let no_id = ReceiptFields { text: b"stat:DELIVRD", ..Default::default() };
+        assert_eq!(no_id.parse(), Err(ReceiptError::NoMessageId));
+        let no_state = ReceiptFields { text: b"id:12", ..Default::default() };
+        assert_eq!(no_state.parse(), Err(ReceiptError::NoState));
+    }
+
+    #[test]
+    fn ids_in_either_base_share_a_candidate() {
+        let shares = |a: &str, b: &str| {
+            let ca = id_candidates(a);
+            id_candidates(b).iter().any(|c| ca.contains(c))
+        };
+        assert!(shares("70BA8A69", "1891273321"));
+        assert!(shares("0059113978", "38601fa"));
+        assert!(shares("0000000012345678", "12345678"));
+        assert!(shares("C87C2273-7EDB", "c87c2273-7edb"));
+        assert!(shares("64567564356765435676", "64567564356765435676"));
+        assert!(!shares("1000", "1001"));
+        assert_eq!(id_candidates("000"), vec!["0".to_string()]);
+        assert_eq!(id_candidates("0x1")[0], "x1");
+    }
+}

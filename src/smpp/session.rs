@@ -1,0 +1,572 @@
+//! One bound SMPP connection to an SMSC.
+//!
+//! Built directly on rusmpp's `CommandCodec`: after the bind, the framed socket is split between a
+//! writer task (drains a channel, flushes once per batch) and a reader task (matches responses to
+//! requests by sequence number, answers the SMSC's requests). Every request we send waits on a
+//! oneshot in the `pending` table with its own `response_timeout`; submits additionally hold one of
+//! `window` semaphore permits, so at most `window` submit_sm are ever unanswered.
+//!
+//! A session never heals itself: on a response timeout, a missed enquire_link, a malformed PDU or
+//! a dropped socket it closes, fails everything in flight back to the callers as "not submitted",
+//! and the carrier's supervisor (see `carrier.rs`) opens a new one after a backoff.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, DataSmResp, DeliverSmResp, SubmitSm};
+use rusmpp::tokio_codec::CommandCodec;
+use rusmpp::values::{InterfaceVersion, Npi, Ton};
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::message::c_octet;
+use super::outcome::{NotSubmitted, SubmitOutcome};
+use super::receipt::{Receipt, ReceiptError, ReceiptFields};
+
+/// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
+/// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
+pub const MAX_PDU_LENGTH: usize = 64 * 1024;
+
+/// How the connection is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    Transceiver,
+    Transmitter,
+    Receiver,
+}
+
+impl BindMode {
+    pub fn can_submit(self) -> bool {
+        self != BindMode::Receiver
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindMode::Transceiver => "transceiver",
+            BindMode::Transmitter => "transmitter",
+            BindMode::Receiver => "receiver",
+        }
+    }
+}
+
+/// Everything needed to open one session.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub carrier: Arc<str>,
+    pub endpoint: String,
+    pub system_id: String,
+    pub password: String,
+    pub system_type: String,
+    pub mode: BindMode,
+    pub window: usize,
+    pub response_timeout: Duration,
+    pub enquire_link_interval: Duration,
+}
+
+/// A delivery receipt read off a session, for whoever tracks messages.
+#[derive(Debug)]
+pub struct ReceiptEvent {
+    pub carrier: Arc<str>,
+    pub receipt: Result<Receipt, ReceiptError>,
+}
+
+pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {endpoint} timed out")]
+    ConnectTimeout { endpoint: String },
+    #[error("bind refused by the SMSC: {}", super::outcome::status_name(*status))]
+    BindRefused { status: CommandStatus },
+    #[error("no bind response within {0:?}")]
+    BindTimeout(Duration),
+    #[error("the SMSC closed the connection during bind")]
+    ClosedDuringBind,
+    #[error("protocol error during bind: {0}")]
+    Protocol(String),
+}
+
+/// Why an open session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A submit_sm went unanswered for `response_timeout`.
+    ResponseTimeout,
+    /// An enquire_link went unanswered for `response_timeout`.
+    EnquireLinkTimeout,
+    /// The SMSC sent unbind.
+    PeerUnbind,
+    /// The SMSC closed the TCP connection.
+    PeerClosed,
+    Io(String),
+    /// The SMSC sent bytes that are not a valid PDU (bad length, truncated or garbled body).
+    Malformed(String),
+    /// We unbound (shutdown or reconfiguration).
+    Unbound,
+}
+
+impl CloseReason {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::ResponseTimeout => "response_timeout",
+            CloseReason::EnquireLinkTimeout => "enquire_link_timeout",
+            CloseReason::PeerUnbind => "peer_unbind",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Io(_) => "io_error",
+            CloseReason::Malformed(_) => "malformed_pdu",
+            CloseReason::Unbound => "unbound",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::Malformed(e) => write!(f, "malformed PDU: {e}"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RequestError {
+    Timeout,
+    Closed,
+}
+
+type FramedSmpp = Framed<TcpStream, CommandCodec>;
+
+/// A handle on one bound session; cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    carrier: Arc<str>,
+    mode: BindMode,
+    window_size: usize,
+    response_timeout: Duration,
+    enquire_link_interval: Duration,
+    /// Requests awaiting a response, by sequence number.
+    pending: Mutex<HashMap<u32, oneshot::Sender<Command>>>,
+    next_sequence: AtomicU32,
+    outbound: mpsc::Sender<Command>,
+    window: Arc<Semaphore>,
+    /// Set once the session is closing: no new submits.
+    draining: AtomicBool,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<CloseReason>>,
+    last_received: Mutex<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves consistent data; keep going.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Session {
+    /// Connects and binds. Receipts read off this session are sent to `receipts`.
+    pub async fn open(settings: &SessionSettings, receipts: ReceiptSender) -> Result<Session, SessionError> {
+        let endpoint = settings.endpoint.clone();
+        let stream = match timeout(settings.response_timeout, TcpStream::connect(&endpoint)).await {
+            Err(_) => return Err(SessionError::ConnectTimeout { endpoint }),
+            Ok(Err(source)) => return Err(SessionError::Connect { endpoint, source }),
+            Ok(Ok(stream)) => stream,
+        };
+        // Submits are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, CommandCodec::new().with_max_length(MAX_PDU_LENGTH));
+        bind(&mut framed, settings).await?;
+
+        let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
+        let inner = Arc::new(Inner {
+            carrier: settings.carrier.clone(),
+            mode: settings.mode,
+            window_size: settings.window,
+            response_timeout: settings.response_timeout,
+            enquire_link_interval: settings.enquire_link_interval,
+            pending: Mutex::new(HashMap::new()),
+            // The bind used sequence number 1.
+            next_sequence: AtomicU32::new(1),
+            outbound,
+            window: Arc::new(Semaphore::new(settings.window)),
+            draining: AtomicBool::new(false),
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            last_received: Mutex::new(Instant::now()),
+        });
+        let (sink, stream) = framed.split();
+        tokio::spawn(write_loop(sink, outbound_rx, inner.clone()));
+        tokio::spawn(read_loop(stream, inner.clone(), receipts));
+        tokio::spawn(keepalive_loop(inner.clone()));
+        Ok(Session { inner })
+    }
+
+    pub fn mode(&self) -> BindMode {
+        self.inner.mode
+    }
+
+    /// Submits one message and waits for the SMSC's verdict (at most `response_timeout` once sent;
+    /// waiting for a free window slot comes first and is not bounded here).
+    pub async fn submit(&self, pdu: SubmitSm) -> SubmitOutcome {
+        let inner = &self.inner;
+        let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
+        if !inner.mode.can_submit() || inner.draining.load(Ordering::Acquire) {
+            return not_submitted(NotSubmitted::NoSession);
+        }
+        let permit = tokio::select! {
+            permit = inner.window.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return not_submitted(NotSubmitted::ConnectionLost),
+            },
+            _ = inner.closed.cancelled() => return not_submitted(NotSubmitted::ConnectionLost),
+        };
+        if inner.draining.load(Ordering::Acquire) {
+            return not_submitted(NotSubmitted::NoSession);
+        }
+        let outcome = match inner.request(Pdu::SubmitSm(pdu)).await {
+            Ok(response) => {
+                let message_id = match response.pdu() {
+                    Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
+                    _ => String::new(),
+                };
+                if response.id() == CommandId::GenericNack {
+                    // The SMSC could not read our PDU: not this message's fault, nor final.
+                    not_submitted(NotSubmitted::Smsc(response.status()))
+                } else {
+                    SubmitOutcome::from_status(response.status(), message_id)
+                }
+            }
+            Err(RequestError::Timeout) => {
+                inner.close(CloseReason::ResponseTimeout);
+                not_submitted(NotSubmitted::ResponseTimeout)
+            }
+            Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
+        };
+        drop(permit);
+        outcome
+    }
+
+    /// Submits now outstanding on this session.
+    pub fn in_flight(&self) -> usize {
+        self.inner.window_size - self.inner.window.available_permits()
+    }
+
+    /// Free window slots; the carrier sends to the session with the most.
+    pub fn free_window(&self) -> usize {
+        if self.is_closed() || self.inner.draining.load(Ordering::Acquire) {
+            0
+        } else {
+            self.inner.window.available_permits()
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Waits until the session has closed, and says why.
+    pub async fn closed(&self) -> CloseReason {
+        self.inner.closed.cancelled().await;
+        lock(&self.inner.close_reason)
+            .clone()
+            .unwrap_or(CloseReason::Unbound)
+    }
+
+    /// Unbinds cleanly: no new submits, in-flight ones get up to `grace` to be answered, then
+    /// unbind and wait for unbind_resp (at most `response_timeout`), then close.
+    pub async fn unbind(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.draining.store(true, Ordering::Release);
+        let all = u32::try_from(inner.window_size).unwrap_or(u32::MAX);
+        let _ = timeout(grace, inner.window.acquire_many(all)).await;
+        if !self.is_closed() {
+            if let Err(e) = inner.request(Pdu::Unbind).await {
+                tracing::debug!(carrier = %inner.carrier, error = ?e, "no unbind_resp");
+            }
+        }
+        inner.close(CloseReason::Unbound);
+    }
+}
+
+impl Inner {
+    /// Sequence numbers run 1..=0x7FFFFFFF and wrap (§5.1.4).
+    fn next_sequence(&self) -> u32 {
+        self.next_sequence.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF + 1
+    }
+
+    /// Sends a request and waits up to `response_timeout` for its response.
+    async fn request(&self, pdu: Pdu) -> Result<Command, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let sequence = {
+            let mut pending = lock(&self.pending);
+            // Checked under the lock that `close` drains: nothing inserted after it is stranded.
+            if self.closed.is_cancelled() {
+                return Err(RequestError::Closed);
+            }
+            let mut sequence = self.next_sequence();
+            while pending.contains_key(&sequence) {
+                sequence = self.next_sequence();
+            }
+            pending.insert(sequence, tx);
+            sequence
+        };
+        let command = Command::new(CommandStatus::EsmeRok, sequence, pdu);
+        if self.outbound.send(command).await.is_err() {
+            lock(&self.pending).remove(&sequence);
+            return Err(RequestError::Closed);
+        }
+        match timeout(self.response_timeout, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(RequestError::Closed),
+            Err(_) => {
+                lock(&self.pending).remove(&sequence);
+                Err(RequestError::Timeout)
+            }
+        }
+    }
+
+    /// Closes the session once; later calls keep the first reason.
+    fn close(&self, reason: CloseReason) {
+        {
+            let mut current = lock(&self.close_reason);
+            if current.is_some() {
+                return;
+            }
+            *current = Some(reason);
+        }
+        self.draining.store(true, Ordering::Release);
+        self.closed.cancel();
+        self.window.close();
+        // Dropping the senders wakes every waiting request with "closed".
+        let stranded: Vec<_> = lock(&self.pending).drain().collect();
+        drop(stranded);
+    }
+
+    fn reply(&self, sequence: u32, status: CommandStatus, pdu: Pdu) {
+        // try_send: the reader must never wait on the writer, or a full channel would deadlock
+        // both. The channel holds window + 64 PDUs; if it is full the link is hopeless anyway.
+        if self.outbound.try_send(Command::new(status, sequence, pdu)).is_err() && !self.closed.is_cancelled() {
+            self.close(CloseReason::Io("outbound queue full".into()));
+        }
+    }
+
+    /// Handles one PDU from the SMSC. Returns a reason when the session must end.
+    async fn handle(&self, command: Command, receipts: &ReceiptSender) -> Option<CloseReason> {
+        let sequence = command.sequence_number();
+        if command.id().is_response() {
+            // Includes generic_nack, which answers whichever request it names.
+            match lock(&self.pending).remove(&sequence) {
+                Some(waiter) => {
+                    let _ = waiter.send(command);
+                }
+                None => tracing::debug!(
+                    carrier = %self.carrier, sequence, command_id = ?command.id(),
+                    "response to no pending request (late after a timeout?)"
+                ),
+            }
+            return None;
+        }
+        match command.pdu() {
+            Some(Pdu::EnquireLink) => self.reply(sequence, CommandStatus::EsmeRok, Pdu::EnquireLinkResp),
+            Some(Pdu::Unbind) => {
+                self.reply(sequence, CommandStatus::EsmeRok, Pdu::UnbindResp);
+                return Some(CloseReason::PeerUnbind);
+            }
+            Some(Pdu::DeliverSm(pdu)) => {
+                self.deliver(ReceiptFields::from(pdu), receipts).await;
+                self.reply(sequence, CommandStatus::EsmeRok, DeliverSmResp::default().into());
+            }
+            Some(Pdu::DataSm(pdu)) => {
+                self.deliver(ReceiptFields::from(pdu), receipts).await;
+                self.reply(sequence, CommandStatus::EsmeRok, DataSmResp::default().into());
+            }
+            // No response exists for these (§4.12.1, §4.1.7); we are already bound.
+            Some(Pdu::AlertNotification(_) | Pdu::Outbind(_)) => {
+                tracing::debug!(carrier = %self.carrier, command_id = ?command.id(), "ignored");
+            }
+            other => {
+                tracing::warn!(
+                    carrier = %self.carrier, command_id = ?command.id(), has_body = other.is_some(),
+                    "unsupported request from SMSC; answered generic_nack"
+                );
+                self.reply(sequence, CommandStatus::EsmeRinvcmdid, Pdu::GenericNack);
+            }
+        }
+        None
+    }
+
+    async fn deliver(&self, fields: ReceiptFields<'_>, receipts: &ReceiptSender) {
+        if !fields.is_receipt() {
+            // Mobile-originated text; otpgate does not take inbound SMS. Its content is the
+            // subscriber's business and is not logged.
+            tracing::info!(carrier = %self.carrier, octets = fields.text.len(), "mobile-originated SMS ignored");
+            return;
+        }
+        let receipt = fields.parse();
+        if let Err(e) = &receipt {
+            tracing::warn!(carrier = %self.carrier, error = %e, "unreadable delivery receipt");
+        }
+        let event = ReceiptEvent {
+            carrier: self.carrier.clone(),
+            receipt,
+        };
+        // Answer deliver_sm only after the receipt is handed over.
+        if receipts.send(event).await.is_err() {
+            tracing::debug!(carrier = %self.carrier, "receipt consumer gone");
+        }
+    }
+}
+
+async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(), SessionError> {
+    let system_id = c_octet(&settings.system_id);
+    let password = c_octet(&settings.password);
+    let system_type = c_octet(&settings.system_type);
+    let version = InterfaceVersion::Smpp3_4;
+    let pdu: Pdu = match settings.mode {
+        BindMode::Transceiver => BindTransceiver::new(
+            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
+        )
+        .into(),
+        BindMode::Transmitter => BindTransmitter::new(
+            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
+        )
+        .into(),
+        BindMode::Receiver => BindReceiver::new(
+            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
+        )
+        .into(),
+    };
+    const BIND_SEQUENCE: u32 = 1;
+    let deadline = Instant::now() + settings.response_timeout;
+    let sent = timeout_at(deadline, framed.send(Command::new(CommandStatus::EsmeRok, BIND_SEQUENCE, pdu))).await;
+    match sent {
+        Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
+        Ok(Err(e)) => return Err(SessionError::Protocol(e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    loop {
+        let command = match timeout_at(deadline, framed.next()).await {
+            Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
+            Ok(None) => return Err(SessionError::ClosedDuringBind),
+            Ok(Some(Err(e))) => return Err(SessionError::Protocol(e.to_string())),
+            Ok(Some(Ok(command))) => command,
+        };
+        if command.sequence_number() == BIND_SEQUENCE && command.id().is_response() {
+            return match command.status() {
+                CommandStatus::EsmeRok if command.id() != CommandId::GenericNack => Ok(()),
+                CommandStatus::EsmeRok => Err(SessionError::BindRefused {
+                    status: CommandStatus::EsmeRinvcmdid,
+                }),
+                status => Err(SessionError::BindRefused { status }),
+            };
+        }
+        if command.id() == CommandId::EnquireLink {
+            let resp = Command::new(CommandStatus::EsmeRok, command.sequence_number(), Pdu::EnquireLinkResp);
+            framed
+                .send(resp)
+                .await
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        }
+    }
+}
+
+/// Drains the outbound channel into the socket, one flush per batch.
+async fn write_loop(mut sink: SplitSink<FramedSmpp, Command>, mut outbound: mpsc::Receiver<Command>, inner: Arc<Inner>) {
+    const MAX_BATCH: usize = 256;
+    loop {
+        let first = tokio::select! {
+            command = outbound.recv() => match command {
+                Some(command) => command,
+                None => break,
+            },
+            _ = inner.closed.cancelled() => break,
+        };
+        let mut result = sink.feed(first).await;
+        let mut batched = 1;
+        while result.is_ok() && batched < MAX_BATCH {
+            match outbound.try_recv() {
+                Ok(command) => result = sink.feed(command).await,
+                Err(_) => break,
+            }
+            batched += 1;
+        }
+        if result.is_ok() {
+            result = SinkExt::<Command>::flush(&mut sink).await;
+        }
+        if let Err(e) = result {
+            inner.close(CloseReason::Io(e.to_string()));
+            break;
+        }
+    }
+}
+
+/// Reads PDUs until the session closes.
+async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<Inner>, receipts: ReceiptSender) {
+    use rusmpp::tokio_codec::DecodeError;
+    loop {
+        let item = tokio::select! {
+            _ = inner.closed.cancelled() => break,
+            item = stream.next() => item,
+        };
+        let reason = match item {
+            None => Some(CloseReason::PeerClosed),
+            Some(Err(DecodeError::Io(e))) => Some(CloseReason::Io(e.to_string())),
+            Some(Err(e)) => Some(CloseReason::Malformed(e.to_string())),
+            Some(Ok(command)) => {
+                *lock(&inner.last_received) = Instant::now();
+                inner.handle(command, &receipts).await
+            }
+        };
+        if let Some(reason) = reason {
+            if matches!(reason, CloseReason::Malformed(_)) {
+                tracing::warn!(carrier = %inner.carrier, %reason, "closing session");
+            }
+            inner.close(reason);
+            break;
+        }
+    }
+}
+
+/// Sends enquire_link when the link has been quiet for `enquire_link_interval`; an unanswered
+/// one means the SMSC (or a middlebox) is gone even though TCP looks open.
+async fn keepalive_loop(inner: Arc<Inner>) {
+    let mut ticker = tokio::time::interval(inner.enquire_link_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = inner.closed.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let quiet_for = lock(&inner.last_received).elapsed();
+        if quiet_for < inner.enquire_link_interval {
+            continue;
+        }
+        match inner.request(Pdu::EnquireLink).await {
+            Ok(_) => {}
+            Err(RequestError::Timeout) => {
+                inner.close(CloseReason::EnquireLinkTimeout);
+                break;
+            }
+            Err(RequestError::Closed) => break,
+        }
+    }
+}
