@@ -126,6 +126,8 @@ struct Receiver {
 struct State {
     config: SimConfig,
     behaviour: AtomicU8,
+    /// When non-zero, every submit_sm is answered with this command_status instead of ESME_ROK.
+    submit_status: AtomicU32,
     next_message_id: AtomicU64,
     next_connection: AtomicU64,
     stats: Mutex<SimStats>,
@@ -165,6 +167,7 @@ impl SmscSim {
         let state = Arc::new(State {
             config,
             behaviour: AtomicU8::new(Behaviour::Normal as u8),
+            submit_status: AtomicU32::new(0),
             next_message_id: AtomicU64::new(0x1000_0000),
             next_connection: AtomicU64::new(0),
             stats: Mutex::new(SimStats::default()),
@@ -189,6 +192,13 @@ impl SmscSim {
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         self.state.behaviour.store(behaviour as u8, Ordering::SeqCst);
+    }
+
+    /// Answers every following submit_sm with `status` (ESME_RTHROTTLED, ESME_RSYSERR ...), or
+    /// normally again with `None`.
+    pub fn set_submit_status(&self, status: Option<CommandStatus>) {
+        let code = status.map_or(0, u32::from);
+        self.state.submit_status.store(code, Ordering::SeqCst);
     }
 
     /// Every accepted submit, as it arrives (for printing).
@@ -426,6 +436,12 @@ impl Connection {
     }
 
     fn submit(&self, sequence: u32, sm: &SubmitSm) {
+        let forced = self.state.submit_status.load(Ordering::SeqCst);
+        if forced != 0 {
+            let response = Command::new(CommandStatus::from(forced), sequence, SubmitSmResp::default());
+            let _ = self.outgoing.send(Outgoing::Response(response));
+            return;
+        }
         let number = self.state.next_message_id.fetch_add(1, Ordering::Relaxed);
         // Hex in submit_sm_resp and the receipt TLV, decimal in the receipt text: the mismatch
         // real carriers produce, so matching is always exercised.

@@ -101,8 +101,14 @@ impl Carrier {
 
     /// Waits until at least `n` sessions are bound, or `limit` passes. Returns whether they are.
     pub async fn wait_bound(&self, n: usize, limit: Duration) -> bool {
+        self.wait_sessions(limit, |bound| bound >= n).await
+    }
+
+    /// Waits until the number of bound sessions satisfies `condition`, or `limit` passes.
+    pub async fn wait_sessions(&self, limit: Duration, condition: impl Fn(usize) -> bool) -> bool {
         let mut watch = self.watch_bound();
-        tokio::time::timeout(limit, watch.wait_for(|&bound| bound >= n))
+        // The borrow `wait_for` returns must not outlive this call: it blocks `publish`.
+        tokio::time::timeout(limit, watch.wait_for(|&bound| condition(bound)))
             .await
             .is_ok_and(|r| r.is_ok())
     }

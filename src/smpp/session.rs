@@ -402,11 +402,14 @@ impl Inner {
             Some(Pdu::AlertNotification(_) | Pdu::Outbind(_)) => {
                 tracing::debug!(carrier = %self.carrier, command_id = ?command.id(), "ignored");
             }
-            other => {
-                tracing::warn!(
-                    carrier = %self.carrier, command_id = ?command.id(), has_body = other.is_some(),
-                    "unsupported request from SMSC; answered generic_nack"
-                );
+            // rusmpp leaves the PDU empty when the body does not fit the command (a body on an
+            // enquire_link, none on a bind ...).
+            None => {
+                tracing::warn!(carrier = %self.carrier, command_id = ?command.id(), "request with an invalid body; answered generic_nack");
+                self.reply(sequence, CommandStatus::EsmeRinvcmdlen, Pdu::GenericNack);
+            }
+            Some(_) => {
+                tracing::warn!(carrier = %self.carrier, command_id = ?command.id(), "unsupported request from SMSC; answered generic_nack");
                 self.reply(sequence, CommandStatus::EsmeRinvcmdid, Pdu::GenericNack);
             }
         }

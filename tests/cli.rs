@@ -1,0 +1,93 @@
+//! The `otpgate` binary as operators run it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{carrier_config, sms, start_bound};
+use otpgate::smpp::SubmitOutcome;
+
+fn otpgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_otpgate"))
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config_and_summarises_it() {
+    let out = otpgate()
+        .args(["check-config", "--config", "config/otpgate.toml"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("config/otpgate.toml: OK"), "{stdout}");
+    assert!(stdout.contains("alpha") && stdout.contains("beta"), "{stdout}");
+    assert!(stdout.contains("transmitter+receiver x2"), "{stdout}");
+    assert!(!stdout.contains("secret"), "password printed: {stdout}");
+}
+
+#[test]
+fn check_config_names_file_and_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string("config/otpgate.toml")
+        .unwrap()
+        .replacen("window = 64", "window = 0", 1);
+    std::fs::write(&path, text).unwrap();
+    let out = otpgate()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    assert!(stderr.contains("carriers[0].window"), "{stderr}");
+
+    let out = otpgate()
+        .args(["check-config", "--config", "/nonexistent/otpgate.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/otpgate.toml: cannot read"));
+}
+
+#[test]
+fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
+    let out = otpgate()
+        .args(["demo", "--once"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("carrier alpha: 1 submit session(s) bound"), "{stdout}");
+    assert!(stdout.contains("carrier beta: 2 submit session(s) bound"), "{stdout}");
+    assert!(stdout.contains("[carrier alpha] SMS to +447700900123"), "{stdout}");
+    assert!(stdout.contains("receipt from alpha") && stdout.contains("receipt from beta"), "{stdout}");
+    assert!(stdout.contains("stopped (all sessions unbound)"), "{stdout}");
+}
+
+#[tokio::test]
+async fn smsc_sim_command_serves_real_binds() {
+    let mut child = otpgate()
+        .args(["smsc-sim", "--listen", "127.0.0.1:0", "--password", "secret"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("smsc-sim listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let running = start_bound(carrier_config(addr, "")).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running.carrier.submit(&sms("hi"))).await;
+    assert!(matches!(outcome, Ok(SubmitOutcome::Accepted { .. })), "{outcome:?}");
+    running.shutdown.cancel();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

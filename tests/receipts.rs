@@ -1,0 +1,116 @@
+//! Every real-world receipt in `fixtures/dlr-samples.txt`, sent by the simulator as a deliver_sm
+//! over a real SMPP session and read by otpgate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ReceiptFixture, carrier_config, receipt_fixtures, sim, start_bound};
+use otpgate::sim::SimConfig;
+use otpgate::smpp::Receipt;
+use otpgate::smpp::receipt::{ReceiptFields, id_candidates};
+use rusmpp::pdus::DeliverSm;
+use rusmpp::tlvs::MessageDeliveryRequestTlvValue as Tlv;
+use rusmpp::types::{AnyOctetString, COctetString, OctetString};
+use rusmpp::values::{ErrorCodeNetworkType, EsmClass, MessagePayload, MessageState, NetworkErrorCode};
+
+fn deliver_sm(fixture: &ReceiptFixture) -> DeliverSm {
+    let in_payload = fixture.get("payload") == Some("1");
+    let short = if in_payload { Vec::new() } else { fixture.text.clone() };
+    let mut pdu = DeliverSm::builder()
+        .source_addr("447700900123".parse::<COctetString<1, 21>>().unwrap())
+        .destination_addr("Acme".parse::<COctetString<1, 21>>().unwrap())
+        .esm_class(EsmClass::from(0x04))
+        .short_message(OctetString::from_vec(short).expect("sample fits short_message"))
+        .build();
+    if in_payload {
+        let payload = AnyOctetString::from_vec(fixture.text.clone());
+        pdu.push_tlv(Tlv::MessagePayload(MessagePayload::new(payload)));
+    }
+    if let Some(id) = fixture.get("tlv_id") {
+        pdu.push_tlv(Tlv::ReceiptedMessageId(id.parse().unwrap()));
+    }
+    if let Some(state) = fixture.get("tlv_state") {
+        pdu.push_tlv(Tlv::MessageState(MessageState::from(state.parse::<u8>().unwrap())));
+    }
+    if let Some(net) = fixture.get("tlv_net") {
+        let (kind, code) = net.split_once(':').unwrap();
+        let kind = ErrorCodeNetworkType::from(kind.parse::<u8>().unwrap());
+        pdu.push_tlv(Tlv::NetworkErrorCode(NetworkErrorCode::new(kind, code.parse().unwrap())));
+    }
+    pdu
+}
+
+/// Compares a parse with its expectation line; every field, present or absent.
+fn check(fixture: &ReceiptFixture, parsed: &Result<Receipt, otpgate::smpp::receipt::ReceiptError>) {
+    let n = fixture.number;
+    if let Some(error) = fixture.get("error") {
+        let e = parsed.as_ref().expect_err(&format!("sample {n} must not parse"));
+        assert_eq!(format!("{e:?}"), error, "sample {n}");
+        return;
+    }
+    let r = parsed.as_ref().unwrap_or_else(|e| panic!("sample {n}: {e}"));
+    let field = |key: &str| fixture.get(key).map(str::to_string);
+    assert_eq!(Some(r.message_id.clone()), field("id"), "sample {n}: id");
+    assert_eq!(r.alternate_id, field("alt"), "sample {n}: alt");
+    assert_eq!(Some(r.state.as_str().to_string()), field("state"), "sample {n}: state");
+    assert_eq!(r.stat, field("stat"), "sample {n}: stat");
+    assert_eq!(r.err, field("err"), "sample {n}: err");
+    assert_eq!(r.submitted.map(|v| v.to_string()), field("sub"), "sample {n}: sub");
+    assert_eq!(r.delivered.map(|v| v.to_string()), field("dlvrd"), "sample {n}: dlvrd");
+    assert_eq!(r.submit_date.map(|t| t.to_string()), field("submit"), "sample {n}: submit");
+    assert_eq!(r.done_date.map(|t| t.to_string()), field("done"), "sample {n}: done");
+    let net = r.network_error.map(|e| format!("{}:{}", e.network_type, e.code));
+    assert_eq!(net, field("net"), "sample {n}: net");
+    if let Some(alt) = &r.alternate_id {
+        // The TLV and the text name the same message, in whatever bases: they must match.
+        let ours = id_candidates(&r.message_id);
+        assert!(
+            id_candidates(alt).iter().any(|c| ours.contains(c)),
+            "sample {n}: {} and {alt} do not match",
+            r.message_id
+        );
+    }
+}
+
+#[test]
+fn every_sample_parses_as_expected() {
+    for fixture in receipt_fixtures() {
+        let pdu = deliver_sm(&fixture);
+        let fields = ReceiptFields::from(&pdu);
+        assert!(fields.is_receipt(), "sample {} not recognised as a receipt", fixture.number);
+        check(&fixture, &fields.parse());
+    }
+}
+
+#[tokio::test]
+async fn every_sample_is_read_off_a_live_session_and_acknowledged() {
+    let sim = sim(SimConfig::default()).await;
+    let mut running = start_bound(carrier_config(sim.addr(), "")).await;
+    let fixtures = receipt_fixtures();
+    for fixture in &fixtures {
+        sim.deliver(deliver_sm(fixture));
+    }
+    for fixture in &fixtures {
+        let event = tokio::time::timeout(Duration::from_secs(5), running.receipts.recv())
+            .await
+            .unwrap_or_else(|_| panic!("sample {}: no receipt event", fixture.number))
+            .expect("receipt channel open");
+        assert_eq!(&*event.carrier, "alpha");
+        check(fixture, &event.receipt);
+    }
+    let all_acked = sim
+        .wait_until(Duration::from_secs(5), |s| s.deliver_sm_resps == fixtures.len() as u64)
+        .await;
+    assert!(all_acked, "every deliver_sm, readable or not, gets a deliver_sm_resp");
+    assert_eq!(sim.stats().connections, 1, "no receipt may break the session");
+    running.shutdown.cancel();
+}
+
+#[test]
+fn receipt_text_never_reaches_the_parsed_receipt() {
+    // Sample 8 echoes an OTP ("1610 is your verific"): nothing after text: is kept.
+    let fixture = &receipt_fixtures()[7];
+    let receipt = ReceiptFields::from(&deliver_sm(fixture)).parse().unwrap();
+    assert!(!format!("{receipt:?}").contains("1610 is"), "{receipt:?}");
+}
