@@ -36,7 +36,78 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub messages: MessagesConfig,
+    #[serde(default)]
     pub carriers: Vec<CarrierConfig>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// The sled store's tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Finished messages are deleted this long after they finished.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// sled's page cache in MiB (its own default, 1 GiB, is too much for most hosts).
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            cache_capacity_mb: 64,
+        }
+    }
+}
+
+/// Limits for messages taken in over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// Validity of a message whose request names none.
+    #[serde(deserialize_with = "duration")]
+    pub default_validity: Duration,
+    /// The longest validity a request may ask for.
+    #[serde(deserialize_with = "duration")]
+    pub max_validity: Duration,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            default_validity: Duration::from_secs(3600),
+            max_validity: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// A client allowed to call the HTTP API. Only the key's SHA-256 is configured, never the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// 64 hex digits: `echo -n KEY | otpgate hash-key`.
+    pub key_sha256: String,
+}
+
+impl ApiKeyConfig {
+    /// The configured hash as bytes (validated at load).
+    pub fn hash(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = self
+                .key_sha256
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+        }
+        out
+    }
 }
 
 /// Listeners and the data directory.
@@ -191,6 +262,36 @@ impl Config {
                 ));
             }
         }
+        for (i, api_key) in self.api_keys.iter().enumerate() {
+            let key = |field: &str| format!("api_keys[{i}].{field}");
+            if api_key.name.is_empty() || api_key.name.len() > 64 {
+                return Err(invalid(key("name"), "must be 1-64 characters".into()));
+            }
+            if self.api_keys[..i].iter().any(|k| k.name == api_key.name) {
+                return Err(invalid(key("name"), format!("{:?} is used twice", api_key.name)));
+            }
+            let hex_ok = api_key.key_sha256.len() == 64 && api_key.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                return Err(invalid(
+                    key("key_sha256"),
+                    "must be the 64-hex-digit SHA-256 of the key (otpgate hash-key prints it), not the key".into(),
+                ));
+            }
+        }
+        let m = &self.messages;
+        if m.default_validity < Duration::from_secs(1) || m.max_validity < m.default_validity {
+            return Err(invalid(
+                "messages.default_validity".into(),
+                "must be at least 1s and at most messages.max_validity".into(),
+            ));
+        }
+        // SMPP relative validity counts at most 99 days in our encoding.
+        if m.max_validity > Duration::from_secs(99 * 24 * 3600) {
+            return Err(invalid("messages.max_validity".into(), "must be at most 99 days".into()));
+        }
+        if self.store.cache_capacity_mb == 0 {
+            return Err(invalid("store.cache_capacity_mb".into(), "must be at least 1".into()));
+        }
         Ok(())
     }
 }
@@ -299,7 +400,9 @@ impl Config {
         let mut out = String::new();
         let s = &self.server;
         let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
-        let _ = writeln!(out, "data_dir:  {}", s.data_dir.display());
+        let _ = writeln!(out, "data_dir:  {}  (retention {}, cache {} MiB)", s.data_dir.display(), humantime::format_duration(self.store.retention), self.store.cache_capacity_mb);
+        let names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
+        let _ = writeln!(out, "api keys:  {} {:?}", names.len(), names);
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());
         for c in &self.carriers {
             let bind = match c.bind {

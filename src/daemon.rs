@@ -1,36 +1,132 @@
-//! The running gateway: every configured carrier kept bound, receipts collected, and a graceful
-//! shutdown that unbinds every session within a deadline.
+//! The running gateway: store, carriers, dispatcher, receipt tracking and the HTTP intake, started
+//! together and shut down in the order that loses nothing.
+//!
+//! Start: open the store (fails if another process holds it), bind carriers, re-queue every
+//! message the last process left queued or mid-submit, then listen for HTTP.
+//! Shutdown: refuse new requests (503) and drain the HTTP server, let submits under way finish,
+//! unbind every session, apply the last receipts, flush the store.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dispatch::{Dispatcher, Job};
+use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
+use crate::store::{ReceiptMatch, Store, StoreError, StoreOptions};
 
-/// Receipts wait here when their consumer is slow; the sessions then slow down too, since a
-/// deliver_sm is answered only once its receipt is handed over.
+/// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
+/// is answered only once its receipt is handed over.
 const RECEIPT_QUEUE: usize = 4096;
 
-/// The gateway's carriers and their lifetime.
+/// How often the retention sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The running gateway.
 pub struct Daemon {
     carriers: Vec<Arc<Carrier>>,
-    shutdown: CancellationToken,
+    store: Arc<Store>,
+    state: Arc<AppState>,
+    dispatcher: Dispatcher,
+    http_addr: SocketAddr,
+    http_stop: CancellationToken,
+    http_task: JoinHandle<()>,
+    carriers_stop: CancellationToken,
+    receipts_task: JoinHandle<()>,
+    sweep_task: JoinHandle<()>,
 }
 
 impl Daemon {
-    /// Starts binding every carrier. Receipts from all of them arrive on the returned receiver.
-    pub fn start(config: &Config) -> (Daemon, mpsc::Receiver<ReceiptEvent>) {
+    /// Starts everything; returns once the store is open and the HTTP listener bound.
+    pub async fn start(config: &Config) -> Result<Daemon, DaemonError> {
+        let options = StoreOptions {
+            cache_capacity_bytes: config.store.cache_capacity_mb * 1024 * 1024,
+        };
+        let store = Store::open(&config.server.data_dir, &options)?;
+        let listener = TcpListener::bind(config.server.http_listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: config.server.http_listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| DaemonError::Listen {
+            addr: config.server.http_listen,
+            source,
+        })?;
+
         let (receipts, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
-        let shutdown = CancellationToken::new();
-        let carriers = config
+        let carriers_stop = CancellationToken::new();
+        let carriers: Vec<Arc<Carrier>> = config
             .carriers
             .iter()
-            .map(|c| Carrier::start(c.clone(), receipts.clone(), shutdown.clone()))
+            .map(|c| Carrier::start(c.clone(), receipts.clone(), carriers_stop.clone()))
             .collect();
-        (Daemon { carriers, shutdown }, receipts_rx)
+        drop(receipts);
+        let receipts_task = tokio::spawn(track_receipts(store.clone(), receipts_rx));
+
+        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), carriers.clone());
+        let queued = store.queued()?;
+        let resubmits = queued.iter().filter(|(_, r)| r.in_flight).count();
+        if !queued.is_empty() {
+            tracing::info!(queued = queued.len(), resubmits, "re-queued messages left by the previous run");
+        }
+        metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
+        for (id, record) in &queued {
+            dispatch.enqueue(Job::from_record(*id, record));
+        }
+
+        let sweep_task = tokio::spawn(sweep(store.clone(), config.store.retention));
+
+        let state = Arc::new(AppState::new(
+            store.clone(),
+            dispatch,
+            carriers.clone(),
+            &config.api_keys,
+            config.messages.clone(),
+        ));
+        let http_stop = CancellationToken::new();
+        let app = http::router(state.clone());
+        let stop = http_stop.clone();
+        let http_task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%http_addr, "HTTP intake listening");
+        Ok(Daemon {
+            carriers,
+            store,
+            state,
+            dispatcher,
+            http_addr,
+            http_stop,
+            http_task,
+            carriers_stop,
+            receipts_task,
+            sweep_task,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn carriers(&self) -> &[Arc<Carrier>] {
@@ -41,11 +137,86 @@ impl Daemon {
         self.carriers.iter().find(|c| c.name() == name)
     }
 
-    /// Unbinds every session and waits for them, at most `limit`. Returns false if it ran out
-    /// of time (sessions still open are then dropped with their sockets).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Shuts down in order, within `limit` overall. Returns false if some step ran out of time
+    /// (what was not finished stays queued in the store and is sent by the next start).
     pub async fn shutdown(self, limit: Duration) -> bool {
-        self.shutdown.cancel();
-        let all_stopped = futures::future::join_all(self.carriers.iter().map(|c| c.stopped()));
-        tokio::time::timeout(limit, all_stopped).await.is_ok()
+        let deadline = tokio::time::Instant::now() + limit;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.state.accepting.store(false, Ordering::Release);
+        self.http_stop.cancel();
+        let mut clean = tokio::time::timeout(left(), self.http_task).await.is_ok();
+        clean &= self.dispatcher.shutdown(left()).await;
+        self.carriers_stop.cancel();
+        let unbound = futures::future::join_all(self.carriers.iter().map(|c| c.stopped()));
+        clean &= tokio::time::timeout(left(), unbound).await.is_ok();
+        // The sessions are gone, so the receipt channel closes once drained.
+        clean &= tokio::time::timeout(left(), self.receipts_task).await.is_ok();
+        self.sweep_task.abort();
+        let _ = self.sweep_task.await;
+        match self.store.close().await {
+            Ok(()) => clean,
+            Err(e) => {
+                tracing::error!(error = %e, "final flush failed");
+                false
+            }
+        }
+    }
+}
+
+/// Applies receipts to their messages.
+async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>) {
+    while let Some(event) = receipts.recv().await {
+        let carrier = event.carrier.to_string();
+        let receipt = match event.receipt {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                tracing::warn!(%carrier, error = %e, "unreadable receipt counted as unmatched");
+                metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
+                continue;
+            }
+        };
+        metrics::counter!("otpgate_receipts_total", "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
+        match store.apply_receipt(&carrier, &receipt, SystemTime::now()) {
+            Ok(ReceiptMatch::Matched { id, status, latency }) => {
+                tracing::debug!(%carrier, message_id = %id, status = status.as_str(), "receipt matched");
+                if let Some(latency) = latency {
+                    metrics::histogram!("otpgate_receipt_latency_seconds", "carrier" => carrier.clone()).record(latency.as_secs_f64());
+                }
+                if status.is_final() {
+                    metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+                }
+            }
+            Ok(ReceiptMatch::Held) => {
+                tracing::debug!(%carrier, smsc_id = %receipt.message_id, "receipt arrived before its submit_sm_resp; held");
+            }
+            Err(e) => tracing::error!(%carrier, error = %e, "could not record receipt"),
+        }
+    }
+}
+
+/// Deletes finished messages past retention and reports receipts that never matched.
+async fn sweep(store: Arc<Store>, retention: Duration) {
+    let mut ticker = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        ticker.tick().await;
+        let store = store.clone();
+        let swept = tokio::task::spawn_blocking(move || store.sweep(retention, SystemTime::now())).await;
+        match swept {
+            Ok(Ok((deleted, unmatched))) => {
+                if deleted > 0 {
+                    tracing::info!(deleted, "retention sweep");
+                }
+                if unmatched > 0 {
+                    tracing::warn!(unmatched, "receipts that matched no message");
+                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => "any").increment(unmatched as u64);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+        }
     }
 }

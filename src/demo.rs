@@ -2,8 +2,7 @@
 //!
 //! Two simulated carrier SMSCs ("alpha" checks credentials, "beta" accepts any) listen on loopback;
 //! the daemon binds to both with a built-in config; every SMS the carriers receive is printed.
-//! Until the HTTP intake exists, the demo sends one message through each carrier itself so the
-//! full path (submit_sm → submit_sm_resp → delivery receipt) is visible.
+//! It prints the curl commands that send a message through the HTTP intake and read its receipt.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,20 +11,27 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::sim::{SimConfig, SmscSim};
-use crate::smpp::{OutboundSms, SubmitOutcome};
+use crate::http::client::Client;
 
 /// Credentials the "alpha" simulator insists on, written into the demo config.
 const ALPHA_SYSTEM_ID: &str = "otpgate";
 const ALPHA_PASSWORD: &str = "demo1234";
 
-/// The demo's config, with the simulators' ports filled in.
-pub fn demo_config(alpha: SocketAddr, beta: SocketAddr, data_dir: &Path) -> String {
+/// The demo's API key. Not a secret: the demo config only ever listens where you tell it to.
+pub const DEMO_API_KEY: &str = "otpgate-demo-key";
+
+/// The demo's config, with the simulators' ports and the HTTP address filled in.
+pub fn demo_config(alpha: SocketAddr, beta: SocketAddr, http: SocketAddr, data_dir: &Path) -> String {
     format!(
         r#"
 [server]
-http_listen = "127.0.0.1:8080"
+http_listen = "{http}"
 metrics_listen = "127.0.0.1:9898"
 data_dir = {data_dir:?}
+
+[[api_keys]]
+name = "demo"
+key_sha256 = "{key_hash}"
 
 [[carriers]]
 name = "alpha"
@@ -51,6 +57,7 @@ sessions = 2
 source_addr = "12345"
 "#,
         data_dir = data_dir.display().to_string(),
+        key_hash = crate::http::sha256_hex(DEMO_API_KEY.as_bytes()),
         alpha_ip = alpha.ip(),
         alpha_port = alpha.port(),
         beta_ip = beta.ip(),
@@ -64,28 +71,29 @@ pub enum DemoError {
     Simulator(std::io::Error),
     #[error("built-in demo config is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("carriers did not bind within {0:?}")]
     BindTimeout(Duration),
+    #[error("demo message round trip failed: {0}")]
+    RoundTrip(String),
 }
 
-/// Runs the demo until Ctrl-C (or, with `once`, until the sample messages' receipts are in).
-pub async fn run(once: bool) -> Result<(), DemoError> {
+async fn start_simulators() -> Result<(SmscSim, SmscSim), DemoError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let alpha_sim = SmscSim::start(
-        loopback,
-        SimConfig {
-            name: "alpha".into(),
-            system_id: Some(ALPHA_SYSTEM_ID.into()),
-            password: Some(ALPHA_PASSWORD.into()),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .map_err(DemoError::Simulator)?;
-    let beta_sim = SmscSim::start(loopback, SimConfig { name: "beta".into(), ..SimConfig::default() })
-        .await
-        .map_err(DemoError::Simulator)?;
-    for sim in [&alpha_sim, &beta_sim] {
+    let alpha = SimConfig {
+        name: "alpha".into(),
+        system_id: Some(ALPHA_SYSTEM_ID.into()),
+        password: Some(ALPHA_PASSWORD.into()),
+        ..SimConfig::default()
+    };
+    let beta = SimConfig {
+        name: "beta".into(),
+        ..SimConfig::default()
+    };
+    let alpha = SmscSim::start(loopback, alpha).await.map_err(DemoError::Simulator)?;
+    let beta = SmscSim::start(loopback, beta).await.map_err(DemoError::Simulator)?;
+    for sim in [&alpha, &beta] {
         let mut received = sim.subscribe();
         tokio::spawn(async move {
             while let Ok(sms) = received.recv().await {
@@ -96,15 +104,29 @@ pub async fn run(once: bool) -> Result<(), DemoError> {
             }
         });
     }
-    println!("simulated carrier alpha on {} (checks credentials)", alpha_sim.addr());
-    println!("simulated carrier beta  on {} (transmitter+receiver, 2 sessions)", beta_sim.addr());
+    println!("simulated carrier alpha on {} (checks credentials)", alpha.addr());
+    println!("simulated carrier beta  on {} (transmitter+receiver, 2 sessions)", beta.addr());
+    Ok((alpha, beta))
+}
 
-    let data_dir = std::env::temp_dir().join("otpgate-demo");
-    let text = demo_config(alpha_sim.addr(), beta_sim.addr(), &data_dir);
+/// Runs the demo until Ctrl-C; with `once`, sends one message over HTTP, waits for its receipt
+/// and exits.
+pub async fn run(once: bool, http: SocketAddr) -> Result<(), DemoError> {
+    let (alpha, beta) = start_simulators().await?;
+    let data_dir = std::env::temp_dir().join(format!("otpgate-demo-{}", std::process::id()));
+    let text = demo_config(alpha.addr(), beta.addr(), http, &data_dir);
     let config = Config::from_toml(&text, Path::new("<built-in demo config>"))?;
     print!("{}", config.summary());
 
-    let (daemon, mut receipts) = Daemon::start(&config);
+    let daemon = Daemon::start(&config).await?;
+    let result = demo(&daemon, once).await;
+    let clean = daemon.shutdown(config.server.shutdown_timeout).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    println!("stopped ({})", if clean { "all sessions unbound" } else { "shutdown timed out" });
+    result
+}
+
+async fn demo(daemon: &Daemon, once: bool) -> Result<(), DemoError> {
     let bind_limit = Duration::from_secs(10);
     for carrier in daemon.carriers() {
         let wanted = carrier.config().sessions;
@@ -113,55 +135,45 @@ pub async fn run(once: bool) -> Result<(), DemoError> {
         }
         println!("carrier {}: {wanted} submit session(s) bound", carrier.name());
     }
-
-    for carrier in daemon.carriers() {
-        let sms = OutboundSms {
-            to: "+447700900123".into(),
-            from: None,
-            text: format!("Hello from otpgate via {}", carrier.name()),
-            deadline: Some(std::time::SystemTime::now() + Duration::from_secs(300)),
-        };
-        match carrier.submit(&sms).await {
-            SubmitOutcome::Accepted { message_id } => {
-                println!("carrier {}: submit_sm accepted, message_id {message_id}", carrier.name())
-            }
-            other => println!("carrier {}: submit_sm not accepted: {other:?}", carrier.name()),
-        }
+    let base = format!("http://{}", daemon.http_addr());
+    println!();
+    println!("Send a message:");
+    println!(
+        "  curl -s -X POST {base}/v1/messages -H 'Authorization: Bearer {DEMO_API_KEY}' \\\n       -H 'Content-Type: application/json' -d '{{\"to\": \"+447700900123\", \"text\": \"Hello from otpgate\"}}'"
+    );
+    println!("See its status and receipt (use the id it returned):");
+    println!("  curl -s {base}/v1/messages/ID -H 'Authorization: Bearer {DEMO_API_KEY}'");
+    println!();
+    if once {
+        return round_trip(daemon.http_addr()).await.map_err(DemoError::RoundTrip);
     }
-    let mut seen = 0;
-    let wait_for_ctrl_c = async {
-        if once {
-            std::future::pending::<()>().await;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    tokio::pin!(wait_for_ctrl_c);
-    if !once {
-        println!("running; press Ctrl-C to stop");
-    }
-    loop {
-        tokio::select! {
-            event = receipts.recv() => match event {
-                Some(event) => {
-                    seen += 1;
-                    match event.receipt {
-                        Ok(r) => println!("receipt from {}: message_id {} state {}", event.carrier, r.message_id, r.state.as_str()),
-                        Err(e) => println!("unreadable receipt from {}: {e}", event.carrier),
-                    }
-                    if once && seen == daemon.carriers().len() {
-                        break;
-                    }
-                }
-                None => break,
-            },
-            _ = &mut wait_for_ctrl_c => break,
-            _ = tokio::time::sleep(Duration::from_secs(10)), if once => {
-                println!("receipts did not arrive in time");
-                break;
-            }
-        }
-    }
-    let clean = daemon.shutdown(config.server.shutdown_timeout).await;
-    println!("stopped ({})", if clean { "all sessions unbound" } else { "shutdown timed out" });
+    println!("running; press Ctrl-C to stop");
+    let _ = tokio::signal::ctrl_c().await;
     Ok(())
+}
+
+/// What the curl commands above do, done here: send, then poll until the receipt is in.
+async fn round_trip(addr: SocketAddr) -> Result<(), String> {
+    let auth = format!("Bearer {DEMO_API_KEY}");
+    let mut client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    let body = r#"{"to": "+447700900123", "text": "Hello from otpgate"}"#;
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let reply = client.request("POST", "/v1/messages", &headers, Some(body)).await.map_err(|e| e.to_string())?;
+    println!("POST /v1/messages -> {} {}", reply.status, reply.body);
+    let id = reply.json()["id"].as_str().map(str::to_string).ok_or("no id in the answer")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client
+            .request("GET", &format!("/v1/messages/{id}"), &headers[..1], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.json()["status"] == "delivered" {
+            println!("GET /v1/messages/{id} -> {} {}", reply.status, reply.body);
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("not delivered in time: {}", reply.body));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,6 +7,9 @@
 //!
 //! Layout, one concept per module:
 //! - [`config`]: the TOML configuration and its validation;
+//! - [`http`]: the HTTP intake (axum) and a minimal client for the demo and tests;
+//! - [`store`]: the durable message store (sled), group commit, receipt correlation;
+//! - [`dispatch`]: takes queued messages to a carrier, retries, expires;
 //! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect) and receipt parsing;
 //! - [`daemon`]: wires the pieces together and runs them until shutdown;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
@@ -14,5 +17,8 @@
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dispatch;
+pub mod http;
 pub mod sim;
 pub mod smpp;
+pub mod store;

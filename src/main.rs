@@ -31,10 +31,15 @@ enum Command {
     },
     /// Run the daemon against two simulated carriers on loopback: nothing external needed.
     Demo {
-        /// Exit once the sample messages' receipts are in (for scripts and tests).
+        /// Where the demo's HTTP intake listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Send one message over HTTP, wait for its receipt and exit (for scripts and tests).
         #[arg(long, hide = true)]
         once: bool,
     },
+    /// Print the SHA-256 of an API key read from stdin, for `[[api_keys]] key_sha256`.
+    HashKey,
     /// Run the SMSC simulator on its own, printing every SMS it receives.
     SmscSim {
         #[arg(long, default_value = "127.0.0.1:2775")]
@@ -74,7 +79,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::CheckConfig { config } => check_config(config),
-            Command::Demo { once } => otpgate::demo::run(once).await.map_err(|e| e.to_string()),
+            Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
+            Command::HashKey => hash_key(),
             Command::SmscSim {
                 listen,
                 system_id,
@@ -113,27 +119,30 @@ fn check_config(path: PathBuf) -> Result<(), String> {
 async fn run(path: PathBuf) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), carriers = config.carriers.len(), "starting");
-    let (daemon, mut receipts) = Daemon::start(&config);
-    // Until the store exists, receipts are only logged (ids and states, never message text).
-    tokio::spawn(async move {
-        while let Some(event) = receipts.recv().await {
-            match event.receipt {
-                Ok(r) => tracing::info!(carrier = %event.carrier, message_id = %r.message_id, state = r.state.as_str(), "receipt"),
-                Err(e) => tracing::warn!(carrier = %event.carrier, error = %e, "unreadable receipt"),
-            }
-        }
-    });
+    let daemon = Daemon::start(&config).await.map_err(|e| e.to_string())?;
     wait_for_signal().await.map_err(|e| format!("cannot install signal handlers: {e}"))?;
     tracing::info!("shutting down");
     if daemon.shutdown(config.server.shutdown_timeout).await {
-        tracing::info!("all sessions unbound; bye");
+        tracing::info!("all sessions unbound, store flushed; bye");
         Ok(())
     } else {
         Err(format!(
-            "shutdown did not finish within {}",
+            "shutdown did not finish within {}; unfinished messages stay queued for the next start",
             humantime::format_duration(config.server.shutdown_timeout)
         ))
     }
+}
+
+/// Reads a key from stdin (one line; surrounding whitespace ignored) and prints its SHA-256.
+fn hash_key() -> Result<(), String> {
+    let mut key = String::new();
+    std::io::stdin().read_line(&mut key).map_err(|e| format!("cannot read stdin: {e}"))?;
+    let key = key.trim();
+    if key.len() < 16 {
+        return Err("an API key must be at least 16 characters".into());
+    }
+    println!("{}", otpgate::http::sha256_hex(key.as_bytes()));
+    Ok(())
 }
 
 async fn smsc_sim(listen: SocketAddr, config: SimConfig) -> Result<(), String> {

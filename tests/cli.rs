@@ -57,7 +57,7 @@ fn check_config_names_file_and_key_and_exits_1() {
 #[test]
 fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
     let out = otpgate()
-        .args(["demo", "--once"])
+        .args(["demo", "--once", "--http", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .output()
         .expect("runs");
@@ -66,7 +66,9 @@ fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
     assert!(stdout.contains("carrier alpha: 1 submit session(s) bound"), "{stdout}");
     assert!(stdout.contains("carrier beta: 2 submit session(s) bound"), "{stdout}");
     assert!(stdout.contains("[carrier alpha] SMS to +447700900123"), "{stdout}");
-    assert!(stdout.contains("receipt from alpha") && stdout.contains("receipt from beta"), "{stdout}");
+    assert!(stdout.contains("curl -s -X POST http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("POST /v1/messages -> 202"), "{stdout}");
+    assert!(stdout.contains(r#""status":"delivered""#), "{stdout}");
     assert!(stdout.contains("stopped (all sessions unbound)"), "{stdout}");
 }
 

@@ -48,6 +48,8 @@ pub struct SimConfig {
     /// Send a DELIVRD receipt for each submit asking for one, after `receipt_delay`.
     pub receipts: bool,
     pub receipt_delay: Duration,
+    /// Send the receipt *before* the submit_sm_resp (it happens with real SMSCs).
+    pub receipt_first: bool,
 }
 
 impl Default for SimConfig {
@@ -59,6 +61,7 @@ impl Default for SimConfig {
             response_delay: Duration::ZERO,
             receipts: true,
             receipt_delay: Duration::from_millis(20),
+            receipt_first: false,
         }
     }
 }
@@ -473,12 +476,18 @@ impl Connection {
         let receipt = (wants_receipt && state.config.receipts)
             .then(|| delivered_receipt(&message_id, number, sm));
         tokio::spawn(async move {
+            let receipt_first = state.config.receipt_first;
+            if receipt_first {
+                if let Some(receipt) = receipt.clone() {
+                    state.deliver(receipt);
+                }
+            }
             if !state.config.response_delay.is_zero() {
                 tokio::time::sleep(state.config.response_delay).await;
             }
             state.update(|s| s.outstanding = s.outstanding.saturating_sub(1));
             let _ = outgoing.send(Outgoing::Response(response));
-            if let Some(receipt) = receipt {
+            if let (false, Some(receipt)) = (receipt_first, receipt) {
                 tokio::time::sleep(state.config.receipt_delay).await;
                 state.deliver(receipt);
             }

@@ -138,3 +138,99 @@ pub fn receipt_fixtures() -> Vec<ReceiptFixture> {
         })
         .collect()
 }
+
+pub const API_KEY: &str = "test-key-0123456789";
+pub const OTHER_KEY: &str = "other-key-0123456789";
+
+/// A whole gateway config: one carrier per address (named alpha, beta, ...), two API keys,
+/// HTTP on a free loopback port. `carrier_extra` lines go into every carrier section.
+pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &str) -> String {
+    let mut text = format!(
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\n",
+        data_dir.display().to_string()
+    );
+    for (name, key) in [("test", API_KEY), ("other", OTHER_KEY)] {
+        let hash = otpgate::http::sha256_hex(key.as_bytes());
+        text.push_str(&format!("[[api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n\n"));
+    }
+    let names = ["alpha", "beta", "gamma", "delta"];
+    for (addr, name) in carriers.iter().zip(names) {
+        text.push_str(&format!(
+            "[[carriers]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nsystem_id = \"otpgate\"\npassword = \"secret\"\nsource_addr = \"Acme\"\nresponse_timeout = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n{carrier_extra}\n\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    text
+}
+
+pub struct Gateway {
+    pub daemon: otpgate::daemon::Daemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(carriers: &[SocketAddr], carrier_extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = gateway_toml(carriers, dir.path(), carrier_extra);
+        let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
+        let daemon = otpgate::daemon::Daemon::start(&config).await.expect("daemon starts");
+        Gateway { daemon, dir }
+    }
+
+    pub async fn client(&self) -> otpgate::http::client::Client {
+        otpgate::http::client::Client::connect(self.daemon.http_addr())
+            .await
+            .expect("connects")
+    }
+
+    pub async fn wait_bound(&self) {
+        for carrier in self.daemon.carriers() {
+            assert!(carrier.wait_bound(1, Duration::from_secs(5)).await, "{} not bound", carrier.name());
+        }
+    }
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// POST /v1/messages as `key`, optionally with an Idempotency-Key.
+pub async fn post_message(
+    client: &mut otpgate::http::client::Client,
+    key: &str,
+    body: &str,
+    idempotency: Option<&str>,
+) -> otpgate::http::client::Reply {
+    let auth = bearer(key);
+    let mut headers = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    if let Some(k) = idempotency {
+        headers.push(("Idempotency-Key", k));
+    }
+    client
+        .request("POST", "/v1/messages", &headers, Some(body))
+        .await
+        .expect("request succeeds")
+}
+
+pub async fn get_message(client: &mut otpgate::http::client::Client, key: &str, id: &str) -> otpgate::http::client::Reply {
+    let auth = bearer(key);
+    client
+        .request("GET", &format!("/v1/messages/{id}"), &[("Authorization", auth.as_str())], None)
+        .await
+        .expect("request succeeds")
+}
+
+/// Polls a message until its status is `status`; panics with the last answer otherwise.
+pub async fn wait_status(client: &mut otpgate::http::client::Client, id: &str, status: &str, limit: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let reply = get_message(client, API_KEY, id).await;
+        let json = reply.json();
+        if json["status"] == status {
+            return json;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message {id} never became {status}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,731 @@
+//! The message store: sled 0.34 on disk, behind an API that knows nothing of sled's types.
+//!
+//! One tree, with a one-byte prefix per kind of row, so every multi-row change is a single
+//! atomic `apply_batch`:
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `m` | message id | the [`MessageRecord`] (JSON) |
+//! | `q` | message id | empty: the message waits for a submit |
+//! | `r` | carrier, NUL, id candidate | message id: receipt correlation |
+//! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
+//! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
+//! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
+//!
+//! Durability: [`Store::insert_message`] returns only after a group commit covered it, so an
+//! HTTP 2xx means "on disk". Later transitions (submitted, delivered) are flushed by the same
+//! flusher or sled's own 500 ms timer; losing one in a crash only means the message is sent
+//! again (at-least-once), never lost.
+
+mod commit;
+pub mod record;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+pub use commit::FlushError;
+use commit::GroupCommit;
+pub use record::{Attempt, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
+
+use crate::smpp::Receipt;
+use crate::smpp::receipt::id_candidates;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data_dir {path} is in use by another otpgate process (its lock is held)")]
+    Locked { path: String },
+    #[error("cannot open the store in {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("stored record {0} is corrupt")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache; its default of 1 GiB is more than most hosts want to give.
+    pub cache_capacity_bytes: u64,
+}
+
+/// A message about to be taken in.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub owner: String,
+    pub to: String,
+    pub from: Option<String>,
+    pub text: String,
+    pub deadline: SystemTime,
+}
+
+/// What an Idempotency-Key lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Not seen: go ahead.
+    New,
+    /// Seen with the same body: answer with this message again.
+    Replay(MessageId),
+    /// Seen with another body.
+    Conflict,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyEntry {
+    body_sha256: String,
+    id: String,
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EarlyReceipt {
+    candidates: Vec<String>,
+    summary: ReceiptSummary,
+    final_status: Option<MessageStatus>,
+    /// Already counted as unmatched by a sweep.
+    #[serde(default)]
+    reported: bool,
+}
+
+/// What applying a receipt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptMatch {
+    /// Matched a message; its status now.
+    Matched { id: MessageId, status: MessageStatus, latency: Option<Duration> },
+    /// No message yet: kept until its submit_sm_resp is recorded (or the sweep gives up on it).
+    Held,
+}
+
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Early receipts unmatched for this long are counted and logged as unmatched.
+pub const UNMATCHED_AFTER: Duration = Duration::from_secs(600);
+
+/// The open store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    commit: Arc<GroupCommit>,
+    /// Serialises read-modify-write of records and receipt correlation (sled has no row locks).
+    writes: Mutex<()>,
+    stop: CancellationToken,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(prefix);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+fn message_key(id: &MessageId) -> Vec<u8> {
+    key(b'm', &[&id.0])
+}
+
+fn queue_key(id: &MessageId) -> Vec<u8> {
+    key(b'q', &[&id.0])
+}
+
+fn done_key(done_ms: u64, id: &MessageId) -> Vec<u8> {
+    let mut k = vec![b'd'];
+    k.extend_from_slice(&done_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn id_from(bytes: &[u8]) -> Option<MessageId> {
+    <[u8; 16]>::try_from(bytes).ok().map(MessageId)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its flusher.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
+        let path = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(options.cache_capacity_bytes)
+            .open()
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.contains("could not acquire lock") {
+                    StoreError::Locked { path: path.clone() }
+                } else {
+                    StoreError::Open { path: path.clone(), message }
+                }
+            })?;
+        let store = Arc::new(Store {
+            db,
+            commit: GroupCommit::new(),
+            writes: Mutex::new(()),
+            stop: CancellationToken::new(),
+            flusher: Mutex::new(None),
+        });
+        let db = store.db.clone();
+        let flush = move || db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flusher = tokio::spawn(store.commit.clone().run(flush, store.stop.clone()));
+        *lock(&store.flusher) = Some(flusher);
+        Ok(store)
+    }
+
+    /// Flushes everything and stops the flusher (which holds a handle on the database: once it
+    /// has finished and the last `Arc<Store>` is dropped, the data_dir lock is released).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let result = self.commit.durable().await;
+        self.stop.cancel();
+        let flusher = lock(&self.flusher).take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        Ok(result?)
+    }
+
+    fn get_record(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        match self.db.get(message_key(id))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(id.to_string())),
+        }
+    }
+
+    pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_record(id)
+    }
+
+    fn idempotency_key(owner: &str, key: &str) -> Vec<u8> {
+        let digest = Sha256::new()
+            .chain_update(owner.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&digest);
+        k
+    }
+
+    /// Looks up an Idempotency-Key of `owner`; `body_sha256` identifies the request body.
+    pub fn check_idempotency(&self, owner: &str, key: &str, body_sha256: &str, now: SystemTime) -> Result<Idempotency, StoreError> {
+        let Some(bytes) = self.db.get(Self::idempotency_key(owner, key))? else {
+            return Ok(Idempotency::New);
+        };
+        let entry: IdempotencyEntry = serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt("idempotency".into()))?;
+        let expired = record::from_ms(entry.created_ms) + IDEMPOTENCY_WINDOW < now;
+        if expired {
+            return Ok(Idempotency::New);
+        }
+        if entry.body_sha256 != body_sha256 {
+            return Ok(Idempotency::Conflict);
+        }
+        entry
+            .id
+            .parse()
+            .map(Idempotency::Replay)
+            .map_err(|_| StoreError::Corrupt("idempotency".into()))
+    }
+
+    /// Takes a message in: record, queue entry and (optionally) idempotency entry in one atomic
+    /// batch, then waits for the group commit. When this returns `Ok`, the message is on disk.
+    pub async fn insert_message(
+        &self,
+        message: NewMessage,
+        idempotency: Option<(&str, &str)>,
+        now: SystemTime,
+    ) -> Result<(MessageId, MessageRecord), StoreError> {
+        let id = MessageId::new(self.db.generate_id()?);
+        let record = MessageRecord {
+            owner: message.owner,
+            to: message.to,
+            from: message.from,
+            text: message.text,
+            status: MessageStatus::Queued,
+            created_ms: record::to_ms(now),
+            deadline_ms: record::to_ms(message.deadline),
+            submitted_ms: None,
+            done_ms: None,
+            carrier: None,
+            smsc_message_id: None,
+            attempts: Vec::new(),
+            in_flight: false,
+            receipt: None,
+            error: None,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(message_key(&id), encode(&record));
+        batch.insert(queue_key(&id), &[][..]);
+        if let Some((key, body_sha256)) = idempotency {
+            let entry = IdempotencyEntry {
+                body_sha256: body_sha256.to_string(),
+                id: id.to_string(),
+                created_ms: record.created_ms,
+            };
+            batch.insert(Self::idempotency_key(&record.owner, key), encode(&entry));
+        }
+        self.db.apply_batch(batch)?;
+        self.commit.durable().await?;
+        Ok((id, record))
+    }
+
+    /// Every message waiting to be sent, oldest first; marks those that were mid-submit when the
+    /// last process died (returned with `in_flight` still true, so callers can count resubmits).
+    pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([b'q']) {
+            let (k, _) = entry?;
+            let Some(id) = id_from(&k[1..]) else { continue };
+            if let Some(record) = self.get_record(&id)? {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes one record under the write lock. `change` returns false to leave it untouched.
+    fn update(&self, id: &MessageId, change: impl FnOnce(&mut MessageRecord, &mut sled::Batch) -> bool) -> Result<Option<MessageRecord>, StoreError> {
+        let _guard = lock(&self.writes);
+        let Some(mut record) = self.get_record(id)? else {
+            return Ok(None);
+        };
+        let mut batch = sled::Batch::default();
+        if !change(&mut record, &mut batch) {
+            return Ok(Some(record));
+        }
+        batch.insert(message_key(id), encode(&record));
+        self.db.apply_batch(batch)?;
+        Ok(Some(record))
+    }
+
+    /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
+    pub fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+        self.update(id, |r, _| {
+            let changed = !r.in_flight;
+            r.in_flight = true;
+            changed
+        })?;
+        Ok(())
+    }
+
+    /// Records a failed or deferred attempt; the message stays queued.
+    pub fn record_attempt(&self, id: &MessageId, attempt: Attempt) -> Result<(), StoreError> {
+        self.update(id, |r, _| {
+            r.in_flight = false;
+            r.push_attempt(attempt);
+            true
+        })?;
+        Ok(())
+    }
+
+    /// Ends a message without a submit (expired, failed): leaves the queue.
+    pub fn finish(&self, id: &MessageId, status: MessageStatus, error: Option<String>, attempt: Option<Attempt>, now: SystemTime) -> Result<(), StoreError> {
+        let done = record::to_ms(now);
+        self.update(id, |r, batch| {
+            if r.status.is_final() {
+                return false;
+            }
+            r.status = status;
+            r.error = error;
+            r.in_flight = false;
+            r.done_ms = Some(done);
+            if let Some(a) = attempt {
+                r.push_attempt(a);
+            }
+            batch.remove(queue_key(id));
+            batch.insert(done_key(done, id), &[][..]);
+            true
+        })?;
+        Ok(())
+    }
+
+    /// Records an accepted submit: status, SMSC id and the receipt index in one batch, then
+    /// applies any receipt that arrived before this response. Returns the status afterwards.
+    pub fn mark_submitted(&self, id: &MessageId, carrier: &str, smsc_id: &str, attempt: Attempt, now: SystemTime) -> Result<Option<MessageStatus>, StoreError> {
+        let now_ms = record::to_ms(now);
+        let _guard = lock(&self.writes);
+        let Some(mut record) = self.get_record(id)? else {
+            return Ok(None);
+        };
+        let mut batch = sled::Batch::default();
+        record.in_flight = false;
+        record.push_attempt(attempt);
+        if record.status.is_final() {
+            // A late response for a message already finished (e.g. expired meanwhile).
+            batch.insert(message_key(id), encode(&record));
+            self.db.apply_batch(batch)?;
+            return Ok(Some(record.status));
+        }
+        record.status = MessageStatus::Submitted;
+        record.submitted_ms = Some(now_ms);
+        record.carrier = Some(carrier.to_string());
+        record.smsc_message_id = Some(smsc_id.to_string());
+        batch.remove(queue_key(id));
+        let candidates = if smsc_id.is_empty() { Vec::new() } else { id_candidates(smsc_id) };
+        for candidate in &candidates {
+            batch.insert(key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]), &id.0[..]);
+        }
+        // A receipt that beat the response here?
+        let mut early = None;
+        for candidate in &candidates {
+            let prefix = key(b'e', &[carrier.as_bytes(), candidate.as_bytes(), b""]);
+            if let Some(entry) = self.db.scan_prefix(&prefix).next() {
+                let (k, v) = entry?;
+                early = Some((k, v));
+                break;
+            }
+        }
+        if let Some((_, value)) = &early {
+            if let Ok(held) = serde_json::from_slice::<EarlyReceipt>(value) {
+                apply_receipt_to(&mut record, id, &held.summary, held.final_status, now_ms, &mut batch);
+                remove_early(&held, carrier, &self.db, &mut batch)?;
+            }
+        }
+        batch.insert(message_key(id), encode(&record));
+        self.db.apply_batch(batch)?;
+        Ok(Some(record.status))
+    }
+
+    /// Applies a receipt from `carrier`: to its message when the correlation index knows the
+    /// id, else holds it for the submit_sm_resp still to come.
+    pub fn apply_receipt(&self, carrier: &str, receipt: &Receipt, now: SystemTime) -> Result<ReceiptMatch, StoreError> {
+        let now_ms = record::to_ms(now);
+        let summary = ReceiptSummary {
+            stat: receipt.stat.clone().unwrap_or_else(|| receipt.state.as_str().to_string()),
+            err: receipt.err.clone(),
+            at_ms: now_ms,
+        };
+        let final_status = MessageStatus::from_receipt(receipt.state);
+        let mut candidates = id_candidates(&receipt.message_id);
+        if let Some(alternate) = &receipt.alternate_id {
+            for c in id_candidates(alternate) {
+                if !candidates.contains(&c) {
+                    candidates.push(c);
+                }
+            }
+        }
+        let _guard = lock(&self.writes);
+        for candidate in &candidates {
+            let Some(found) = self.db.get(key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]))? else {
+                continue;
+            };
+            let Some(id) = id_from(&found) else { continue };
+            let Some(mut record) = self.get_record(&id)? else { continue };
+            let mut batch = sled::Batch::default();
+            apply_receipt_to(&mut record, &id, &summary, final_status, now_ms, &mut batch);
+            batch.insert(message_key(&id), encode(&record));
+            self.db.apply_batch(batch)?;
+            let latency = record
+                .submitted_ms
+                .map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
+            return Ok(ReceiptMatch::Matched { id, status: record.status, latency });
+        }
+        let held = EarlyReceipt {
+            candidates: candidates.clone(),
+            summary,
+            final_status,
+            reported: false,
+        };
+        let sequence = self.db.generate_id()?.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        let value = encode(&held);
+        for candidate in &candidates {
+            batch.insert(key(b'e', &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), value.clone());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(ReceiptMatch::Held)
+    }
+
+    /// Deletes finished messages older than `retention`, their receipt index rows and expired
+    /// idempotency keys; reports early receipts still unmatched after [`UNMATCHED_AFTER`] and
+    /// drops them after `retention`. Returns (messages deleted, receipts newly unmatched).
+    pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, usize), StoreError> {
+        let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
+        let mut deleted = 0;
+        for entry in self.db.scan_prefix([b'd']) {
+            let (k, _) = entry?;
+            if k.len() != 1 + 8 + 16 {
+                continue;
+            }
+            let done_ms = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
+            if done_ms > cutoff {
+                break;
+            }
+            let Some(id) = id_from(&k[9..]) else { continue };
+            let _guard = lock(&self.writes);
+            let mut batch = sled::Batch::default();
+            batch.remove(k.clone());
+            if let Some(record) = self.get_record(&id)? {
+                if let (Some(carrier), Some(smsc_id)) = (&record.carrier, &record.smsc_message_id) {
+                    for candidate in id_candidates(smsc_id) {
+                        let index = key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]);
+                        // Only if it still points here: a newer message may reuse the SMSC id.
+                        if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
+                            batch.remove(index);
+                        }
+                    }
+                }
+                batch.remove(message_key(&id));
+                deleted += 1;
+            }
+            self.db.apply_batch(batch)?;
+        }
+        let idempotency_cutoff = now.checked_sub(IDEMPOTENCY_WINDOW).unwrap_or(std::time::UNIX_EPOCH);
+        for entry in self.db.scan_prefix([b'k']) {
+            let (k, v) = entry?;
+            let stale = serde_json::from_slice::<IdempotencyEntry>(&v)
+                .map(|e| record::from_ms(e.created_ms) < idempotency_cutoff)
+                .unwrap_or(true);
+            if stale {
+                self.db.remove(k)?;
+            }
+        }
+        let mut unmatched = 0;
+        let report_before = record::to_ms(now.checked_sub(UNMATCHED_AFTER).unwrap_or(std::time::UNIX_EPOCH));
+        for entry in self.db.scan_prefix([b'e']) {
+            let (k, v) = entry?;
+            let Ok(mut held) = serde_json::from_slice::<EarlyReceipt>(&v) else {
+                self.db.remove(k)?;
+                continue;
+            };
+            if held.summary.at_ms <= cutoff {
+                self.db.remove(k)?;
+                continue;
+            }
+            // A held receipt has one row per candidate id: report it from its first row only.
+            let first_row = early_candidate(&k).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c));
+            if first_row && !held.reported && held.summary.at_ms <= report_before {
+                unmatched += 1;
+                held.reported = true;
+                let _guard = lock(&self.writes);
+                let value = encode(&held);
+                let carrier = &k[1..k.iter().position(|&b| b == 0).unwrap_or(1)];
+                let sequence = &k[k.len() - 8..];
+                let rows = held.candidates.iter().map(|c| key(b'e', &[carrier, c.as_bytes(), sequence]));
+                for row_key in rows {
+                    self.db.insert(row_key, value.clone())?;
+                }
+            }
+        }
+        Ok((deleted, unmatched))
+    }
+
+    /// Counts rows by prefix (tests and metrics): (messages, queued, held receipts).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |p: u8| self.db.scan_prefix([p]).count();
+        (count(b'm'), count(b'q'), count(b'e'))
+    }
+
+    /// Bytes on disk (sled's estimate).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &ReceiptSummary, final_status: Option<MessageStatus>, now_ms: u64, batch: &mut sled::Batch) {
+    record.receipt = Some(summary.clone());
+    if let Some(status) = final_status {
+        if !record.status.is_final() || record.status == MessageStatus::Expired {
+            if let Some(old_done) = record.done_ms {
+                batch.remove(done_key(old_done, id));
+            }
+            record.status = status;
+            record.done_ms = Some(now_ms);
+            batch.remove(queue_key(id));
+            batch.insert(done_key(now_ms, id), &[][..]);
+        }
+    }
+}
+
+fn remove_early(held: &EarlyReceipt, carrier: &str, db: &sled::Db, batch: &mut sled::Batch) -> Result<(), StoreError> {
+    for candidate in &held.candidates {
+        let prefix = key(b'e', &[carrier.as_bytes(), candidate.as_bytes(), b""]);
+        if let Some(entry) = db.scan_prefix(&prefix).next() {
+            batch.remove(entry?.0);
+        }
+    }
+    Ok(())
+}
+
+/// The candidate id inside an `e` row key: `e`, carrier, NUL, candidate, NUL, 8-byte sequence.
+fn early_candidate(row_key: &[u8]) -> Option<&[u8]> {
+    let body = row_key.get(1..row_key.len().checked_sub(9)?)?;
+    let start = body.iter().position(|&b| b == 0)? + 1;
+    body.get(start..)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our own plain structs: serialisation cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smpp::DeliveryState;
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            cache_capacity_bytes: 8 * 1024 * 1024,
+        }
+    }
+
+    fn new_message(now: SystemTime) -> NewMessage {
+        NewMessage {
+            owner: "test".into(),
+            to: "+447700900123".into(),
+            from: None,
+            text: "hello".into(),
+            deadline: now + Duration::from_secs(300),
+        }
+    }
+
+    fn attempt() -> Attempt {
+        Attempt {
+            at_ms: 0,
+            carrier: "alpha".into(),
+            result: "ok".into(),
+            detail: String::new(),
+        }
+    }
+
+    fn receipt(id: &str, state: DeliveryState) -> Receipt {
+        Receipt {
+            message_id: id.into(),
+            alternate_id: None,
+            state,
+            stat: Some(state.as_str().into()),
+            err: Some("000".into()),
+            submitted: None,
+            delivered: None,
+            submit_date: None,
+            done_date: None,
+            network_error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_sweep_deletes_finished_messages_and_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let now = SystemTime::now();
+        let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+        let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+        store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).unwrap();
+        let matched = store.apply_receipt("alpha", &receipt("ab12", DeliveryState::Delivered), now).unwrap();
+        assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
+
+        // Not old enough yet.
+        assert_eq!(store.sweep(Duration::from_secs(3600), now).unwrap().0, 0);
+        let later = now + Duration::from_secs(3601);
+        assert_eq!(store.sweep(Duration::from_secs(3600), later).unwrap().0, 1);
+        assert!(store.message(&done_id).unwrap().is_none());
+        assert!(store.message(&queued_id).unwrap().is_some(), "queued messages are never swept");
+        // Its receipt index went with it: a late duplicate receipt is held, not applied.
+        let late = store.apply_receipt("alpha", &receipt("AB12", DeliveryState::Delivered), later).unwrap();
+        assert_eq!(late, ReceiptMatch::Held);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let now = SystemTime::now();
+        let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+        // Receipt in decimal before the submit_sm_resp names the id in hex.
+        assert_eq!(store.apply_receipt("alpha", &receipt("1891273321", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Held);
+        assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).unwrap(), Some(MessageStatus::Delivered));
+        assert_eq!(store.counts().2, 0);
+
+        // A receipt for nothing on another carrier: held, then reported once, then dropped.
+        store.apply_receipt("beta", &receipt("77", DeliveryState::Undeliverable), now).unwrap();
+        let retention = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(store.sweep(retention, now).unwrap().1, 0, "too young to call unmatched");
+        let later = now + UNMATCHED_AFTER + Duration::from_secs(1);
+        assert_eq!(store.sweep(retention, later).unwrap().1, 1);
+        assert_eq!(store.sweep(retention, later).unwrap().1, 0, "reported once");
+        assert!(store.counts().2 > 0, "kept until retention");
+        store.sweep(retention, now + retention + Duration::from_secs(1)).unwrap();
+        assert_eq!(store.counts().2, 0);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn acknowledged_inserts_survive_reopening_and_are_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut ids = Vec::new();
+        {
+            let store = Store::open(dir.path(), &options()).unwrap();
+            for _ in 0..50 {
+                ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+            }
+            store.mark_in_flight(&ids[0]).unwrap();
+            store.close().await.unwrap();
+        }
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let queued = store.queued().unwrap();
+        assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
+        assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes_without_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let now = SystemTime::now();
+        let writers = (0..64).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    store.insert_message(new_message(now), None, now).await.unwrap();
+                }
+            })
+        });
+        let all = futures::future::join_all(writers);
+        tokio::time::timeout(Duration::from_secs(30), all).await.expect("group commit must not hang");
+        assert_eq!(store.counts().1, 64 * 20);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idempotency_entries_replay_conflict_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::New);
+        let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
+        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::Replay(id));
+        assert_eq!(store.check_idempotency("test", "k1", "h2", now).unwrap(), Idempotency::Conflict);
+        assert_eq!(store.check_idempotency("other", "k1", "h1", now).unwrap(), Idempotency::New);
+        let tomorrow = now + IDEMPOTENCY_WINDOW + Duration::from_secs(1);
+        assert_eq!(store.check_idempotency("test", "k1", "h2", tomorrow).unwrap(), Idempotency::New);
+        store.close().await.unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! What the store keeps about one message.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::smpp::DeliveryState;
+
+/// A message's id: 8 bytes of a monotonic counter (so ids sort in arrival order) and 8 random
+/// bytes (so ids cannot be guessed). Shown as 32 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    pub fn new(sequence: u64) -> MessageId {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&sequence.to_be_bytes());
+        bytes[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+        MessageId(bytes)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<MessageId, ()> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+        }
+        Ok(MessageId(bytes))
+    }
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Taken in, waiting for (or in the middle of) a submit.
+    Queued,
+    /// An SMSC accepted it; waiting for the receipt.
+    Submitted,
+    Delivered,
+    Undeliverable,
+    /// Its validity passed: before it could be sent, or (receipt EXPIRED) at the carrier.
+    Expired,
+    /// The carrier rejected it after accepting it (receipt REJECTD).
+    Rejected,
+    /// A permanent submit error.
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, MessageStatus::Queued | MessageStatus::Submitted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Submitted => "submitted",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Undeliverable => "undeliverable",
+            MessageStatus::Expired => "expired",
+            MessageStatus::Rejected => "rejected",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    /// The status a final receipt puts a message in; `None` for progress reports.
+    pub fn from_receipt(state: DeliveryState) -> Option<MessageStatus> {
+        Some(match state {
+            DeliveryState::Delivered => MessageStatus::Delivered,
+            DeliveryState::Undeliverable | DeliveryState::Deleted => MessageStatus::Undeliverable,
+            DeliveryState::Expired => MessageStatus::Expired,
+            DeliveryState::Rejected => MessageStatus::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// One try at submitting the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub carrier: String,
+    /// `ok`, `retry_later`, `retry_elsewhere` or `permanent`.
+    pub result: String,
+    pub detail: String,
+}
+
+/// What the receipt said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptSummary {
+    pub stat: String,
+    pub err: Option<String>,
+    pub at_ms: u64,
+}
+
+/// The stored record of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The API key (by name) that sent it; others cannot read it.
+    pub owner: String,
+    pub to: String,
+    pub from: Option<String>,
+    pub text: String,
+    pub status: MessageStatus,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+    pub submitted_ms: Option<u64>,
+    pub done_ms: Option<u64>,
+    pub carrier: Option<String>,
+    pub smsc_message_id: Option<String>,
+    /// Most recent attempts, oldest first (bounded, see `MAX_ATTEMPTS_KEPT`).
+    pub attempts: Vec<Attempt>,
+    /// A submit was started and its result not yet recorded; seen at startup, it means the
+    /// previous process died mid-submit and the message will be sent again.
+    pub in_flight: bool,
+    pub receipt: Option<ReceiptSummary>,
+    pub error: Option<String>,
+}
+
+/// Attempts beyond this are dropped oldest first: a message retried for an hour must not grow
+/// without bound.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+
+impl MessageRecord {
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            self.attempts.remove(0);
+        }
+        self.attempts.push(attempt);
+    }
+
+    pub fn deadline(&self) -> SystemTime {
+        from_ms(self.deadline_ms)
+    }
+}
+
+pub fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// RFC 3339 in UTC with milliseconds, as the API shows times.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(from_ms(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_sort_by_sequence() {
+        let a = MessageId::new(1);
+        let b = MessageId::new(2);
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<MessageId>(), Ok(a));
+        assert!("xyz".parse::<MessageId>().is_err());
+        assert!("zz".repeat(16).parse::<MessageId>().is_err());
+    }
+}
