@@ -539,6 +539,27 @@ source_addr = "Acme"
     }
 
     #[test]
+    fn api_keys_must_be_hashes_with_unique_names() {
+        let hash = "a".repeat(64);
+        let ok = format!("{MINIMAL}\n[[api_keys]]\nname = \"backend\"\nkey_sha256 = \"{hash}\"\n");
+        assert_eq!(parse(&ok).unwrap().api_keys[0].hash(), [0xaa; 32]);
+        let plaintext = format!("{MINIMAL}\n[[api_keys]]\nname = \"backend\"\nkey_sha256 = \"my-secret-key\"\n");
+        let e = error_of(&plaintext);
+        assert!(e.contains("api_keys[0].key_sha256"), "{e}");
+        assert!(!e.contains("my-secret-key"), "the key leaked into the error: {e}");
+        let twice = format!("{ok}\n[[api_keys]]\nname = \"backend\"\nkey_sha256 = \"{hash}\"\n");
+        assert!(error_of(&twice).contains("api_keys[1].name"));
+    }
+
+    #[test]
+    fn message_validity_limits_are_checked() {
+        let e = error_of(&format!("[messages]\ndefault_validity = \"5h\"\nmax_validity = \"1h\"\n{MINIMAL}"));
+        assert!(e.contains("messages.default_validity"), "{e}");
+        let e = error_of(&format!("[messages]\nmax_validity = \"200d\"\n{MINIMAL}"));
+        assert!(e.contains("messages.max_validity"), "{e}");
+    }
+
+    #[test]
     fn no_carriers_is_an_error() {
         let e = error_of("[server]\nhttp_listen = \"127.0.0.1:1\"\n");
         assert!(e.contains("carriers"), "{e}");

@@ -111,6 +111,9 @@ impl Daemon {
             }
         });
         tracing::info!(%http_addr, "HTTP intake listening");
+        if config.api_keys.is_empty() {
+            tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");
+        }
         Ok(Daemon {
             carriers,
             store,

@@ -93,3 +93,26 @@ async fn smsc_sim_command_serves_real_binds() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn hash_key_prints_the_sha256_of_the_key_on_stdin() {
+    use std::io::Write;
+    let mut child = otpgate()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct-horse-battery-staple\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // sha256("correct-horse-battery-staple")
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        otpgate::http::sha256_hex(b"correct-horse-battery-staple")
+    );
+    assert_eq!(
+        otpgate::http::sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

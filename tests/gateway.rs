@@ -273,3 +273,28 @@ async fn shutdown_refuses_new_requests_and_keeps_queued_messages_for_the_next_st
     assert_eq!(sim.stats().submits.len(), 1);
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_receipt_arriving_after_a_restart_still_finds_its_message() {
+    let sim = sim(SimConfig {
+        receipt_delay: Duration::from_millis(700),
+        ..SimConfig::default()
+    })
+    .await;
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let id = post_message(&mut client, API_KEY, BODY, None).await.json()["id"].as_str().unwrap().to_string();
+    wait_status(&mut client, &id, "submitted", Duration::from_secs(3)).await;
+    let Gateway { daemon, dir } = gw;
+    assert!(daemon.shutdown(Duration::from_secs(5)).await);
+    // The SMSC keeps the receipt until a receiver binds again: the restarted daemon.
+    let text = common::gateway_toml(&[sim.addr()], dir.path(), "");
+    let config = otpgate::config::Config::from_toml(&text, std::path::Path::new("x.toml")).unwrap();
+    let daemon = otpgate::daemon::Daemon::start(&config).await.unwrap();
+    let mut client = otpgate::http::client::Client::connect(daemon.http_addr()).await.unwrap();
+    let done = wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
+    assert_eq!(done["receipt"]["stat"], "DELIVRD");
+    assert_eq!(sim.stats().submits.len(), 1, "a submitted message is not sent again on restart");
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
