@@ -49,10 +49,7 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
         ..SimConfig::default()
     })
     .await;
-    let http = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let http = common::free_addr();
     let dir = tempfile::tempdir().unwrap();
     let text = gateway_toml(&[sim.addr()], &dir.path().join("data"), "window = 16")
         .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{http}\""));

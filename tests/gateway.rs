@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{API_KEY, Gateway, OTHER_KEY, get_message, post_message, sim, wait_status};
+use common::{API_KEY, Gateway, OTHER_KEY, bound_gateway, get_message, post_message, sim, wait_status};
 use otpgate::sim::SimConfig;
 use rusmpp::CommandStatus;
 
@@ -13,10 +13,7 @@ const BODY: &str = r#"{"to": "+447700900123", "text": "Your parcel is on its way
 
 #[tokio::test]
 async fn message_goes_from_http_to_the_smsc_and_its_receipt_comes_back() {
-    let sim = sim(SimConfig::default()).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = bound_gateway(SimConfig::default()).await;
     let body = r#"{"to": "+447700900123", "text": "Your parcel is on its way", "from": "Shop", "validity": "10m"}"#;
     let reply = post_message(&mut client, API_KEY, body, None).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
@@ -47,10 +44,7 @@ async fn message_goes_from_http_to_the_smsc_and_its_receipt_comes_back() {
 
 #[tokio::test]
 async fn idempotency_key_replays_the_first_answer_and_refuses_a_different_body() {
-    let sim = sim(SimConfig::default()).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = bound_gateway(SimConfig::default()).await;
     let first = post_message(&mut client, API_KEY, BODY, Some("order-42")).await;
     let again = post_message(&mut client, API_KEY, BODY, Some("order-42")).await;
     assert_eq!(first.status, 202);
@@ -195,10 +189,7 @@ async fn a_receipt_that_beats_its_submit_response_is_matched() {
 
 #[tokio::test]
 async fn throttled_submits_are_retried_and_permanent_errors_fail_the_message() {
-    let sim = sim(SimConfig::default()).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = bound_gateway(SimConfig::default()).await;
 
     sim.set_submit_status(Some(CommandStatus::EsmeRthrottled));
     let id = post_message(&mut client, API_KEY, BODY, None).await.json()["id"].as_str().unwrap().to_string();
@@ -219,11 +210,7 @@ async fn throttled_submits_are_retried_and_permanent_errors_fail_the_message() {
 
 #[tokio::test]
 async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = common::free_addr();
     let gw = Gateway::start(&[addr], "").await;
     let mut client = gw.client().await;
     let body = r#"{"to": "+447700900123", "text": "code 1234", "validity": "1s"}"#;
@@ -252,26 +239,19 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
 }
 
 #[tokio::test]
-async fn shutdown_refuses_new_requests_and_keeps_queued_messages_for_the_next_start() {
-    let sim_addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+async fn a_clean_shutdown_keeps_unsent_messages_queued_for_the_next_start() {
+    let sim_addr = common::free_addr();
     let gw = Gateway::start(&[sim_addr], "").await;
     let mut client = gw.client().await;
     let reply = post_message(&mut client, API_KEY, BODY, None).await;
     let id = reply.json()["id"].as_str().unwrap().to_string();
-    let Gateway { daemon, dir } = gw;
-    assert!(daemon.shutdown(Duration::from_secs(5)).await, "clean shutdown");
     // Restart on the same data_dir with the carrier now up: the message goes out.
     let sim = otpgate::sim::SmscSim::start(sim_addr, SimConfig::default()).await.unwrap();
-    let text = common::gateway_toml(&[sim_addr], dir.path(), "");
-    let config = otpgate::config::Config::from_toml(&text, std::path::Path::new("x.toml")).unwrap();
-    let daemon = otpgate::daemon::Daemon::start(&config).await.unwrap();
-    let mut client = otpgate::http::client::Client::connect(daemon.http_addr()).await.unwrap();
+    let gw = gw.restart(&[sim_addr]).await;
+    let mut client = gw.client().await;
     wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
     assert_eq!(sim.stats().submits.len(), 1);
-    daemon.shutdown(Duration::from_secs(5)).await;
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -286,15 +266,11 @@ async fn a_receipt_arriving_after_a_restart_still_finds_its_message() {
     let mut client = gw.client().await;
     let id = post_message(&mut client, API_KEY, BODY, None).await.json()["id"].as_str().unwrap().to_string();
     wait_status(&mut client, &id, "submitted", Duration::from_secs(3)).await;
-    let Gateway { daemon, dir } = gw;
-    assert!(daemon.shutdown(Duration::from_secs(5)).await);
     // The SMSC keeps the receipt until a receiver binds again: the restarted daemon.
-    let text = common::gateway_toml(&[sim.addr()], dir.path(), "");
-    let config = otpgate::config::Config::from_toml(&text, std::path::Path::new("x.toml")).unwrap();
-    let daemon = otpgate::daemon::Daemon::start(&config).await.unwrap();
-    let mut client = otpgate::http::client::Client::connect(daemon.http_addr()).await.unwrap();
+    let gw = gw.restart(&[sim.addr()]).await;
+    let mut client = gw.client().await;
     let done = wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
     assert_eq!(done["receipt"]["stat"], "DELIVRD");
     assert_eq!(sim.stats().submits.len(), 1, "a submitted message is not sent again on restart");
-    daemon.shutdown(Duration::from_secs(5)).await;
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
 }

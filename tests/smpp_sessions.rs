@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{carrier_config, sim, sms, start, start_bound};
@@ -68,12 +67,8 @@ async fn bad_password_is_refused_and_retried_with_growing_backoff() {
 
 #[tokio::test]
 async fn smsc_down_then_up_is_reached_once_it_listens() {
-    // Find a free port, leave it closed, and point the carrier at it.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // A free port, left closed, for the carrier to point at.
+    let addr = common::free_addr();
     let running = start(carrier_config(addr, ""));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(running.carrier.bound_sessions(), 0);

@@ -15,6 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 pub const LOOPBACK: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
 
+/// A loopback address nothing listens on (yet): for carriers that are down.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
 pub async fn sim(config: SimConfig) -> SmscSim {
     SmscSim::start(SocketAddr::from(LOOPBACK), config)
         .await
@@ -184,11 +190,30 @@ impl Gateway {
             .expect("connects")
     }
 
+    /// Shuts down cleanly and starts again on the same data_dir (carriers may have moved).
+    pub async fn restart(self, carriers: &[SocketAddr]) -> Gateway {
+        let Gateway { daemon, dir } = self;
+        assert!(daemon.shutdown(Duration::from_secs(5)).await, "clean shutdown");
+        let text = gateway_toml(carriers, dir.path(), "");
+        let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
+        let daemon = otpgate::daemon::Daemon::start(&config).await.expect("daemon restarts");
+        Gateway { daemon, dir }
+    }
+
     pub async fn wait_bound(&self) {
         for carrier in self.daemon.carriers() {
             assert!(carrier.wait_bound(1, Duration::from_secs(5)).await, "{} not bound", carrier.name());
         }
     }
+}
+
+/// A simulator, a gateway bound to it, and a client of the gateway.
+pub async fn bound_gateway(config: SimConfig) -> (SmscSim, Gateway, otpgate::http::client::Client) {
+    let sim = sim(config).await;
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    gw.wait_bound().await;
+    let client = gw.client().await;
+    (sim, gw, client)
 }
 
 pub fn bearer(key: &str) -> String {
