@@ -118,7 +118,7 @@ impl Dispatcher {
     }
 }
 
-fn attempt(carrier: &str, outcome: &SubmitOutcome) -> Attempt {
+fn attempt(carrier: &str, session: Option<&str>, outcome: &SubmitOutcome) -> Attempt {
     let detail = match outcome {
         SubmitOutcome::Accepted { message_id } => format!("message_id {message_id}"),
         SubmitOutcome::RetryLater { status } => crate::smpp::outcome::status_name(*status),
@@ -128,6 +128,7 @@ fn attempt(carrier: &str, outcome: &SubmitOutcome) -> Attempt {
     Attempt {
         at_ms: to_ms(SystemTime::now()),
         carrier: carrier.to_string(),
+        session: session.map(str::to_string),
         result: outcome.label().to_string(),
         detail,
     }
@@ -196,9 +197,9 @@ impl Shared {
                 continue;
             };
             self.log_store_error(&id, self.store.mark_in_flight(&id));
-            let outcome = carrier.submit(&job.sms).await;
+            let (outcome, session) = carrier.submit_via(&job.sms).await;
             metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label()).increment(1);
-            let record = attempt(carrier.name(), &outcome);
+            let record = attempt(carrier.name(), session.as_deref(), &outcome);
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
                     metrics::counter!("otpgate_messages_total", "state" => "submitted").increment(1);

@@ -33,6 +33,7 @@ async fn message_goes_from_http_to_the_smsc_and_its_receipt_comes_back() {
     assert_eq!(done["id"], id.as_str());
     assert_eq!(done["to"], "+447700900123");
     assert_eq!(done["carrier"], "alpha");
+    assert_eq!(done["session"], "alpha#0/transceiver");
     assert_eq!(done["smsc_message_id"], sms.message_id.as_str());
     assert_eq!(done["receipt"]["stat"], "DELIVRD");
     assert_eq!(done["receipt"]["err"], "000");

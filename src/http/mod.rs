@@ -241,6 +241,7 @@ fn message_json(id: &MessageId, r: &MessageRecord) -> serde_json::Value {
         "receipt": r.receipt.as_ref().map(|rc| json!({"stat": rc.stat, "err": rc.err})),
         "error": r.error,
         "attempts": r.attempts.len(),
+        "session": r.attempts.last().and_then(|a| a.session.clone()),
     })
 }
 

@@ -54,11 +54,11 @@ impl Carrier {
             })
             .collect();
         for (slot, mode, submits) in links {
+            let label = format!("{}#{slot}/{}", carrier.name, mode.as_str());
             let link = Link {
                 carrier: carrier.clone(),
                 slot: submits.then_some(slot),
-                label: format!("{}#{slot}/{}", carrier.name, mode.as_str()),
-                settings: carrier.session_settings(mode),
+                settings: carrier.session_settings(mode, label),
             };
             carrier.tasks.spawn(link.supervise(receipts.clone(), shutdown.clone()));
         }
@@ -74,10 +74,11 @@ impl Carrier {
         &self.config
     }
 
-    fn session_settings(&self, mode: BindMode) -> SessionSettings {
+    fn session_settings(&self, mode: BindMode, label: String) -> SessionSettings {
         let c = &self.config;
         SessionSettings {
             carrier: self.name.clone(),
+            label: Arc::from(label),
             endpoint: c.endpoint(),
             system_id: c.system_id.clone(),
             password: c.password.clone(),
@@ -141,22 +142,24 @@ impl Carrier {
 
     /// Submits one SMS over this carrier.
     pub async fn submit(&self, sms: &OutboundSms) -> SubmitOutcome {
+        self.submit_via(sms).await.0
+    }
+
+    /// Submits one SMS and says which session carried it (`None` when none did).
+    pub async fn submit_via(&self, sms: &OutboundSms) -> (SubmitOutcome, Option<Arc<str>>) {
         if let Some(pacer) = &self.pacer {
             pacer.wait().await;
         }
         let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
             Ok(pdu) => pdu,
             Err(e) => {
-                return SubmitOutcome::Permanent {
-                    reason: Permanent::Message(e),
-                };
+                let reason = Permanent::Message(e);
+                return (SubmitOutcome::Permanent { reason }, None);
             }
         };
         match self.pick() {
-            Some(session) => session.submit(pdu).await,
-            None => SubmitOutcome::RetryElsewhere {
-                reason: NotSubmitted::NoSession,
-            },
+            Some(session) => (session.submit(pdu).await, Some(session.label().clone())),
+            None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None),
         }
     }
 
@@ -183,7 +186,6 @@ struct Link {
     carrier: Arc<Carrier>,
     /// The submit slot it fills, or `None` for a receive-only link.
     slot: Option<usize>,
-    label: String,
     settings: SessionSettings,
 }
 
@@ -203,7 +205,7 @@ impl Link {
             match opened {
                 Ok(session) => {
                     attempt = 0;
-                    tracing::info!(carrier = %self.carrier.name, link = %self.label, endpoint = %self.settings.endpoint, "bound");
+                    tracing::info!(carrier = %self.carrier.name, link = %self.settings.label, endpoint = %self.settings.endpoint, "bound");
                     self.fill(Some(session.clone()));
                     let ended = tokio::select! {
                         reason = session.closed() => Some(reason),
@@ -212,20 +214,20 @@ impl Link {
                     self.fill(None);
                     match ended {
                         Some(reason) => {
-                            tracing::warn!(carrier = %self.carrier.name, link = %self.label, %reason, "session closed; will reconnect");
+                            tracing::warn!(carrier = %self.carrier.name, link = %self.settings.label, %reason, "session closed; will reconnect");
                         }
                         None => {
                             session.unbind(config.response_timeout).await;
-                            tracing::info!(carrier = %self.carrier.name, link = %self.label, "unbound");
+                            tracing::info!(carrier = %self.carrier.name, link = %self.settings.label, "unbound");
                             break;
                         }
                     }
                 }
-                Err(error) => log_bind_failure(&self.carrier.name, &self.label, attempt, &error),
+                Err(error) => log_bind_failure(&self.carrier.name, &self.settings.label, attempt, &error),
             }
             let delay = backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
-            tracing::debug!(link = %self.label, delay_ms = delay.as_millis() as u64, "reconnect backoff");
+            tracing::debug!(link = %self.settings.label, delay_ms = delay.as_millis() as u64, "reconnect backoff");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => break,

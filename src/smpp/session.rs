@@ -62,6 +62,8 @@ impl BindMode {
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub carrier: Arc<str>,
+    /// Names this link in logs and attempt records: `carrier#slot/mode`.
+    pub label: Arc<str>,
     pub endpoint: String,
     pub system_id: String,
     pub password: String,
@@ -160,6 +162,7 @@ pub struct Session {
 
 struct Inner {
     carrier: Arc<str>,
+    label: Arc<str>,
     mode: BindMode,
     window_size: usize,
     response_timeout: Duration,
@@ -198,6 +201,7 @@ impl Session {
         let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
         let inner = Arc::new(Inner {
             carrier: settings.carrier.clone(),
+            label: settings.label.clone(),
             mode: settings.mode,
             window_size: settings.window,
             response_timeout: settings.response_timeout,
@@ -221,6 +225,10 @@ impl Session {
 
     pub fn mode(&self) -> BindMode {
         self.inner.mode
+    }
+
+    pub fn label(&self) -> &Arc<str> {
+        &self.inner.label
     }
 
     /// Submits one message and waits for the SMSC's verdict (at most `response_timeout` once sent;

@@ -608,6 +608,7 @@ mod tests {
         Attempt {
             at_ms: 0,
             carrier: "alpha".into(),
+            session: Some("alpha#0/transceiver".into()),
             result: "ok".into(),
             detail: String::new(),
         }

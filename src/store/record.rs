@@ -98,6 +98,9 @@ impl MessageStatus {
 pub struct Attempt {
     pub at_ms: u64,
     pub carrier: String,
+    /// The session that carried it (`carrier#slot/mode`), when one did.
+    #[serde(default)]
+    pub session: Option<String>,
     /// `ok`, `retry_later`, `retry_elsewhere` or `permanent`.
     pub result: String,
     pub detail: String,
