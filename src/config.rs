@@ -40,9 +40,150 @@ pub struct Config {
     #[serde(default)]
     pub messages: MessagesConfig,
     #[serde(default)]
+    pub otp: OtpConfig,
+    #[serde(default)]
     pub carriers: Vec<CarrierConfig>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// The verification API's policy. Defaults are stricter than the paid Verify APIs'.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtpConfig {
+    /// `{brand}` in templates.
+    pub brand: String,
+    /// How long a code works (at most 10 minutes).
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Digits per code unless the request asks otherwise (4-10).
+    pub code_length: usize,
+    /// Checks per verification before it locks (`max_attempts_reached`).
+    pub max_checks: u32,
+    #[serde(deserialize_with = "duration")]
+    pub resend_cooldown: Duration,
+    pub max_sends_per_number: u32,
+    #[serde(deserialize_with = "duration")]
+    pub send_window: Duration,
+    /// Failed checks per number across all its verifications (resends do not reset it).
+    pub max_failed_checks_per_number: u32,
+    #[serde(deserialize_with = "duration")]
+    pub failed_checks_window: Duration,
+    /// E.164 prefixes codes may be sent to; empty allows all.
+    pub allowed_prefixes: Vec<String>,
+    /// File holding the 32-byte HMAC key (created with mode 0600 when missing); default
+    /// `<data_dir>/otp-hmac.key`.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Ends each SMS with `@domain #code` (WebOTP, iOS autofill).
+    pub webotp_domain: Option<String>,
+    /// Ends each SMS with this 11-character Android SMS Retriever hash.
+    pub android_app_hash: Option<String>,
+    pub default_locale: String,
+    /// Text per locale; placeholders `{code}` (required), `{brand}`, `{minutes}`, `{context}`.
+    pub templates: std::collections::BTreeMap<String, String>,
+    /// Token-bucket limits per minute (0 = none).
+    pub creates_per_minute_per_key: u32,
+    pub creates_per_minute_per_ip: u32,
+    pub checks_per_minute_per_key: u32,
+    pub checks_per_minute_per_ip: u32,
+    pub checks_per_minute_per_number: u32,
+}
+
+impl Default for OtpConfig {
+    fn default() -> Self {
+        let templates = [
+            ("en", "{code} is your {brand} code. It expires in {minutes} min. Never share it."),
+            ("fr", "{code} est votre code {brand}. Il expire dans {minutes} min. Ne le partagez jamais."),
+            ("de", "{code} ist Ihr {brand}-Code. Er läuft in {minutes} Min. ab. Geben Sie ihn nie weiter."),
+            ("es", "{code} es tu código de {brand}. Caduca en {minutes} min. No lo compartas."),
+        ];
+        OtpConfig {
+            brand: "otpgate".into(),
+            ttl: Duration::from_secs(300),
+            code_length: 6,
+            max_checks: 5,
+            resend_cooldown: Duration::from_secs(30),
+            max_sends_per_number: 5,
+            send_window: Duration::from_secs(3600),
+            max_failed_checks_per_number: 20,
+            failed_checks_window: Duration::from_secs(24 * 3600),
+            allowed_prefixes: Vec::new(),
+            hmac_key_file: None,
+            webotp_domain: None,
+            android_app_hash: None,
+            default_locale: "en".into(),
+            templates: templates.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            creates_per_minute_per_key: 600,
+            creates_per_minute_per_ip: 60,
+            checks_per_minute_per_key: 1200,
+            checks_per_minute_per_ip: 120,
+            checks_per_minute_per_number: 10,
+        }
+    }
+}
+
+impl OtpConfig {
+    /// The autofill lines every OTP text ends with.
+    pub fn autofill(&self) -> crate::otp::template::Autofill {
+        crate::otp::template::Autofill {
+            webotp_domain: self.webotp_domain.clone(),
+            android_app_hash: self.android_app_hash.clone(),
+        }
+    }
+
+    /// Whole minutes of life a fresh code has, as `{minutes}` shows it.
+    pub fn ttl_minutes(&self) -> u64 {
+        self.ttl.as_secs().div_ceil(60)
+    }
+
+    fn problem(&self) -> Option<(String, String)> {
+        let p = |k: &str, m: String| Some((format!("otp.{k}"), m));
+        if self.ttl < Duration::from_secs(30) || self.ttl > Duration::from_secs(600) {
+            return p("ttl", "must be between 30s and 10m (NIST SP 800-63B)".into());
+        }
+        if !(4..=10).contains(&self.code_length) {
+            return p("code_length", "must be 4-10".into());
+        }
+        if self.max_checks == 0 || self.max_checks > 10 {
+            return p("max_checks", "must be 1-10".into());
+        }
+        if self.max_sends_per_number == 0 || self.max_failed_checks_per_number == 0 {
+            return p("max_sends_per_number", "limits must be at least 1".into());
+        }
+        for (i, prefix) in self.allowed_prefixes.iter().enumerate() {
+            let ok = prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit());
+            if !ok {
+                return p(&format!("allowed_prefixes[{i}]"), format!("{prefix:?} is not '+' followed by digits"));
+            }
+        }
+        if self.webotp_domain.is_some() && self.android_app_hash.is_some() {
+            return p(
+                "android_app_hash",
+                "set either webotp_domain or android_app_hash: both want to end the message".into(),
+            );
+        }
+        if let Some(domain) = &self.webotp_domain {
+            let ok = !domain.is_empty() && domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !ok {
+                return p("webotp_domain", format!("{domain:?} is not a host name like \"example.com\""));
+            }
+        }
+        if let Some(hash) = &self.android_app_hash {
+            if hash.chars().count() != 11 {
+                return p("android_app_hash", "must be the 11-character hash Google's tools print".into());
+            }
+        }
+        if !self.templates.contains_key(&self.default_locale) {
+            return p("default_locale", format!("no template for {:?}", self.default_locale));
+        }
+        let autofill = self.autofill();
+        for (locale, template) in &self.templates {
+            if let Err(m) = crate::otp::template::validate(template, &self.brand, self.ttl_minutes(), &autofill) {
+                return p(&format!("templates.{locale}"), m);
+            }
+        }
+        None
+    }
 }
 
 /// The sled store's tuning.
@@ -288,6 +429,9 @@ impl Config {
         // SMPP relative validity counts at most 99 days in our encoding.
         if m.max_validity > Duration::from_secs(99 * 24 * 3600) {
             return Err(invalid("messages.max_validity".into(), "must be at most 99 days".into()));
+        }
+        if let Some((key, message)) = self.otp.problem() {
+            return Err(invalid(key, message));
         }
         if self.store.cache_capacity_mb == 0 {
             return Err(invalid("store.cache_capacity_mb".into(), "must be at least 1".into()));

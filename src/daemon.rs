@@ -16,8 +16,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Job};
+use crate::otp::Otp;
+use crate::dispatch::{Dispatch, Dispatcher, Job};
 use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
 use crate::store::{ReceiptMatch, Store, StoreError, StoreOptions};
@@ -33,6 +35,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    KeyFile(#[from] crate::otp::KeyFileError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -54,6 +58,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts everything; returns once the store is open and the HTTP listener bound.
     pub async fn start(config: &Config) -> Result<Daemon, DaemonError> {
+        Daemon::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Daemon::start`], with the clock the OTP rules read (tests move it forward).
+    pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
         let options = StoreOptions {
             cache_capacity_bytes: config.store.cache_capacity_mb * 1024 * 1024,
         };
@@ -80,20 +89,20 @@ impl Daemon {
         let receipts_task = tokio::spawn(track_receipts(store.clone(), receipts_rx));
 
         let (dispatcher, dispatch) = Dispatcher::start(store.clone(), carriers.clone());
-        let queued = store.queued()?;
-        let resubmits = queued.iter().filter(|(_, r)| r.in_flight).count();
-        if !queued.is_empty() {
-            tracing::info!(queued = queued.len(), resubmits, "re-queued messages left by the previous run");
-        }
-        metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
-        for (id, record) in &queued {
-            dispatch.enqueue(Job::from_record(*id, record));
-        }
+        let key_file = config
+            .otp
+            .hmac_key_file
+            .clone()
+            .unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
+        let key = crate::otp::load_or_create_key(&key_file)?;
+        let otp = Arc::new(Otp::new(store.clone(), dispatch.clone(), clock, key, config.otp.clone()));
+        recover(&store, &otp, &dispatch).await?;
 
-        let sweep_task = tokio::spawn(sweep(store.clone(), config.store.retention));
+        let sweep_task = tokio::spawn(sweep(store.clone(), otp.clone(), config.store.retention));
 
         let state = Arc::new(AppState::new(
             store.clone(),
+            otp,
             dispatch,
             carriers.clone(),
             &config.api_keys,
@@ -103,6 +112,7 @@ impl Daemon {
         let app = http::router(state.clone());
         let stop = http_stop.clone();
         let http_task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
@@ -170,6 +180,29 @@ impl Daemon {
     }
 }
 
+/// Re-queues what the previous run left: every queued message, in order. OTP messages get a
+/// fresh code (the old one only ever existed in the dead process's memory).
+async fn recover(store: &Store, otp: &Otp, dispatch: &Dispatch) -> Result<(), DaemonError> {
+    let queued = store.queued()?;
+    let resubmits = queued.iter().filter(|(_, r)| r.in_flight).count();
+    if !queued.is_empty() {
+        tracing::info!(queued = queued.len(), resubmits, "re-queued messages left by the previous run");
+    }
+    metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
+    for (id, record) in &queued {
+        if record.verification.is_none() {
+            dispatch.enqueue(Job::from_record(*id, record));
+            continue;
+        }
+        match otp.reissue(*id, record).await {
+            Ok(Some(job)) => dispatch.enqueue(job),
+            Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
+            Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
+        }
+    }
+    Ok(())
+}
+
 /// Applies receipts to their messages.
 async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>) {
     while let Some(event) = receipts.recv().await {
@@ -201,13 +234,23 @@ async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptE
     }
 }
 
-/// Deletes finished messages past retention and reports receipts that never matched.
-async fn sweep(store: Arc<Store>, retention: Duration) {
+/// Deletes finished messages and verifications past retention, expires stale verifications and
+/// reports receipts that never matched.
+async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration) {
     let mut ticker = tokio::time::interval(SWEEP_EVERY);
     loop {
         ticker.tick().await;
+        if let Err(e) = otp.expire_stale().await {
+            tracing::error!(error = %e, "expiring verifications failed");
+        }
         let store = store.clone();
-        let swept = tokio::task::spawn_blocking(move || store.sweep(retention, SystemTime::now())).await;
+        let stats_window = otp.stats_window();
+        let now = otp.now();
+        let swept = tokio::task::spawn_blocking(move || {
+            store.sweep_verifications(retention, stats_window, now)?;
+            store.sweep(retention, now)
+        })
+        .await;
         match swept {
             Ok(Ok((deleted, unmatched))) => {
                 if deleted > 0 {

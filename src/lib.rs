@@ -14,11 +14,13 @@
 //! - [`daemon`]: wires the pieces together and runs them until shutdown;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod http;
+pub mod otp;
 pub mod sim;
 pub mod smpp;
 pub mod store;

@@ -6,13 +6,14 @@
 pub mod client;
 mod error;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 pub use error::ApiError;
 
@@ -30,6 +31,7 @@ use crate::smpp::Carrier;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::rfc3339;
+use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
 use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
 
 /// Largest request body accepted.
@@ -42,6 +44,7 @@ const IDEMPOTENCY_LOCKS: usize = 64;
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<Store>,
+    pub otp: Arc<Otp>,
     pub dispatch: Dispatch,
     pub carriers: Vec<Arc<Carrier>>,
     pub api_keys: Vec<(String, [u8; 32])>,
@@ -52,9 +55,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, dispatch: Dispatch, carriers: Vec<Arc<Carrier>>, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
+    pub fn new(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, carriers: Vec<Arc<Carrier>>, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
         AppState {
             store,
+            otp,
             dispatch,
             carriers,
             api_keys: api_keys.iter().map(|k| (k.name.clone(), k.hash())).collect(),
@@ -69,6 +73,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/messages", post(create_message))
         .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/verifications", post(create_verification))
+        .route("/v1/verifications/{id}", get(get_verification).delete(cancel_verification))
+        .route("/v1/verifications/{id}/check", post(check_verification))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })
@@ -141,6 +148,35 @@ struct CreateMessage {
     validity: Option<String>,
 }
 
+/// What the Idempotency-Key header says to do.
+enum Idempotent<'a> {
+    /// Seen before with this body: answer as then.
+    Replay(MessageId, Option<String>),
+    /// Go ahead; remember (scoped key, body hash) with the result. The guard keeps a
+    /// concurrent request with the same key waiting until this one is stored.
+    Proceed(Option<(String, String)>, Option<MutexGuard<'a, ()>>),
+}
+
+/// Looks the request's Idempotency-Key up within `scope` (one per endpoint).
+async fn idempotent<'a>(state: &'a AppState, owner: &str, scope: &str, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Idempotent<'a>, ApiError> {
+    let Some(key) = idempotency_key(headers)? else {
+        return Ok(Idempotent::Proceed(None, None));
+    };
+    let scoped = format!("{scope}:{key}");
+    let body_hash = sha256_hex(body);
+    let slot = Sha256::digest(scoped.as_bytes())[0] as usize % IDEMPOTENCY_LOCKS;
+    let guard = state.idempotency_locks[slot].lock().await;
+    match state.store.check_idempotency(owner, &scoped, &body_hash, now).map_err(store_unavailable)? {
+        Idempotency::New => Ok(Idempotent::Proceed(Some((scoped, body_hash)), Some(guard))),
+        Idempotency::Replay(id, answer) => Ok(Idempotent::Replay(id, answer)),
+        Idempotency::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            "this Idempotency-Key was used with a different body",
+        )),
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -160,7 +196,6 @@ fn accepted(id: &MessageId) -> Response {
 async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let owner = authenticate(&state, &headers)?;
-    let idempotency = idempotency_key(&headers)?;
     let (request, raw): (CreateMessage, Bytes) = read_json(&headers, body).await?;
 
     Address::destination(&request.to)
@@ -185,25 +220,9 @@ async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     }
 
     let now = SystemTime::now();
-    let body_hash = sha256_hex(&raw);
-    let _guard = match &idempotency {
-        Some(key) => {
-            let slot = Sha256::digest(key.as_bytes())[0] as usize % IDEMPOTENCY_LOCKS;
-            let guard = state.idempotency_locks[slot].lock().await;
-            match state.store.check_idempotency(&owner, key, &body_hash, now).map_err(store_unavailable)? {
-                Idempotency::New => {}
-                Idempotency::Replay(id) => return Ok(accepted(&id)),
-                Idempotency::Conflict => {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "idempotency_conflict",
-                        "this Idempotency-Key was used with a different body",
-                    ));
-                }
-            }
-            Some(guard)
-        }
-        None => None,
+    let (idempotency, _guard) = match idempotent(&state, &owner, "messages", &headers, &raw, now).await? {
+        Idempotent::Replay(id, _) => return Ok(accepted(&id)),
+        Idempotent::Proceed(key, guard) => (key, guard),
     };
     let message = NewMessage {
         owner,
@@ -214,7 +233,7 @@ async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     };
     let (id, record) = state
         .store
-        .insert_message(message, idempotency.as_deref().map(|k| (k, body_hash.as_str())), now)
+        .insert_message(message, idempotency.as_ref().map(|(k, h)| (k.as_str(), h.as_str())), now)
         .await
         .map_err(store_unavailable)?;
     metrics::counter!("otpgate_messages_total", "state" => "queued").increment(1);
@@ -267,4 +286,94 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = accepting && !bound.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting}))).into_response()
+}
+
+impl From<OtpError> for ApiError {
+    fn from(e: OtpError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            OtpError::InvalidTo => ApiError::bad_request("invalid_to", message),
+            OtpError::InvalidCodeLength => ApiError::bad_request("invalid_code_length", message),
+            OtpError::InvalidLocale(..) => ApiError::bad_request("invalid_locale", message),
+            OtpError::InvalidContext => ApiError::bad_request("invalid_context", message),
+            OtpError::InvalidCode => ApiError::bad_request("invalid_code", message),
+            OtpError::TextTooLong(_) => ApiError::unprocessable("text_too_long", message),
+            OtpError::DestinationBlocked => ApiError::new(StatusCode::FORBIDDEN, "destination_blocked", message),
+            OtpError::RateLimited(_, wait) => ApiError::too_many("rate_limited", message, wait),
+            OtpError::Cooldown(wait) => ApiError::too_many("resend_cooldown", message, wait),
+            OtpError::SendLimit(wait) => ApiError::too_many("send_limit", message, wait),
+            OtpError::FailedCheckLimit(wait) => ApiError::too_many("failed_check_limit", message, wait),
+            OtpError::NotFound => ApiError::not_found("verification"),
+            OtpError::NotPending(status) => ApiError {
+                verification_status: Some(status.as_str()),
+                ..ApiError::new(StatusCode::CONFLICT, "verification_not_pending", message)
+            },
+            OtpError::Store(e) => store_unavailable(e),
+            OtpError::Random(e) => {
+                tracing::error!(error = %e, "no randomness for a code");
+                ApiError::unavailable("unavailable", "cannot generate a code right now")
+            }
+        }
+    }
+}
+
+async fn create_verification(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_accepting(&state)?;
+    let owner = authenticate(&state, &headers)?;
+    let (request, raw): (CreateRequest, Bytes) = read_json(&headers, body).await?;
+    let (idempotency, _guard) = match idempotent(&state, &owner, "verifications", &headers, &raw, SystemTime::now()).await? {
+        Idempotent::Replay(_, Some(answer)) => {
+            let body: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
+        }
+        Idempotent::Replay(id, None) => return Err(ApiError::not_found(&format!("answer for {id}"))),
+        Idempotent::Proceed(key, guard) => (key, guard),
+    };
+    let created = state.otp.create(&owner, peer.ip(), request, idempotency).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    code: String,
+    context: Option<String>,
+}
+
+async fn check_verification(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_accepting(&state)?;
+    let owner = authenticate(&state, &headers)?;
+    let (request, _): (CheckRequest, Bytes) = read_json(&headers, body).await?;
+    let (id, outcome) = state
+        .otp
+        .check(&owner, peer.ip(), &id, &request.code, request.context.as_deref())
+        .await?;
+    let body = match outcome {
+        CheckOutcome::Approved => json!({"id": id.to_string(), "status": "approved"}),
+        CheckOutcome::Wrong { checks_left } => json!({"id": id.to_string(), "status": "pending", "checks_left": checks_left}),
+        CheckOutcome::MaxAttemptsReached => json!({"id": id.to_string(), "status": "max_attempts_reached", "checks_left": 0}),
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+async fn get_verification(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let owner = authenticate(&state, &headers)?;
+    Ok(axum::Json(state.otp.get(&owner, &id)?).into_response())
+}
+
+async fn cancel_verification(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    check_accepting(&state)?;
+    let owner = authenticate(&state, &headers)?;
+    Ok(axum::Json(state.otp.cancel(&owner, &id).await?).into_response())
 }

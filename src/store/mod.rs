@@ -19,6 +19,7 @@
 
 mod commit;
 pub mod record;
+pub mod verification;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,8 +79,9 @@ pub struct NewMessage {
 pub enum Idempotency {
     /// Not seen: go ahead.
     New,
-    /// Seen with the same body: answer with this message again.
-    Replay(MessageId),
+    /// Seen with the same body: answer as the first time (the id, and the stored answer when
+    /// one was kept).
+    Replay(MessageId, Option<String>),
     /// Seen with another body.
     Conflict,
 }
@@ -89,6 +91,8 @@ struct IdempotencyEntry {
     body_sha256: String,
     id: String,
     created_ms: u64,
+    #[serde(default)]
+    response: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -244,11 +248,8 @@ impl Store {
         if entry.body_sha256 != body_sha256 {
             return Ok(Idempotency::Conflict);
         }
-        entry
-            .id
-            .parse()
-            .map(Idempotency::Replay)
-            .map_err(|_| StoreError::Corrupt("idempotency".into()))
+        let id = entry.id.parse().map_err(|_| StoreError::Corrupt("idempotency".into()))?;
+        Ok(Idempotency::Replay(id, entry.response))
     }
 
     /// Takes a message in: record, queue entry and (optionally) idempotency entry in one atomic
@@ -260,23 +261,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<(MessageId, MessageRecord), StoreError> {
         let id = MessageId::new(self.db.generate_id()?);
-        let record = MessageRecord {
-            owner: message.owner,
-            to: message.to,
-            from: message.from,
-            text: message.text,
-            status: MessageStatus::Queued,
-            created_ms: record::to_ms(now),
-            deadline_ms: record::to_ms(message.deadline),
-            submitted_ms: None,
-            done_ms: None,
-            carrier: None,
-            smsc_message_id: None,
-            attempts: Vec::new(),
-            in_flight: false,
-            receipt: None,
-            error: None,
-        };
+        let record = MessageRecord::queued(message, record::to_ms(now), None);
         let mut batch = sled::Batch::default();
         batch.insert(message_key(&id), encode(&record));
         batch.insert(queue_key(&id), &[][..]);
@@ -285,6 +270,7 @@ impl Store {
                 body_sha256: body_sha256.to_string(),
                 id: id.to_string(),
                 created_ms: record.created_ms,
+                response: None,
             };
             batch.insert(Self::idempotency_key(&record.owner, key), encode(&entry));
         }
@@ -722,7 +708,7 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::New);
         let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
-        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::Replay(id));
+        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::Replay(id, None));
         assert_eq!(store.check_idempotency("test", "k1", "h2", now).unwrap(), Idempotency::Conflict);
         assert_eq!(store.check_idempotency("other", "k1", "h1", now).unwrap(), Idempotency::New);
         let tomorrow = now + IDEMPOTENCY_WINDOW + Duration::from_secs(1);

@@ -136,6 +136,10 @@ pub struct MessageRecord {
     pub in_flight: bool,
     pub receipt: Option<ReceiptSummary>,
     pub error: Option<String>,
+    /// The verification this message carries a code for. Its `text` then has the code masked;
+    /// the real text lives only in memory until submitted.
+    #[serde(default)]
+    pub verification: Option<String>,
 }
 
 /// Attempts beyond this are dropped oldest first: a message retried for an hour must not grow
@@ -143,6 +147,28 @@ pub struct MessageRecord {
 pub const MAX_ATTEMPTS_KEPT: usize = 20;
 
 impl MessageRecord {
+    /// A message just taken in.
+    pub fn queued(message: super::NewMessage, created_ms: u64, verification: Option<String>) -> MessageRecord {
+        MessageRecord {
+            owner: message.owner,
+            to: message.to,
+            from: message.from,
+            text: message.text,
+            status: MessageStatus::Queued,
+            created_ms,
+            deadline_ms: to_ms(message.deadline),
+            submitted_ms: None,
+            done_ms: None,
+            carrier: None,
+            smsc_message_id: None,
+            attempts: Vec::new(),
+            in_flight: false,
+            receipt: None,
+            error: None,
+            verification,
+        }
+    }
+
     pub fn push_attempt(&mut self, attempt: Attempt) {
         if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
             self.attempts.remove(0);

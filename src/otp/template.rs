@@ -1,0 +1,110 @@
+//! The OTP SMS text: a template per locale, plus the optional autofill lines.
+//!
+//! Placeholders: `{code}` (required), `{brand}`, `{minutes}`, `{context}`. With a WebOTP domain the
+//! message ends with the line `@domain #code` (browsers and iOS offer the code for that site
+//! only); with an Android SMS Retriever app hash it ends with the 11-character hash. The text must
+//! fit one SMS segment, checked at config load for the longest code.
+
+use crate::smpp::message::{MessageError, encode_text};
+
+/// What varies per message.
+pub struct Fill<'a> {
+    pub code: &'a str,
+    pub brand: &'a str,
+    pub minutes: u64,
+    pub context: &'a str,
+}
+
+/// How every OTP text ends.
+#[derive(Debug, Clone, Default)]
+pub struct Autofill {
+    pub webotp_domain: Option<String>,
+    pub android_app_hash: Option<String>,
+}
+
+pub fn render(template: &str, fill: &Fill<'_>, autofill: &Autofill) -> String {
+    let mut text = template
+        .replace("{code}", fill.code)
+        .replace("{brand}", fill.brand)
+        .replace("{minutes}", &fill.minutes.to_string())
+        .replace("{context}", fill.context);
+    if let Some(hash) = &autofill.android_app_hash {
+        text.push('\n');
+        text.push_str(hash);
+    }
+    if let Some(domain) = &autofill.webotp_domain {
+        text.push_str(&format!("\n\n@{domain} #{}", fill.code));
+    }
+    text
+}
+
+/// The text with the code replaced by asterisks: what the store keeps.
+pub fn mask(text: &str, code: &str) -> String {
+    text.replace(code, &"*".repeat(code.len()))
+}
+
+/// Checks a template at config load: it names `{code}` and fits one segment with the longest
+/// code, the given brand and TTL.
+pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) -> Result<(), String> {
+    if !template.contains("{code}") {
+        return Err("must contain {code}".into());
+    }
+    let fill = Fill {
+        code: "0000000000",
+        brand,
+        minutes,
+        context: "",
+    };
+    encode_text(&render(template, &fill, autofill)).map(|_| ()).map_err(|e| match e {
+        MessageError::TooLong { .. } => format!("does not fit one SMS segment with a 10-digit code: {e}"),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EN: &str = "{code} is your {brand} code. It expires in {minutes} min. Never share it.";
+
+    #[test]
+    fn renders_with_autofill_lines() {
+        let fill = Fill {
+            code: "123456",
+            brand: "Acme",
+            minutes: 5,
+            context: "",
+        };
+        let autofill = Autofill {
+            webotp_domain: Some("acme.example".into()),
+            android_app_hash: None,
+        };
+        assert_eq!(
+            render(EN, &fill, &autofill),
+            "123456 is your Acme code. It expires in 5 min. Never share it.\n\n@acme.example #123456"
+        );
+        let android = Autofill {
+            webotp_domain: None,
+            android_app_hash: Some("FA+9qCX9VSu".into()),
+        };
+        assert!(render(EN, &fill, &android).ends_with("\nFA+9qCX9VSu"));
+    }
+
+    #[test]
+    fn masking_hides_every_copy_of_the_code() {
+        let text = "123456 is your code\n\n@a.example #123456";
+        assert_eq!(mask(text, "123456"), "****** is your code\n\n@a.example #******");
+    }
+
+    #[test]
+    fn templates_that_cannot_work_are_refused() {
+        let none = Autofill::default();
+        assert!(validate(EN, "Acme", 5, &none).is_ok());
+        assert!(validate("Your code is ready", "Acme", 5, &none).unwrap_err().contains("{code}"));
+        let long = format!("{EN} {}", "x".repeat(120));
+        assert!(validate(&long, "Acme", 5, &none).unwrap_err().contains("segment"));
+        // UCS-2 halves the room: 70 characters.
+        let cyrillic = format!("{{code}} {}", "ж".repeat(60));
+        assert!(validate(&cyrillic, "Acme", 5, &none).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Verification rows: the verification itself, the "pending for this number" index and the
+//! per-number counters that rate rules need. Policy lives in `otp`; this file only makes each
+//! change atomic and durable.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `v` | verification id | [`VerificationRecord`] (JSON; the code only as an HMAC) |
+//! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
+//! | `n` | number | [`NumberStats`]: recent sends and failed checks |
+//! | `w` | done time (ms, BE), verification id | empty: finished verifications for the sweep |
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{self, MessageId};
+use super::{IdempotencyEntry, NewMessage, Store, StoreError, encode, key, lock, message_key, queue_key};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationStatus {
+    Pending,
+    Approved,
+    Expired,
+    Canceled,
+    MaxAttemptsReached,
+}
+
+impl VerificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationStatus::Pending => "pending",
+            VerificationStatus::Approved => "approved",
+            VerificationStatus::Expired => "expired",
+            VerificationStatus::Canceled => "canceled",
+            VerificationStatus::MaxAttemptsReached => "max_attempts_reached",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    pub owner: String,
+    pub to: String,
+    pub status: VerificationStatus,
+    /// HMAC-SHA256 of (id, context, code), hex. Never the code.
+    pub code_hmac: String,
+    pub context: String,
+    pub locale: String,
+    pub code_length: usize,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub checks_left: u32,
+    pub sends: u32,
+    pub last_send_ms: u64,
+    /// Messages sent for it, oldest first.
+    pub message_ids: Vec<String>,
+    pub done_ms: Option<u64>,
+}
+
+/// What the rules need to know about a number, kept for the longest window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberStats {
+    pub sends_ms: Vec<u64>,
+    pub failed_checks_ms: Vec<u64>,
+}
+
+impl NumberStats {
+    /// Drops entries older than `window` before `now`.
+    pub fn prune(&mut self, sends_window: Duration, failures_window: Duration, now: SystemTime) {
+        let cutoff = |w: Duration| record::to_ms(now.checked_sub(w).unwrap_or(std::time::UNIX_EPOCH));
+        let (s, f) = (cutoff(sends_window), cutoff(failures_window));
+        self.sends_ms.retain(|&t| t > s);
+        self.failed_checks_ms.retain(|&t| t > f);
+    }
+}
+
+/// A send (first or resend) decided by the policy, to be written atomically.
+pub struct VerificationSend {
+    pub id: MessageId,
+    pub record: VerificationRecord,
+    pub message_id: MessageId,
+    pub message: NewMessage,
+    /// `(Idempotency-Key, body hash, response body)` to remember.
+    pub idempotency: Option<(String, String, String)>,
+}
+
+fn verification_key(id: &MessageId) -> Vec<u8> {
+    key(b'v', &[&id.0])
+}
+
+fn pending_key(owner: &str, to: &str) -> Vec<u8> {
+    key(b'o', &[owner.as_bytes(), to.as_bytes()])
+}
+
+fn number_key(to: &str) -> Vec<u8> {
+    key(b'n', &[to.as_bytes()])
+}
+
+fn done_key(done_ms: u64, id: &MessageId) -> Vec<u8> {
+    let mut k = vec![b'w'];
+    k.extend_from_slice(&done_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+impl Store {
+    /// A fresh id (for a verification or a message), sortable by creation.
+    pub fn new_id(&self) -> Result<MessageId, StoreError> {
+        Ok(MessageId::new(self.db.generate_id()?))
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.db.get(k)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k[..1]).into_owned())),
+        }
+    }
+
+    pub fn verification(&self, id: &MessageId) -> Result<Option<VerificationRecord>, StoreError> {
+        self.read(&verification_key(id))
+    }
+
+    /// Decides and writes a verification send in one step: `decide` sees the owner's pending
+    /// verification for `to` (if any) and the number's stats, and returns the send to write or
+    /// its own error. The verification, the index, the stats, the message, its queue entry and
+    /// the idempotency entry go into one batch; returns after it is durable.
+    pub async fn send_verification<E>(
+        &self,
+        owner: &str,
+        to: &str,
+        decide: impl FnOnce(Option<(MessageId, VerificationRecord)>, &mut NumberStats) -> Result<VerificationSend, E>,
+    ) -> Result<Result<VerificationSend, E>, StoreError> {
+        let send = {
+            let _guard = lock(&self.writes);
+            let pending = match self.db.get(pending_key(owner, to))? {
+                Some(bytes) => match <[u8; 16]>::try_from(&bytes[..]).ok().map(MessageId) {
+                    Some(id) => self.verification(&id)?.map(|r| (id, r)),
+                    None => None,
+                },
+                None => None,
+            };
+            let mut stats: NumberStats = self.read(&number_key(to))?.unwrap_or_default();
+            let previous = pending.as_ref().map(|(id, _)| *id);
+            let send = match decide(pending, &mut stats) {
+                Ok(send) => send,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut batch = sled::Batch::default();
+            if let Some(previous) = previous.filter(|p| *p != send.id) {
+                // A new verification replaced an expired pending one: finish that one.
+                if let Some(mut old) = self.verification(&previous)? {
+                    old.status = VerificationStatus::Expired;
+                    old.done_ms = Some(send.record.created_ms);
+                    batch.insert(done_key(send.record.created_ms, &previous), &[][..]);
+                    batch.insert(verification_key(&previous), encode(&old));
+                }
+            }
+            batch.insert(verification_key(&send.id), encode(&send.record));
+            batch.insert(pending_key(owner, to), &send.id.0[..]);
+            batch.insert(number_key(to), encode(&stats));
+            let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id.to_string()));
+            batch.insert(message_key(&send.message_id), encode(&message));
+            batch.insert(queue_key(&send.message_id), &[][..]);
+            if let Some((key, body_sha256, response)) = &send.idempotency {
+                let entry = IdempotencyEntry {
+                    body_sha256: body_sha256.clone(),
+                    id: send.id.to_string(),
+                    created_ms: send.record.last_send_ms,
+                    response: Some(response.clone()),
+                };
+                batch.insert(Self::idempotency_key(owner, key), encode(&entry));
+            }
+            self.db.apply_batch(batch)?;
+            send
+        };
+        self.commit.durable().await?;
+        Ok(Ok(send))
+    }
+
+    /// Changes a verification and its number's stats atomically and durably. `change` returns
+    /// a value for the caller; the pending index follows the status.
+    pub async fn update_verification<T>(
+        &self,
+        id: &MessageId,
+        change: impl FnOnce(&mut VerificationRecord, &mut NumberStats) -> T,
+    ) -> Result<Option<(VerificationRecord, T)>, StoreError> {
+        let result = {
+            let _guard = lock(&self.writes);
+            let Some(mut record) = self.verification(id)? else {
+                return Ok(None);
+            };
+            let mut stats: NumberStats = self.read(&number_key(&record.to))?.unwrap_or_default();
+            let was_pending = record.status == VerificationStatus::Pending;
+            let out = change(&mut record, &mut stats);
+            let mut batch = sled::Batch::default();
+            if was_pending && record.status != VerificationStatus::Pending {
+                let done = record.done_ms.unwrap_or(record.last_send_ms);
+                record.done_ms = Some(done);
+                batch.insert(done_key(done, id), &[][..]);
+                // Only drop the index if it still points here.
+                let index = pending_key(&record.owner, &record.to);
+                if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
+                    batch.remove(index);
+                }
+            }
+            batch.insert(verification_key(id), encode(&record));
+            batch.insert(number_key(&record.to), encode(&stats));
+            self.db.apply_batch(batch)?;
+            (record, out)
+        };
+        self.commit.durable().await?;
+        Ok(Some(result))
+    }
+
+    /// Deletes verifications finished more than `retention` ago and number stats with nothing
+    /// recent. Returns how many verifications went.
+    pub fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
+        let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
+        let mut deleted = 0;
+        for entry in self.db.scan_prefix([b'w']) {
+            let (k, _) = entry?;
+            let Some(done_ms) = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if done_ms > cutoff {
+                break;
+            }
+            if let Some(id) = k.get(9..).and_then(|b| <[u8; 16]>::try_from(b).ok()).map(MessageId) {
+                self.db.remove(verification_key(&id))?;
+                deleted += 1;
+            }
+            self.db.remove(k)?;
+        }
+        let stale_before = record::to_ms(now.checked_sub(stats_window).unwrap_or(std::time::UNIX_EPOCH));
+        for entry in self.db.scan_prefix([b'n']) {
+            let (k, v) = entry?;
+            let stale = serde_json::from_slice::<NumberStats>(&v)
+                .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
+                .unwrap_or(true);
+            if stale {
+                let _guard = lock(&self.writes);
+                self.db.remove(k)?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Ids of pending verifications (for the sweep to expire the ones past their time).
+    pub fn pending_verifications(&self) -> Result<Vec<MessageId>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([b'o']) {
+            let (_, v) = entry?;
+            if let Ok(bytes) = <[u8; 16]>::try_from(&v[..]) {
+                out.push(MessageId(bytes));
+            }
+        }
+        Ok(out)
+    }
+}
