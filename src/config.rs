@@ -95,7 +95,8 @@ impl Default for OtpConfig {
             ("en", "{code} is your {brand} code. It expires in {minutes} min. Never share it."),
             ("fr", "{code} est votre code {brand}. Il expire dans {minutes} min. Ne le partagez jamais."),
             ("de", "{code} ist Ihr {brand}-Code. Er läuft in {minutes} Min. ab. Geben Sie ihn nie weiter."),
-            ("es", "{code} es tu código de {brand}. Caduca en {minutes} min. No lo compartas."),
+            // Without accents: "ó" is not in GSM 03.38 and would force UCS-2 (70 characters).
+            ("es", "{code} es tu codigo de {brand}. Caduca en {minutes} min. No lo compartas nunca."),
         ];
         OtpConfig {
             brand: "otpgate".into(),

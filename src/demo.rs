@@ -119,14 +119,14 @@ pub async fn run(once: bool, http: SocketAddr) -> Result<(), DemoError> {
     print!("{}", config.summary());
 
     let daemon = Daemon::start(&config).await?;
-    let result = demo(&daemon, once).await;
+    let result = demo(&daemon, &alpha, once).await;
     let clean = daemon.shutdown(config.server.shutdown_timeout).await;
     let _ = std::fs::remove_dir_all(&data_dir);
     println!("stopped ({})", if clean { "all sessions unbound" } else { "shutdown timed out" });
     result
 }
 
-async fn demo(daemon: &Daemon, once: bool) -> Result<(), DemoError> {
+async fn demo(daemon: &Daemon, alpha: &SmscSim, once: bool) -> Result<(), DemoError> {
     let bind_limit = Duration::from_secs(10);
     for carrier in daemon.carriers() {
         let wanted = carrier.config().sessions;
@@ -144,11 +144,48 @@ async fn demo(daemon: &Daemon, once: bool) -> Result<(), DemoError> {
     println!("See its status and receipt (use the id it returned):");
     println!("  curl -s {base}/v1/messages/ID -H 'Authorization: Bearer {DEMO_API_KEY}'");
     println!();
+    println!("Verify a phone number (the simulated carrier prints the SMS with the code):");
+    println!(
+        "  curl -s -X POST {base}/v1/verifications -H 'Authorization: Bearer {DEMO_API_KEY}' \\\n       -H 'Content-Type: application/json' -d '{{\"to\": \"+447700900123\"}}'"
+    );
+    println!("Check the code the user typed (use the id it returned):");
+    println!(
+        "  curl -s -X POST {base}/v1/verifications/ID/check -H 'Authorization: Bearer {DEMO_API_KEY}' \\\n       -H 'Content-Type: application/json' -d '{{\"code\": \"123456\"}}'"
+    );
+    println!();
     if once {
-        return round_trip(daemon.http_addr()).await.map_err(DemoError::RoundTrip);
+        round_trip(daemon.http_addr()).await.map_err(DemoError::RoundTrip)?;
+        return verify(daemon.http_addr(), alpha).await.map_err(DemoError::RoundTrip);
     }
     println!("running; press Ctrl-C to stop");
     let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+/// The verification round trip, with the code read back from the simulated carrier.
+async fn verify(addr: SocketAddr, carrier: &SmscSim) -> Result<(), String> {
+    let auth = format!("Bearer {DEMO_API_KEY}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let mut client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    let sent_before = carrier.stats().submits.len();
+    let reply = client
+        .request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900123"}"#))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("POST /v1/verifications -> {} {}", reply.status, reply.body);
+    let id = reply.json()["id"].as_str().map(str::to_string).ok_or("no id in the answer")?;
+    if !carrier.wait_until(Duration::from_secs(10), |s| s.submits.len() > sent_before).await {
+        return Err("the code never reached the carrier".into());
+    }
+    let sms = carrier.stats().submits.last().map(|m| m.text.clone()).unwrap_or_default();
+    let code: String = sms.chars().take_while(char::is_ascii_digit).collect();
+    let body = format!(r#"{{"code": "{code}"}}"#);
+    let path = format!("/v1/verifications/{id}/check");
+    let reply = client.request("POST", &path, &headers, Some(&body)).await.map_err(|e| e.to_string())?;
+    println!("POST {path} (the code from the SMS) -> {} {}", reply.status, reply.body);
+    if reply.json()["status"] != "approved" {
+        return Err("the code was not approved".into());
+    }
     Ok(())
 }
 

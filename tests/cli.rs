@@ -69,6 +69,9 @@ fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
     assert!(stdout.contains("curl -s -X POST http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("POST /v1/messages -> 202"), "{stdout}");
     assert!(stdout.contains(r#""status":"delivered""#), "{stdout}");
+    assert!(stdout.contains("/v1/verifications/ID/check"), "{stdout}");
+    assert!(stdout.contains(r#"{"id":"#) && stdout.contains(r#""status":"approved"}"#), "{stdout}");
+    assert!(stdout.contains("is your otpgate code"), "the carrier printout shows the SMS: {stdout}");
     assert!(stdout.contains("stopped (all sessions unbound)"), "{stdout}");
 }
 

@@ -177,10 +177,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(carriers: &[SocketAddr], carrier_extra: &str) -> Gateway {
+        Gateway::start_with(carriers, carrier_extra, "", Arc::new(otpgate::clock::SystemClock)).await
+    }
+
+    /// With extra top-level TOML (e.g. an `[otp]` section) and the clock the OTP rules read.
+    pub async fn start_with(carriers: &[SocketAddr], carrier_extra: &str, extra: &str, clock: Arc<dyn otpgate::clock::Clock>) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = gateway_toml(carriers, dir.path(), carrier_extra);
+        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra));
         let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
-        let daemon = otpgate::daemon::Daemon::start(&config).await.expect("daemon starts");
+        let daemon = otpgate::daemon::Daemon::start_with_clock(&config, clock).await.expect("daemon starts");
         Gateway { daemon, dir }
     }
 
@@ -192,9 +197,13 @@ impl Gateway {
 
     /// Shuts down cleanly and starts again on the same data_dir (carriers may have moved).
     pub async fn restart(self, carriers: &[SocketAddr]) -> Gateway {
+        self.restart_with(carriers, "").await
+    }
+
+    pub async fn restart_with(self, carriers: &[SocketAddr], extra: &str) -> Gateway {
         let Gateway { daemon, dir } = self;
         assert!(daemon.shutdown(Duration::from_secs(5)).await, "clean shutdown");
-        let text = gateway_toml(carriers, dir.path(), "");
+        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), ""));
         let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
         let daemon = otpgate::daemon::Daemon::start(&config).await.expect("daemon restarts");
         Gateway { daemon, dir }

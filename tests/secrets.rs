@@ -1,0 +1,121 @@
+//! After a real run of `otpgate run` (debug logging on), no code that was sent appears in the
+//! data_dir, in the logs or in any API answer.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{API_KEY, bearer, gateway_toml, sim};
+use otpgate::http::client::Client;
+use otpgate::sim::SimConfig;
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_never_reach_the_store_the_logs_or_the_api() {
+    let sim = sim(SimConfig::default()).await;
+    let http = common::free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let text = gateway_toml(&[sim.addr()], &data_dir, "")
+        .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{http}\""));
+    let config = dir.path().join("otpgate.toml");
+    std::fs::write(&config, format!("{text}\n[otp]\nwebotp_domain = \"shop.example\"\n")).unwrap();
+    let log_path = dir.path().join("otpgate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let mut client = loop {
+        if let Ok(c) = Client::connect(http).await {
+            break c;
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("otpgate exited with {status}: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "otpgate did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let auth = bearer(API_KEY);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let mut answers = String::new();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        // Ten-digit codes: a chance match against other digits in the files is negligible.
+        let body = format!(r#"{{"to": "+4477009002{n:02}", "code_length": 10}}"#);
+        let reply = client.request("POST", "/v1/verifications", &headers, Some(&body)).await.unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        answers.push_str(&reply.body);
+        ids.push(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    assert!(sim.wait_until(Duration::from_secs(10), |s| s.submits.len() == 5).await, "SMS did not arrive");
+    let codes: Vec<String> = sim
+        .stats()
+        .submits
+        .iter()
+        .map(|m| m.text.chars().take_while(char::is_ascii_digit).collect())
+        .collect();
+    assert!(codes.iter().all(|c| c.len() == 10), "{codes:?}");
+    assert!(sim.stats().submits[0].text.ends_with(&format!("@shop.example #{}", codes[0])));
+    // Approve two, fail one, read all.
+    for (id, code) in ids.iter().zip(&codes).take(2) {
+        let body = format!(r#"{{"code": "{code}"}}"#);
+        let reply = client.request("POST", &format!("/v1/verifications/{id}/check"), &headers, Some(&body)).await.unwrap();
+        assert_eq!(reply.json()["status"], "approved");
+        answers.push_str(&reply.body);
+    }
+    let reply = client
+        .request("POST", &format!("/v1/verifications/{}/check", ids[2]), &headers, Some(r#"{"code": "0000000001"}"#))
+        .await
+        .unwrap();
+    answers.push_str(&reply.body);
+    for id in &ids {
+        let reply = client.request("GET", &format!("/v1/verifications/{id}"), &headers[..1], None).await.unwrap();
+        answers.push_str(&reply.body);
+    }
+
+    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
+    assert!(exit.success());
+
+    let logs = std::fs::read(&log_path).unwrap();
+    assert!(contains(&logs, b"DEBUG"), "debug logging was on");
+    let files = files_under(&data_dir);
+    assert!(files.len() >= 2, "the store wrote files: {files:?}");
+    for code in &codes {
+        assert!(!answers.contains(code.as_str()), "an API answer leaked a code");
+        assert!(!contains(&logs, code.as_bytes()), "the log leaked a code");
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            assert!(!contains(&bytes, code.as_bytes()), "{} holds a code in plaintext", file.display());
+        }
+    }
+    let key_file = data_dir.join("otp-hmac.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the HMAC key file must be private");
+}
