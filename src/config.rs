@@ -548,6 +548,18 @@ impl Config {
         let _ = writeln!(out, "data_dir:  {}  (retention {}, cache {} MiB)", s.data_dir.display(), humantime::format_duration(self.store.retention), self.store.cache_capacity_mb);
         let names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
         let _ = writeln!(out, "api keys:  {} {:?}", names.len(), names);
+        let o = &self.otp;
+        let allowed = if o.allowed_prefixes.is_empty() { "all".to_string() } else { o.allowed_prefixes.join(" ") };
+        let locales: Vec<&str> = o.templates.keys().map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "otp:       ttl {}  {} digits  {} checks  cooldown {}  destinations {allowed}  locales {}",
+            humantime::format_duration(o.ttl),
+            o.code_length,
+            o.max_checks,
+            humantime::format_duration(o.resend_cooldown),
+            locales.join(",")
+        );
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());
         for c in &self.carriers {
             let bind = match c.bind {
