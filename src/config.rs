@@ -45,6 +45,36 @@ pub struct Config {
     pub carriers: Vec<CarrierConfig>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// How a route spreads messages over its carriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first usable carrier in the list, the next ones only when it is not.
+    Failover,
+    /// Each message starts at the next carrier in turn.
+    RoundRobin,
+    /// Shares proportional to `weights`.
+    Weighted,
+}
+
+/// Which carriers serve which destinations. Longest prefix wins; `"*"` catches the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefixes: Vec<String>,
+    pub carriers: Vec<String>,
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub weights: Vec<u32>,
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Failover
 }
 
 /// The verification API's policy. Defaults are stricter than the paid Verify APIs'.
@@ -69,6 +99,10 @@ pub struct OtpConfig {
     pub max_failed_checks_per_number: u32,
     #[serde(deserialize_with = "duration")]
     pub failed_checks_window: Duration,
+    /// An OTP SMS with no receipt this long after its submit is resent via the next carrier of
+    /// its route (as is one whose receipt says UNDELIV or REJECTD), while the code is valid.
+    #[serde(deserialize_with = "duration")]
+    pub receipt_timeout: Duration,
     /// E.164 prefixes codes may be sent to; empty allows all.
     pub allowed_prefixes: Vec<String>,
     /// File holding the 32-byte HMAC key (created with mode 0600 when missing); default
@@ -108,6 +142,7 @@ impl Default for OtpConfig {
             send_window: Duration::from_secs(3600),
             max_failed_checks_per_number: 20,
             failed_checks_window: Duration::from_secs(24 * 3600),
+            receipt_timeout: Duration::from_secs(30),
             allowed_prefixes: Vec::new(),
             hmac_key_file: None,
             webotp_domain: None,
@@ -147,6 +182,9 @@ impl OtpConfig {
         }
         if self.max_checks == 0 || self.max_checks > 10 {
             return p("max_checks", "must be 1-10".into());
+        }
+        if self.receipt_timeout < Duration::from_secs(1) {
+            return p("receipt_timeout", "must be at least 1s".into());
         }
         if self.max_sends_per_number == 0 || self.max_failed_checks_per_number == 0 {
             return p("max_sends_per_number", "limits must be at least 1".into());
@@ -314,6 +352,19 @@ pub struct CarrierConfig {
     #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
     pub reconnect_max: Duration,
     pub source_addr: String,
+    /// Submits in a row that time out or get an SMSC fault before the carrier is taken out.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long it stays out before one probe submit is let through.
+    #[serde(default = "default_circuit_open", deserialize_with = "duration")]
+    pub circuit_open: Duration,
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_open() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_port() -> u16 {
@@ -431,6 +482,48 @@ impl Config {
         if m.max_validity > Duration::from_secs(99 * 24 * 3600) {
             return Err(invalid("messages.max_validity".into(), "must be at most 99 days".into()));
         }
+        let mut seen_prefixes: Vec<&str> = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            if route.prefixes.is_empty() {
+                return Err(invalid(key("prefixes"), "list at least one E.164 prefix (or \"*\")".into()));
+            }
+            for prefix in &route.prefixes {
+                let ok = prefix == "*" || (prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit()));
+                if !ok {
+                    return Err(invalid(key("prefixes"), format!("{prefix:?} is neither \"*\" nor '+' followed by digits")));
+                }
+                if seen_prefixes.contains(&prefix.as_str()) {
+                    return Err(invalid(key("prefixes"), format!("{prefix:?} is routed twice")));
+                }
+                seen_prefixes.push(prefix);
+            }
+            if route.carriers.is_empty() {
+                return Err(invalid(key("carriers"), "list at least one carrier".into()));
+            }
+            for name in &route.carriers {
+                if !self.carriers.iter().any(|c| &c.name == name) {
+                    return Err(invalid(key("carriers"), format!("no carrier named {name:?}")));
+                }
+            }
+            match route.strategy {
+                Strategy::Weighted => {
+                    if route.weights.len() != route.carriers.len() {
+                        return Err(invalid(
+                            key("weights"),
+                            format!("has {} weights for {} carriers", route.weights.len(), route.carriers.len()),
+                        ));
+                    }
+                    if route.weights.iter().all(|&w| w == 0) || route.weights.iter().sum::<u32>() > 1000 {
+                        return Err(invalid(key("weights"), "weights must add up to 1-1000".into()));
+                    }
+                }
+                _ if !route.weights.is_empty() => {
+                    return Err(invalid(key("weights"), "weights only go with strategy = \"weighted\"".into()));
+                }
+                _ => {}
+            }
+        }
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));
         }
@@ -516,6 +609,12 @@ impl CarrierConfig {
                 ),
             ));
         }
+        if self.circuit_failures == 0 {
+            return Some(("circuit_failures", "must be at least 1".into()));
+        }
+        if self.circuit_open < Duration::from_millis(100) || self.circuit_open > Duration::from_secs(600) {
+            return Some(("circuit_open", "must be between 100ms and 10m".into()));
+        }
         if let Err(e) = crate::smpp::address::Address::source(&self.source_addr) {
             return Some(("source_addr", e.to_string()));
         }
@@ -560,6 +659,13 @@ impl Config {
             humantime::format_duration(o.resend_cooldown),
             locales.join(",")
         );
+        if self.routes.is_empty() {
+            let _ = writeln!(out, "routes:    none: every destination fails over through the carriers in order");
+        }
+        for r in &self.routes {
+            let _ = writeln!(out, "route:     {} -> {} ({:?}{})", r.prefixes.join(" "), r.carriers.join(", "), r.strategy,
+                if r.weights.is_empty() { String::new() } else { format!(" {:?}", r.weights) });
+        }
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());
         for c in &self.carriers {
             let bind = match c.bind {
@@ -714,6 +820,26 @@ source_addr = "Acme"
         assert!(e.contains("messages.default_validity"), "{e}");
         let e = error_of(&format!("[messages]\nmax_validity = \"200d\"\n{MINIMAL}"));
         assert!(e.contains("messages.max_validity"), "{e}");
+    }
+
+    #[test]
+    fn routes_are_checked_against_carriers_and_each_other() {
+        let two = format!("{MINIMAL}{}", MINIMAL.replace("\"alpha\"", "\"beta\""));
+        let ok = format!("{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\", \"beta\"]\nstrategy = \"weighted\"\nweights = [3, 1]\n");
+        assert_eq!(parse(&ok).unwrap().routes[0].strategy, Strategy::Weighted);
+        let cases = [
+            ("prefixes = [\"+44\"]\ncarriers = [\"gamma\"]", "no carrier named \"gamma\""),
+            ("prefixes = [\"+44\"]\ncarriers = [\"alpha\"]\nstrategy = \"weighted\"\nweights = [1, 2]", "2 weights for 1 carriers"),
+            ("prefixes = [\"44\"]\ncarriers = [\"alpha\"]", "neither"),
+            ("prefixes = [\"+44\"]\ncarriers = [\"alpha\"]\nweights = [1]", "only go with"),
+        ];
+        for (route, expected) in cases {
+            let e = error_of(&format!("{two}\n[[routes]]\n{route}\n"));
+            assert!(e.contains("routes[0]") && e.contains(expected), "{route}: {e}");
+        }
+        let twice = format!("{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\"]\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"beta\"]\n");
+        let e = error_of(&twice);
+        assert!(e.contains("routes[1].prefixes") && e.contains("routed twice"), "{e}");
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::otp::Otp;
 use crate::dispatch::{Dispatch, Dispatcher, Job};
 use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::store::{ReceiptMatch, Store, StoreError, StoreOptions};
+use crate::route::Routes;
+use crate::store::{MessageId, MessageStatus, ReceiptMatch, Store, StoreError, StoreOptions};
 
 /// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
 /// is answered only once its receipt is handed over.
@@ -53,6 +54,8 @@ pub struct Daemon {
     carriers_stop: CancellationToken,
     receipts_task: JoinHandle<()>,
     sweep_task: JoinHandle<()>,
+    failover_stop: CancellationToken,
+    failover_task: JoinHandle<()>,
 }
 
 impl Daemon {
@@ -86,22 +89,28 @@ impl Daemon {
             .map(|c| Carrier::start(c.clone(), receipts.clone(), carriers_stop.clone()))
             .collect();
         drop(receipts);
-        let receipts_task = tokio::spawn(track_receipts(store.clone(), receipts_rx));
 
-        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), carriers.clone());
+        let routes = Arc::new(Routes::new(&config.routes, &carriers));
+        let (otp_submitted, otp_submitted_rx) = mpsc::unbounded_channel();
+        let (otp_failed, otp_failed_rx) = mpsc::unbounded_channel();
+        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), routes.clone(), carriers.clone(), Some(otp_submitted));
         let key_file = config
             .otp
             .hmac_key_file
             .clone()
             .unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
-        let otp = Arc::new(Otp::new(store.clone(), dispatch.clone(), clock, key, config.otp.clone()));
+        let otp = Arc::new(Otp::new(store.clone(), routes.clone(), dispatch.clone(), clock, key, config.otp.clone()));
         recover(&store, &otp, &dispatch).await?;
+        let failover_stop = CancellationToken::new();
+        let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
 
+        let receipts_task = tokio::spawn(track_receipts(store.clone(), receipts_rx, otp_failed));
         let sweep_task = tokio::spawn(sweep(store.clone(), otp.clone(), config.store.retention));
 
         let state = Arc::new(AppState::new(
             store.clone(),
+            routes,
             otp,
             dispatch,
             carriers.clone(),
@@ -135,6 +144,8 @@ impl Daemon {
             carriers_stop,
             receipts_task,
             sweep_task,
+            failover_stop,
+            failover_task,
         })
     }
 
@@ -162,6 +173,8 @@ impl Daemon {
         self.state.accepting.store(false, Ordering::Release);
         self.http_stop.cancel();
         let mut clean = tokio::time::timeout(left(), self.http_task).await.is_ok();
+        self.failover_stop.cancel();
+        clean &= tokio::time::timeout(left(), self.failover_task).await.is_ok();
         clean &= self.dispatcher.shutdown(left()).await;
         self.carriers_stop.cancel();
         let unbound = futures::future::join_all(self.carriers.iter().map(|c| c.stopped()));
@@ -203,8 +216,8 @@ async fn recover(store: &Store, otp: &Otp, dispatch: &Dispatch) -> Result<(), Da
     Ok(())
 }
 
-/// Applies receipts to their messages.
-async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>) {
+/// Applies receipts to their messages; failed ones are reported for OTP receipt failover.
+async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>, failed: mpsc::UnboundedSender<MessageId>) {
     while let Some(event) = receipts.recv().await {
         let carrier = event.carrier.to_string();
         let receipt = match event.receipt {
@@ -224,6 +237,9 @@ async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptE
                 }
                 if status.is_final() {
                     metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+                }
+                if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
+                    let _ = failed.send(id);
                 }
             }
             Ok(ReceiptMatch::Held) => {

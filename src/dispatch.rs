@@ -1,11 +1,17 @@
 //! The dispatcher: takes queued messages in order and sees each one to a verdict.
 //!
-//! Each message gets its own task (bounded by the total window of all carriers), which submits
-//! over the first carrier that has a bound session *now*, retries "retry later" answers with
-//! backoff, tries again at once on "retry elsewhere", fails on permanent errors, and never
-//! submits after the message's deadline: it is marked `expired` instead. While no carrier is
-//! bound it waits on the carriers' bind watches, not in a polling loop.
+//! Each message is routed when it is *sent*, not when it was taken in: every attempt asks its
+//! route for an order of carriers and takes the first usable one (bound, circuit closed) it has
+//! not just failed on. "Retry elsewhere" answers (connection lost, response timeout, SMSC fault)
+//! move on to the next carrier at once; "retry later" (throttling) waits with backoff on the
+//! same carrier (which also slows the whole carrier, see `smpp/health.rs`); permanent errors
+//! fail the message. Nothing is ever submitted after the message's deadline: it is marked
+//! `expired` instead. While no carrier is usable it waits on the carriers' bind watches.
+//!
+//! Messages to the same destination go one at a time, in order: a retry never lets a later
+//! code overtake an earlier one.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,8 +19,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::route::Routes;
 use crate::smpp::message::MessageError;
-use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, SubmitOutcome};
+use crate::smpp::{Carrier, OutboundSms, Permanent, SubmitOutcome};
 use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, record::to_ms};
 
 /// A message to send.
@@ -22,6 +29,10 @@ use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, reco
 pub struct Job {
     pub id: MessageId,
     pub sms: OutboundSms,
+    /// Carriers not to use (a receipt failover avoids the carriers that already failed).
+    pub avoid: Vec<String>,
+    /// Set for OTP messages: their submits are reported for receipt failover.
+    pub verification: Option<MessageId>,
 }
 
 impl Job {
@@ -34,6 +45,8 @@ impl Job {
                 text: record.text.clone(),
                 deadline: Some(record.deadline()),
             },
+            avoid: Vec::new(),
+            verification: None,
         }
     }
 }
@@ -52,18 +65,31 @@ impl Dispatch {
     }
 }
 
+/// An OTP message the SMSC accepted: watched for its receipt.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpSubmitted {
+    pub message: MessageId,
+}
+
 /// Retry-later backoff on the same carrier: 100 ms doubling to 5 s.
 const RETRY_LATER_FIRST: Duration = Duration::from_millis(100);
 const RETRY_LATER_MAX: Duration = Duration::from_secs(5);
-/// A pause before retrying after an SMSC-side fault, so a carrier that answers ESME_RSYSERR to
-/// everything is not hammered.
-const RETRY_ELSEWHERE_PAUSE: Duration = Duration::from_millis(50);
+/// After every usable carrier failed once, pause before the next round (grows to a second).
+const ROUND_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const ROUND_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// While carriers are bound but their circuits are open, look again this often.
+const BREAKER_RECHECK: Duration = Duration::from_millis(250);
 
 struct Shared {
     store: Arc<Store>,
+    routes: Arc<Routes>,
     carriers: Vec<Arc<Carrier>>,
+    /// Submitted OTP messages, for receipt failover.
+    otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
     /// Cancelled at shutdown: no new attempts start; attempts under way finish.
     stop: CancellationToken,
+    /// Bounds concurrent deliveries to the carriers' total window.
+    permits: Arc<Semaphore>,
 }
 
 /// The running dispatcher.
@@ -74,39 +100,25 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts dispatching; jobs arrive through the returned [`Dispatch`].
-    pub fn start(store: Arc<Store>, carriers: Vec<Arc<Carrier>>) -> (Dispatcher, Dispatch) {
-        let (jobs, mut receiver) = mpsc::unbounded_channel::<Job>();
+    pub fn start(
+        store: Arc<Store>,
+        routes: Arc<Routes>,
+        carriers: Vec<Arc<Carrier>>,
+        otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
+    ) -> (Dispatcher, Dispatch) {
+        let (jobs, receiver) = mpsc::unbounded_channel::<Job>();
         let stop = CancellationToken::new();
-        let concurrency: usize = carriers
-            .iter()
-            .map(|c| c.config().window * c.config().sessions)
-            .sum::<usize>()
-            .max(1);
+        let concurrency: usize = carriers.iter().map(|c| c.config().window * c.config().sessions).sum::<usize>().max(1);
         let shared = Arc::new(Shared {
             store,
+            routes,
             carriers,
+            otp_submitted,
             stop: stop.clone(),
+            permits: Arc::new(Semaphore::new(concurrency)),
         });
         let tasks = TaskTracker::new();
-        let spawner = tasks.clone();
-        tasks.spawn(async move {
-            let permits = Arc::new(Semaphore::new(concurrency));
-            loop {
-                let job = tokio::select! {
-                    job = receiver.recv() => match job { Some(job) => job, None => break },
-                    _ = shared.stop.cancelled() => break,
-                };
-                let permit = tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-                    _ = shared.stop.cancelled() => break,
-                };
-                let shared = shared.clone();
-                spawner.spawn(async move {
-                    shared.deliver(job).await;
-                    drop(permit);
-                });
-            }
-        });
+        tasks.spawn(run(shared, receiver, tasks.clone()));
         (Dispatcher { tasks, stop }, Dispatch { jobs })
     }
 
@@ -115,6 +127,46 @@ impl Dispatcher {
         self.stop.cancel();
         self.tasks.close();
         tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// The loop: one delivery task per destination at a time, the rest wait their turn in order.
+async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker) {
+    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
+    let mut waiting: HashMap<String, VecDeque<Job>> = HashMap::new();
+    let start = |job: Job| {
+        let shared = shared.clone();
+        let done_tx = done_tx.clone();
+        tasks.spawn(async move {
+            let to = job.sms.to.clone();
+            if let Ok(_permit) = shared.permits.clone().acquire_owned().await {
+                shared.deliver(job).await;
+            }
+            let _ = done_tx.send(to);
+        });
+    };
+    loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => match waiting.get_mut(&job.sms.to) {
+                    Some(queue) => queue.push_back(job),
+                    None => {
+                        waiting.insert(job.sms.to.clone(), VecDeque::new());
+                        start(job);
+                    }
+                },
+                None => break,
+            },
+            Some(to) = done.recv() => {
+                match waiting.get_mut(&to).and_then(VecDeque::pop_front) {
+                    Some(next) if !shared.stop.is_cancelled() => start(next),
+                    _ => {
+                        waiting.remove(&to);
+                    }
+                }
+            }
+            _ = shared.stop.cancelled() => break,
+        }
     }
 }
 
@@ -134,28 +186,40 @@ fn attempt(carrier: &str, session: Option<&str>, outcome: &SubmitOutcome) -> Att
     }
 }
 
+/// What to do next, decided before each attempt.
+enum Next {
+    Submit(Arc<Carrier>),
+    /// No usable carrier right now.
+    Wait,
+    /// Every usable carrier failed this round.
+    Pause,
+}
+
 impl Shared {
-    fn first_bound(&self) -> Option<&Arc<Carrier>> {
-        self.carriers.iter().find(|c| c.bound_sessions() > 0)
+    fn choose(&self, job: &Job, tried: &HashSet<String>) -> Option<Next> {
+        let route = self.routes.route(&job.sms.to)?;
+        let order = route.order();
+        let allowed: Vec<&Arc<Carrier>> = order.iter().filter(|c| !job.avoid.iter().any(|a| a == c.name())).collect();
+        // A receipt failover that has run out of fresh carriers falls back to the whole route.
+        let candidates = if allowed.is_empty() { order.iter().collect() } else { allowed };
+        let usable: Vec<&Arc<Carrier>> = candidates.into_iter().filter(|c| c.usable()).collect();
+        if usable.is_empty() {
+            return Some(Next::Wait);
+        }
+        Some(match usable.iter().find(|c| !tried.contains(c.name())) {
+            Some(carrier) => Next::Submit((*carrier).clone()),
+            None => Next::Pause,
+        })
     }
 
-    /// Waits until some carrier is bound, the deadline passes or shutdown. True if bound.
-    async fn wait_for_a_bind(&self, deadline: SystemTime) -> bool {
+    /// Waits until a carrier's bind count changes, `limit` passes, or shutdown. False on shutdown.
+    async fn wait_for_change(&self, limit: Duration) -> bool {
         let mut watches: Vec<_> = self.carriers.iter().map(|c| c.watch_bound()).collect();
-        loop {
-            if self.first_bound().is_some() {
-                return true;
-            }
-            let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
-            if remaining.is_zero() {
-                return false;
-            }
-            let changes = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-            tokio::select! {
-                _ = changes => {}
-                _ = tokio::time::sleep(remaining) => {}
-                _ = self.stop.cancelled() => return false,
-            }
+        let changes = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            _ = changes => true,
+            _ = tokio::time::sleep(limit) => true,
+            _ = self.stop.cancelled() => false,
         }
     }
 
@@ -174,10 +238,19 @@ impl Shared {
         }
     }
 
+    fn finish(&self, id: &MessageId, status: MessageStatus, error: String, attempt: Option<Attempt>) {
+        metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+        let r = self.store.finish(id, status, Some(error), attempt, SystemTime::now());
+        self.log_store_error(id, r);
+    }
+
     async fn deliver(&self, job: Job) {
         let id = job.id;
         let deadline = job.sms.deadline.unwrap_or_else(SystemTime::now);
         let mut retry_later = RETRY_LATER_FIRST;
+        let mut round_pause = ROUND_PAUSE_FIRST;
+        let mut tried: HashSet<String> = HashSet::new();
+        let mut pinned: Option<Arc<Carrier>> = None;
         loop {
             if self.stop.is_cancelled() {
                 // Left queued in the store: the next start sends it.
@@ -185,16 +258,36 @@ impl Shared {
             }
             if SystemTime::now() >= deadline {
                 tracing::info!(message_id = %id, "validity passed before the message could be sent");
-                metrics::counter!("otpgate_messages_total", "state" => "expired").increment(1);
-                let r = self.store.finish(&id, MessageStatus::Expired, Some("validity passed before it could be sent".into()), None, SystemTime::now());
-                self.log_store_error(&id, r);
+                self.finish(&id, MessageStatus::Expired, "validity passed before it could be sent".into(), None);
                 return;
             }
-            let Some(carrier) = self.first_bound().cloned() else {
-                if !self.wait_for_a_bind(deadline).await && self.stop.is_cancelled() {
-                    return;
+            let next = match pinned.take() {
+                Some(carrier) if carrier.usable() => Next::Submit(carrier),
+                _ => match self.choose(&job, &tried) {
+                    Some(next) => next,
+                    None => {
+                        self.finish(&id, MessageStatus::Failed, "no route for this destination".into(), None);
+                        return;
+                    }
+                },
+            };
+            let carrier = match next {
+                Next::Submit(carrier) => carrier,
+                Next::Wait => {
+                    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+                    if !self.wait_for_change(remaining.min(BREAKER_RECHECK)).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+                Next::Pause => {
+                    tried.clear();
+                    if !self.pause(round_pause, deadline).await {
+                        return;
+                    }
+                    round_pause = (round_pause * 2).min(ROUND_PAUSE_MAX);
+                    continue;
+                }
             };
             self.log_store_error(&id, self.store.mark_in_flight(&id));
             let (outcome, session) = carrier.submit_via(&job.sms).await;
@@ -205,6 +298,9 @@ impl Shared {
                     metrics::counter!("otpgate_messages_total", "state" => "submitted").increment(1);
                     let r = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now());
                     self.log_store_error(&id, r);
+                    if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
+                        let _ = tx.send(OtpSubmitted { message: id });
+                    }
                     return;
                 }
                 SubmitOutcome::RetryLater { .. } => {
@@ -213,18 +309,12 @@ impl Shared {
                         return;
                     }
                     retry_later = (retry_later * 2).min(RETRY_LATER_MAX);
+                    pinned = Some(carrier);
                 }
                 SubmitOutcome::RetryElsewhere { reason } => {
+                    tracing::debug!(message_id = %id, carrier = carrier.name(), %reason, "trying elsewhere");
                     self.log_store_error(&id, self.store.record_attempt(&id, record));
-                    let pause = match reason {
-                        // The session is gone; its carrier's bind count catches up within
-                        // moments, and the next pick then waits on the bind watches.
-                        NotSubmitted::NoSession | NotSubmitted::ConnectionLost => Duration::from_millis(10),
-                        NotSubmitted::ResponseTimeout | NotSubmitted::Smsc(_) => RETRY_ELSEWHERE_PAUSE,
-                    };
-                    if !self.pause(pause, deadline).await {
-                        return;
-                    }
+                    tried.insert(carrier.name().to_string());
                 }
                 SubmitOutcome::Permanent { reason } => {
                     let status = match reason {
@@ -232,9 +322,7 @@ impl Shared {
                         _ => MessageStatus::Failed,
                     };
                     tracing::warn!(message_id = %id, carrier = carrier.name(), %reason, "message failed permanently");
-                    metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
-                    let r = self.store.finish(&id, status, Some(reason.to_string()), Some(record), SystemTime::now());
-                    self.log_store_error(&id, r);
+                    self.finish(&id, status, reason.to_string(), Some(record));
                     return;
                 }
             }

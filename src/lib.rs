@@ -21,6 +21,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod http;
 pub mod otp;
+pub mod route;
 pub mod sim;
 pub mod smpp;
 pub mod store;

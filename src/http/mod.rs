@@ -32,6 +32,7 @@ use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::rfc3339;
 use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
+use crate::route::Routes;
 use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
 
 /// Largest request body accepted.
@@ -44,6 +45,7 @@ const IDEMPOTENCY_LOCKS: usize = 64;
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<Store>,
+    pub routes: Arc<Routes>,
     pub otp: Arc<Otp>,
     pub dispatch: Dispatch,
     pub carriers: Vec<Arc<Carrier>>,
@@ -55,9 +57,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, carriers: Vec<Arc<Carrier>>, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
+    pub fn new(store: Arc<Store>, routes: Arc<Routes>, otp: Arc<Otp>, dispatch: Dispatch, carriers: Vec<Arc<Carrier>>, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
         AppState {
             store,
+            routes,
             otp,
             dispatch,
             carriers,
@@ -200,6 +203,9 @@ async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
     Address::destination(&request.to)
         .map_err(|_| ApiError::bad_request("invalid_to", "'to' must be an E.164 number: '+' and 8-15 digits"))?;
+    if state.routes.route(&request.to).is_none() {
+        return Err(ApiError::unavailable("no_route", "no carrier route serves this destination"));
+    }
     if let Some(from) = &request.from {
         Address::source(from).map_err(|e| ApiError::bad_request("invalid_from", format!("'from': {e}")))?;
     }
@@ -299,6 +305,7 @@ impl From<OtpError> for ApiError {
             OtpError::InvalidCode => ApiError::bad_request("invalid_code", message),
             OtpError::TextTooLong(_) => ApiError::unprocessable("text_too_long", message),
             OtpError::DestinationBlocked => ApiError::new(StatusCode::FORBIDDEN, "destination_blocked", message),
+            OtpError::NoRoute => ApiError::unavailable("no_route", message),
             OtpError::RateLimited(_, wait) => ApiError::too_many("rate_limited", message, wait),
             OtpError::Cooldown(wait) => ApiError::too_many("resend_cooldown", message, wait),
             OtpError::SendLimit(wait) => ApiError::too_many("send_limit", message, wait),

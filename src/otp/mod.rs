@@ -21,12 +21,13 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::OtpConfig;
-use crate::dispatch::{Dispatch, Job};
+use crate::dispatch::{Dispatch, Job, OtpSubmitted};
+use crate::route::Routes;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::{rfc3339, to_ms};
-use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
+use crate::store::verification::{Failover, NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
 use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError};
 use code::CodeKey;
 use ratelimit::RateLimiter;
@@ -52,6 +53,8 @@ pub enum OtpError {
     TextTooLong(String),
     #[error("sending codes to this destination is not allowed")]
     DestinationBlocked,
+    #[error("no carrier route serves this destination")]
+    NoRoute,
     #[error("too many requests {0}; retry later")]
     RateLimited(&'static str, Duration),
     #[error("a code was sent to this number moments ago; wait before resending")]
@@ -91,6 +94,7 @@ pub enum CheckOutcome {
 /// The verification service.
 pub struct Otp {
     store: Arc<Store>,
+    routes: Arc<Routes>,
     dispatch: Dispatch,
     clock: Arc<dyn Clock>,
     key: CodeKey,
@@ -186,8 +190,9 @@ fn shown_status(r: &VerificationRecord, now: SystemTime) -> VerificationStatus {
 }
 
 impl Otp {
-    pub fn new(store: Arc<Store>, dispatch: Dispatch, clock: Arc<dyn Clock>, key: CodeKey, policy: OtpConfig) -> Otp {
+    pub fn new(store: Arc<Store>, routes: Arc<Routes>, dispatch: Dispatch, clock: Arc<dyn Clock>, key: CodeKey, policy: OtpConfig) -> Otp {
         Otp {
+            routes,
             autofill: policy.autofill(),
             creates_per_key: RateLimiter::new(policy.creates_per_minute_per_key),
             creates_per_ip: RateLimiter::new(policy.creates_per_minute_per_ip),
@@ -230,6 +235,9 @@ impl Otp {
         if !allowed {
             metrics::counter!("otpgate_verifications_total", "outcome" => "blocked").increment(1);
             return Err(OtpError::DestinationBlocked);
+        }
+        if self.routes.route(&request.to).is_none() {
+            return Err(OtpError::NoRoute);
         }
         let limited = Self::limit(&self.creates_per_key, "for this API key", owner)
             .and_then(|_| Self::limit(&self.creates_per_ip, "from this address", &ip.to_string()));
@@ -294,6 +302,7 @@ impl Otp {
                         last_send_ms: now_ms,
                         message_ids: Vec::new(),
                         done_ms: None,
+                        failovers: Vec::new(),
                     },
                 ),
             };
@@ -341,6 +350,8 @@ impl Otp {
                 text,
                 deadline: Some(crate::store::record::from_ms(send.record.expires_ms)),
             },
+            avoid: Vec::new(),
+            verification: Some(send.id),
         });
         Ok(verification_json(&send.id, &send.record, now))
     }
@@ -504,6 +515,125 @@ impl Otp {
                 text: self.render(&locale, code.expose(), &context),
                 deadline: Some(crate::store::record::from_ms(record.expires_ms)),
             },
+            avoid: Vec::new(),
+            verification: Some(vid),
         }))
+    }
+
+    /// Receipt failover: the SMS of a pending verification failed (`timed_out` false: an
+    /// UNDELIV/REJECTD receipt; true: no receipt within `receipt_timeout`). While the code's
+    /// life lasts, a fresh code goes out through a carrier of the route not yet used for this
+    /// verification (at most once per carrier). Returns whether a resend was queued.
+    pub async fn failover(&self, message_id: MessageId, timed_out: bool) -> Result<bool, OtpError> {
+        let Some(message) = self.store.message(&message_id)? else { return Ok(false) };
+        let still_failing = match timed_out {
+            true => message.status == MessageStatus::Submitted,
+            false => matches!(message.status, MessageStatus::Undeliverable | MessageStatus::Rejected),
+        };
+        let Some(vid) = message.verification.as_deref().and_then(|v| v.parse::<MessageId>().ok()) else {
+            return Ok(false);
+        };
+        let Some(verification) = self.store.verification(&vid)? else { return Ok(false) };
+        let now = self.now();
+        let latest = verification.message_ids.last() == Some(&message_id.to_string());
+        if !still_failing || !latest || shown_status(&verification, now) != VerificationStatus::Pending {
+            return Ok(false);
+        }
+        let Some(route) = self.routes.route(&verification.to) else { return Ok(false) };
+        let mut used: Vec<String> = Vec::new();
+        for mid in verification.message_ids.iter().filter_map(|m| m.parse::<MessageId>().ok()) {
+            if let Some(carrier) = self.store.message(&mid)?.and_then(|m| m.carrier) {
+                used.push(carrier);
+            }
+        }
+        if route.carriers().iter().all(|c| used.iter().any(|u| u == c.name())) {
+            tracing::info!(verification = %vid, "receipt failover: every carrier of the route was tried");
+            return Ok(false);
+        }
+        let from_carrier = message.carrier.clone().unwrap_or_default();
+        let reason = if timed_out { "no receipt in time".to_string() } else { format!("receipt {}", message.status.as_str()) };
+        let code = code::generate(verification.code_length)?;
+        let text = self.render(&verification.locale, code.expose(), &verification.context);
+        let new_id = self.store.new_id()?;
+        let deadline = crate::store::record::from_ms(verification.expires_ms);
+        let new_message = NewMessage {
+            owner: verification.owner.clone(),
+            to: verification.to.clone(),
+            from: None,
+            text: template::mask(&text, code.expose()),
+            deadline,
+        };
+        // The message first: a crash before the verification points at it leaves a message the
+        // recovery recognises as stale (it is not the verification's latest) and drops.
+        self.store.insert_otp_message(new_id, new_message, &vid, now).await?;
+        let sealed = hex(&self.key.seal(&vid.to_string(), &verification.context, code.expose()));
+        let expected_latest = message_id.to_string();
+        let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
+            let still = shown_status(r, now) == VerificationStatus::Pending && r.message_ids.last() == Some(&expected_latest);
+            if still {
+                r.code_hmac = sealed.clone();
+                r.message_ids.push(new_id.to_string());
+                r.failovers.push(Failover {
+                    at_ms: to_ms(now),
+                    from_carrier: from_carrier.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            still
+        };
+        if !matches!(self.store.update_verification(&vid, change).await?, Some((_, true))) {
+            self.store.finish(&new_id, MessageStatus::Expired, Some("its verification moved on".into()), None, now)?;
+            return Ok(false);
+        }
+        tracing::info!(verification = %vid, from = %from_carrier, %reason, "OTP resent through another carrier");
+        metrics::counter!("otpgate_verifications_total", "outcome" => "failover").increment(1);
+        self.dispatch.enqueue(Job {
+            id: new_id,
+            sms: OutboundSms {
+                to: verification.to.clone(),
+                from: None,
+                text,
+                deadline: Some(deadline),
+            },
+            avoid: used,
+            verification: Some(vid),
+        });
+        Ok(true)
+    }
+
+    /// Watches submitted OTP SMS for their receipts: `failed` carries messages whose receipt
+    /// came back UNDELIV/REJECTD; those with no receipt within `receipt_timeout` count too.
+    pub async fn watch_receipts(
+        self: Arc<Self>,
+        mut submitted: tokio::sync::mpsc::UnboundedReceiver<OtpSubmitted>,
+        mut failed: tokio::sync::mpsc::UnboundedReceiver<MessageId>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut deadlines: std::collections::HashMap<MessageId, Instant> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                Some(s) = submitted.recv() => {
+                    deadlines.insert(s.message, Instant::now() + self.policy.receipt_timeout);
+                }
+                Some(id) = failed.recv() => {
+                    deadlines.remove(&id);
+                    if let Err(e) = self.failover(id, false).await {
+                        tracing::error!(message_id = %id, error = %e, "receipt failover failed");
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let due: Vec<MessageId> = deadlines.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+                    for id in due {
+                        deadlines.remove(&id);
+                        if let Err(e) = self.failover(id, true).await {
+                            tracing::error!(message_id = %id, error = %e, "receipt-timeout failover failed");
+                        }
+                    }
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
     }
 }

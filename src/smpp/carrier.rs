@@ -1,19 +1,21 @@
 //! A carrier: its configured number of sessions, each kept bound by a supervisor task.
 //!
 //! Each supervisor loops connect → bind → serve until closed → back off → again, until shutdown,
-//! when it unbinds cleanly. Submits go to the bound session with the most free window, after the
-//! carrier-wide `max_tps` pacer.
+//! when it unbinds cleanly. Submits pass the carrier's circuit breaker and pacer (see
+//! `health.rs`), then go to the bound session with the most free window within the effective
+//! (AIMD) window.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backoff::Backoff;
+use super::health::{Admission, Health};
 use super::message::OutboundSms;
 use super::outcome::{NotSubmitted, Permanent, SubmitOutcome};
 use super::session::{BindMode, ReceiptSender, Session, SessionError, SessionSettings};
@@ -27,7 +29,11 @@ pub struct Carrier {
     slots: Vec<Mutex<Option<Session>>>,
     /// How many slots hold a bound session.
     bound: watch::Sender<usize>,
-    pacer: Option<Pacer>,
+    health: Mutex<Health>,
+    /// When the next paced submit may go (pacing follows `health`'s rate).
+    next_slot: Mutex<Instant>,
+    /// Signalled whenever a submit finishes and frees window.
+    released: Notify,
     next_pick: AtomicUsize,
     tasks: TaskTracker,
 }
@@ -39,7 +45,15 @@ impl Carrier {
             name: Arc::from(config.name.as_str()),
             slots: (0..config.sessions).map(|_| Mutex::new(None)).collect(),
             bound: watch::channel(0).0,
-            pacer: (config.max_tps > 0).then(|| Pacer::new(config.max_tps)),
+            health: Mutex::new(Health::new(
+                config.window,
+                config.max_tps,
+                config.circuit_failures,
+                config.circuit_open,
+                std::time::Instant::now(),
+            )),
+            next_slot: Mutex::new(Instant::now()),
+            released: Notify::new(),
             next_pick: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
             config,
@@ -127,8 +141,24 @@ impl Carrier {
             .collect()
     }
 
-    /// The bound session with the most free window; ties rotate.
-    fn pick(&self) -> Option<Session> {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this carrier can take a submit now: a session is bound and the circuit is not
+    /// open.
+    pub fn usable(&self) -> bool {
+        self.bound_sessions() > 0 && !self.health().is_open(std::time::Instant::now())
+    }
+
+    /// The effective per-session window and rate cap now (after throttling).
+    pub fn limits(&self) -> (usize, Option<f64>) {
+        let health = self.health();
+        (health.window(), health.tps())
+    }
+
+    /// The bound session with the most free window within the effective window; ties rotate.
+    fn pick(&self, effective_window: usize) -> Option<Session> {
         let sessions = self.sessions();
         if sessions.is_empty() {
             return None;
@@ -136,8 +166,37 @@ impl Carrier {
         let start = self.next_pick.fetch_add(1, Ordering::Relaxed) % sessions.len();
         (0..sessions.len())
             .map(|i| &sessions[(start + i) % sessions.len()])
+            .filter(|s| s.in_flight() < effective_window && s.free_window() > 0)
             .max_by_key(|s| s.free_window())
             .cloned()
+    }
+
+    /// Waits for a session with room in the effective window; `None` when none is bound.
+    async fn session_with_room(&self) -> Option<Session> {
+        loop {
+            let window = self.health().window();
+            if let Some(session) = self.pick(window) {
+                return Some(session);
+            }
+            if self.sessions().is_empty() {
+                return None;
+            }
+            // A finished submit wakes us; the timeout covers a session closing meanwhile.
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.released.notified()).await;
+        }
+    }
+
+    /// Spaces submits at the current rate cap, if there is one.
+    async fn pace(&self) {
+        let Some(tps) = self.health().tps() else { return };
+        let interval = Duration::from_secs_f64(1.0 / tps.max(0.1));
+        let slot = {
+            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 
     /// Submits one SMS over this carrier.
@@ -147,9 +206,10 @@ impl Carrier {
 
     /// Submits one SMS and says which session carried it (`None` when none did).
     pub async fn submit_via(&self, sms: &OutboundSms) -> (SubmitOutcome, Option<Arc<str>>) {
-        if let Some(pacer) = &self.pacer {
-            pacer.wait().await;
+        if self.health().admit(std::time::Instant::now()) == Admission::No {
+            return (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::CircuitOpen }, None);
         }
+        self.pace().await;
         let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
             Ok(pdu) => pdu,
             Err(e) => {
@@ -157,10 +217,15 @@ impl Carrier {
                 return (SubmitOutcome::Permanent { reason }, None);
             }
         };
-        match self.pick() {
+        let (outcome, label) = match self.session_with_room().await {
             Some(session) => (session.submit(pdu).await, Some(session.label().clone())),
             None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None),
+        };
+        self.released.notify_one();
+        if self.health().record(&outcome, std::time::Instant::now()) {
+            tracing::warn!(carrier = %self.name, "circuit opened: submits keep failing; traffic goes elsewhere");
         }
+        (outcome, label)
     }
 
     /// Waits until every supervisor has finished (after shutdown: all sessions unbound).
@@ -251,45 +316,27 @@ fn log_bind_failure(carrier: &str, link: &str, attempt: u32, error: &SessionErro
     }
 }
 
-/// Spaces submits evenly at `max_tps` across the whole carrier (a burst of one: SMSCs that police
-/// per second throttle bursts).
-struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    fn new(tps: u32) -> Pacer {
-        Pacer {
-            interval: Duration::from_secs(1) / tps,
-            next: Mutex::new(Instant::now()),
-        }
-    }
-
-    async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn pacer_spaces_submits_evenly() {
-        let pacer = Pacer::new(10);
+    async fn pacing_spaces_submits_at_max_tps() {
+        let config = crate::config::Config::from_toml(
+            "[[carriers]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = 9\nsystem_id = \"x\"\npassword = \"y\"\nsource_addr = \"Acme\"\nmax_tps = 10\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let carrier = Carrier::start(config.carriers[0].clone(), tx, stop.clone());
         let start = Instant::now();
         for _ in 0..11 {
-            pacer.wait().await;
+            carrier.pace().await;
         }
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(1100), "{elapsed:?}");
+        stop.cancel();
     }
 }

@@ -5,11 +5,13 @@
 //! - [`message`] and [`address`]: an SMS turned into a submit_sm;
 //! - [`outcome`]: submit_sm_resp statuses in the classes the dispatcher acts on;
 //! - [`receipt`]: delivery receipts, TLV and text;
+//! - [`health`]: circuit breaker and AIMD pacing per carrier;
 //! - [`backoff`]: reconnect delays.
 
 pub mod address;
 pub mod backoff;
 pub mod carrier;
+pub mod health;
 pub mod message;
 pub mod outcome;
 pub mod receipt;

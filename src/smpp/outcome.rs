@@ -35,6 +35,8 @@ pub enum NotSubmitted {
     ResponseTimeout,
     /// No session of the carrier is bound.
     NoSession,
+    /// The carrier's circuit breaker is open: it has been failing.
+    CircuitOpen,
 }
 
 /// Why a message can never be sent as it is.
@@ -53,6 +55,7 @@ impl fmt::Display for NotSubmitted {
             NotSubmitted::ConnectionLost => f.write_str("connection lost"),
             NotSubmitted::ResponseTimeout => f.write_str("response timeout"),
             NotSubmitted::NoSession => f.write_str("no bound session"),
+            NotSubmitted::CircuitOpen => f.write_str("circuit open"),
         }
     }
 }

@@ -279,6 +279,17 @@ impl Store {
         Ok((id, record))
     }
 
+    /// Takes in a message under a given id for a verification (receipt failover), durably.
+    pub async fn insert_otp_message(&self, id: MessageId, message: NewMessage, verification: &MessageId, now: SystemTime) -> Result<MessageRecord, StoreError> {
+        let record = MessageRecord::queued(message, record::to_ms(now), Some(verification.to_string()));
+        let mut batch = sled::Batch::default();
+        batch.insert(message_key(&id), encode(&record));
+        batch.insert(queue_key(&id), &[][..]);
+        self.db.apply_batch(batch)?;
+        self.commit.durable().await?;
+        Ok(record)
+    }
+
     /// Every message waiting to be sent, oldest first; marks those that were mid-submit when the
     /// last process died (returned with `in_flight` still true, so callers can count resubmits).
     pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {

@@ -56,6 +56,18 @@ pub struct VerificationRecord {
     /// Messages sent for it, oldest first.
     pub message_ids: Vec<String>,
     pub done_ms: Option<u64>,
+    /// Resends through another carrier after a failed or missing receipt.
+    #[serde(default)]
+    pub failovers: Vec<Failover>,
+}
+
+/// One receipt failover of a verification's SMS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub at_ms: u64,
+    /// The carrier whose SMS failed.
+    pub from_carrier: String,
+    pub reason: String,
 }
 
 /// What the rules need to know about a number, kept for the longest window.

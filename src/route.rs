@@ -1,0 +1,129 @@
+//! Routes: which carriers may carry a destination, in which order for this message.
+//!
+//! A route is chosen by the longest matching E.164 prefix (`"*"` matches everything). It is asked
+//! for an order at *dispatch* time, for every attempt, so a message queued while its first
+//! carrier was up still goes to the best carrier that is up when it is sent. Without any
+//! `[[routes]]`, one catch-all route fails over through the carriers in config order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{RouteConfig, Strategy};
+use crate::smpp::Carrier;
+
+/// One route's carriers and how to spread over them.
+pub struct Route {
+    carriers: Vec<Arc<Carrier>>,
+    strategy: Strategy,
+    /// For `weighted`: one smooth weighted round-robin cycle of carrier indexes.
+    cycle: Vec<usize>,
+    turn: AtomicU64,
+}
+
+impl Route {
+    fn new(carriers: Vec<Arc<Carrier>>, strategy: Strategy, weights: &[u32]) -> Route {
+        let cycle = if strategy == Strategy::Weighted { smooth_cycle(weights) } else { Vec::new() };
+        Route {
+            carriers,
+            strategy,
+            cycle,
+            turn: AtomicU64::new(0),
+        }
+    }
+
+    /// The carriers to try for one attempt, best first: the strategy picks the first, the rest
+    /// follow in list order as fallbacks.
+    pub fn order(&self) -> Vec<Arc<Carrier>> {
+        let n = self.carriers.len();
+        let first = match self.strategy {
+            Strategy::Failover => 0,
+            Strategy::RoundRobin => (self.turn.fetch_add(1, Ordering::Relaxed) % n as u64) as usize,
+            Strategy::Weighted => {
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
+                self.cycle.get(turn % self.cycle.len().max(1)).copied().unwrap_or(0)
+            }
+        };
+        let mut order = Vec::with_capacity(n);
+        order.push(self.carriers[first].clone());
+        order.extend(self.carriers.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, c)| c.clone()));
+        order
+    }
+
+    pub fn carriers(&self) -> &[Arc<Carrier>] {
+        &self.carriers
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled over one cycle: weights 3,1 give 0,0,1,0 —
+/// proportional shares without long runs on one carrier.
+fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..weights.len()).max_by_key(|&i| (current[i], -(i as i64))).unwrap_or(0);
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+/// All routes, by prefix.
+pub struct Routes {
+    /// (prefix without '+', route), longest prefix first; `"*"` is the empty prefix, last.
+    by_prefix: Vec<(String, Arc<Route>)>,
+}
+
+impl Routes {
+    /// Builds the table; carriers named in config that are missing (validation prevents it) are
+    /// left out of their route.
+    pub fn new(routes: &[RouteConfig], carriers: &[Arc<Carrier>]) -> Routes {
+        let mut by_prefix = Vec::new();
+        if routes.is_empty() {
+            let all = Arc::new(Route::new(carriers.to_vec(), Strategy::Failover, &[]));
+            by_prefix.push((String::new(), all));
+        }
+        for config in routes {
+            let members: Vec<Arc<Carrier>> = config
+                .carriers
+                .iter()
+                .filter_map(|name| carriers.iter().find(|c| c.name() == name).cloned())
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let route = Arc::new(Route::new(members, config.strategy, &config.weights));
+            for prefix in &config.prefixes {
+                let digits = if prefix == "*" { String::new() } else { prefix.trim_start_matches('+').to_string() };
+                by_prefix.push((digits, route.clone()));
+            }
+        }
+        by_prefix.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Routes { by_prefix }
+    }
+
+    /// The route for an E.164 destination (with `+`), or `None`: nothing may carry it.
+    pub fn route(&self, to: &str) -> Option<&Arc<Route>> {
+        let digits = to.trim_start_matches('+');
+        self.by_prefix.iter().find(|(prefix, _)| digits.starts_with(prefix.as_str())).map(|(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_cycles_are_proportional_and_interleaved() {
+        assert_eq!(smooth_cycle(&[3, 1]), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_cycle(&[1, 1]), vec![0, 1]);
+        let cycle = smooth_cycle(&[5, 3, 2]);
+        assert_eq!(cycle.len(), 10);
+        assert_eq!(cycle.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(cycle.iter().filter(|&&i| i == 2).count(), 2);
+        assert_eq!(smooth_cycle(&[0, 2]), vec![1, 1]);
+    }
+}
