@@ -50,6 +50,8 @@ pub struct SimConfig {
     pub receipt_delay: Duration,
     /// Send the receipt *before* the submit_sm_resp (it happens with real SMSCs).
     pub receipt_first: bool,
+    /// The receipts' final state: "DELIVRD", "UNDELIV", "REJECTD" or "EXPIRED".
+    pub receipt_stat: &'static str,
 }
 
 impl Default for SimConfig {
@@ -62,6 +64,7 @@ impl Default for SimConfig {
             receipts: true,
             receipt_delay: Duration::from_millis(20),
             receipt_first: false,
+            receipt_stat: "DELIVRD",
         }
     }
 }
@@ -474,7 +477,7 @@ impl Connection {
             SubmitSmResp::new(c_octet(&message_id), Vec::new()),
         );
         let receipt = (wants_receipt && state.config.receipts)
-            .then(|| delivered_receipt(&message_id, number, sm));
+            .then(|| receipt(&message_id, number, sm, state.config.receipt_stat));
         tokio::spawn(async move {
             let receipt_first = state.config.receipt_first;
             if receipt_first {
@@ -495,10 +498,16 @@ impl Connection {
     }
 }
 
-/// A DELIVRD receipt in the common real-world shape: TLVs plus Appendix B text.
-fn delivered_receipt(message_id: &str, number: u64, sm: &SubmitSm) -> Pdu {
+/// A receipt in the common real-world shape: TLVs plus Appendix B text.
+fn receipt(message_id: &str, number: u64, sm: &SubmitSm, stat: &str) -> Pdu {
+    let (state, delivered, err) = match stat {
+        "UNDELIV" => (MessageState::Undeliverable, 0, "001"),
+        "REJECTD" => (MessageState::Rejected, 0, "002"),
+        "EXPIRED" => (MessageState::Expired, 0, "003"),
+        _ => (MessageState::Delivered, 1, "000"),
+    };
     let text = format!(
-        "id:{number:010} sub:001 dlvrd:001 submit date:2601010000 done date:2601010000 stat:DELIVRD err:000 text:"
+        "id:{number:010} sub:001 dlvrd:{delivered:03} submit date:2601010000 done date:2601010000 stat:{stat} err:{err} text:"
     );
     let mut pdu = DeliverSm::builder()
         .source_addr_ton(sm.dest_addr_ton)
@@ -511,7 +520,7 @@ fn delivered_receipt(message_id: &str, number: u64, sm: &SubmitSm) -> Pdu {
         .short_message(OctetString::from_vec(text.into_bytes()).unwrap_or_default())
         .build();
     pdu.push_tlv(MessageDeliveryRequestTlvValue::ReceiptedMessageId(c_octet(message_id)));
-    pdu.push_tlv(MessageDeliveryRequestTlvValue::MessageState(MessageState::Delivered));
+    pdu.push_tlv(MessageDeliveryRequestTlvValue::MessageState(state));
     Pdu::DeliverSm(pdu)
 }
 

@@ -31,7 +31,7 @@ pub struct Carrier {
     bound: watch::Sender<usize>,
     health: Mutex<Health>,
     /// When the next paced submit may go (pacing follows `health`'s rate).
-    next_slot: Mutex<Instant>,
+    next_slot: tokio::sync::Mutex<Instant>,
     /// Signalled whenever a submit finishes and frees window.
     released: Notify,
     next_pick: AtomicUsize,
@@ -52,7 +52,7 @@ impl Carrier {
                 config.circuit_open,
                 std::time::Instant::now(),
             )),
-            next_slot: Mutex::new(Instant::now()),
+            next_slot: tokio::sync::Mutex::new(Instant::now()),
             released: Notify::new(),
             next_pick: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
@@ -186,17 +186,18 @@ impl Carrier {
         }
     }
 
-    /// Spaces submits at the current rate cap, if there is one.
+    /// Spaces submits at the current rate cap, if there is one. Waiters queue on the lock and
+    /// each computes its slot from the rate *at that moment*, so a rate that recovers takes
+    /// effect at once instead of after slots reserved at the throttled rate.
     async fn pace(&self) {
-        let Some(tps) = self.health().tps() else { return };
-        let interval = Duration::from_secs_f64(1.0 / tps.max(0.1));
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (*next).max(Instant::now());
-            *next = slot + interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        if self.health().tps().is_none() {
+            return;
+        }
+        let mut next = self.next_slot.lock().await;
+        tokio::time::sleep_until(*next).await;
+        if let Some(tps) = self.health().tps() {
+            *next = Instant::now() + Duration::from_secs_f64(1.0 / tps.max(0.1));
+        }
     }
 
     /// Submits one SMS over this carrier.
