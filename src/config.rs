@@ -324,7 +324,7 @@ pub enum BindType {
 }
 
 /// One carrier SMSC and how we talk to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CarrierConfig {
     pub name: String,

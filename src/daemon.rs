@@ -6,8 +6,9 @@
 //! Shutdown: refuse new requests (503) and drain the HTTP server, let submits under way finish,
 //! unbind every session, apply the last receipts, flush the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +23,8 @@ use crate::otp::Otp;
 use crate::dispatch::{Dispatch, Dispatcher, Job};
 use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::route::Routes;
+use crate::route::Network;
+use crate::telemetry;
 use crate::store::{MessageId, MessageStatus, ReceiptMatch, Store, StoreError, StoreOptions};
 
 /// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
@@ -44,8 +46,19 @@ pub enum DaemonError {
 
 /// The running gateway.
 pub struct Daemon {
-    carriers: Vec<Arc<Carrier>>,
+    network: Arc<Network>,
+    /// The config now in force (reload diffs against it).
+    running: Mutex<Config>,
+    /// One stop token per carrier, so a reload can retire a single carrier.
+    carrier_stops: Mutex<HashMap<String, CancellationToken>>,
+    /// Carriers a reload removed, still draining; shutdown waits for them too.
+    retiring: Mutex<Vec<Arc<Carrier>>>,
+    /// Held for carriers started by a reload; dropped at shutdown so the receipt channel closes.
+    receipts: Mutex<Option<mpsc::Sender<ReceiptEvent>>>,
     store: Arc<Store>,
+    metrics_addr: SocketAddr,
+    /// Stops the metrics server and the gauge sampler.
+    telemetry_stop: CancellationToken,
     state: Arc<AppState>,
     dispatcher: Dispatcher,
     http_addr: SocketAddr,
@@ -81,26 +94,42 @@ impl Daemon {
             source,
         })?;
 
+        let metrics_listener = telemetry::listen(config.server.metrics_listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: config.server.metrics_listen,
+                source,
+            })?;
+        let metrics_addr = metrics_listener.local_addr().map_err(|source| DaemonError::Listen {
+            addr: config.server.metrics_listen,
+            source,
+        })?;
+        telemetry::handle();
+
         let (receipts, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
         let carriers_stop = CancellationToken::new();
+        let mut carrier_stops = HashMap::new();
         let carriers: Vec<Arc<Carrier>> = config
             .carriers
             .iter()
-            .map(|c| Carrier::start(c.clone(), receipts.clone(), carriers_stop.clone()))
+            .map(|c| {
+                let stop = carriers_stop.child_token();
+                carrier_stops.insert(c.name.clone(), stop.clone());
+                Carrier::start(c.clone(), receipts.clone(), stop)
+            })
             .collect();
-        drop(receipts);
 
-        let routes = Arc::new(Routes::new(&config.routes, &carriers));
+        let network = Arc::new(Network::new(carriers, &config.routes));
         let (otp_submitted, otp_submitted_rx) = mpsc::unbounded_channel();
         let (otp_failed, otp_failed_rx) = mpsc::unbounded_channel();
-        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), routes.clone(), carriers.clone(), Some(otp_submitted));
+        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), network.clone(), Some(otp_submitted));
         let key_file = config
             .otp
             .hmac_key_file
             .clone()
             .unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
-        let otp = Arc::new(Otp::new(store.clone(), routes.clone(), dispatch.clone(), clock, key, config.otp.clone()));
+        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
         recover(&store, &otp, &dispatch).await?;
         let failover_stop = CancellationToken::new();
         let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
@@ -110,13 +139,17 @@ impl Daemon {
 
         let state = Arc::new(AppState::new(
             store.clone(),
-            routes,
+            network.clone(),
             otp,
             dispatch,
-            carriers.clone(),
             &config.api_keys,
             config.messages.clone(),
         ));
+        let telemetry_stop = CancellationToken::new();
+        tokio::spawn(telemetry::serve(metrics_listener, telemetry_stop.clone()));
+        let sampled = network.clone();
+        let carriers_now = Arc::new(move || sampled.current().carriers.clone());
+        tokio::spawn(telemetry::sample_gauges(carriers_now, store.clone(), telemetry_stop.clone()));
         let http_stop = CancellationToken::new();
         let app = http::router(state.clone());
         let stop = http_stop.clone();
@@ -129,13 +162,19 @@ impl Daemon {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
-        tracing::info!(%http_addr, "HTTP intake listening");
+        tracing::info!(%http_addr, %metrics_addr, "HTTP intake and metrics listening");
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");
         }
         Ok(Daemon {
-            carriers,
+            network,
+            running: Mutex::new(config.clone()),
+            carrier_stops: Mutex::new(carrier_stops),
+            retiring: Mutex::new(Vec::new()),
+            receipts: Mutex::new(Some(receipts)),
             store,
+            metrics_addr,
+            telemetry_stop,
             state,
             dispatcher,
             http_addr,
@@ -153,12 +192,71 @@ impl Daemon {
         self.http_addr
     }
 
-    pub fn carriers(&self) -> &[Arc<Carrier>] {
-        &self.carriers
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
-    pub fn carrier(&self, name: &str) -> Option<&Arc<Carrier>> {
-        self.carriers.iter().find(|c| c.name() == name)
+    /// The carriers in force now.
+    pub fn carriers(&self) -> Vec<Arc<Carrier>> {
+        self.network.current().carriers.clone()
+    }
+
+    pub fn carrier(&self, name: &str) -> Option<Arc<Carrier>> {
+        self.carriers().into_iter().find(|c| c.name() == name)
+    }
+
+    /// Applies a new, already validated config (SIGHUP): carriers added are bound, carriers
+    /// removed or changed are drained (in-flight submits finish) and unbound, routes and API
+    /// keys are swapped. Queued messages simply follow the new routes at their next attempt.
+    /// Returns the settings that changed but need a restart.
+    pub fn reload(&self, new: &Config) -> Vec<&'static str> {
+        let mut running = lock(&self.running);
+        let mut stops = lock(&self.carrier_stops);
+        let old = self.network.current();
+        let receipts = lock(&self.receipts).clone();
+        let mut carriers = Vec::new();
+        for config in &new.carriers {
+            let unchanged = old.carriers.iter().find(|c| c.name() == config.name && c.config() == config);
+            match (unchanged, &receipts) {
+                (Some(carrier), _) => carriers.push(carrier.clone()),
+                (None, Some(receipts)) => {
+                    if let Some(stop) = stops.remove(&config.name) {
+                        tracing::info!(carrier = %config.name, "carrier changed: draining its old sessions");
+                        stop.cancel();
+                        lock(&self.retiring).extend(old.carriers.iter().filter(|c| c.name() == config.name).cloned());
+                    }
+                    let stop = self.carriers_stop.child_token();
+                    stops.insert(config.name.clone(), stop.clone());
+                    tracing::info!(carrier = %config.name, "starting carrier");
+                    carriers.push(Carrier::start(config.clone(), receipts.clone(), stop));
+                }
+                (None, None) => {}
+            }
+        }
+        for gone in old.carriers.iter().filter(|c| !new.carriers.iter().any(|n| n.name == c.name())) {
+            tracing::info!(carrier = %gone.name(), "carrier removed: draining and unbinding");
+            if let Some(stop) = stops.remove(gone.name()) {
+                stop.cancel();
+            }
+            lock(&self.retiring).push(gone.clone());
+        }
+        self.network.replace(carriers, &new.routes);
+        self.state.set_api_keys(&new.api_keys);
+        let mut restart = Vec::new();
+        if format!("{:?}", running.server) != format!("{:?}", new.server) {
+            restart.push("server");
+        }
+        if format!("{:?}", running.store) != format!("{:?}", new.store) {
+            restart.push("store");
+        }
+        if format!("{:?}", running.messages) != format!("{:?}", new.messages) {
+            restart.push("messages");
+        }
+        if format!("{:?}", running.otp) != format!("{:?}", new.otp) {
+            restart.push("otp");
+        }
+        *running = new.clone();
+        restart
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -170,6 +268,8 @@ impl Daemon {
     pub async fn shutdown(self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut carriers = self.carriers();
+        carriers.extend(lock(&self.retiring).drain(..));
         self.state.accepting.store(false, Ordering::Release);
         self.http_stop.cancel();
         let mut clean = tokio::time::timeout(left(), self.http_task).await.is_ok();
@@ -177,12 +277,14 @@ impl Daemon {
         clean &= tokio::time::timeout(left(), self.failover_task).await.is_ok();
         clean &= self.dispatcher.shutdown(left()).await;
         self.carriers_stop.cancel();
-        let unbound = futures::future::join_all(self.carriers.iter().map(|c| c.stopped()));
+        lock(&self.receipts).take();
+        let unbound = futures::future::join_all(carriers.iter().map(|c| c.stopped()));
         clean &= tokio::time::timeout(left(), unbound).await.is_ok();
         // The sessions are gone, so the receipt channel closes once drained.
         clean &= tokio::time::timeout(left(), self.receipts_task).await.is_ok();
         self.sweep_task.abort();
         let _ = self.sweep_task.await;
+        self.telemetry_stop.cancel();
         match self.store.close().await {
             Ok(()) => clean,
             Err(e) => {
@@ -191,6 +293,10 @@ impl Daemon {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Re-queues what the previous run left: every queued message, in order. OTP messages get a
@@ -272,9 +378,9 @@ async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration) {
                 if deleted > 0 {
                     tracing::info!(deleted, "retention sweep");
                 }
-                if unmatched > 0 {
-                    tracing::warn!(unmatched, "receipts that matched no message");
-                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => "any").increment(unmatched as u64);
+                for carrier in unmatched {
+                    tracing::warn!(%carrier, "a receipt matched no message for 10 minutes");
+                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),

@@ -26,7 +26,7 @@ pub fn demo_config(alpha: SocketAddr, beta: SocketAddr, http: SocketAddr, data_d
         r#"
 [server]
 http_listen = "{http}"
-metrics_listen = "127.0.0.1:9898"
+metrics_listen = "127.0.0.1:0"
 data_dir = {data_dir:?}
 
 [[api_keys]]
@@ -143,6 +143,9 @@ async fn demo(daemon: &Daemon, alpha: &SmscSim, once: bool) -> Result<(), DemoEr
     );
     println!("See its status and receipt (use the id it returned):");
     println!("  curl -s {base}/v1/messages/ID -H 'Authorization: Bearer {DEMO_API_KEY}'");
+    println!();
+    println!("Prometheus metrics:");
+    println!("  curl -s http://{}/metrics", daemon.metrics_addr());
     println!();
     println!("Verify a phone number (the simulated carrier prints the SMS with the code):");
     println!(

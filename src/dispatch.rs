@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::route::Routes;
+use crate::route::Network;
 use crate::smpp::message::MessageError;
 use crate::smpp::{Carrier, OutboundSms, Permanent, SubmitOutcome};
 use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, record::to_ms};
@@ -82,8 +82,7 @@ const BREAKER_RECHECK: Duration = Duration::from_millis(250);
 
 struct Shared {
     store: Arc<Store>,
-    routes: Arc<Routes>,
-    carriers: Vec<Arc<Carrier>>,
+    network: Arc<Network>,
     /// Submitted OTP messages, for receipt failover.
     otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
     /// Cancelled at shutdown: no new attempts start; attempts under way finish.
@@ -102,17 +101,16 @@ impl Dispatcher {
     /// Starts dispatching; jobs arrive through the returned [`Dispatch`].
     pub fn start(
         store: Arc<Store>,
-        routes: Arc<Routes>,
-        carriers: Vec<Arc<Carrier>>,
+        network: Arc<Network>,
         otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
     ) -> (Dispatcher, Dispatch) {
         let (jobs, receiver) = mpsc::unbounded_channel::<Job>();
         let stop = CancellationToken::new();
-        let concurrency: usize = carriers.iter().map(|c| c.config().window * c.config().sessions).sum::<usize>().max(1);
+        // Sized for the carriers at start; a reload that adds carriers keeps this bound.
+        let concurrency: usize = network.current().carriers.iter().map(|c| c.config().window * c.config().sessions).sum::<usize>().max(1);
         let shared = Arc::new(Shared {
             store,
-            routes,
-            carriers,
+            network,
             otp_submitted,
             stop: stop.clone(),
             permits: Arc::new(Semaphore::new(concurrency)),
@@ -197,7 +195,8 @@ enum Next {
 
 impl Shared {
     fn choose(&self, job: &Job, tried: &HashSet<String>) -> Option<Next> {
-        let route = self.routes.route(&job.sms.to)?;
+        let fabric = self.network.current();
+        let route = fabric.routes.route(&job.sms.to)?;
         let order = route.order();
         let allowed: Vec<&Arc<Carrier>> = order.iter().filter(|c| !job.avoid.iter().any(|a| a == c.name())).collect();
         // A receipt failover that has run out of fresh carriers falls back to the whole route.
@@ -214,7 +213,7 @@ impl Shared {
 
     /// Waits until a carrier's bind count changes, `limit` passes, or shutdown. False on shutdown.
     async fn wait_for_change(&self, limit: Duration) -> bool {
-        let mut watches: Vec<_> = self.carriers.iter().map(|c| c.watch_bound()).collect();
+        let mut watches: Vec<_> = self.network.current().carriers.iter().map(|c| c.watch_bound()).collect();
         let changes = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         tokio::select! {
             _ = changes => true,
@@ -299,6 +298,7 @@ impl Shared {
                     let r = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now());
                     self.log_store_error(&id, r);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
+                        metrics::counter!("otpgate_otp_sent_total", "carrier" => carrier.name().to_string()).increment(1);
                         let _ = tx.send(OtpSubmitted { message: id });
                     }
                     return;

@@ -25,3 +25,4 @@ pub mod route;
 pub mod sim;
 pub mod smpp;
 pub mod store;
+pub mod telemetry;

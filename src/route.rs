@@ -127,3 +127,33 @@ mod tests {
         assert_eq!(smooth_cycle(&[0, 2]), vec![1, 1]);
     }
 }
+
+/// The carriers and routes in force. SIGHUP swaps in a new set; every reader takes a snapshot
+/// per decision, so a reload never leaves a message half-routed.
+pub struct Network {
+    current: std::sync::RwLock<Arc<Fabric>>,
+}
+
+/// One consistent set of carriers and the routes over them.
+pub struct Fabric {
+    pub carriers: Vec<Arc<Carrier>>,
+    pub routes: Routes,
+}
+
+impl Network {
+    pub fn new(carriers: Vec<Arc<Carrier>>, routes: &[RouteConfig]) -> Network {
+        let routes = Routes::new(routes, &carriers);
+        Network {
+            current: std::sync::RwLock::new(Arc::new(Fabric { carriers, routes })),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Fabric> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, carriers: Vec<Arc<Carrier>>, routes: &[RouteConfig]) {
+        let routes = Routes::new(routes, &carriers);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Fabric { carriers, routes });
+    }
+}

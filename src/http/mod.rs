@@ -27,12 +27,11 @@ pub use error::ApiError;
 
 use crate::config::{ApiKeyConfig, MessagesConfig};
 use crate::dispatch::{Dispatch, Job};
-use crate::smpp::Carrier;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::rfc3339;
 use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
-use crate::route::Routes;
+use crate::route::Network;
 use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
 
 /// Largest request body accepted.
@@ -45,11 +44,11 @@ const IDEMPOTENCY_LOCKS: usize = 64;
 /// What the handlers share.
 pub struct AppState {
     pub store: Arc<Store>,
-    pub routes: Arc<Routes>,
+    pub network: Arc<Network>,
     pub otp: Arc<Otp>,
     pub dispatch: Dispatch,
-    pub carriers: Vec<Arc<Carrier>>,
-    pub api_keys: Vec<(String, [u8; 32])>,
+    /// (name, SHA-256 of the key); replaced on reload.
+    pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32])>>,
     pub messages: MessagesConfig,
     /// Cleared at shutdown: new requests get 503.
     pub accepting: AtomicBool,
@@ -57,18 +56,28 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, routes: Arc<Routes>, otp: Arc<Otp>, dispatch: Dispatch, carriers: Vec<Arc<Carrier>>, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
+    pub fn new(store: Arc<Store>, network: Arc<Network>, otp: Arc<Otp>, dispatch: Dispatch, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
         AppState {
             store,
-            routes,
+            network,
             otp,
             dispatch,
-            carriers,
-            api_keys: api_keys.iter().map(|k| (k.name.clone(), k.hash())).collect(),
+            api_keys: std::sync::RwLock::new(hashed_keys(api_keys)),
             messages,
             accepting: AtomicBool::new(true),
             idempotency_locks: (0..IDEMPOTENCY_LOCKS).map(|_| Mutex::new(())).collect(),
         }
+    }
+}
+
+fn hashed_keys(keys: &[ApiKeyConfig]) -> Vec<(String, [u8; 32])> {
+    keys.iter().map(|k| (k.name.clone(), k.hash())).collect()
+}
+
+impl AppState {
+    /// Swaps in reloaded API keys.
+    pub fn set_api_keys(&self, keys: &[ApiKeyConfig]) {
+        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = hashed_keys(keys);
     }
 }
 
@@ -82,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .with_state(state)
 }
 
@@ -100,7 +110,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
         .ok_or_else(ApiError::unauthorized)?;
     let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let mut found = None;
-    for (name, expected) in &state.api_keys {
+    let keys = state.api_keys.read().unwrap_or_else(|p| p.into_inner());
+    for (name, expected) in keys.iter() {
         if bool::from(hash.ct_eq(expected)) {
             found = Some(name.clone());
         }
@@ -203,7 +214,7 @@ async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
     Address::destination(&request.to)
         .map_err(|_| ApiError::bad_request("invalid_to", "'to' must be an E.164 number: '+' and 8-15 digits"))?;
-    if state.routes.route(&request.to).is_none() {
+    if state.network.current().routes.route(&request.to).is_none() {
         return Err(ApiError::unavailable("no_route", "no carrier route serves this destination"));
     }
     if let Some(from) = &request.from {
@@ -287,7 +298,8 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let bound: Vec<&str> = state.carriers.iter().filter(|c| c.bound_sessions() > 0).map(|c| c.name()).collect();
+    let fabric = state.network.current();
+    let bound: Vec<&str> = fabric.carriers.iter().filter(|c| c.bound_sessions() > 0).map(|c| c.name()).collect();
     let accepting = state.accepting.load(Ordering::Acquire);
     let ready = accepting && !bound.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

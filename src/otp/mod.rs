@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::clock::Clock;
 use crate::config::OtpConfig;
 use crate::dispatch::{Dispatch, Job, OtpSubmitted};
-use crate::route::Routes;
+use crate::route::Network;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
@@ -94,7 +94,7 @@ pub enum CheckOutcome {
 /// The verification service.
 pub struct Otp {
     store: Arc<Store>,
-    routes: Arc<Routes>,
+    network: Arc<Network>,
     dispatch: Dispatch,
     clock: Arc<dyn Clock>,
     key: CodeKey,
@@ -190,9 +190,9 @@ fn shown_status(r: &VerificationRecord, now: SystemTime) -> VerificationStatus {
 }
 
 impl Otp {
-    pub fn new(store: Arc<Store>, routes: Arc<Routes>, dispatch: Dispatch, clock: Arc<dyn Clock>, key: CodeKey, policy: OtpConfig) -> Otp {
+    pub fn new(store: Arc<Store>, network: Arc<Network>, dispatch: Dispatch, clock: Arc<dyn Clock>, key: CodeKey, policy: OtpConfig) -> Otp {
         Otp {
-            routes,
+            network,
             autofill: policy.autofill(),
             creates_per_key: RateLimiter::new(policy.creates_per_minute_per_key),
             creates_per_ip: RateLimiter::new(policy.creates_per_minute_per_ip),
@@ -236,7 +236,7 @@ impl Otp {
             metrics::counter!("otpgate_verifications_total", "outcome" => "blocked").increment(1);
             return Err(OtpError::DestinationBlocked);
         }
-        if self.routes.route(&request.to).is_none() {
+        if self.network.current().routes.route(&request.to).is_none() {
             return Err(OtpError::NoRoute);
         }
         let limited = Self::limit(&self.creates_per_key, "for this API key", owner)
@@ -408,8 +408,20 @@ impl Otp {
             }
             Ok(CheckOutcome::Wrong { checks_left: r.checks_left })
         };
-        let (_, outcome) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
-        Ok((id, outcome?))
+        let (record, outcome) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
+        let outcome = outcome?;
+        if outcome == CheckOutcome::Approved {
+            // Conversion per carrier: credit the carrier that delivered the last SMS.
+            let carrier = record
+                .message_ids
+                .last()
+                .and_then(|m| m.parse::<MessageId>().ok())
+                .and_then(|m| self.store.message(&m).ok().flatten())
+                .and_then(|m| m.carrier)
+                .unwrap_or_else(|| "unknown".into());
+            metrics::counter!("otpgate_otp_approved_total", "carrier" => carrier).increment(1);
+        }
+        Ok((id, outcome))
     }
 
     /// A verification with its latest message, for `GET`.
@@ -539,7 +551,8 @@ impl Otp {
         if !still_failing || !latest || shown_status(&verification, now) != VerificationStatus::Pending {
             return Ok(false);
         }
-        let Some(route) = self.routes.route(&verification.to) else { return Ok(false) };
+        let fabric = self.network.current();
+        let Some(route) = fabric.routes.route(&verification.to) else { return Ok(false) };
         let mut used: Vec<String> = Vec::new();
         for mid in verification.message_ids.iter().filter_map(|m| m.parse::<MessageId>().ok()) {
             if let Some(carrier) = self.store.message(&mid)?.and_then(|m| m.carrier) {

@@ -219,7 +219,15 @@ impl Carrier {
             }
         };
         let (outcome, label) = match self.session_with_room().await {
-            Some(session) => (session.submit(pdu).await, Some(session.label().clone())),
+            Some(session) => {
+                let started = std::time::Instant::now();
+                let outcome = session.submit(pdu).await;
+                if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
+                    metrics::histogram!("otpgate_submit_response_seconds", "carrier" => self.name.to_string())
+                        .record(started.elapsed().as_secs_f64());
+                }
+                (outcome, Some(session.label().clone()))
+            }
             None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None),
         };
         self.released.notify_one();
@@ -281,6 +289,8 @@ impl Link {
                     match ended {
                         Some(reason) => {
                             tracing::warn!(carrier = %self.carrier.name, link = %self.settings.label, %reason, "session closed; will reconnect");
+                            metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason.label())
+                                .increment(1);
                         }
                         None => {
                             session.unbind(config.response_timeout).await;
@@ -289,7 +299,15 @@ impl Link {
                         }
                     }
                 }
-                Err(error) => log_bind_failure(&self.carrier.name, &self.settings.label, attempt, &error),
+                Err(error) => {
+                    log_bind_failure(&self.carrier.name, &self.settings.label, attempt, &error);
+                    let reason = match error {
+                        SessionError::BindRefused { .. } => "bind_refused",
+                        SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => "connect_failed",
+                        _ => "bind_failed",
+                    };
+                    metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason).increment(1);
+                }
             }
             let delay = backoff.delay(attempt);
             attempt = attempt.saturating_add(1);

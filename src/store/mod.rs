@@ -128,6 +128,8 @@ pub struct Store {
     writes: Mutex<()>,
     stop: CancellationToken,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Messages with a queue row, kept in step with it (counted once at open).
+    queued: std::sync::atomic::AtomicI64,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -191,7 +193,10 @@ impl Store {
             writes: Mutex::new(()),
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
+            queued: std::sync::atomic::AtomicI64::new(0),
         });
+        let queued = store.db.scan_prefix([b'q']).count() as i64;
+        store.queued.store(queued, std::sync::atomic::Ordering::Relaxed);
         let db = store.db.clone();
         let flush = move || db.flush().map(|_| ()).map_err(|e| e.to_string());
         let flusher = tokio::spawn(store.commit.clone().run(flush, store.stop.clone()));
@@ -275,6 +280,7 @@ impl Store {
             batch.insert(Self::idempotency_key(&record.owner, key), encode(&entry));
         }
         self.db.apply_batch(batch)?;
+        self.queue_changed(1);
         self.commit.durable().await?;
         Ok((id, record))
     }
@@ -286,8 +292,28 @@ impl Store {
         batch.insert(message_key(&id), encode(&record));
         batch.insert(queue_key(&id), &[][..]);
         self.db.apply_batch(batch)?;
+        self.queue_changed(1);
         self.commit.durable().await?;
         Ok(record)
+    }
+
+    fn queue_changed(&self, by: i64) {
+        self.queued.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many messages wait to be submitted, and how long the oldest has waited.
+    pub fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
+        let depth = self.queued.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64;
+        let oldest = self
+            .db
+            .scan_prefix([b'q'])
+            .next()
+            .and_then(Result::ok)
+            .and_then(|(k, _)| id_from(&k[1..]))
+            .and_then(|id| self.get_record(&id).ok().flatten())
+            .map(|r| now.duration_since(record::from_ms(r.created_ms)).unwrap_or_default())
+            .unwrap_or_default();
+        (depth, oldest)
     }
 
     /// Every message waiting to be sent, oldest first; marks those that were mid-submit when the
@@ -346,6 +372,9 @@ impl Store {
             if r.status.is_final() {
                 return false;
             }
+            if r.status == MessageStatus::Queued {
+                self.queue_changed(-1);
+            }
             r.status = status;
             r.error = error;
             r.in_flight = false;
@@ -376,6 +405,9 @@ impl Store {
             batch.insert(message_key(id), encode(&record));
             self.db.apply_batch(batch)?;
             return Ok(Some(record.status));
+        }
+        if record.status == MessageStatus::Queued {
+            self.queue_changed(-1);
         }
         record.status = MessageStatus::Submitted;
         record.submitted_ms = Some(now_ms);
@@ -459,8 +491,9 @@ impl Store {
 
     /// Deletes finished messages older than `retention`, their receipt index rows and expired
     /// idempotency keys; reports early receipts still unmatched after [`UNMATCHED_AFTER`] and
-    /// drops them after `retention`. Returns (messages deleted, receipts newly unmatched).
-    pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, usize), StoreError> {
+    /// drops them after `retention`. Returns (messages deleted, the carrier of each receipt newly
+    /// found unmatched).
+    pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
         let mut deleted = 0;
         for entry in self.db.scan_prefix([b'd']) {
@@ -501,7 +534,7 @@ impl Store {
                 self.db.remove(k)?;
             }
         }
-        let mut unmatched = 0;
+        let mut unmatched = Vec::new();
         let report_before = record::to_ms(now.checked_sub(UNMATCHED_AFTER).unwrap_or(std::time::UNIX_EPOCH));
         for entry in self.db.scan_prefix([b'e']) {
             let (k, v) = entry?;
@@ -516,11 +549,11 @@ impl Store {
             // A held receipt has one row per candidate id: report it from its first row only.
             let first_row = early_candidate(&k).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c));
             if first_row && !held.reported && held.summary.at_ms <= report_before {
-                unmatched += 1;
                 held.reported = true;
                 let _guard = lock(&self.writes);
                 let value = encode(&held);
                 let carrier = &k[1..k.iter().position(|&b| b == 0).unwrap_or(1)];
+                unmatched.push(String::from_utf8_lossy(carrier).into_owned());
                 let sequence = &k[k.len() - 8..];
                 let rows = held.candidates.iter().map(|c| key(b'e', &[carrier, c.as_bytes(), sequence]));
                 for row_key in rows {
@@ -663,10 +696,10 @@ mod tests {
         // A receipt for nothing on another carrier: held, then reported once, then dropped.
         store.apply_receipt("beta", &receipt("77", DeliveryState::Undeliverable), now).unwrap();
         let retention = Duration::from_secs(7 * 24 * 3600);
-        assert_eq!(store.sweep(retention, now).unwrap().1, 0, "too young to call unmatched");
+        assert!(store.sweep(retention, now).unwrap().1.is_empty(), "too young to call unmatched");
         let later = now + UNMATCHED_AFTER + Duration::from_secs(1);
-        assert_eq!(store.sweep(retention, later).unwrap().1, 1);
-        assert_eq!(store.sweep(retention, later).unwrap().1, 0, "reported once");
+        assert_eq!(store.sweep(retention, later).unwrap().1, vec!["beta".to_string()]);
+        assert!(store.sweep(retention, later).unwrap().1.is_empty(), "reported once");
         assert!(store.counts().2 > 0, "kept until retention");
         store.sweep(retention, now + retention + Duration::from_secs(1)).unwrap();
         assert_eq!(store.counts().2, 0);

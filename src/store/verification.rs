@@ -186,6 +186,7 @@ impl Store {
                 batch.insert(Self::idempotency_key(owner, key), encode(&entry));
             }
             self.db.apply_batch(batch)?;
+            self.queue_changed(1);
             send
         };
         self.commit.durable().await?;

@@ -152,7 +152,7 @@ pub const OTHER_KEY: &str = "other-key-0123456789";
 /// HTTP on a free loopback port. `carrier_extra` lines go into every carrier section.
 pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &str) -> String {
     let mut text = format!(
-        "[server]\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\n",
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\n",
         data_dir.display().to_string()
     );
     for (name, key) in [("test", API_KEY), ("other", OTHER_KEY)] {
