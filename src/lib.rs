@@ -25,4 +25,5 @@ pub mod route;
 pub mod sim;
 pub mod smpp;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;

@@ -117,20 +117,55 @@ fn check_config(path: PathBuf) -> Result<(), String> {
 }
 
 async fn run(path: PathBuf) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), carriers = config.carriers.len(), "starting");
     let daemon = Daemon::start(&config).await.map_err(|e| e.to_string())?;
-    wait_for_signal().await.map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signals = |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+    let (mut term, mut int, mut hup) = (signals(SignalKind::terminate())?, signals(SignalKind::interrupt())?, signals(SignalKind::hangup())?);
+    otpgate::systemd::notify("READY=1\nSTATUS=serving");
+    let watchdog = otpgate::systemd::watchdog_interval();
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // The main loop: signals, and the watchdog ping that proves this loop still turns.
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&daemon, &path),
+            _ = ping.tick(), if watchdog.is_some() => {
+                otpgate::systemd::notify("WATCHDOG=1");
+            }
+        }
+    }
+    otpgate::systemd::notify("STOPPING=1");
     tracing::info!("shutting down");
-    if daemon.shutdown(config.server.shutdown_timeout).await {
+    // [server] settings only change with a restart, so the start-up value still holds.
+    let limit = config.server.shutdown_timeout;
+    if daemon.shutdown(limit).await {
         tracing::info!("all sessions unbound, store flushed; bye");
         Ok(())
     } else {
         Err(format!(
             "shutdown did not finish within {}; unfinished messages stay queued for the next start",
-            humantime::format_duration(config.server.shutdown_timeout)
+            humantime::format_duration(limit)
         ))
     }
+}
+
+/// SIGHUP: re-read the file; keep the running config if the new one is invalid.
+fn reload(daemon: &Daemon, path: &std::path::Path) {
+    otpgate::systemd::notify("RELOADING=1");
+    match Config::load(path) {
+        Ok(config) => {
+            let needs_restart = daemon.reload(&config);
+            tracing::info!(carriers = config.carriers.len(), routes = config.routes.len(), "config reloaded");
+            if !needs_restart.is_empty() {
+                tracing::warn!(sections = ?needs_restart, "these settings changed but only apply after a restart");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; the running config stays in force"),
+    }
+    otpgate::systemd::notify("READY=1\nSTATUS=serving");
 }
 
 /// Reads a key from stdin (one line; surrounding whitespace ignored) and prints its SHA-256.
@@ -160,7 +195,7 @@ async fn smsc_sim(listen: SocketAddr, config: SimConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGTERM (systemd) or SIGINT (Ctrl-C).
+/// SIGTERM or SIGINT (Ctrl-C), for the simulator.
 async fn wait_for_signal() -> std::io::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

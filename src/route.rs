@@ -112,22 +112,6 @@ impl Routes {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smooth_cycles_are_proportional_and_interleaved() {
-        assert_eq!(smooth_cycle(&[3, 1]), vec![0, 0, 1, 0]);
-        assert_eq!(smooth_cycle(&[1, 1]), vec![0, 1]);
-        let cycle = smooth_cycle(&[5, 3, 2]);
-        assert_eq!(cycle.len(), 10);
-        assert_eq!(cycle.iter().filter(|&&i| i == 0).count(), 5);
-        assert_eq!(cycle.iter().filter(|&&i| i == 2).count(), 2);
-        assert_eq!(smooth_cycle(&[0, 2]), vec![1, 1]);
-    }
-}
-
 /// The carriers and routes in force. SIGHUP swaps in a new set; every reader takes a snapshot
 /// per decision, so a reload never leaves a message half-routed.
 pub struct Network {
@@ -155,5 +139,21 @@ impl Network {
     pub fn replace(&self, carriers: Vec<Arc<Carrier>>, routes: &[RouteConfig]) {
         let routes = Routes::new(routes, &carriers);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Fabric { carriers, routes });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_cycles_are_proportional_and_interleaved() {
+        assert_eq!(smooth_cycle(&[3, 1]), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_cycle(&[1, 1]), vec![0, 1]);
+        let cycle = smooth_cycle(&[5, 3, 2]);
+        assert_eq!(cycle.len(), 10);
+        assert_eq!(cycle.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(cycle.iter().filter(|&&i| i == 2).count(), 2);
+        assert_eq!(smooth_cycle(&[0, 2]), vec![1, 1]);
     }
 }

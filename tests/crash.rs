@@ -5,39 +5,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{API_KEY, gateway_toml, post_message, sim};
+use common::{API_KEY, DaemonFiles, post_message, signal, sim, spawn_daemon, wait_ready};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
-
-fn spawn_daemon(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_otpgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("otpgate starts")
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(mut client) = Client::connect(addr).await {
-            if let Ok(reply) = client.request("GET", "/readyz", &[], None).await {
-                if reply.status == 200 {
-                    return;
-                }
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "daemon never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
@@ -49,14 +22,10 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
         ..SimConfig::default()
     })
     .await;
-    let http = common::free_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let text = gateway_toml(&[sim.addr()], &dir.path().join("data"), "window = 16")
-        .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{http}\""));
-    let config = dir.path().join("otpgate.toml");
-    std::fs::write(&config, text).unwrap();
+    let files = DaemonFiles::new(&[sim.addr()], "window = 16", "");
+    let (http, config) = (files.http, files.config.clone());
 
-    let mut daemon = spawn_daemon(&config);
+    let mut daemon = spawn_daemon(&config, None, &[]);
     wait_ready(http).await;
 
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
@@ -74,7 +43,7 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
                     if i >= MESSAGES {
                         return;
                     }
-                    let body = format!(r#"{{"to": "+447700900123", "text": "crash-test {i}"}}"#);
+                    let body = format!(r#"{{"to": "+4477009{i:05}", "text": "crash-test {i}"}}"#);
                     let auth = format!("Bearer {API_KEY}");
                     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
                     match client.request("POST", "/v1/messages", &headers, Some(&body)).await {
@@ -104,7 +73,7 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     assert!(acknowledged.len() >= KILL_AFTER);
     let before_restart = sim.stats().submits.len();
 
-    let mut daemon = spawn_daemon(&config);
+    let daemon = spawn_daemon(&config, None, &[]);
     let all_arrived = sim
         .wait_until(Duration::from_secs(30), |s| {
             let seen: HashSet<&str> = s.submits.iter().map(|m| m.text.as_str()).collect();
@@ -137,8 +106,8 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     assert_eq!(reply.status, 202);
 
     // SIGTERM: a clean exit.
-    let status = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(&daemon, "TERM");
+    let mut daemon = daemon;
     let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "SIGTERM must end in exit 0, got {exit}");
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{API_KEY, bearer, gateway_toml, sim};
+use common::{API_KEY, DaemonFiles, bearer, sim};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
 
@@ -32,14 +32,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_never_reach_the_store_the_logs_or_the_api() {
     let sim = sim(SimConfig::default()).await;
-    let http = common::free_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let text = gateway_toml(&[sim.addr()], &data_dir, "")
-        .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{http}\""));
-    let config = dir.path().join("otpgate.toml");
-    std::fs::write(&config, format!("{text}\n[otp]\nwebotp_domain = \"shop.example\"\n")).unwrap();
-    let log_path = dir.path().join("otpgate.log");
+    let files = DaemonFiles::new(&[sim.addr()], "", "[otp]\nwebotp_domain = \"shop.example\"\n");
+    let (http, config, data_dir) = (files.http, files.config.clone(), files.data_dir());
+    let log_path = files.dir.path().join("otpgate.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_otpgate"))
         .args(["run", "--config"])
@@ -99,7 +94,10 @@ async fn codes_never_reach_the_store_the_logs_or_the_api() {
         answers.push_str(&reply.body);
     }
 
-    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let mut metrics = Client::connect(files.metrics).await.unwrap();
+    let exposition = metrics.request("GET", "/metrics", &[], None).await.unwrap().body;
+    assert!(exposition.contains("otpgate_verifications_total"), "metrics were served");
+    common::signal(&daemon, "TERM");
     let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
     assert!(exit.success());
 
@@ -109,6 +107,7 @@ async fn codes_never_reach_the_store_the_logs_or_the_api() {
     assert!(files.len() >= 2, "the store wrote files: {files:?}");
     for code in &codes {
         assert!(!answers.contains(code.as_str()), "an API answer leaked a code");
+        assert!(!exposition.contains(code.as_str()), "/metrics leaked a code");
         assert!(!contains(&logs, code.as_bytes()), "the log leaked a code");
         for file in &files {
             let bytes = std::fs::read(file).unwrap();

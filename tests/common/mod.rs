@@ -151,6 +151,13 @@ pub const OTHER_KEY: &str = "other-key-0123456789";
 /// A whole gateway config: one carrier per address (named alpha, beta, ...), two API keys,
 /// HTTP on a free loopback port. `carrier_extra` lines go into every carrier section.
 pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &str) -> String {
+    let names = ["alpha", "beta", "gamma", "delta"];
+    let named: Vec<(&str, SocketAddr)> = names.iter().copied().zip(carriers.iter().copied()).collect();
+    named_gateway_toml(&named, data_dir, carrier_extra)
+}
+
+/// As [`gateway_toml`], with the carriers' names given.
+pub fn named_gateway_toml(carriers: &[(&str, SocketAddr)], data_dir: &Path, carrier_extra: &str) -> String {
     let mut text = format!(
         "[server]\nhttp_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\n",
         data_dir.display().to_string()
@@ -159,8 +166,7 @@ pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &st
         let hash = otpgate::http::sha256_hex(key.as_bytes());
         text.push_str(&format!("[[api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n\n"));
     }
-    let names = ["alpha", "beta", "gamma", "delta"];
-    for (addr, name) in carriers.iter().zip(names) {
+    for (name, addr) in carriers {
         text.push_str(&format!(
             "[[carriers]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nsystem_id = \"otpgate\"\npassword = \"secret\"\nsource_addr = \"Acme\"\nresponse_timeout = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n{carrier_extra}\n\n",
             addr.ip(),
@@ -267,4 +273,85 @@ pub async fn wait_status(client: &mut otpgate::http::client::Client, id: &str, s
         assert!(tokio::time::Instant::now() < deadline, "message {id} never became {status}: {}", reply.body);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A config file for the real binary: gateway_toml with fixed free HTTP and metrics ports.
+pub struct DaemonFiles {
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl DaemonFiles {
+    pub fn new(carriers: &[SocketAddr], carrier_extra: &str, extra: &str) -> DaemonFiles {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (http, metrics) = (free_addr(), free_addr());
+        let config = dir.path().join("otpgate.toml");
+        let files = DaemonFiles { dir, config, http, metrics };
+        files.write(carriers, carrier_extra, extra);
+        files
+    }
+
+    /// Rewrites the config file (for reload tests); carriers are named alpha, beta, ... in order.
+    pub fn write(&self, carriers: &[SocketAddr], carrier_extra: &str, extra: &str) {
+        let names = ["alpha", "beta", "gamma", "delta"];
+        let named: Vec<(&str, SocketAddr)> = names.iter().copied().zip(carriers.iter().copied()).collect();
+        self.write_named(&named, carrier_extra, extra);
+    }
+
+    pub fn write_named(&self, carriers: &[(&str, SocketAddr)], carrier_extra: &str, extra: &str) {
+        let text = named_gateway_toml(carriers, &self.dir.path().join("data"), carrier_extra)
+            .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{}\"", self.http))
+            .replace("metrics_listen = \"127.0.0.1:0\"", &format!("metrics_listen = \"{}\"", self.metrics));
+        std::fs::write(&self.config, format!("{text}\n{extra}\n")).expect("config written");
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Starts `otpgate run` on a config file; logs go to `log` (or nowhere).
+pub fn spawn_daemon(config: &Path, log: Option<&Path>, env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"));
+    command.args(["run", "--config"]).arg(config).env("RUST_LOG", "info");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    match log {
+        Some(path) => {
+            let file = std::fs::File::create(path).expect("log file");
+            command.stdout(file.try_clone().expect("dup")).stderr(file);
+        }
+        None => {
+            command.stdout(std::process::Stdio::null());
+        }
+    }
+    command.spawn().expect("otpgate starts")
+}
+
+/// Waits for `/readyz` to answer 200.
+pub async fn wait_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(mut client) = otpgate::http::client::Client::connect(addr).await {
+            if let Ok(reply) = client.request("GET", "/readyz", &[], None).await {
+                if reply.status == 200 {
+                    return;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "daemon never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a signal to a child process by name ("TERM", "HUP", ...).
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
 }
