@@ -295,8 +295,13 @@ impl Shared {
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
                     metrics::counter!("otpgate_messages_total", "state" => "submitted").increment(1);
-                    let r = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now());
-                    self.log_store_error(&id, r);
+                    match self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now()) {
+                        // A receipt that beat this response was applied just now.
+                        Ok(Some(status)) if status.is_final() => {
+                            metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+                        }
+                        other => self.log_store_error(&id, other),
+                    }
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
                         metrics::counter!("otpgate_otp_sent_total", "carrier" => carrier.name().to_string()).increment(1);
                         let _ = tx.send(OtpSubmitted { message: id });

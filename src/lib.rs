@@ -15,6 +15,7 @@
 //! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
 
 pub mod clock;
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod demo;

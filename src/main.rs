@@ -40,6 +40,26 @@ enum Command {
     },
     /// Print the SHA-256 of an API key read from stdin, for `[[api_keys]] key_sha256`.
     HashKey,
+    /// Measure throughput, latency and resources against simulated carriers (use --release).
+    Bench {
+        #[arg(long, default_value_t = 2)]
+        carriers: usize,
+        /// Messages in the closed-loop (saturation) phase.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Offered messages per second in the open-loop phase.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        open_loop_seconds: u64,
+        #[arg(long, default_value_t = 10_000)]
+        verifications: usize,
+        /// Queued messages for the restart-recovery phase (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        recovery_messages: usize,
+    },
     /// Run the SMSC simulator on its own, printing every SMS it receives.
     SmscSim {
         #[arg(long, default_value = "127.0.0.1:2775")]
@@ -81,6 +101,10 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
+            Command::Bench { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages } => {
+                let options = otpgate::bench::BenchOptions { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages };
+                otpgate::bench::run(options).await.map_err(|e| e.to_string())
+            }
             Command::SmscSim {
                 listen,
                 system_id,

@@ -180,7 +180,7 @@ impl SmscSim {
             changed: Notify::new(),
             receivers: Mutex::new(Vec::new()),
             queued_receipts: Mutex::new(VecDeque::new()),
-            printed: broadcast::channel(1024).0,
+            printed: broadcast::channel(1 << 16).0,
             connections: Mutex::new(CancellationToken::new()),
         });
         let shutdown = CancellationToken::new();

@@ -170,7 +170,12 @@ struct Inner {
     /// Requests awaiting a response, by sequence number.
     pending: Mutex<HashMap<u32, oneshot::Sender<Command>>>,
     next_sequence: AtomicU32,
+    /// Our requests (bounded: submit callers wait when the socket is slow).
     outbound: mpsc::Sender<Command>,
+    /// Our answers to the SMSC's requests. Unbounded so the reader never waits on the writer
+    /// (which could deadlock against an SMSC that is itself blocked writing to us); the SMSC's
+    /// own window bounds it in practice.
+    replies: mpsc::UnboundedSender<Command>,
     window: Arc<Semaphore>,
     /// Set once the session is closing: no new submits.
     draining: AtomicBool,
@@ -199,6 +204,7 @@ impl Session {
         bind(&mut framed, settings).await?;
 
         let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
+        let (replies, replies_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             carrier: settings.carrier.clone(),
             label: settings.label.clone(),
@@ -210,6 +216,7 @@ impl Session {
             // The bind used sequence number 1.
             next_sequence: AtomicU32::new(1),
             outbound,
+            replies,
             window: Arc::new(Semaphore::new(settings.window)),
             draining: AtomicBool::new(false),
             closed: CancellationToken::new(),
@@ -217,7 +224,7 @@ impl Session {
             last_received: Mutex::new(Instant::now()),
         });
         let (sink, stream) = framed.split();
-        tokio::spawn(write_loop(sink, outbound_rx, inner.clone()));
+        tokio::spawn(write_loop(sink, outbound_rx, replies_rx, inner.clone()));
         tokio::spawn(read_loop(stream, inner.clone(), receipts));
         tokio::spawn(keepalive_loop(inner.clone()));
         Ok(Session { inner })
@@ -369,11 +376,8 @@ impl Inner {
     }
 
     fn reply(&self, sequence: u32, status: CommandStatus, pdu: Pdu) {
-        // try_send: the reader must never wait on the writer, or a full channel would deadlock
-        // both. The channel holds window + 64 PDUs; if it is full the link is hopeless anyway.
-        if self.outbound.try_send(Command::new(status, sequence, pdu)).is_err() && !self.closed.is_cancelled() {
-            self.close(CloseReason::Io("outbound queue full".into()));
-        }
+        // Fails only once the writer is gone, i.e. the session is closing anyway.
+        let _ = self.replies.send(Command::new(status, sequence, pdu));
     }
 
     /// Handles one PDU from the SMSC. Returns a reason when the session must end.
@@ -499,11 +503,21 @@ async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(),
     }
 }
 
-/// Drains the outbound channel into the socket, one flush per batch.
-async fn write_loop(mut sink: SplitSink<FramedSmpp, Command>, mut outbound: mpsc::Receiver<Command>, inner: Arc<Inner>) {
+/// Drains replies (first) and requests into the socket, one flush per batch.
+async fn write_loop(
+    mut sink: SplitSink<FramedSmpp, Command>,
+    mut outbound: mpsc::Receiver<Command>,
+    mut replies: mpsc::UnboundedReceiver<Command>,
+    inner: Arc<Inner>,
+) {
     const MAX_BATCH: usize = 256;
     loop {
         let first = tokio::select! {
+            biased;
+            reply = replies.recv() => match reply {
+                Some(command) => command,
+                None => break,
+            },
             command = outbound.recv() => match command {
                 Some(command) => command,
                 None => break,
@@ -513,10 +527,14 @@ async fn write_loop(mut sink: SplitSink<FramedSmpp, Command>, mut outbound: mpsc
         let mut result = sink.feed(first).await;
         let mut batched = 1;
         while result.is_ok() && batched < MAX_BATCH {
-            match outbound.try_recv() {
-                Ok(command) => result = sink.feed(command).await,
-                Err(_) => break,
-            }
+            let next = match replies.try_recv() {
+                Ok(command) => command,
+                Err(_) => match outbound.try_recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                },
+            };
+            result = sink.feed(next).await;
             batched += 1;
         }
         if result.is_ok() {

@@ -1,0 +1,497 @@
+//! `otpgate bench`: the load tool behind the README's performance table.
+//!
+//! One command starts simulated carrier SMSCs (tasks in this process), the daemon itself as a
+//! child process (this binary, `otpgate run`, with a fresh data_dir), and drives its HTTP intake:
+//! closed-loop to saturation, open-loop at a fixed rate, verification round trips, then a restart
+//! with a large queue. It reads the SMSC side's timestamps for intake → submit latency, the
+//! child's `/proc` for CPU and peak RSS, and its `/metrics` for receipts matched. Every run ends
+//! with an accounting line and fails (exit 1) if any acknowledged message was lost.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::http::client::Client;
+use crate::sim::{SimConfig, SmscSim};
+use crate::store::{NewMessage, Store, StoreOptions};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub carriers: usize,
+    /// Messages in the closed-loop phase.
+    pub messages: usize,
+    /// Concurrent HTTP connections in the closed-loop phase.
+    pub concurrency: usize,
+    /// Offered rate of the open-loop phase, per second.
+    pub rate: u32,
+    pub open_loop_seconds: u64,
+    pub verifications: usize,
+    /// Queued messages for the restart-recovery phase (0 skips it).
+    pub recovery_messages: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench setup failed: {0}")]
+    Setup(String),
+    #[error("{0}")]
+    Lost(String),
+}
+
+const API_KEY: &str = "bench-key-0123456789abcdef";
+
+fn free_addr() -> Result<SocketAddr, BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Setup(e.to_string()))?;
+    listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_dir: &Path) -> String {
+    let mut text = format!(
+        "[server]\nhttp_listen = \"{http}\"\nmetrics_listen = \"{metrics}\"\ndata_dir = {:?}\nshutdown_timeout = \"30s\"\n\n\
+         [otp]\nbrand = \"Bench\"\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\n\
+         checks_per_minute_per_key = 0\nchecks_per_minute_per_ip = 0\nchecks_per_minute_per_number = 0\n\
+         max_sends_per_number = 1000\nresend_cooldown = \"0s\"\n\n\
+         [[api_keys]]\nname = \"bench\"\nkey_sha256 = \"{}\"\n\n",
+        data_dir.display().to_string(),
+        crate::http::sha256_hex(API_KEY.as_bytes())
+    );
+    let names: Vec<String> = (0..sims.len()).map(|i| format!("smsc{i}")).collect();
+    for (addr, name) in sims.iter().zip(&names) {
+        text.push_str(&format!(
+            "[[carriers]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nsystem_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"Bench\"\nwindow = 64\nsessions = 2\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    text.push_str(&format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [{}]\nstrategy = \"round_robin\"\n", quoted.join(", ")));
+    text
+}
+
+fn spawn(config: &Path) -> Result<Child, BenchError> {
+    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
+    Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Setup(format!("cannot start otpgate run: {e}")))
+}
+
+async fn wait_http(addr: SocketAddr, path: &str, limit: Duration) -> Result<Duration, BenchError> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(mut client) = Client::connect(addr).await {
+            if let Ok(reply) = client.request("GET", path, &[], None).await {
+                if reply.status == 200 {
+                    return Ok(started.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(BenchError::Setup(format!("{path} not ready within {limit:?}")))
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// (CPU seconds, peak RSS in bytes) of a process.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, hwm_kb * 1024)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { dir_size(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A sample of otpgate_messages_total{state="..."} from the daemon's /metrics.
+async fn messages_in_state(metrics: SocketAddr, state: &str) -> u64 {
+    let Ok(mut client) = Client::connect(metrics).await else { return 0 };
+    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
+    let needle = format!("otpgate_messages_total{{state=\"{state}\"}} ");
+    reply
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct LoadResult {
+    /// Accepted message texts with the instant their POST was sent.
+    accepted: Vec<(String, Instant)>,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+/// Closed loop: `concurrency` connections send back to back. Open loop (`rate` Some): request
+/// i is due at start + i/rate, and its latency counts from when it was due (no coordinated
+/// omission).
+async fn drive(http: SocketAddr, count: usize, concurrency: usize, rate: Option<u32>, tag: &str) -> LoadResult {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let auth = format!("Bearer {API_KEY}");
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, auth, tag) = (next.clone(), auth.clone(), tag.to_string());
+            tokio::spawn(async move {
+                let mut out = (Vec::new(), Vec::new(), 0usize);
+                let Ok(mut client) = Client::connect(http).await else {
+                    return out;
+                };
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return out;
+                    }
+                    let due = match rate {
+                        Some(r) => {
+                            let due = started + Duration::from_secs_f64(i as f64 / f64::from(r));
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
+                    let text = format!("{tag} {i}");
+                    // Distinct numbers: one number's messages are sent one at a time by design.
+                    let body = format!(r#"{{"to": "+4477{:08}", "text": "{text}"}}"#, i % 100_000_000);
+                    let sent = Instant::now();
+                    match client.request("POST", "/v1/messages", &headers, Some(&body)).await {
+                        Ok(reply) if reply.status == 202 => {
+                            out.1.push(due.elapsed());
+                            out.0.push((text, sent));
+                        }
+                        _ => out.2 += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut result = LoadResult {
+        accepted: Vec::new(),
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+        errors: 0,
+    };
+    for worker in workers {
+        if let Ok((accepted, latencies, errors)) = worker.await {
+            result.accepted.extend(accepted);
+            result.latencies.extend(latencies);
+            result.errors += errors;
+        }
+    }
+    result.elapsed = started.elapsed();
+    result.latencies.sort();
+    result
+}
+
+/// Runs the whole benchmark and prints its table.
+pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
+    let work = tempfile_dir()?;
+    let data_dir = work.join("data");
+    let mut sims = Vec::new();
+    for i in 0..options.carriers.max(1) {
+        let config = SimConfig {
+            name: format!("smsc{i}"),
+            receipt_delay: Duration::from_millis(5),
+            ..SimConfig::default()
+        };
+        sims.push(SmscSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.map_err(|e| BenchError::Setup(e.to_string()))?);
+    }
+    let sim_addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
+    let (http, metrics) = (free_addr()?, free_addr()?);
+    let config = work.join("otpgate.toml");
+    std::fs::write(&config, config_text(&sim_addrs, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let child = spawn(&config)?;
+    wait_http(http, "/readyz", Duration::from_secs(20)).await?;
+    let pid = child.id();
+    let row = |k: &str, v: String| println!("| {k} | {v} |");
+    println!("otpgate bench: {} simulated carriers (2 sessions x window 64 each), {} cores, {}", sims.len(), cores(), cpu_model());
+    println!();
+    println!("| measure | result |");
+    println!("|---|---|");
+
+    // Closed loop to saturation.
+    let (cpu0, _) = usage(pid);
+    let closed = drive(http, options.messages, options.concurrency, None, "closed").await;
+    let accepted = closed.accepted.len();
+    let intake_rate = accepted as f64 / closed.elapsed.as_secs_f64();
+    // Wait for every receipt to be matched.
+    let e2e_started = Instant::now() - closed.elapsed;
+    let mut delivered = 0;
+    let wait_until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < wait_until {
+        delivered = messages_in_state(metrics, "delivered").await;
+        if delivered as usize >= accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e2e = e2e_started.elapsed();
+    let (cpu1, _) = usage(pid);
+    let all_submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).collect();
+    let submit_span = match (all_submits.iter().map(|s| s.at).min(), all_submits.iter().map(|s| s.at).max()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => Duration::from_millis(1),
+    };
+    row("closed loop: HTTP 202 accepted / s", format!("{intake_rate:.0} (concurrency {})", options.concurrency));
+    row("closed loop: submit_sm reaching the SMSCs / s", format!("{:.0}", all_submits.len() as f64 / submit_span.as_secs_f64()));
+    row("closed loop: end to end (202 → receipt matched) / s", format!("{:.0}", delivered as f64 / e2e.as_secs_f64()));
+    row(
+        "closed loop: HTTP latency p50 / p99 / p99.9",
+        format!("{} / {} / {}", ms(percentile(&closed.latencies, 0.5)), ms(percentile(&closed.latencies, 0.99)), ms(percentile(&closed.latencies, 0.999))),
+    );
+    // Intake → submit latency from the SMSC side's timestamps.
+    let sent_at: HashMap<&str, Instant> = closed.accepted.iter().map(|(t, at)| (t.as_str(), *at)).collect();
+    let mut to_submit: Vec<Duration> = all_submits
+        .iter()
+        .filter_map(|s| sent_at.get(s.text.as_str()).map(|at| s.at.saturating_duration_since(*at)))
+        .collect();
+    to_submit.sort();
+    row(
+        "closed loop: intake → submit_sm p50 / p99",
+        format!("{} / {}", ms(percentile(&to_submit, 0.5)), ms(percentile(&to_submit, 0.99))),
+    );
+    row("CPU seconds per 1,000 messages (otpgate process)", format!("{:.3}", (cpu1 - cpu0) / accepted.max(1) as f64 * 1000.0));
+
+    // Open loop at a fixed offered rate.
+    let open_count = options.rate as usize * options.open_loop_seconds as usize;
+    let open = drive(http, open_count, options.concurrency.max(64), Some(options.rate), "open").await;
+    row(
+        &format!("open loop at {}/s: HTTP latency p50 / p99 / p99.9", options.rate),
+        format!("{} / {} / {}", ms(percentile(&open.latencies, 0.5)), ms(percentile(&open.latencies, 0.99)), ms(percentile(&open.latencies, 0.999))),
+    );
+
+    // Verification round trips: create, read the code at the SMSC, check.
+    let verification = verify(http, &sims, options.verifications, options.concurrency.min(64)).await;
+    row("verifications: create + check round trips / s", format!("{:.0}", verification.0));
+    if verification.1 > 0 {
+        row("verifications: not approved", verification.1.to_string());
+    }
+
+    // Accounting over everything sent as plain messages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all_submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).collect();
+    let mut at_smsc: HashMap<&str, usize> = HashMap::new();
+    for s in &all_submits {
+        *at_smsc.entry(s.text.as_str()).or_default() += 1;
+    }
+    let acknowledged: HashSet<&str> = closed.accepted.iter().chain(open.accepted.iter()).map(|(t, _)| t.as_str()).collect();
+    let lost = acknowledged.iter().filter(|t| !at_smsc.contains_key(*t)).count();
+    let duplicates: usize = at_smsc.iter().filter(|(t, _)| acknowledged.contains(*t)).map(|(_, c)| c - 1).sum();
+    let delivered = messages_in_state(metrics, "delivered").await;
+    let (_, peak_rss) = usage(pid);
+    row("peak RSS of otpgate (after the runs above)", format!("{:.1} MB", peak_rss as f64 / 1e6));
+    let stored = accepted + open.accepted.len() + 2 * options.verifications;
+    row("store size on disk per 1 M messages", format!("{:.0} MB", dir_size(&data_dir) as f64 / stored.max(1) as f64 * 1e6 / 1e6));
+    stop(child);
+
+    if options.recovery_messages > 0 {
+        let (seconds, rss) = recovery(&work, &sim_addrs, options.recovery_messages).await?;
+        row(&format!("restart with {} queued: ready after", options.recovery_messages), format!("{seconds:.2} s (peak RSS {:.1} MB)", rss as f64 / 1e6));
+    }
+
+    println!();
+    let accounting = format!(
+        "accounting: accepted {} = submitted (distinct) {} = receipts matched {}, duplicates {duplicates}, lost {lost}{}",
+        acknowledged.len(),
+        acknowledged.iter().filter(|t| at_smsc.contains_key(*t)).count(),
+        delivered,
+        if closed.errors + open.errors > 0 { format!(" ({} requests refused)", closed.errors + open.errors) } else { String::new() }
+    );
+    println!("{accounting}");
+    let _ = std::fs::remove_dir_all(&work);
+    if lost > 0 {
+        return Err(BenchError::Lost(format!("LOST {lost} acknowledged messages")));
+    }
+    Ok(())
+}
+
+/// `count` verification round trips over `concurrency` connections; returns (per second,
+/// failures).
+async fn verify(http: SocketAddr, sims: &[SmscSim], count: usize, concurrency: usize) -> (f64, usize) {
+    let codes: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+    let collectors: Vec<_> = sims
+        .iter()
+        .map(|sim| {
+            let (mut rx, codes) = (sim.subscribe(), codes.clone());
+            tokio::spawn(async move {
+                while let Ok(sms) = rx.recv().await {
+                    if sms.text.contains("Bench code") {
+                        let code: String = sms.text.chars().take_while(char::is_ascii_digit).collect();
+                        codes.lock().unwrap_or_else(|p| p.into_inner()).insert(sms.to.clone(), code);
+                    }
+                }
+            })
+        })
+        .collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let auth = format!("Bearer {API_KEY}");
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, failures, codes, auth) = (next.clone(), failures.clone(), codes.clone(), auth.clone());
+            tokio::spawn(async move {
+                let Ok(mut client) = Client::connect(http).await else { return };
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let number = format!("3361{:08}", i);
+                    let body = format!(r#"{{"to": "+{number}"}}"#);
+                    let Ok(created) = client.request("POST", "/v1/verifications", &headers, Some(&body)).await else { return };
+                    let Some(id) = created.json()["id"].as_str().map(str::to_string) else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let waited = Instant::now();
+                    let code = loop {
+                        if let Some(code) = codes.lock().unwrap_or_else(|p| p.into_inner()).remove(&number) {
+                            break Some(code);
+                        }
+                        if waited.elapsed() > Duration::from_secs(10) {
+                            break None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    };
+                    let approved = match code {
+                        Some(code) => {
+                            let body = format!(r#"{{"code": "{code}"}}"#);
+                            client
+                                .request("POST", &format!("/v1/verifications/{id}/check"), &headers, Some(&body))
+                                .await
+                                .is_ok_and(|r| r.json()["status"] == "approved")
+                        }
+                        None => false,
+                    };
+                    if !approved {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    for c in collectors {
+        c.abort();
+    }
+    (rate, failures.load(Ordering::Relaxed))
+}
+
+/// Fills a fresh store with `count` queued messages, then times a daemon start on it until it
+/// answers `/healthz` (it listens only once every queued message is re-queued).
+async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<(f64, u64), BenchError> {
+    let data_dir = work.join("recovery");
+    {
+        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 64 << 20 }).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let now = SystemTime::now();
+        let writers: Vec<_> = (0..64)
+            .map(|_| {
+                let (store, next) = (store.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            return;
+                        }
+                        let message = NewMessage {
+                            owner: "bench".into(),
+                            to: format!("+4478{:08}", i),
+                            from: None,
+                            text: format!("recovery {i}"),
+                            deadline: now + Duration::from_secs(3600),
+                        };
+                        if store.insert_message(message, None, now).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            let _ = w.await;
+        }
+        store.close().await.map_err(|e| BenchError::Setup(e.to_string()))?;
+    }
+    // Carriers that do not answer: the queue stays as it is while we measure.
+    let dead: Vec<SocketAddr> = sims.iter().map(|_| free_addr()).collect::<Result<_, _>>()?;
+    let (http, metrics) = (free_addr()?, free_addr()?);
+    let config = work.join("recovery.toml");
+    std::fs::write(&config, config_text(&dead, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let started = Instant::now();
+    let child = spawn(&config)?;
+    let pid = child.id();
+    let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, rss) = usage(pid);
+    stop(child);
+    ready?;
+    Ok((seconds, rss))
+}
+
+fn tempfile_dir() -> Result<PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("otpgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok(dir)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
