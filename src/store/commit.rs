@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, watch};
 
+/// Writers waiting below this count make the flusher linger for [`LINGER`] first.
+const LINGER_BELOW: u64 = 64;
+const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// The flusher's progress, as seen by writers.
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -72,6 +76,14 @@ impl GroupCommit {
                     _ = stop.cancelled() => break,
                 }
             }
+            // A flush costs the same for one writer as for hundreds: when only a few are
+            // waiting, give others a moment to join (an fsync-bound disk would idle anyway).
+            let target = if target - self.progress.borrow().durable < LINGER_BELOW {
+                tokio::time::sleep(LINGER).await;
+                self.issued.load(Ordering::Acquire)
+            } else {
+                target
+            };
             let f = flush.clone();
             let outcome = tokio::task::spawn_blocking(move || f())
                 .await

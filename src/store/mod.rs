@@ -11,6 +11,7 @@
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
+//! | `i` | message id | empty: a submit started and its result is not recorded yet |
 //!
 //! Durability: [`Store::insert_message`] returns only after a group commit covered it, so an
 //! HTTP 2xx means "on disk". Later transitions (submitted, delivered) are flushed by the same
@@ -150,6 +151,11 @@ fn message_key(id: &MessageId) -> Vec<u8> {
 
 fn queue_key(id: &MessageId) -> Vec<u8> {
     key(b'q', &[&id.0])
+}
+
+/// `i`: a submit of this message started and its result is not recorded yet.
+fn in_flight_key(id: &MessageId) -> Vec<u8> {
+    key(b'i', &[&id.0])
 }
 
 fn done_key(done_ms: u64, id: &MessageId) -> Vec<u8> {
@@ -323,7 +329,8 @@ impl Store {
         for entry in self.db.scan_prefix([b'q']) {
             let (k, _) = entry?;
             let Some(id) = id_from(&k[1..]) else { continue };
-            if let Some(record) = self.get_record(&id)? {
+            if let Some(mut record) = self.get_record(&id)? {
+                record.in_flight = self.db.contains_key(in_flight_key(&id))?;
                 out.push((id, record));
             }
         }
@@ -347,18 +354,15 @@ impl Store {
 
     /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
     pub fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
-        self.update(id, |r, _| {
-            let changed = !r.in_flight;
-            r.in_flight = true;
-            changed
-        })?;
+        // A tiny marker row, not a record rewrite: this runs once per submit.
+        self.db.insert(in_flight_key(id), &[][..])?;
         Ok(())
     }
 
     /// Records a failed or deferred attempt; the message stays queued.
     pub fn record_attempt(&self, id: &MessageId, attempt: Attempt) -> Result<(), StoreError> {
-        self.update(id, |r, _| {
-            r.in_flight = false;
+        self.update(id, |r, batch| {
+            batch.remove(in_flight_key(id));
             r.push_attempt(attempt);
             true
         })?;
@@ -377,7 +381,7 @@ impl Store {
             }
             r.status = status;
             r.error = error;
-            r.in_flight = false;
+            batch.remove(in_flight_key(id));
             r.done_ms = Some(done);
             if let Some(a) = attempt {
                 r.push_attempt(a);
@@ -398,7 +402,7 @@ impl Store {
             return Ok(None);
         };
         let mut batch = sled::Batch::default();
-        record.in_flight = false;
+        batch.remove(in_flight_key(id));
         record.push_attempt(attempt);
         if record.status.is_final() {
             // A late response for a message already finished (e.g. expired meanwhile).
