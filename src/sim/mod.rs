@@ -115,6 +115,8 @@ pub struct SimStats {
     pub unbinds: u64,
     pub deliver_sm_resps: u64,
     pub generic_nacks: u64,
+    /// submit_sm answered with an error status (forced or over `max_tps`).
+    pub refused: u64,
 }
 
 enum Outgoing {
@@ -132,8 +134,19 @@ struct Receiver {
 struct State {
     config: SimConfig,
     behaviour: AtomicU8,
-    /// When non-zero, every submit_sm is answered with this command_status instead of ESME_ROK.
+    /// When non-zero, submit_sm are answered with this command_status instead of ESME_ROK ...
     submit_status: AtomicU32,
+    /// ... every one of them (0 or 1), or only every n-th.
+    status_every: AtomicU64,
+    /// When non-zero, every n-th submit_sm closes its connection unanswered.
+    drop_every: AtomicU64,
+    /// When non-zero, submit_sm beyond this rate get ESME_RTHROTTLED (a token bucket of one
+    /// second's worth, as carriers police an agreed TPS).
+    max_tps: AtomicU64,
+    tps_bucket: Mutex<(f64, Instant)>,
+    /// Send every receipt twice.
+    duplicate_receipts: std::sync::atomic::AtomicBool,
+    submits_seen: AtomicU64,
     next_message_id: AtomicU64,
     next_connection: AtomicU64,
     stats: Mutex<SimStats>,
@@ -174,6 +187,12 @@ impl SmscSim {
             config,
             behaviour: AtomicU8::new(Behaviour::Normal as u8),
             submit_status: AtomicU32::new(0),
+            status_every: AtomicU64::new(0),
+            drop_every: AtomicU64::new(0),
+            max_tps: AtomicU64::new(0),
+            tps_bucket: Mutex::new((0.0, Instant::now())),
+            duplicate_receipts: std::sync::atomic::AtomicBool::new(false),
+            submits_seen: AtomicU64::new(0),
             next_message_id: AtomicU64::new(0x1000_0000),
             next_connection: AtomicU64::new(0),
             stats: Mutex::new(SimStats::default()),
@@ -205,6 +224,28 @@ impl SmscSim {
     pub fn set_submit_status(&self, status: Option<CommandStatus>) {
         let code = status.map_or(0, u32::from);
         self.state.submit_status.store(code, Ordering::SeqCst);
+    }
+
+    /// Answers only every `n`-th submit_sm with the status set by [`SmscSim::set_submit_status`]
+    /// (the others normally); 0 or 1 means all of them.
+    pub fn set_status_every(&self, n: u64) {
+        self.state.status_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Throttles (ESME_RTHROTTLED) submits beyond `tps` per second; 0 turns it off.
+    pub fn set_max_tps(&self, tps: u64) {
+        *lock(&self.state.tps_bucket) = (tps as f64, Instant::now());
+        self.state.max_tps.store(tps, Ordering::SeqCst);
+    }
+
+    /// Closes the connection, unanswered, on every `n`-th submit_sm (0 turns it off).
+    pub fn set_drop_every(&self, n: u64) {
+        self.state.drop_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Sends each receipt twice (as SMSCs do after a lost deliver_sm_resp).
+    pub fn set_duplicate_receipts(&self, on: bool) {
+        self.state.duplicate_receipts.store(on, Ordering::SeqCst);
     }
 
     /// Every accepted submit, as it arrives (for printing).
@@ -391,7 +432,14 @@ impl Connection {
                 respond(status, BindReceiverResp::new(c_octet("otpgate-sim"), None).into());
             }
             Some(Pdu::SubmitSm(sm)) => match self.bound {
-                Some("transmitter" | "transceiver") => self.submit(sequence, sm),
+                Some("transmitter" | "transceiver") => {
+                    let seen = self.state.submits_seen.fetch_add(1, Ordering::SeqCst) + 1;
+                    let drop_every = self.state.drop_every.load(Ordering::SeqCst);
+                    if drop_every > 0 && seen % drop_every == 0 {
+                        return false;
+                    }
+                    self.submit(seen, sequence, sm);
+                }
                 _ => respond(CommandStatus::EsmeRinvbndsts, Pdu::GenericNack),
             },
             Some(Pdu::EnquireLink) => {
@@ -441,9 +489,28 @@ impl Connection {
         status
     }
 
-    fn submit(&self, sequence: u32, sm: &SubmitSm) {
-        let forced = self.state.submit_status.load(Ordering::SeqCst);
+    fn over_rate(&self) -> bool {
+        let tps = self.state.max_tps.load(Ordering::SeqCst);
+        if tps == 0 {
+            return false;
+        }
+        let mut bucket = lock(&self.state.tps_bucket);
+        let now = Instant::now();
+        let refilled = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * tps as f64).min(tps as f64);
+        *bucket = if refilled >= 1.0 { (refilled - 1.0, now) } else { (refilled, now) };
+        refilled < 1.0
+    }
+
+    fn submit(&self, seen: u64, sequence: u32, sm: &SubmitSm) {
+        let mut forced = self.state.submit_status.load(Ordering::SeqCst);
+        let every = self.state.status_every.load(Ordering::SeqCst).max(1);
+        if self.over_rate() {
+            forced = u32::from(CommandStatus::EsmeRthrottled);
+        } else if seen % every != 0 {
+            forced = 0;
+        }
         if forced != 0 {
+            self.state.update(|s| s.refused += 1);
             let response = Command::new(CommandStatus::from(forced), sequence, SubmitSmResp::default());
             let _ = self.outgoing.send(Outgoing::Response(response));
             return;
@@ -492,6 +559,9 @@ impl Connection {
             let _ = outgoing.send(Outgoing::Response(response));
             if let (false, Some(receipt)) = (receipt_first, receipt) {
                 tokio::time::sleep(state.config.receipt_delay).await;
+                if state.duplicate_receipts.load(Ordering::SeqCst) {
+                    state.deliver(receipt.clone());
+                }
                 state.deliver(receipt);
             }
         });

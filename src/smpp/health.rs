@@ -37,6 +37,8 @@ pub struct Health {
     tps: Option<f64>,
     throttled_from: f64,
     last_increase: Instant,
+    /// The last halving: one burst of throttled answers (a whole window's worth) counts once.
+    last_decrease: Option<Instant>,
     /// Accepted submits counted since `rate_since`, for the rate estimate.
     accepted: u32,
     rate_since: Instant,
@@ -66,6 +68,7 @@ impl Health {
             tps: configured_tps,
             throttled_from: 0.0,
             last_increase: now,
+            last_decrease: None,
             accepted: 0,
             rate_since: now,
             recent_rate: 0.0,
@@ -138,6 +141,10 @@ impl Health {
     }
 
     fn throttled(&mut self, now: Instant) {
+        if self.last_decrease.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_decrease = Some(now);
         let current = self.tps.unwrap_or(self.recent_rate.max(2.0));
         self.throttled_from = current;
         self.tps = Some((current / 2.0).max(1.0));
@@ -222,14 +229,17 @@ mod tests {
         };
         h.record(&throttled, t0);
         assert_eq!((h.tps(), h.window()), (Some(50.0), 32));
-        h.record(&throttled, t0);
+        h.record(&throttled, t0 + Duration::from_millis(10));
+        assert_eq!((h.tps(), h.window()), (Some(50.0), 32), "one burst halves once");
+        let t1 = t0 + Duration::from_secs(1);
+        h.record(&throttled, t1);
         assert_eq!((h.tps(), h.window()), (Some(25.0), 16));
         // Successes within the same second change nothing; each later second adds a step.
-        h.record(&ok(), t0 + Duration::from_millis(500));
+        h.record(&ok(), t1 + Duration::from_millis(500));
         assert_eq!(h.tps(), Some(25.0));
-        h.record(&ok(), t0 + Duration::from_secs(1));
+        h.record(&ok(), t1 + Duration::from_secs(1));
         assert_eq!((h.tps(), h.window()), (Some(30.0), 17));
-        for s in 2..40 {
+        for s in 3..40 {
             h.record(&ok(), t0 + Duration::from_secs(s));
         }
         assert_eq!(h.tps(), Some(100.0), "capped at max_tps");

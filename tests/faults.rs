@@ -1,0 +1,168 @@
+//! The fault suite, short form: each scenario runs under load against simulated carriers and
+//! ends in the same accounting — every message answered 202 reached an SMSC, duplicates are
+//! counted and stay within what the windows in flight explain. (kill -9 is `tests/crash.rs`;
+//! a hung carrier and SMSC errors are also in `tests/routing.rs`.)
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{API_KEY, Gateway, post_message, sim};
+use otpgate::clock::SystemClock;
+use otpgate::http::client::Client;
+use otpgate::sim::{Behaviour, SimConfig, SmscSim};
+use rusmpp::CommandStatus;
+
+const ROUTE: &str = "[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\nstrategy = \"round_robin\"\n";
+/// Window per session in these tests: duplicates may not exceed what was in flight.
+const WINDOW: usize = 16;
+
+async fn two_carriers(a: SimConfig, b: SimConfig) -> (SmscSim, SmscSim, Gateway, Client) {
+    let (a, b) = (sim(a).await, sim(b).await);
+    let gw = Gateway::start_with(&[a.addr(), b.addr()], &format!("window = {WINDOW}"), ROUTE, Arc::new(SystemClock)).await;
+    gw.wait_bound().await;
+    let client = gw.client().await;
+    (a, b, gw, client)
+}
+
+/// Sends `count` messages (distinct numbers), calling `fault` once halfway; returns their texts.
+async fn load(client: &mut Client, tag: &str, count: usize, mut fault: impl FnMut()) -> Vec<String> {
+    let mut texts = Vec::new();
+    for i in 0..count {
+        if i == count / 2 {
+            fault();
+        }
+        let text = format!("{tag}-{i}");
+        let body = format!(r#"{{"to": "+4477{:08}", "text": "{text}"}}"#, i);
+        let reply = post_message(client, API_KEY, &body, None).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        texts.push(text);
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    texts
+}
+
+/// Waits until every acknowledged text reached one of the SMSCs; returns the duplicates.
+async fn account(sims: &[&SmscSim], acknowledged: &[String], limit: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for sim in sims {
+            for m in sim.stats().submits {
+                *counts.entry(m.text).or_default() += 1;
+            }
+        }
+        let lost: Vec<&String> = acknowledged.iter().filter(|t| !counts.contains_key(*t)).collect();
+        if lost.is_empty() {
+            let duplicates = acknowledged.iter().map(|t| counts[t] - 1).sum();
+            println!("accounting: accepted {} = submitted (distinct) {}, duplicates {duplicates}, lost 0", acknowledged.len(), acknowledged.len());
+            return duplicates;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lost {} acknowledged messages, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_carrier_that_drops_its_connection_every_n_submits() {
+    let slow = SimConfig {
+        response_delay: Duration::from_millis(5),
+        ..SimConfig::default()
+    };
+    let (a, b, gw, mut client) = two_carriers(slow.clone(), slow).await;
+    a.set_drop_every(25);
+    let sent = load(&mut client, "drop", 300, || {}).await;
+    let duplicates = account(&[&a, &b], &sent, Duration::from_secs(20)).await;
+    assert!(a.stats().connections > 2, "alpha's connections were not dropped");
+    // Each drop can duplicate at most what was in flight on that session.
+    let drops = (a.stats().connections - 1) as usize;
+    assert!(duplicates <= drops * WINDOW, "{duplicates} duplicates for {drops} drops");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_share_of_throttled_and_failed_submits() {
+    let (a, b, gw, mut client) = two_carriers(SimConfig::default(), SimConfig::default()).await;
+    // alpha polices 50 submits/s: everything beyond is ESME_RTHROTTLED.
+    a.set_max_tps(50);
+    b.set_submit_status(Some(CommandStatus::EsmeRsyserr));
+    b.set_status_every(4);
+    let sent = load(&mut client, "mixed", 300, || {}).await;
+    let duplicates = account(&[&a, &b], &sent, Duration::from_secs(30)).await;
+    assert_eq!(duplicates, 0, "refused submits were never accepted, so nothing is sent twice");
+    assert!(a.stats().refused > 0, "alpha never throttled: the load was too light to test anything");
+    assert!(b.stats().refused > 0, "beta never failed a submit");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_carrier_that_refuses_binds_then_comes_back() {
+    let (a, b, gw, mut client) = two_carriers(SimConfig::default(), SimConfig::default()).await;
+    let alpha = gw.daemon.carrier("alpha").unwrap();
+    let sent = load(&mut client, "refuse", 200, || {
+        a.set_behaviour(Behaviour::RefuseBinds);
+        a.drop_connections();
+    })
+    .await;
+    account(&[&a, &b], &sent, Duration::from_secs(20)).await;
+    assert!(a.stats().binds.iter().any(|bind| !bind.accepted), "binds were not refused");
+    a.set_behaviour(Behaviour::Normal);
+    assert!(alpha.wait_bound(1, Duration::from_secs(5)).await, "alpha did not come back");
+    let before = a.stats().submits.len();
+    let more = load(&mut client, "back", 50, || {}).await;
+    account(&[&a, &b], &more, Duration::from_secs(10)).await;
+    assert!(a.stats().submits.len() > before, "traffic did not return to alpha");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn receipts_early_duplicated_and_on_another_session() {
+    let early = SimConfig {
+        receipt_first: true,
+        response_delay: Duration::from_millis(10),
+        ..SimConfig::default()
+    };
+    let sim_a = sim(early).await;
+    let sim_b = sim(SimConfig::default()).await;
+    sim_b.set_duplicate_receipts(true);
+    // Two sessions per carrier: receipts come back on whichever session the SMSC picks.
+    let gw = Gateway::start_with(&[sim_a.addr(), sim_b.addr()], "sessions = 2", ROUTE, Arc::new(SystemClock)).await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let body = format!(r#"{{"to": "+4477{:08}", "text": "r-{i}"}}"#, i);
+        ids.push(post_message(&mut client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        common::wait_status(&mut client, id, "delivered", Duration::from_secs(10)).await;
+    }
+    assert_eq!(gw.daemon.store().counts().2, 0, "no receipt left unmatched");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn malformed_pdus_mid_load_reset_the_session_and_nothing_is_lost() {
+    let (a, b, gw, mut client) = two_carriers(SimConfig::default(), SimConfig::default()).await;
+    let garbage: [&[u8]; 3] = [
+        &[0x7F, 0xFF, 0xFF, 0xFF, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9],
+        &[0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9],
+        &[0, 0, 0, 20, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9, b'a', b'b', b'c', b'd'],
+    ];
+    let mut which = 0;
+    let sent = load(&mut client, "garbage", 300, || {
+        a.send_raw(garbage[which % garbage.len()]);
+        which += 1;
+    })
+    .await;
+    let duplicates = account(&[&a, &b], &sent, Duration::from_secs(20)).await;
+    assert!(duplicates <= WINDOW, "{duplicates} duplicates from one reset");
+    assert!(a.stats().connections >= 2, "the session was not reset");
+    let ready = client.request("GET", "/readyz", &[], None).await.unwrap();
+    assert_eq!(ready.status, 200, "the daemon keeps serving");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
