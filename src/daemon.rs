@@ -31,6 +31,11 @@ use crate::store::{MessageId, MessageStatus, ReceiptMatch, Store, StoreError, St
 /// is answered only once its receipt is handed over.
 const RECEIPT_QUEUE: usize = 4096;
 
+/// Recovery reads the queue this many messages at a time ...
+const RECOVERY_PAGE: usize = 1024;
+/// ... while the dispatcher holds fewer than this many unfinished jobs.
+const RECOVERY_BACKLOG: usize = 8192;
+
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -69,6 +74,7 @@ pub struct Daemon {
     sweep_task: JoinHandle<()>,
     failover_stop: CancellationToken,
     failover_task: JoinHandle<()>,
+    recovery_stop: CancellationToken,
 }
 
 impl Daemon {
@@ -130,7 +136,8 @@ impl Daemon {
             .unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
         let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
-        recover(&store, &otp, &dispatch).await?;
+        let recovery_stop = CancellationToken::new();
+        tokio::spawn(recover(store.clone(), otp.clone(), dispatch.clone(), recovery_stop.clone()));
         let failover_stop = CancellationToken::new();
         let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
 
@@ -185,6 +192,7 @@ impl Daemon {
             sweep_task,
             failover_stop,
             failover_task,
+            recovery_stop,
         })
     }
 
@@ -273,6 +281,7 @@ impl Daemon {
         self.state.accepting.store(false, Ordering::Release);
         self.http_stop.cancel();
         let mut clean = tokio::time::timeout(left(), self.http_task).await.is_ok();
+        self.recovery_stop.cancel();
         self.failover_stop.cancel();
         clean &= tokio::time::timeout(left(), self.failover_task).await.is_ok();
         clean &= self.dispatcher.shutdown(left()).await;
@@ -299,27 +308,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Re-queues what the previous run left: every queued message, in order. OTP messages get a
-/// fresh code (the old one only ever existed in the dead process's memory).
-async fn recover(store: &Store, otp: &Otp, dispatch: &Dispatch) -> Result<(), DaemonError> {
-    let queued = store.queued()?;
-    let resubmits = queued.iter().filter(|(_, r)| r.in_flight).count();
-    if !queued.is_empty() {
-        tracing::info!(queued = queued.len(), resubmits, "re-queued messages left by the previous run");
+/// Re-queues what the previous run left: every queued message, in order, in the background and
+/// only as fast as the dispatcher drains (a million queued messages never sit in memory at once).
+/// OTP messages get a fresh code (the old one only ever existed in the dead process's memory).
+async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, stop: CancellationToken) {
+    metrics::counter!("otpgate_resubmits_total").increment(0);
+    metrics::counter!("otpgate_recovered_total").increment(0);
+    let Ok(Some(last)) = store.last_queued() else { return };
+    let started = std::time::Instant::now();
+    let (mut requeued, mut resubmits) = (0usize, 0usize);
+    let mut after = None;
+    loop {
+        // Feed the dispatcher only as fast as it drains.
+        while dispatch.backlog() > RECOVERY_BACKLOG {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, "recovery could not read the queue; the rest waits for the next start");
+                return;
+            }
+        };
+        let Some((id, _)) = page.last() else { break };
+        after = Some(*id);
+        for (id, record) in page {
+            resubmits += usize::from(record.in_flight);
+            requeued += 1;
+            if record.verification.is_none() {
+                dispatch.enqueue(Job::from_record(id, &record));
+                continue;
+            }
+            match otp.reissue(id, &record).await {
+                Ok(Some(job)) => dispatch.enqueue(job),
+                Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
+                Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
+            }
+        }
+        metrics::counter!("otpgate_recovered_total").absolute(requeued as u64);
     }
     metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
-    for (id, record) in &queued {
-        if record.verification.is_none() {
-            dispatch.enqueue(Job::from_record(*id, record));
-            continue;
-        }
-        match otp.reissue(*id, record).await {
-            Ok(Some(job)) => dispatch.enqueue(job),
-            Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
-            Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
-        }
-    }
-    Ok(())
+    tracing::info!(requeued, resubmits, seconds = started.elapsed().as_secs_f64(), "re-queued every message left by the previous run");
 }
 
 /// Applies receipts to their messages; failed ones are reported for OTP receipt failover.

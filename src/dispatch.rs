@@ -55,13 +55,24 @@ impl Job {
 #[derive(Clone)]
 pub struct Dispatch {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Jobs handed over and not finished: recovery feeds the dispatcher only while this is low,
+    /// so a million queued messages are never all in memory at once.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Dispatch {
     /// Queues a job; jobs are started in the order they are queued.
     pub fn enqueue(&self, job: Job) {
+        self.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Fails only after shutdown; the message stays queued in the store for the next start.
-        let _ = self.jobs.send(job);
+        if self.jobs.send(job).is_err() {
+            self.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Jobs handed over and not yet finished.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -116,8 +127,9 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(concurrency)),
         });
         let tasks = TaskTracker::new();
-        tasks.spawn(run(shared, receiver, tasks.clone()));
-        (Dispatcher { tasks, stop }, Dispatch { jobs })
+        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tasks.spawn(run(shared, receiver, tasks.clone(), backlog.clone()));
+        (Dispatcher { tasks, stop }, Dispatch { jobs, backlog })
     }
 
     /// Stops starting attempts and waits (at most `limit`) for those under way.
@@ -129,7 +141,7 @@ impl Dispatcher {
 }
 
 /// The loop: one delivery task per destination at a time, the rest wait their turn in order.
-async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker) {
+async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker, backlog: Arc<std::sync::atomic::AtomicUsize>) {
     let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
     let mut waiting: HashMap<String, VecDeque<Job>> = HashMap::new();
     let start = |job: Job| {
@@ -156,6 +168,7 @@ async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks:
                 None => break,
             },
             Some(to) = done.recv() => {
+                backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 match waiting.get_mut(&to).and_then(VecDeque::pop_front) {
                     Some(next) if !shared.stop.is_cancelled() => start(next),
                     _ => {

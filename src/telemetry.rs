@@ -48,6 +48,7 @@ fn describe() {
     describe_gauge!("otpgate_queue_depth", "Messages waiting to be submitted");
     describe_gauge!("otpgate_queue_oldest_age_seconds", "Age of the oldest message waiting to be submitted");
     describe_counter!("otpgate_resubmits_total", "Messages sent again after a restart cut their submit short");
+    describe_counter!("otpgate_recovered_total", "Queued messages re-queued at start-up from the store");
     describe_gauge!("otpgate_carrier_up", "1 while at least one session of the carrier is bound");
     describe_gauge!("otpgate_sessions_bound", "Bound submit sessions per carrier");
     describe_counter!("otpgate_submit_total", "submit_sm results per carrier and class");

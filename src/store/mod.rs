@@ -322,16 +322,50 @@ impl Store {
         (depth, oldest)
     }
 
-    /// Every message waiting to be sent, oldest first; marks those that were mid-submit when the
-    /// last process died (returned with `in_flight` still true, so callers can count resubmits).
+    /// Every message waiting to be sent, oldest first (tests; recovery pages with
+    /// [`Store::queued_page`]).
     pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([b'q']) {
+        let Some(last) = self.last_queued()? else { return Ok(out) };
+        let mut after = None;
+        loop {
+            let page = self.queued_page(after.as_ref(), &last, 1024)?;
+            let Some((id, _)) = page.last() else { return Ok(out) };
+            after = Some(*id);
+            out.extend(page);
+        }
+    }
+
+    /// The newest queued message now: recovery stops there, so messages taken in while it runs
+    /// are not queued twice.
+    pub fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
+        match self.db.scan_prefix([b'q']).next_back() {
+            Some(entry) => Ok(id_from(&entry?.0[1..])),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
+    /// that were mid-submit when the last process died (`in_flight`), for the resubmit count.
+    pub fn queued_page(&self, after: Option<&MessageId>, until: &MessageId, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = queue_key(id);
+                k.push(0);
+                k
+            }
+            None => vec![b'q'],
+        };
+        let mut out = Vec::new();
+        for entry in self.db.range(start..=queue_key(until)) {
             let (k, _) = entry?;
             let Some(id) = id_from(&k[1..]) else { continue };
             if let Some(mut record) = self.get_record(&id)? {
                 record.in_flight = self.db.contains_key(in_flight_key(&id))?;
                 out.push((id, record));
+            }
+            if out.len() >= limit {
+                break;
             }
         }
         Ok(out)
