@@ -119,3 +119,23 @@ fn hash_key_prints_the_sha256_of_the_key_on_stdin() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[test]
+fn bench_runs_end_to_end_and_accounts_for_every_message() {
+    let out = otpgate()
+        .args([
+            "bench", "--messages", "300", "--concurrency", "8", "--rate", "100", "--open-loop-seconds", "1",
+            "--verifications", "20", "--recovery-messages", "300",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| closed loop: HTTP 202 accepted / s |"), "{stdout}");
+    assert!(stdout.contains("| restart with 300 queued, carriers down: serving after |"), "{stdout}");
+    assert!(
+        stdout.contains("accounting: accepted 400 = submitted (distinct) 400 = receipts matched 400, duplicates 0, lost 0"),
+        "{stdout}"
+    );
+}
