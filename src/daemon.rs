@@ -89,27 +89,8 @@ impl Daemon {
             cache_capacity_bytes: config.store.cache_capacity_mb * 1024 * 1024,
         };
         let store = Store::open(&config.server.data_dir, &options)?;
-        let listener = TcpListener::bind(config.server.http_listen)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: config.server.http_listen,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| DaemonError::Listen {
-            addr: config.server.http_listen,
-            source,
-        })?;
-
-        let metrics_listener = telemetry::listen(config.server.metrics_listen)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: config.server.metrics_listen,
-                source,
-            })?;
-        let metrics_addr = metrics_listener.local_addr().map_err(|source| DaemonError::Listen {
-            addr: config.server.metrics_listen,
-            source,
-        })?;
+        let (listener, http_addr) = listen(config.server.http_listen).await?;
+        let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();
 
         let (receipts, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
@@ -302,6 +283,14 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Binds a listener and learns its address (port 0 picks one).
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), DaemonError> {
+    let fail = |source| DaemonError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

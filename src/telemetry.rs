@@ -4,7 +4,6 @@
 //! histograms). No label ever carries user input: labels are carrier names (from config),
 //! route templates, status classes and fixed outcome names, so cardinality stays bounded.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -79,11 +78,6 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
     if let Err(e) = served {
         tracing::error!(error = %e, "metrics server failed");
     }
-}
-
-/// Binds the metrics listener.
-pub async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Samples the gauges every second until `stop`.

@@ -230,10 +230,6 @@ impl Session {
         Ok(Session { inner })
     }
 
-    pub fn mode(&self) -> BindMode {
-        self.inner.mode
-    }
-
     pub fn label(&self) -> &Arc<str> {
         &self.inner.label
     }

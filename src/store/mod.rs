@@ -607,11 +607,6 @@ impl Store {
         let count = |p: u8| self.db.scan_prefix([p]).count();
         (count(b'm'), count(b'q'), count(b'e'))
     }
-
-    /// Bytes on disk (sled's estimate).
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &ReceiptSummary, final_status: Option<MessageStatus>, now_ms: u64, batch: &mut sled::Batch) {
