@@ -252,6 +252,11 @@ impl Daemon {
         &self.store
     }
 
+    /// Whether the daemon can do its job: the store still writes. Drives the systemd watchdog.
+    pub fn healthy(&self) -> bool {
+        self.store.healthy()
+    }
+
     /// Shuts down in order, within `limit` overall. Returns false if some step ran out of time
     /// (what was not finished stays queued in the store and is sent by the next start).
     pub async fn shutdown(self, limit: Duration) -> bool {

@@ -157,7 +157,13 @@ async fn run(path: PathBuf) -> Result<(), String> {
             _ = int.recv() => break,
             _ = hup.recv() => reload(&daemon, &path),
             _ = ping.tick(), if watchdog.is_some() => {
-                otpgate::systemd::notify("WATCHDOG=1");
+                // A store that cannot write (disk full) is not recovered in place: withholding
+                // the ping lets systemd restart us, which reopens the store once space is back.
+                if daemon.healthy() {
+                    otpgate::systemd::notify("WATCHDOG=1");
+                } else {
+                    tracing::error!("store cannot write: not feeding the watchdog");
+                }
             }
         }
     }

@@ -301,9 +301,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let fabric = state.network.current();
     let bound: Vec<&str> = fabric.carriers.iter().filter(|c| c.bound_sessions() > 0).map(|c| c.name()).collect();
     let accepting = state.accepting.load(Ordering::Acquire);
-    let ready = accepting && !bound.is_empty();
+    let store_ok = state.store.healthy();
+    let ready = accepting && store_ok && !bound.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting}))).into_response()
+    (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok}))).into_response()
 }
 
 impl From<OtpError> for ApiError {

@@ -43,6 +43,11 @@ impl GroupCommit {
         })
     }
 
+    /// Whether the last flush failed (and no later one succeeded).
+    pub fn failing(&self) -> bool {
+        self.progress.borrow().error.is_some()
+    }
+
     /// Waits until everything this task wrote before calling is on disk.
     pub async fn durable(&self) -> Result<(), FlushError> {
         let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;

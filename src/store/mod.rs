@@ -131,6 +131,9 @@ pub struct Store {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages with a queue row, kept in step with it (counted once at open).
     queued: std::sync::atomic::AtomicI64,
+    /// An intake write failed (disk full, I/O error). sled 0.34 keeps failing after its first
+    /// I/O error even once space returns, so this never clears: the process must restart.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -200,6 +203,7 @@ impl Store {
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
             queued: std::sync::atomic::AtomicI64::new(0),
+            broken: std::sync::atomic::AtomicBool::new(false),
         });
         let queued = store.db.scan_prefix([b'q']).count() as i64;
         store.queued.store(queued, std::sync::atomic::Ordering::Relaxed);
@@ -263,9 +267,33 @@ impl Store {
         Ok(Idempotency::Replay(id, entry.response))
     }
 
+    /// Whether the store can still write. False after an I/O failure (a full disk): answer 503,
+    /// report unready and stop feeding the systemd watchdog, so the service is restarted, which
+    /// reopens the store once space is back.
+    pub fn healthy(&self) -> bool {
+        !self.broken.load(std::sync::atomic::Ordering::Relaxed) && !self.commit.failing()
+    }
+
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Io(_) | StoreError::Flush(_)) = &result {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Takes a message in: record, queue entry and (optionally) idempotency entry in one atomic
     /// batch, then waits for the group commit. When this returns `Ok`, the message is on disk.
     pub async fn insert_message(
+        &self,
+        message: NewMessage,
+        idempotency: Option<(&str, &str)>,
+        now: SystemTime,
+    ) -> Result<(MessageId, MessageRecord), StoreError> {
+        let result = self.insert_message_unchecked(message, idempotency, now).await;
+        self.note(result)
+    }
+
+    async fn insert_message_unchecked(
         &self,
         message: NewMessage,
         idempotency: Option<(&str, &str)>,
