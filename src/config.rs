@@ -278,15 +278,7 @@ pub struct ApiKeyConfig {
 impl ApiKeyConfig {
     /// The configured hash as bytes (validated at load).
     pub fn hash(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = self
-                .key_sha256
-                .get(2 * i..2 * i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .unwrap_or(0);
-        }
-        out
+        crate::hex::decode32(&self.key_sha256)
     }
 }
 

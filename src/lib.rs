@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
+pub mod hex;
 pub mod http;
 pub mod otp;
 pub mod route;

@@ -96,7 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// The API key's name, or 401. Keys are compared by hash, in constant time.

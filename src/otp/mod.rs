@@ -148,18 +148,6 @@ pub fn load_or_create_key(path: &Path) -> Result<CodeKey, KeyFileError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = text.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
-    }
-    out
-}
-
 fn retry_after(oldest_ms: Option<u64>, window: Duration, now: SystemTime) -> Duration {
     oldest_ms
         .map(|t| crate::store::record::from_ms(t) + window)
@@ -209,6 +197,11 @@ impl Otp {
 
     pub fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+
+    /// What the store keeps of a code: its HMAC, bound to the verification and context, in hex.
+    fn sealed(&self, verification: &MessageId, context: &str, code: &code::Code) -> String {
+        crate::hex::encode(&self.key.seal(&verification.to_string(), context, code.expose()))
     }
 
     fn limit(limiter: &RateLimiter, scope: &'static str, key: &str) -> Result<(), OtpError> {
@@ -307,7 +300,7 @@ impl Otp {
                 ),
             };
             // A resend issues a new code (the old one stops working) with a full life.
-            record.code_hmac = hex(&self.key.seal(&id.to_string(), &context, code.expose()));
+            record.code_hmac = self.sealed(&id, &context, &code);
             record.context = context.clone();
             record.locale = locale.clone();
             record.code_length = code_length;
@@ -390,7 +383,7 @@ impl Otp {
                 let wait = retry_after(stats.failed_checks_ms.first().copied(), policy.failed_checks_window, now);
                 return Err(OtpError::FailedCheckLimit(wait));
             }
-            let expected = unhex32(&r.code_hmac);
+            let expected = crate::hex::decode32(&r.code_hmac);
             let context = context.unwrap_or(&r.context);
             if key.verify(&id_text, context, code, &expected) {
                 r.status = VerificationStatus::Approved;
@@ -507,7 +500,7 @@ impl Otp {
                 Ok(code) => code,
                 Err(e) => return Some(Err(e)),
             };
-            r.code_hmac = hex(&self.key.seal(&vid.to_string(), &r.context, code.expose()));
+            r.code_hmac = self.sealed(&vid, &r.context, &code);
             Some(Ok((code, r.locale.clone(), r.context.clone())))
         };
         let reissued = self.store.update_verification(&vid, change).await?;
@@ -579,7 +572,7 @@ impl Otp {
         // The message first: a crash before the verification points at it leaves a message the
         // recovery recognises as stale (it is not the verification's latest) and drops.
         self.store.insert_otp_message(new_id, new_message, &vid, now).await?;
-        let sealed = hex(&self.key.seal(&vid.to_string(), &verification.context, code.expose()));
+        let sealed = self.sealed(&vid, &verification.context, &code);
         let expected_latest = message_id.to_string();
         let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
             let still = shown_status(r, now) == VerificationStatus::Pending && r.message_ids.last() == Some(&expected_latest);
