@@ -78,7 +78,7 @@ fn default_strategy() -> Strategy {
 }
 
 /// The verification API's policy. Defaults are stricter than the paid Verify APIs'.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtpConfig {
     /// `{brand}` in templates.
@@ -226,7 +226,7 @@ impl OtpConfig {
 }
 
 /// The sled store's tuning.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Finished messages are deleted this long after they finished.
@@ -246,7 +246,7 @@ impl Default for StoreConfig {
 }
 
 /// Limits for messages taken in over HTTP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MessagesConfig {
     /// Validity of a message whose request names none.
@@ -283,7 +283,7 @@ impl ApiKeyConfig {
 }
 
 /// Listeners and the data directory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub http_listen: SocketAddr,

@@ -232,16 +232,16 @@ impl Daemon {
         self.network.replace(carriers, &new.routes);
         self.state.set_api_keys(&new.api_keys);
         let mut restart = Vec::new();
-        if format!("{:?}", running.server) != format!("{:?}", new.server) {
+        if running.server != new.server {
             restart.push("server");
         }
-        if format!("{:?}", running.store) != format!("{:?}", new.store) {
+        if running.store != new.store {
             restart.push("store");
         }
-        if format!("{:?}", running.messages) != format!("{:?}", new.messages) {
+        if running.messages != new.messages {
             restart.push("messages");
         }
-        if format!("{:?}", running.otp) != format!("{:?}", new.otp) {
+        if running.otp != new.otp {
             restart.push("otp");
         }
         *running = new.clone();

@@ -161,12 +161,17 @@ fn in_flight_key(id: &MessageId) -> Vec<u8> {
     key(b'i', &[&id.0])
 }
 
-fn done_key(done_ms: u64, id: &MessageId) -> Vec<u8> {
-    let mut k = vec![b'd'];
+/// A row of a "finished at" index (`d` messages, `w` verifications): prefix, done time (ms,
+/// big-endian so rows sort oldest first), id.
+fn done_key(prefix: u8, done_ms: u64, id: &MessageId) -> Vec<u8> {
+    let mut k = vec![prefix];
     k.extend_from_slice(&done_ms.to_be_bytes());
     k.extend_from_slice(&id.0);
     k
 }
+
+/// The message index of finished messages.
+const DONE: u8 = b'd';
 
 fn id_from(bytes: &[u8]) -> Option<MessageId> {
     <[u8; 16]>::try_from(bytes).ok().map(MessageId)
@@ -449,7 +454,7 @@ impl Store {
                 r.push_attempt(a);
             }
             batch.remove(queue_key(id));
-            batch.insert(done_key(done, id), &[][..]);
+            batch.insert(done_key(DONE, done, id), &[][..]);
             true
         })?;
         Ok(())
@@ -562,16 +567,8 @@ impl Store {
     pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
         let mut deleted = 0;
-        for entry in self.db.scan_prefix([b'd']) {
-            let (k, _) = entry?;
-            if k.len() != 1 + 8 + 16 {
-                continue;
-            }
-            let done_ms = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
-            if done_ms > cutoff {
-                break;
-            }
-            let Some(id) = id_from(&k[9..]) else { continue };
+        for entry in self.finished_by(DONE, cutoff) {
+            let (k, id) = entry?;
             let _guard = lock(&self.writes);
             let mut batch = sled::Batch::default();
             batch.remove(k.clone());
@@ -630,6 +627,23 @@ impl Store {
         Ok((deleted, unmatched))
     }
 
+    /// Rows of a "finished at" index done at or before `cutoff_ms`, oldest first, with their ids.
+    fn finished_by(&self, prefix: u8, cutoff_ms: u64) -> impl Iterator<Item = Result<(sled::IVec, MessageId), StoreError>> + '_ {
+        let parse = |k: &[u8]| {
+            let done_ms = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+            Some((done_ms, id_from(k.get(9..)?)?))
+        };
+        self.db
+            .scan_prefix([prefix])
+            .map(move |entry| entry.map_err(StoreError::from).map(|(k, _)| (parse(&k), k)))
+            .take_while(move |entry| !matches!(entry, Ok((Some((done_ms, _)), _)) if *done_ms > cutoff_ms))
+            .filter_map(|entry| match entry {
+                Ok((Some((_, id)), k)) => Some(Ok((k, id))),
+                Ok((None, _)) => None,
+                Err(e) => Some(Err(e)),
+            })
+    }
+
     /// Counts rows by prefix (tests and metrics): (messages, queued, held receipts).
     pub fn counts(&self) -> (usize, usize, usize) {
         let count = |p: u8| self.db.scan_prefix([p]).count();
@@ -642,12 +656,12 @@ fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &Receip
     if let Some(status) = final_status {
         if !record.status.is_final() || record.status == MessageStatus::Expired {
             if let Some(old_done) = record.done_ms {
-                batch.remove(done_key(old_done, id));
+                batch.remove(done_key(DONE, old_done, id));
             }
             record.status = status;
             record.done_ms = Some(now_ms);
             batch.remove(queue_key(id));
-            batch.insert(done_key(now_ms, id), &[][..]);
+            batch.insert(done_key(DONE, now_ms, id), &[][..]);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::record::{self, MessageId};
-use super::{IdempotencyEntry, NewMessage, Store, StoreError, encode, key, lock, message_key, queue_key};
+use super::{IdempotencyEntry, NewMessage, Store, StoreError, done_key, encode, key, lock, message_key, queue_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,12 +109,8 @@ fn number_key(to: &str) -> Vec<u8> {
     key(b'n', &[to.as_bytes()])
 }
 
-fn done_key(done_ms: u64, id: &MessageId) -> Vec<u8> {
-    let mut k = vec![b'w'];
-    k.extend_from_slice(&done_ms.to_be_bytes());
-    k.extend_from_slice(&id.0);
-    k
-}
+/// The index of finished verifications.
+const DONE: u8 = b'w';
 
 impl Store {
     /// A fresh id (for a verification or a message), sortable by creation.
@@ -166,7 +162,7 @@ impl Store {
                 if let Some(mut old) = self.verification(&previous)? {
                     old.status = VerificationStatus::Expired;
                     old.done_ms = Some(send.record.created_ms);
-                    batch.insert(done_key(send.record.created_ms, &previous), &[][..]);
+                    batch.insert(done_key(DONE, send.record.created_ms, &previous), &[][..]);
                     batch.insert(verification_key(&previous), encode(&old));
                 }
             }
@@ -212,7 +208,7 @@ impl Store {
             if was_pending && record.status != VerificationStatus::Pending {
                 let done = record.done_ms.unwrap_or(record.last_send_ms);
                 record.done_ms = Some(done);
-                batch.insert(done_key(done, id), &[][..]);
+                batch.insert(done_key(DONE, done, id), &[][..]);
                 // Only drop the index if it still points here.
                 let index = pending_key(&record.owner, &record.to);
                 if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
@@ -233,19 +229,11 @@ impl Store {
     pub fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
         let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
         let mut deleted = 0;
-        for entry in self.db.scan_prefix([b'w']) {
-            let (k, _) = entry?;
-            let Some(done_ms) = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
-                continue;
-            };
-            if done_ms > cutoff {
-                break;
-            }
-            if let Some(id) = k.get(9..).and_then(|b| <[u8; 16]>::try_from(b).ok()).map(MessageId) {
-                self.db.remove(verification_key(&id))?;
-                deleted += 1;
-            }
+        for entry in self.finished_by(DONE, cutoff) {
+            let (k, id) = entry?;
+            self.db.remove(verification_key(&id))?;
             self.db.remove(k)?;
+            deleted += 1;
         }
         let stale_before = record::to_ms(now.checked_sub(stats_window).unwrap_or(std::time::UNIX_EPOCH));
         for entry in self.db.scan_prefix([b'n']) {
