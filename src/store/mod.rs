@@ -231,13 +231,16 @@ impl Store {
         Ok(result?)
     }
 
-    fn get_record(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        match self.db.get(message_key(id))? {
+    /// Reads and decodes one JSON row; `what` names it in the error if it does not decode.
+    fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
+        match self.db.get(k)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt(id.to_string())),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(what())),
         }
+    }
+
+    fn get_record(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.read(&message_key(id), || format!("message {id}"))
     }
 
     pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+
 use super::record::{self, MessageId};
 use super::{IdempotencyEntry, NewMessage, Store, StoreError, done_key, encode, key, lock, message_key, queue_key};
 
@@ -118,17 +119,8 @@ impl Store {
         Ok(MessageId::new(self.db.generate_id()?))
     }
 
-    fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.db.get(k)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(&k[..1]).into_owned())),
-        }
-    }
-
     pub fn verification(&self, id: &MessageId) -> Result<Option<VerificationRecord>, StoreError> {
-        self.read(&verification_key(id))
+        self.read(&verification_key(id), || format!("verification {id}"))
     }
 
     /// Decides and writes a verification send in one step: `decide` sees the owner's pending
@@ -150,7 +142,7 @@ impl Store {
                 },
                 None => None,
             };
-            let mut stats: NumberStats = self.read(&number_key(to))?.unwrap_or_default();
+            let mut stats: NumberStats = self.read(&number_key(to), || "number stats".to_string())?.unwrap_or_default();
             let previous = pending.as_ref().map(|(id, _)| *id);
             let send = match decide(pending, &mut stats) {
                 Ok(send) => send,
@@ -201,7 +193,7 @@ impl Store {
             let Some(mut record) = self.verification(id)? else {
                 return Ok(None);
             };
-            let mut stats: NumberStats = self.read(&number_key(&record.to))?.unwrap_or_default();
+            let mut stats: NumberStats = self.read(&number_key(&record.to), || "number stats".to_string())?.unwrap_or_default();
             let was_pending = record.status == VerificationStatus::Pending;
             let out = change(&mut record, &mut stats);
             let mut batch = sled::Batch::default();
