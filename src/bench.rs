@@ -343,11 +343,13 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     stop(child);
 
     if options.recovery_messages > 0 {
-        let (serving, in_dispatch, rss) = recovery(&work, &sim_addrs, options.recovery_messages).await?;
-        row(
-            &format!("restart with {} queued, carriers down: serving after", options.recovery_messages),
-            format!("{serving:.2} s (peak RSS {:.1} MB; {in_dispatch} handed to the dispatcher, the rest read as it drains)", rss as f64 / 1e6),
-        );
+        let restarts = recovery(&work, &sim_addrs, options.recovery_messages).await?;
+        for (how, r) in ["clean stop", "kill -9"].iter().zip(&restarts) {
+            row(
+                &format!("restart after {how} with {} queued, carriers down: serving after", options.recovery_messages),
+                format!("{:.2} s (peak RSS {:.1} MB; {} handed to the dispatcher, the rest read as it drains)", r.serving, r.peak_rss as f64 / 1e6, r.recovered),
+            );
+        }
     }
 
     println!();
@@ -446,10 +448,22 @@ async fn verify(http: SocketAddr, sims: &[SmscSim], count: usize, concurrency: u
 /// Fills a fresh store with `count` queued messages, then times a daemon start on it until it
 /// answers `/healthz`, and reads its peak RSS after recovery has run for two seconds (carriers
 /// are unreachable, so the queue stays; recovery feeds the dispatcher only as it drains).
-async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<(f64, u64, u64), BenchError> {
+/// One restart of the recovery phase.
+struct Restart {
+    /// Seconds from spawn to a 200 on /healthz.
+    serving: f64,
+    /// Messages handed to the dispatcher two seconds later.
+    recovered: u64,
+    peak_rss: u64,
+}
+
+/// Fills a store with `count` queued messages, then starts otpgate on it twice with carriers
+/// that never answer (the queue stays as it is): after the filler's clean close, then again
+/// after a kill -9 of the first, which leaves no queue depth on record (the open counts).
+async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Restart; 2], BenchError> {
     let data_dir = work.join("recovery");
     {
-        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 64 << 20 }).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20 }).map_err(|e| BenchError::Setup(e.to_string()))?;
         let next = Arc::new(AtomicUsize::new(0));
         let now = SystemTime::now();
         let writers: Vec<_> = (0..64)
@@ -480,22 +494,31 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<(f64
         }
         store.close().await.map_err(|e| BenchError::Setup(e.to_string()))?;
     }
-    // Carriers that do not answer: the queue stays as it is while we measure.
     let dead: Vec<SocketAddr> = sims.iter().map(|_| free_addr()).collect::<Result<_, _>>()?;
-    let (http, metrics) = (free_addr()?, free_addr()?);
-    let config = work.join("recovery.toml");
-    std::fs::write(&config, config_text(&dead, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let started = Instant::now();
-    let child = spawn(&config)?;
-    let pid = child.id();
-    let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
-    let serving = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let recovered = counter(metrics, "otpgate_recovered_total").await;
-    let (_, rss) = usage(pid);
+    let start = |name: &str| -> Result<(Child, SocketAddr, SocketAddr), BenchError> {
+        let (http, metrics) = (free_addr()?, free_addr()?);
+        let config = work.join(name);
+        std::fs::write(&config, config_text(&dead, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
+        Ok((spawn(&config)?, http, metrics))
+    };
+    let measure = |child: Child, http: SocketAddr, metrics: SocketAddr| async move {
+        let started = Instant::now();
+        let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
+        let serving = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let recovered = counter(metrics, "otpgate_recovered_total").await;
+        let (_, peak_rss) = usage(child.id());
+        (child, ready.map(|_| Restart { serving, recovered, peak_rss }))
+    };
+    let (child, http, metrics) = start("recovery.toml")?;
+    let (mut child, clean) = measure(child, http, metrics).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let clean = clean?;
+    let (child, http, metrics) = start("recovery-crash.toml")?;
+    let (child, crashed) = measure(child, http, metrics).await;
     stop(child);
-    ready?;
-    Ok((serving, recovered, rss))
+    Ok([clean, crashed?])
 }
 
 fn tempfile_dir() -> Result<PathBuf, BenchError> {

@@ -133,7 +133,9 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| closed loop: HTTP 202 accepted / s |"), "{stdout}");
-    assert!(stdout.contains("| restart with 300 queued, carriers down: serving after |"), "{stdout}");
+    for how in ["clean stop", "kill -9"] {
+        assert!(stdout.contains(&format!("| restart after {how} with 300 queued, carriers down: serving after |")), "{stdout}");
+    }
     assert!(
         stdout.contains("accounting: accepted 400 = submitted (distinct) 400 = receipts matched 400, duplicates 0, lost 0"),
         "{stdout}"

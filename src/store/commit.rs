@@ -10,10 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, watch};
 
-/// Writers waiting below this count make the flusher linger for [`LINGER`] first.
-const LINGER_BELOW: u64 = 64;
-const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
-
 /// The flusher's progress, as seen by writers.
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -81,14 +77,11 @@ impl GroupCommit {
                     _ = stop.cancelled() => break,
                 }
             }
-            // A flush costs the same for one writer as for hundreds: when only a few are
-            // waiting, give others a moment to join (an fsync-bound disk would idle anyway).
-            let target = if target - self.progress.borrow().durable < LINGER_BELOW {
-                tokio::time::sleep(LINGER).await;
-                self.issued.load(Ordering::Acquire)
-            } else {
-                target
-            };
+            // Let writers that are ready to run join first (a yield, not a timed linger: a
+            // 500 µs linger cost 0.5 ms of every request at 2,000/s, measured). Writers that
+            // arrive while the flush runs share the next one.
+            tokio::task::yield_now().await;
+            let target = self.issued.load(Ordering::Acquire);
             let f = flush.clone();
             let outcome = tokio::task::spawn_blocking(move || f())
                 .await
