@@ -283,3 +283,34 @@ async fn an_otp_without_a_receipt_in_time_is_resent_through_the_next_carrier() {
     assert_eq!(a.stats().submits.len() + b.stats().submits.len(), 2);
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn the_receipt_watch_survives_a_restart() {
+    let a = sim(SimConfig {
+        receipts: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let b = sim(SimConfig::default()).await;
+    let extra = "[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"2s\"\n";
+    let (gw, mut client) = gateway(&[&a, &b], "", extra).await;
+    let auth = bearer(API_KEY);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let created = client.request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900456"}"#)).await.unwrap();
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    code_from(&a).await;
+    let sent = Instant::now();
+
+    // Restarted before the receipt timeout: the new process must still resend in time.
+    let gw = gw.restart_with(&[a.addr(), b.addr()], extra).await;
+    gw.wait_bound().await;
+    let code = code_from(&b).await;
+    assert!(sent.elapsed() < Duration::from_secs(5), "resent {:?} after the first send", sent.elapsed());
+    assert_eq!(a.stats().submits.len(), 1, "the submitted SMS is not sent again on the same carrier");
+    let mut client = gw.client().await;
+    let body = format!(r#"{{"code": "{code}"}}"#);
+    let reply = client.request("POST", &format!("/v1/verifications/{id}/check"), &headers, Some(&body)).await.unwrap();
+    assert_eq!(reply.json()["status"], "approved", "{}", reply.body);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}

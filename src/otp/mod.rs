@@ -607,6 +607,33 @@ impl Otp {
         Ok(true)
     }
 
+    /// The latest SMS of each pending verification that the receipt watch must still follow:
+    /// the watch lives in memory, so after a restart it is re-armed from the store. Returns
+    /// (submitted and waiting for a receipt, with the instant their `receipt_timeout` runs out
+    /// — now, if it already has; failed by a receipt whose failover had not happened yet).
+    fn unsettled(&self) -> Result<(Vec<(MessageId, Instant)>, Vec<MessageId>), OtpError> {
+        let now = self.now();
+        let (mut waiting, mut failed) = (Vec::new(), Vec::new());
+        for vid in self.store.pending_verifications()? {
+            let Some(verification) = self.store.verification(&vid)? else { continue };
+            if shown_status(&verification, now) != VerificationStatus::Pending {
+                continue;
+            }
+            let Some(mid) = verification.message_ids.last().and_then(|m| m.parse::<MessageId>().ok()) else { continue };
+            let Some(message) = self.store.message(&mid)? else { continue };
+            match message.status {
+                MessageStatus::Submitted => {
+                    let submitted = crate::store::record::from_ms(message.submitted_ms.unwrap_or(message.created_ms));
+                    let due = submitted + self.policy.receipt_timeout;
+                    waiting.push((mid, Instant::now() + due.duration_since(now).unwrap_or_default()));
+                }
+                MessageStatus::Undeliverable | MessageStatus::Rejected => failed.push(mid),
+                _ => {}
+            }
+        }
+        Ok((waiting, failed))
+    }
+
     /// Watches submitted OTP SMS for their receipts: `failed` carries messages whose receipt
     /// came back UNDELIV/REJECTD; those with no receipt within `receipt_timeout` count too.
     pub async fn watch_receipts(
@@ -616,6 +643,20 @@ impl Otp {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut deadlines: std::collections::HashMap<MessageId, Instant> = std::collections::HashMap::new();
+        match self.unsettled() {
+            Ok((waiting, failed)) => {
+                if !waiting.is_empty() || !failed.is_empty() {
+                    tracing::info!(waiting = waiting.len(), failed = failed.len(), "receipt watch re-armed for OTP SMS sent before the restart");
+                }
+                deadlines.extend(waiting);
+                for id in failed {
+                    if let Err(e) = self.failover(id, false).await {
+                        tracing::error!(message_id = %id, error = %e, "receipt failover failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot re-arm the receipt watch after a restart"),
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
