@@ -185,6 +185,11 @@ impl Daemon {
         self.metrics_addr
     }
 
+    /// Deliveries that may start now: the carriers' total window less those under way.
+    pub fn delivery_slots(&self) -> usize {
+        self.dispatcher.available()
+    }
+
     /// The carriers in force now.
     pub fn carriers(&self) -> Vec<Arc<Carrier>> {
         self.network.current().carriers.clone()
@@ -230,6 +235,7 @@ impl Daemon {
             lock(&self.retiring).push(gone.clone());
         }
         self.network.replace(carriers, &new.routes);
+        self.dispatcher.fit(&self.network.current());
         self.state.set_api_keys(&new.api_keys);
         let mut restart = Vec::new();
         if running.server != new.server {

@@ -106,6 +106,14 @@ struct Shared {
 pub struct Dispatcher {
     tasks: TaskTracker,
     stop: CancellationToken,
+    permits: Arc<Semaphore>,
+    /// The permits the semaphore stands for now (some may be out or being withdrawn).
+    capacity: std::sync::Mutex<usize>,
+}
+
+/// Deliveries under way at most: the carriers' total window.
+fn capacity_of(fabric: &crate::route::Fabric) -> usize {
+    fabric.carriers.iter().map(|c| c.config().window * c.config().sessions).sum::<usize>().max(1)
 }
 
 impl Dispatcher {
@@ -117,19 +125,54 @@ impl Dispatcher {
     ) -> (Dispatcher, Dispatch) {
         let (jobs, receiver) = mpsc::unbounded_channel::<Job>();
         let stop = CancellationToken::new();
-        // Sized for the carriers at start; a reload that adds carriers keeps this bound.
-        let concurrency: usize = network.current().carriers.iter().map(|c| c.config().window * c.config().sessions).sum::<usize>().max(1);
+        let capacity = capacity_of(&network.current());
+        let permits = Arc::new(Semaphore::new(capacity));
         let shared = Arc::new(Shared {
             store,
             network,
             otp_submitted,
             stop: stop.clone(),
-            permits: Arc::new(Semaphore::new(concurrency)),
+            permits: permits.clone(),
         });
         let tasks = TaskTracker::new();
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tasks.spawn(run(shared, receiver, tasks.clone(), backlog.clone()));
-        (Dispatcher { tasks, stop }, Dispatch { jobs, backlog })
+        let dispatcher = Dispatcher {
+            tasks,
+            stop,
+            permits,
+            capacity: std::sync::Mutex::new(capacity),
+        };
+        (dispatcher, Dispatch { jobs, backlog })
+    }
+
+    /// Follows a reload: deliveries under way at most become the new carriers' total window.
+    /// Growing adds permits at once; shrinking withdraws them as deliveries finish.
+    pub fn fit(&self, fabric: &crate::route::Fabric) {
+        let wanted = capacity_of(fabric);
+        let mut capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+        if wanted > *capacity {
+            self.permits.add_permits(wanted - *capacity);
+        } else if wanted < *capacity {
+            let excess = u32::try_from(*capacity - wanted).unwrap_or(u32::MAX);
+            let (permits, stop) = (self.permits.clone(), self.stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    withdrawn = permits.acquire_many_owned(excess) => {
+                        if let Ok(withdrawn) = withdrawn {
+                            withdrawn.forget();
+                        }
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+        *capacity = wanted;
+    }
+
+    /// Deliveries that may start now (tests and diagnostics).
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
     }
 
     /// Stops starting attempts and waits (at most `limit`) for those under way.
