@@ -350,6 +350,24 @@ pub struct CarrierConfig {
     /// How long it stays out before one probe submit is let through.
     #[serde(default = "default_circuit_open", deserialize_with = "duration")]
     pub circuit_open: Duration,
+    /// The receipt text's layout: `key_value` (SMPP 3.4 Appendix B and its variants) or
+    /// `csv:` and column names, for SMSCs that write keyless comma-separated receipts.
+    #[serde(default = "default_receipt_text")]
+    pub receipt_text: String,
+    /// The SMSC's own receipt state codes and the Appendix B state each means.
+    #[serde(default)]
+    pub receipt_states: std::collections::BTreeMap<String, String>,
+}
+
+fn default_receipt_text() -> String {
+    "key_value".into()
+}
+
+impl CarrierConfig {
+    /// How this carrier's receipts are read (validated at load, so never an error here).
+    pub fn receipt_format(&self) -> crate::smpp::receipt::ReceiptFormat {
+        crate::smpp::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states).unwrap_or_default()
+    }
 }
 
 fn default_circuit_failures() -> u32 {
@@ -576,6 +594,13 @@ impl CarrierConfig {
         if let Some(m) = smpp_string(&self.system_type, MAX_SYSTEM_TYPE) {
             return Some(("system_type", m));
         }
+        if let Err(e) = crate::smpp::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states) {
+            let key = match e {
+                crate::smpp::receipt::ReceiptFormatError::Layout(_) => "receipt_text",
+                crate::smpp::receipt::ReceiptFormatError::States(_) => "receipt_states",
+            };
+            return Some((key, e.to_string()));
+        }
         if self.sessions == 0 || self.sessions > MAX_SESSIONS {
             return Some(("sessions", format!("must be 1-{MAX_SESSIONS}, got {}", self.sessions)));
         }
@@ -773,6 +798,8 @@ source_addr = "Acme"
             ("reconnect_max = \"10ms\"", "carriers[0].reconnect_max"),
             ("system_type = \"thirteen-chars\"", "carriers[0].system_type"),
             ("bind = \"sideways\"", "bind"),
+            ("receipt_text = \"csv:stat,colour\"", "carriers[0].receipt_text"),
+            ("receipt_states = { \"00\" = \"GREAT\" }", "carriers[0].receipt_states"),
         ];
         for (line, key) in cases {
             let e = error_of(&format!("{MINIMAL}{line}\n"));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ReceiptFixture, carrier_config, receipt_fixtures, sim, start_bound};
+use common::{API_KEY, Gateway, ReceiptFixture, carrier_config, post_message, receipt_fixtures, sim, start_bound, wait_status};
 use otpgate::sim::SimConfig;
 use otpgate::smpp::Receipt;
 use otpgate::smpp::receipt::{ReceiptFields, id_candidates};
@@ -113,4 +113,40 @@ fn receipt_text_never_reaches_the_parsed_receipt() {
     let fixture = &receipt_fixtures()[7];
     let receipt = ReceiptFields::from(&deliver_sm(fixture)).parse().unwrap();
     assert!(!format!("{receipt:?}").contains("1610 is"), "{receipt:?}");
+}
+
+/// Sample 38's carrier writes keyless CSV receipts; with its layout configured they match.
+#[tokio::test]
+async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
+    let sim = sim(SimConfig {
+        receipts: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let layout = "receipt_text = \"csv:stat,done,submit,err,-,-,-\"\nreceipt_states = { \"00\" = \"DELIVRD\", \"01\" = \"ENROUTE\" }";
+    let gw = Gateway::start(&[sim.addr()], layout).await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let reply = post_message(&mut client, API_KEY, r#"{"to": "+447887123456", "text": "hello"}"#, None).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    assert!(sim.wait_until(Duration::from_secs(5), |s| !s.submits.is_empty()).await);
+    wait_status(&mut client, &id, "submitted", Duration::from_secs(5)).await;
+    let smsc_id = sim.stats().submits[0].message_id.clone();
+
+    let receipt = |text: &str| {
+        let mut pdu = DeliverSm::builder()
+            .source_addr("447887123456".parse::<COctetString<1, 21>>().unwrap())
+            .destination_addr("Acme".parse::<COctetString<1, 21>>().unwrap())
+            .esm_class(EsmClass::from(0x04))
+            .short_message(OctetString::from_vec(text.as_bytes().to_vec()).unwrap())
+            .build();
+        pdu.push_tlv(Tlv::ReceiptedMessageId(smsc_id.parse().unwrap()));
+        pdu
+    };
+    sim.deliver(receipt("01,0210021543,0210021500,30,447887123456,10110200000000,x"));
+    sim.deliver(receipt("00,0210021544,0210021500,,447887123456,10110200000000,x"));
+    let message = wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
+    assert_eq!(message["receipt"]["stat"], "00", "{message}");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
 }

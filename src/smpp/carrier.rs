@@ -101,6 +101,7 @@ impl Carrier {
             window: c.window,
             response_timeout: c.response_timeout,
             enquire_link_interval: c.enquire_link_interval,
+            receipt_format: Arc::new(c.receipt_format()),
         }
     }
 

@@ -7,7 +7,12 @@
 //! win when present; the text fills the rest. The parser works on bytes and never fails on what
 //! follows `text:`, which it does not keep at all: it echoes the start of *our* message, an OTP code
 //! included.
+//!
+//! A few SMSCs write no keys at all (one large UK carrier: `00,2102101543,2102101500,,447...`):
+//! a carrier's `receipt_text = "csv:…"` names the columns, and `receipt_states` maps its own
+//! state codes to Appendix B ones ([`ReceiptFormat`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use rusmpp::pdus::{DataSm, DeliverSm};
@@ -193,7 +198,7 @@ pub struct ReceiptText<'a> {
     pub err: Option<&'a str>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
     Id,
     Sub,
@@ -258,22 +263,131 @@ impl<'a> ReceiptText<'a> {
             let value = std::str::from_utf8(&bytes[start..end])
                 .ok()
                 .filter(|v| !v.is_empty() && v.is_ascii());
-            let slot = match kind {
-                Key::Id => &mut out.id,
-                Key::Sub => &mut out.sub,
-                Key::Dlvrd => &mut out.dlvrd,
-                Key::SubmitDate => &mut out.submit_date,
-                Key::DoneDate => &mut out.done_date,
-                Key::Stat => &mut out.stat,
-                Key::Err => &mut out.err,
-                Key::Text => unreachable!("handled above"),
-            };
-            if slot.is_none() {
-                *slot = value;
-            }
+            out.fill(kind, value);
             pos = end;
         }
         out
+    }
+
+    /// Reads a keyless comma-separated text whose columns are `columns` (`None`: ignored);
+    /// reading stops at a `text` column, a NUL or the end.
+    fn parse_columns(bytes: &'a [u8], columns: &[Option<Key>]) -> ReceiptText<'a> {
+        let mut out = ReceiptText::default();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        for (column, value) in columns.iter().zip(bytes[..end].split(|&b| b == b',')) {
+            let Some(kind) = *column else { continue };
+            if kind == Key::Text {
+                break;
+            }
+            let value = std::str::from_utf8(value).ok().map(str::trim).filter(|v| !v.is_empty() && v.is_ascii());
+            out.fill(kind, value);
+        }
+        out
+    }
+
+    /// Keeps the first value seen for `kind`.
+    fn fill(&mut self, kind: Key, value: Option<&'a str>) {
+        let slot = match kind {
+            Key::Id => &mut self.id,
+            Key::Sub => &mut self.sub,
+            Key::Dlvrd => &mut self.dlvrd,
+            Key::SubmitDate => &mut self.submit_date,
+            Key::DoneDate => &mut self.done_date,
+            Key::Stat => &mut self.stat,
+            Key::Err => &mut self.err,
+            Key::Text => return,
+        };
+        if slot.is_none() {
+            *slot = value;
+        }
+    }
+}
+
+/// How one carrier writes its receipt text: config `receipt_text` and `receipt_states`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiptFormat {
+    /// `None`: Appendix B `key:value` text. `Some`: keyless comma-separated columns.
+    columns: Option<Vec<Option<Key>>>,
+    /// The SMSC's own state codes (upper-cased) and what each means.
+    states: BTreeMap<String, DeliveryState>,
+}
+
+/// What is wrong with a carrier's receipt format settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptFormatError {
+    /// In `receipt_text`.
+    #[error("{0}")]
+    Layout(String),
+    /// In `receipt_states`.
+    #[error("{0}")]
+    States(String),
+}
+
+/// Column names of `receipt_text = "csv:…"`; `-` (or nothing) skips a column.
+const COLUMNS: &[(&str, Key)] = &[
+    ("id", Key::Id),
+    ("sub", Key::Sub),
+    ("dlvrd", Key::Dlvrd),
+    ("submit", Key::SubmitDate),
+    ("done", Key::DoneDate),
+    ("stat", Key::Stat),
+    ("err", Key::Err),
+    ("text", Key::Text),
+];
+
+impl ReceiptFormat {
+    /// `layout` is `key_value` (Appendix B and its variants, the default) or `csv:` and the
+    /// column names in order; `states` maps the SMSC's codes to Appendix B names (`DELIVRD`…).
+    pub fn new(layout: &str, states: &BTreeMap<String, String>) -> Result<ReceiptFormat, ReceiptFormatError> {
+        let columns = match layout.strip_prefix("csv:") {
+            None if layout == "key_value" => None,
+            None => return Err(ReceiptFormatError::Layout(format!("{layout:?} is not a receipt layout: use \"key_value\" or \"csv:\" and column names"))),
+            Some(names) => {
+                let mut columns = Vec::new();
+                for name in names.split(',').map(str::trim) {
+                    let column = match name {
+                        "" | "-" => None,
+                        _ => match COLUMNS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                            Some(&(_, key)) => Some(key),
+                            None => {
+                                let known: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+                                return Err(ReceiptFormatError::Layout(format!("unknown receipt column {name:?}; columns are {} or -", known.join(", "))));
+                            }
+                        },
+                    };
+                    if column.is_some() && columns.contains(&column) {
+                        return Err(ReceiptFormatError::Layout(format!("receipt column {name:?} is named twice")));
+                    }
+                    columns.push(column);
+                }
+                Some(columns)
+            }
+        };
+        let mut mapped = BTreeMap::new();
+        for (code, meaning) in states {
+            let state = DeliveryState::from_stat(meaning);
+            if code.trim().is_empty() || state == DeliveryState::Unrecognised {
+                return Err(ReceiptFormatError::States(format!(
+                    "{code:?} = {meaning:?}: map a non-empty code to DELIVRD, UNDELIV, EXPIRED, DELETED, REJECTD, ACCEPTD, ENROUTE or UNKNOWN"
+                )));
+            }
+            mapped.insert(code.trim().to_ascii_uppercase(), state);
+        }
+        Ok(ReceiptFormat { columns, states: mapped })
+    }
+
+    fn text<'a>(&self, bytes: &'a [u8]) -> ReceiptText<'a> {
+        match &self.columns {
+            None => ReceiptText::parse(bytes),
+            Some(columns) => ReceiptText::parse_columns(bytes, columns),
+        }
+    }
+
+    fn state(&self, stat: &str) -> DeliveryState {
+        match self.states.get(&stat.to_ascii_uppercase()) {
+            Some(state) => *state,
+            None => DeliveryState::from_stat(stat),
+        }
     }
 }
 
@@ -297,15 +411,25 @@ impl ReceiptFields<'_> {
     /// Whether this PDU is a receipt at all. Some SMSCs send receipts with esm_class 0, so a
     /// receipt TLV or an `id:` text counts too.
     pub fn is_receipt(&self) -> bool {
+        self.is_receipt_as(&ReceiptFormat::default())
+    }
+
+    /// As [`ReceiptFields::is_receipt`], for a carrier's own text layout.
+    pub fn is_receipt_as(&self, format: &ReceiptFormat) -> bool {
         self.esm_class & RECEIPT_TYPE_BITS != 0
             || self.receipted_message_id.is_some()
             || self.message_state.is_some()
-            || ReceiptText::parse(self.text).id.is_some()
+            || (format.columns.is_none() && ReceiptText::parse(self.text).id.is_some())
     }
 
-    /// Builds the receipt: TLVs first, the text for the rest.
+    /// Builds the receipt from an Appendix B text: TLVs first, the text for the rest.
     pub fn parse(&self) -> Result<Receipt, ReceiptError> {
-        let text = ReceiptText::parse(self.text);
+        self.parse_as(&ReceiptFormat::default())
+    }
+
+    /// Builds the receipt, reading the text in the carrier's `format`.
+    pub fn parse_as(&self, format: &ReceiptFormat) -> Result<Receipt, ReceiptError> {
+        let text = format.text(self.text);
         let text_id = text.id.map(str::to_string);
         let (message_id, alternate_id) = match (self.receipted_message_id.clone(), text_id) {
             (Some(tlv), Some(t)) if t != tlv => (tlv, Some(t)),
@@ -315,7 +439,7 @@ impl ReceiptFields<'_> {
         };
         let state = match (self.message_state, text.stat) {
             (Some(value), _) => DeliveryState::from_message_state(value),
-            (None, Some(stat)) => DeliveryState::from_stat(stat),
+            (None, Some(stat)) => format.state(stat),
             (None, None) => return Err(ReceiptError::NoState),
         };
         let number = |v: Option<&str>| v.and_then(|v| v.parse::<u32>().ok());
@@ -458,6 +582,49 @@ mod tests {
         };
         let receipt = fields.parse().unwrap();
         assert!(!format!("{receipt:?}").contains("123456"));
+    }
+
+    /// Sample 38 of fixtures/dlr-samples.txt: `<status>,<status time>,<accepted time>,<error>,
+    /// <dest>,<origin>,<reserved>`, with the id only in the TLV.
+    #[test]
+    fn keyless_csv_receipts_read_with_the_carriers_layout_and_state_codes() {
+        let states = BTreeMap::from([("00".to_string(), "DELIVRD".to_string()), ("01".to_string(), "ENROUTE".to_string())]);
+        let format = ReceiptFormat::new("csv:stat,done,submit,err,-,-,-", &states).unwrap();
+        let text = b"00,0210021543,0210021500,,447887123456,10110200000000,we2345678i9o03er45ty67u";
+        let fields = ReceiptFields {
+            esm_class: 0x04,
+            text,
+            receipted_message_id: Some("AB12".into()),
+            ..Default::default()
+        };
+        let r = fields.parse_as(&format).unwrap();
+        assert_eq!((r.message_id.as_str(), r.state, r.stat.as_deref(), r.err.as_deref()), ("AB12", DeliveryState::Delivered, Some("00"), None));
+        assert_eq!(r.done_date.map(|t| t.to_string()).as_deref(), Some("2002-10-02T15:43:00"));
+        assert_eq!(r.submit_date.map(|t| t.to_string()).as_deref(), Some("2002-10-02T15:00:00"));
+        let retrying = ReceiptFields { text: b"01,0210021543,0210021500,30,4478", ..fields };
+        let r = retrying.parse_as(&format).unwrap();
+        assert_eq!((r.state, r.err.as_deref()), (DeliveryState::Enroute, Some("30")));
+        // The Appendix B reader finds nothing in it; the TLV alone is not enough.
+        assert_eq!(ReceiptFields { text, ..Default::default() }.parse(), Err(ReceiptError::NoMessageId));
+        // A keyless text is no receipt by itself: it takes esm_class or a TLV.
+        assert!(!ReceiptFields { text, ..Default::default() }.is_receipt_as(&format));
+    }
+
+    #[test]
+    fn receipt_formats_refuse_what_they_cannot_read() {
+        let none = BTreeMap::new();
+        assert_eq!(ReceiptFormat::new("key_value", &none), Ok(ReceiptFormat::default()));
+        assert!(matches!(ReceiptFormat::new("xml", &none), Err(ReceiptFormatError::Layout(_))));
+        assert!(matches!(ReceiptFormat::new("csv:stat,colour", &none), Err(ReceiptFormatError::Layout(m)) if m.contains("colour")));
+        assert!(matches!(ReceiptFormat::new("csv:stat,stat", &none), Err(ReceiptFormatError::Layout(_))));
+        let bad = BTreeMap::from([("00".to_string(), "GREAT".to_string())]);
+        assert!(matches!(ReceiptFormat::new("key_value", &bad), Err(ReceiptFormatError::States(m)) if m.contains("GREAT")));
+        // States apply to key:value texts too (numeric stat: codes).
+        let numeric = BTreeMap::from([("2".to_string(), "UNDELIV".to_string())]);
+        let format = ReceiptFormat::new("key_value", &numeric).unwrap();
+        let fields = ReceiptFields { text: b"id:77 stat:2 err:001", ..Default::default() };
+        assert_eq!(fields.parse_as(&format).unwrap().state, DeliveryState::Undeliverable);
+        assert_eq!(fields.parse().unwrap().state, DeliveryState::Unrecognised);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::c_octet;
 use super::outcome::{NotSubmitted, SubmitOutcome};
-use super::receipt::{Receipt, ReceiptError, ReceiptFields};
+use super::receipt::{Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
 
 /// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
 /// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
@@ -72,6 +72,8 @@ pub struct SessionSettings {
     pub window: usize,
     pub response_timeout: Duration,
     pub enquire_link_interval: Duration,
+    /// How this carrier writes receipt texts.
+    pub receipt_format: Arc<ReceiptFormat>,
 }
 
 /// A delivery receipt read off a session, for whoever tracks messages.
@@ -167,6 +169,7 @@ struct Inner {
     window_size: usize,
     response_timeout: Duration,
     enquire_link_interval: Duration,
+    receipt_format: Arc<ReceiptFormat>,
     /// Requests awaiting a response, by sequence number.
     pending: Mutex<HashMap<u32, oneshot::Sender<Command>>>,
     next_sequence: AtomicU32,
@@ -212,6 +215,7 @@ impl Session {
             window_size: settings.window,
             response_timeout: settings.response_timeout,
             enquire_link_interval: settings.enquire_link_interval,
+            receipt_format: settings.receipt_format.clone(),
             pending: Mutex::new(HashMap::new()),
             // The bind used sequence number 1.
             next_sequence: AtomicU32::new(1),
@@ -425,13 +429,13 @@ impl Inner {
     }
 
     async fn deliver(&self, fields: ReceiptFields<'_>, receipts: &ReceiptSender) {
-        if !fields.is_receipt() {
+        if !fields.is_receipt_as(&self.receipt_format) {
             // Mobile-originated text; otpgate does not take inbound SMS. Its content is the
             // subscriber's business and is not logged.
             tracing::info!(carrier = %self.carrier, octets = fields.text.len(), "mobile-originated SMS ignored");
             return;
         }
-        let receipt = fields.parse();
+        let receipt = fields.parse_as(&self.receipt_format);
         if let Err(e) = &receipt {
             tracing::warn!(carrier = %self.carrier, error = %e, "unreadable delivery receipt");
         }
