@@ -50,7 +50,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         carriers: usize,
         /// Messages in the closed-loop (saturation) phase.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         messages: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
