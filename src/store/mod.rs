@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `m` | message id | the [`MessageRecord`] (JSON) |
 //! | `q` | message id | empty: the message waits for a submit |
-//! | `r` | carrier, NUL, id candidate | message id: receipt correlation |
+//! | `r` | carrier, NUL, canonical SMSC id | message id: receipt correlation |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
@@ -575,8 +575,10 @@ impl Store {
         record.carrier = Some(carrier.to_string());
         record.smsc_message_id = Some(smsc_id.to_string());
         let candidates = if smsc_id.is_empty() { Vec::new() } else { id_candidates(smsc_id) };
-        for candidate in &candidates {
-            rows.add(key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]), &id.0[..]);
+        // One index row, under the canonical form: a receipt naming the same number in any
+        // base has it among its own candidates, and the receipt side looks up all of those.
+        if let Some(canonical) = candidates.first() {
+            rows.add(key(b'r', &[carrier.as_bytes(), canonical.as_bytes()]), &id.0[..]);
         }
         // A receipt that beat the response here?
         let mut early = None;
@@ -855,6 +857,24 @@ mod tests {
         // Its receipt index went with it: a late duplicate receipt is held, not applied.
         let late = store.apply_receipt("alpha", &receipt("AB12", DeliveryState::Delivered), later).unwrap();
         assert_eq!(late, ReceiptMatch::Held);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn receipts_match_their_submit_in_any_base_through_one_index_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        let now = SystemTime::now();
+        let pairs = [("70BA8A69", "1891273321"), ("1891273321", "70ba8a69"), ("0059113978", "38601fa"), ("38601FA", "0059113978"), ("a29f6845", "A29F6845")];
+        for (i, (response, receipt_id)) in pairs.into_iter().enumerate() {
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            let carrier = format!("c{i}");
+            store.mark_submitted(&id, &carrier, response, attempt(), now).unwrap();
+            let rows = store.db.scan_prefix(key(b'r', &[carrier.as_bytes(), b""])).count();
+            assert_eq!(rows, 1, "{response}: one index row");
+            let matched = store.apply_receipt(&carrier, &receipt(receipt_id, DeliveryState::Delivered), now).unwrap();
+            assert!(matches!(matched, ReceiptMatch::Matched { id: m, .. } if m == id), "{response} / {receipt_id}: {matched:?}");
+        }
         store.close().await.unwrap();
     }
 
