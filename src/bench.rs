@@ -445,9 +445,6 @@ async fn verify(http: SocketAddr, sims: &[SmscSim], count: usize, concurrency: u
     (rate, failures.load(Ordering::Relaxed))
 }
 
-/// Fills a fresh store with `count` queued messages, then times a daemon start on it until it
-/// answers `/healthz`, and reads its peak RSS after recovery has run for two seconds (carriers
-/// are unreachable, so the queue stays; recovery feeds the dispatcher only as it drains).
 /// One restart of the recovery phase.
 struct Restart {
     /// Seconds from spawn to a 200 on /healthz.
@@ -459,7 +456,8 @@ struct Restart {
 
 /// Fills a store with `count` queued messages, then starts otpgate on it twice with carriers
 /// that never answer (the queue stays as it is): after the filler's clean close, then again
-/// after a kill -9 of the first, which leaves no queue depth on record (the open counts).
+/// after a kill -9 of the first, which leaves no queue depth on record (the open counts). Each
+/// start is timed until `/healthz` answers; its peak RSS is read after two seconds of recovery.
 async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Restart; 2], BenchError> {
     let data_dir = work.join("recovery");
     {

@@ -261,7 +261,7 @@ impl Store {
         // crashes, the next open must count (sled replays this removal before any later write).
         let queued = match store.db.remove(CLEAN_CLOSE)? {
             Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_ref().try_into().unwrap_or_default()) as i64,
-            _ => store.count_rows(b'q')? as i64,
+            _ => store.db.scan_prefix([b'q']).count() as i64,
         };
         store.queued.store(queued, std::sync::atomic::Ordering::Relaxed);
         let db = store.db.clone();
@@ -269,31 +269,6 @@ impl Store {
         let flusher = tokio::spawn(store.commit.clone().run(flush, store.stop.clone()));
         *lock(&store.flusher) = Some(flusher);
         Ok(store)
-    }
-
-    /// Counts the rows under `prefix` with a fresh iterator every few thousand rows: one long
-    /// scan pins sled's epoch, so every page it passes stays in memory until it ends.
-    fn count_rows(&self, prefix: u8) -> Result<usize, StoreError> {
-        const CHUNK: usize = 4096;
-        let (mut count, mut from) = (0, vec![prefix]);
-        loop {
-            let mut last = None;
-            for entry in self.db.range(from.as_slice()..).take(CHUNK) {
-                let (k, _) = entry?;
-                if k.first() != Some(&prefix) {
-                    break;
-                }
-                count += 1;
-                last = Some(k);
-            }
-            match last {
-                Some(k) => {
-                    from = k.to_vec();
-                    from.push(0);
-                }
-                None => return Ok(count),
-            }
-        }
     }
 
     /// Flushes everything and stops the flusher (which holds a handle on the database: once it
@@ -370,8 +345,9 @@ impl Store {
         result
     }
 
-    /// Takes a message in: record, queue entry and (optionally) idempotency entry in one atomic
-    /// write, then waits for the group commit. When this returns `Ok`, the message is on disk.
+    /// Takes a message in: record, queue entry and (optionally) idempotency entry, written in
+    /// that order, then waits for the group commit. When this returns `Ok`, the message is on
+    /// disk.
     pub async fn insert_message(
         &self,
         message: NewMessage,
