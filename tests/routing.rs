@@ -256,16 +256,23 @@ async fn an_undelivered_otp_is_resent_through_the_next_carrier_but_a_plain_messa
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn an_otp_without_a_receipt_in_time_is_resent_through_the_next_carrier() {
+/// alpha never sends receipts, beta does; one failover route over both with `receipt_timeout`.
+/// Returns the config extra too, for restarts.
+async fn receipts_only_from_beta(receipt_timeout: &str) -> (SmscSim, SmscSim, Gateway, Client, String) {
     let a = sim(SimConfig {
         receipts: false,
         ..SimConfig::default()
     })
     .await;
     let b = sim(SimConfig::default()).await;
-    let extra = "[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"1s\"\n";
-    let (gw, mut client) = gateway(&[&a, &b], "", extra).await;
+    let extra = format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"{receipt_timeout}\"\n");
+    let (gw, client) = gateway(&[&a, &b], "", &extra).await;
+    (a, b, gw, client, extra)
+}
+
+#[tokio::test]
+async fn an_otp_without_a_receipt_in_time_is_resent_through_the_next_carrier() {
+    let (a, b, gw, mut client, _) = receipts_only_from_beta("1s").await;
     let auth = bearer(API_KEY);
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let started = Instant::now();
@@ -286,14 +293,7 @@ async fn an_otp_without_a_receipt_in_time_is_resent_through_the_next_carrier() {
 
 #[tokio::test]
 async fn the_receipt_watch_survives_a_restart() {
-    let a = sim(SimConfig {
-        receipts: false,
-        ..SimConfig::default()
-    })
-    .await;
-    let b = sim(SimConfig::default()).await;
-    let extra = "[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"2s\"\n";
-    let (gw, mut client) = gateway(&[&a, &b], "", extra).await;
+    let (a, b, gw, mut client, extra) = receipts_only_from_beta("2s").await;
     let auth = bearer(API_KEY);
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let created = client.request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900456"}"#)).await.unwrap();
@@ -303,7 +303,7 @@ async fn the_receipt_watch_survives_a_restart() {
     let sent = Instant::now();
 
     // Restarted before the receipt timeout: the new process must still resend in time.
-    let gw = gw.restart_with(&[a.addr(), b.addr()], extra).await;
+    let gw = gw.restart_with(&[a.addr(), b.addr()], &extra).await;
     gw.wait_bound().await;
     let code = code_from(&b).await;
     assert!(sent.elapsed() < Duration::from_secs(5), "resent {:?} after the first send", sent.elapsed());
