@@ -342,6 +342,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     row("store size on disk per 1 M messages", format!("{:.0} MB", dir_size(&data_dir) as f64 / stored.max(1) as f64 * 1e6 / 1e6));
     stop(child);
 
+    let mut lost_after_restart = 0;
     if options.recovery_messages > 0 {
         let restarts = recovery(&work, &sim_addrs, options.recovery_messages).await?;
         for (how, r) in ["clean stop", "kill -9"].iter().zip(&restarts) {
@@ -349,6 +350,21 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
                 &format!("restart after {how} with {} queued, carriers down: serving after", options.recovery_messages),
                 format!("{:.2} s (peak RSS {:.1} MB; {} handed to the dispatcher, the rest read as it drains)", r.serving, r.peak_rss as f64 / 1e6, r.recovered),
             );
+        }
+        let drained = drain(&work, &sims, options.recovery_messages).await?;
+        row(
+            &format!("restart with {} queued, carriers up: every one submitted and its receipt matched after", options.recovery_messages),
+            format!(
+                "{:.1} s ({:.0}/s; peak RSS {:.1} MB; reached the SMSCs {}, lost {})",
+                drained.seconds,
+                options.recovery_messages as f64 / drained.seconds.max(1e-9),
+                drained.peak_rss as f64 / 1e6,
+                drained.reached,
+                options.recovery_messages - drained.reached
+            ),
+        );
+        if drained.reached < options.recovery_messages {
+            lost_after_restart = options.recovery_messages - drained.reached;
         }
     }
 
@@ -364,6 +380,9 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     let _ = std::fs::remove_dir_all(&work);
     if lost > 0 {
         return Err(BenchError::Lost(format!("LOST {lost} acknowledged messages")));
+    }
+    if lost_after_restart > 0 {
+        return Err(BenchError::Lost(format!("LOST {lost_after_restart} queued messages across the restarts")));
     }
     Ok(())
 }
@@ -517,6 +536,41 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
     let (child, crashed) = measure(child, http, metrics).await;
     stop(child);
     Ok([clean, crashed?])
+}
+
+/// The restart phase's end: the store [`recovery`] left (every message still queued), started
+/// once more with the carriers up.
+struct Drained {
+    /// From spawn until every queued message had its receipt matched.
+    seconds: f64,
+    peak_rss: u64,
+    /// Distinct queued messages that reached an SMSC.
+    reached: usize,
+}
+
+async fn drain(work: &Path, sims: &[SmscSim], count: usize) -> Result<Drained, BenchError> {
+    let (http, metrics) = (free_addr()?, free_addr()?);
+    let config = work.join("recovery-drain.toml");
+    let addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
+    std::fs::write(&config, config_text(&addrs, http, metrics, &work.join("recovery"))).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let started = Instant::now();
+    let child = spawn(&config)?;
+    let limit = Duration::from_secs(60 + count as u64 / 1000);
+    while started.elapsed() < limit && (messages_in_state(metrics, "delivered").await as usize) < count {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, peak_rss) = usage(child.id());
+    stop(child);
+    let mut seen = HashSet::new();
+    for sim in sims {
+        sim.with_stats(|s| {
+            for sms in s.submits.iter().filter(|m| m.text.starts_with("recovery ")) {
+                seen.insert(sms.text.clone());
+            }
+        });
+    }
+    Ok(Drained { seconds, peak_rss, reached: seen.len() })
 }
 
 fn tempfile_dir() -> Result<PathBuf, BenchError> {

@@ -215,6 +215,11 @@ impl SmscSim {
         lock(&self.state.stats).clone()
     }
 
+    /// Reads the stats in place (a copy of a million submits is not cheap).
+    pub fn with_stats<T>(&self, read: impl FnOnce(&SimStats) -> T) -> T {
+        read(&lock(&self.state.stats))
+    }
+
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         self.state.behaviour.store(behaviour as u8, Ordering::SeqCst);
     }
