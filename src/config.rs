@@ -240,7 +240,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
-            cache_capacity_mb: 16,
+            cache_capacity_mb: 4,
         }
     }
 }
