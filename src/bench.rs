@@ -33,6 +33,9 @@ pub struct BenchOptions {
     pub verifications: usize,
     /// Queued messages for the restart-recovery phase (0 skips it).
     pub recovery_messages: usize,
+    /// The simulated SMSCs hand out random message ids instead of counting up, so receipt
+    /// lookups land all over the store's index instead of on its newest pages.
+    pub random_ids: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +245,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         let config = SimConfig {
             name: format!("smsc{i}"),
             receipt_delay: Duration::from_millis(5),
+            random_ids: options.random_ids,
             ..SimConfig::default()
         };
         sims.push(SmscSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.map_err(|e| BenchError::Setup(e.to_string()))?);
@@ -254,7 +258,8 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     wait_http(http, "/readyz", Duration::from_secs(20)).await?;
     let pid = child.id();
     let row = |k: &str, v: String| println!("| {k} | {v} |");
-    println!("otpgate bench: {} simulated carriers (2 sessions x window 64 each), {} cores, {}", sims.len(), cores(), cpu_model());
+    let ids = if options.random_ids { "random" } else { "counting" };
+    println!("otpgate bench: {} simulated carriers (2 sessions x window 64 each, {ids} message ids), {} cores, {}", sims.len(), cores(), cpu_model());
     println!();
     println!("| measure | result |");
     println!("|---|---|");

@@ -65,6 +65,9 @@ enum Command {
         /// Queued messages for the restart-recovery phase (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         recovery_messages: usize,
+        /// Simulated SMSCs hand out random message ids (receipt lookups all over the index).
+        #[arg(long)]
+        random_ids: bool,
     },
     /// Run the SMSC simulator on its own, printing every SMS it receives.
     SmscSim {
@@ -107,8 +110,8 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
-            Command::Bench { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages } => {
-                let options = otpgate::bench::BenchOptions { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages };
+            Command::Bench { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages, random_ids } => {
+                let options = otpgate::bench::BenchOptions { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages, random_ids };
                 otpgate::bench::run(options).await.map_err(|e| e.to_string())
             }
             Command::SmscSim {

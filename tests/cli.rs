@@ -125,7 +125,7 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     let out = otpgate()
         .args([
             "bench", "--messages", "300", "--concurrency", "8", "--rate", "100", "--open-loop-seconds", "1",
-            "--verifications", "20", "--recovery-messages", "300",
+            "--verifications", "20", "--recovery-messages", "300", "--random-ids",
         ])
         .env("RUST_LOG", "error")
         .output()

@@ -52,6 +52,8 @@ pub struct SimConfig {
     pub receipt_first: bool,
     /// The receipts' final state: "DELIVRD", "UNDELIV", "REJECTD" or "EXPIRED".
     pub receipt_stat: &'static str,
+    /// Random message ids (as some carriers hand out) instead of a counter.
+    pub random_ids: bool,
 }
 
 impl Default for SimConfig {
@@ -65,6 +67,7 @@ impl Default for SimConfig {
             receipt_delay: Duration::from_millis(20),
             receipt_first: false,
             receipt_stat: "DELIVRD",
+            random_ids: false,
         }
     }
 }
@@ -520,7 +523,10 @@ impl Connection {
             let _ = self.outgoing.send(Outgoing::Response(response));
             return;
         }
-        let number = self.state.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let number = match self.state.config.random_ids {
+            true => rand::random::<u64>() >> 1,
+            false => self.state.next_message_id.fetch_add(1, Ordering::Relaxed),
+        };
         // Hex in submit_sm_resp and the receipt TLV, decimal in the receipt text: the mismatch
         // real carriers produce, so matching is always exercised.
         let message_id = format!("{number:X}");
