@@ -148,6 +148,15 @@ pub fn load_or_create_key(path: &Path) -> Result<CodeKey, KeyFileError> {
     }
 }
 
+/// OTP SMS sent before a restart whose receipt the watch must still act on.
+struct Unsettled {
+    /// Submitted, no final receipt yet: with the instant their `receipt_timeout` runs out (now,
+    /// if it already has).
+    waiting: Vec<(MessageId, Instant)>,
+    /// Failed by a receipt whose failover had not happened yet.
+    failed: Vec<MessageId>,
+}
+
 fn retry_after(oldest_ms: Option<u64>, window: Duration, now: SystemTime) -> Duration {
     oldest_ms
         .map(|t| crate::store::record::from_ms(t) + window)
@@ -608,10 +617,8 @@ impl Otp {
     }
 
     /// The latest SMS of each pending verification that the receipt watch must still follow:
-    /// the watch lives in memory, so after a restart it is re-armed from the store. Returns
-    /// (submitted and waiting for a receipt, with the instant their `receipt_timeout` runs out
-    /// — now, if it already has; failed by a receipt whose failover had not happened yet).
-    fn unsettled(&self) -> Result<(Vec<(MessageId, Instant)>, Vec<MessageId>), OtpError> {
+    /// the watch lives in memory, so after a restart it is re-armed from the store.
+    fn unsettled(&self) -> Result<Unsettled, OtpError> {
         let now = self.now();
         let (mut waiting, mut failed) = (Vec::new(), Vec::new());
         for vid in self.store.pending_verifications()? {
@@ -631,7 +638,7 @@ impl Otp {
                 _ => {}
             }
         }
-        Ok((waiting, failed))
+        Ok(Unsettled { waiting, failed })
     }
 
     /// Watches submitted OTP SMS for their receipts: `failed` carries messages whose receipt
@@ -644,7 +651,7 @@ impl Otp {
     ) {
         let mut deadlines: std::collections::HashMap<MessageId, Instant> = std::collections::HashMap::new();
         match self.unsettled() {
-            Ok((waiting, failed)) => {
+            Ok(Unsettled { waiting, failed }) => {
                 if !waiting.is_empty() || !failed.is_empty() {
                     tracing::info!(waiting = waiting.len(), failed = failed.len(), "receipt watch re-armed for OTP SMS sent before the restart");
                 }
