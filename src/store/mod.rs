@@ -5,12 +5,11 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `m` | message id | the [`MessageRecord`] (JSON) |
-//! | `q` | message id | empty: the message waits for a submit |
+//! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
 //! | `r` | carrier, NUL, canonical SMSC id | message id: receipt correlation |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
-//! | `i` | message id | empty: a submit started and its result is not recorded yet |
 //! | `c` | (none) | the queue depth, written by a clean close and consumed by the next open |
 //!
 //! Durability: [`Store::insert_message`] returns only after a group commit covered it, so an
@@ -168,10 +167,9 @@ fn queue_key(id: &MessageId) -> Vec<u8> {
     key(b'q', &[&id.0])
 }
 
-/// `i`: a submit of this message started and its result is not recorded yet.
-fn in_flight_key(id: &MessageId) -> Vec<u8> {
-    key(b'i', &[&id.0])
-}
+/// A queue row's value while a submit of its message is under way (its result not recorded
+/// yet): seen at startup, the previous process died mid-submit and the SMSC may have the message.
+const IN_FLIGHT: &[u8] = &[1];
 
 /// A row of a "finished at" index (`d` messages, `w` verifications): prefix, done time (ms,
 /// big-endian so rows sort oldest first), id.
@@ -448,18 +446,17 @@ impl Store {
         };
         let mut out = Vec::new();
         for entry in self.db.range(start..=queue_key(until)) {
-            let (k, _) = entry?;
+            let (k, v) = entry?;
             let Some(id) = id_from(&k[1..]) else { continue };
             match self.get_record(&id)? {
                 Some(mut record) if record.status == MessageStatus::Queued => {
-                    record.in_flight = self.db.contains_key(in_flight_key(&id))?;
+                    record.in_flight = v.as_ref() == IN_FLIGHT;
                     out.push((id, record));
                 }
                 // Left by a change a crash cut short (module doc): the record moved on, or
                 // never made it to disk (and was never acknowledged).
                 _ => {
                     let _guard = lock(&self.writes);
-                    self.db.remove(in_flight_key(&id))?;
                     if self.db.remove(&k)?.is_some() {
                         self.queue_changed(-1);
                     }
@@ -488,15 +485,19 @@ impl Store {
 
     /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
     pub fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
-        // A tiny marker row, not a record rewrite: this runs once per submit.
-        self.db.insert(in_flight_key(id), &[][..])?;
+        // The queue row's value, not a record rewrite or a row of its own: this runs once per
+        // submit, and the queue row goes anyway when the submit is recorded. Only a row that is
+        // still there is marked (a message finished meanwhile is not queued again).
+        let _ = self.db.compare_and_swap(queue_key(id), Some(&[][..]), Some(IN_FLIGHT))?;
         Ok(())
     }
 
     /// Records a failed or deferred attempt; the message stays queued.
     pub fn record_attempt(&self, id: &MessageId, attempt: Attempt) -> Result<(), StoreError> {
         self.update(id, |r, rows| {
-            rows.remove(in_flight_key(id));
+            if r.status == MessageStatus::Queued {
+                rows.add(queue_key(id), []);
+            }
             r.push_attempt(attempt);
             true
         })?;
@@ -521,7 +522,6 @@ impl Store {
             }
             rows.add(done_key(DONE, done, id), []);
             rows.remove(queue_key(id));
-            rows.remove(in_flight_key(id));
             true
         })?;
         Ok(())
@@ -539,7 +539,6 @@ impl Store {
         record.push_attempt(attempt);
         if record.status.is_final() {
             // A late response for a message already finished (e.g. expired meanwhile).
-            rows.remove(in_flight_key(id));
             self.apply(rows, message_key(id), encode(&record))?;
             return Ok(Some(record.status));
         }
@@ -573,7 +572,6 @@ impl Store {
             }
         }
         rows.remove(queue_key(id));
-        rows.remove(in_flight_key(id));
         self.apply(rows, message_key(id), encode(&record))?;
         Ok(Some(record.status))
     }
@@ -889,12 +887,17 @@ mod tests {
                 ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
             }
             store.mark_in_flight(&ids[0]).unwrap();
+            // A submit that failed and was recorded is no longer in flight.
+            store.mark_in_flight(&ids[1]).unwrap();
+            store.record_attempt(&ids[1], attempt()).unwrap();
             store.close().await.unwrap();
         }
         let store = Store::open(dir.path(), &options()).unwrap();
         let queued = store.queued().unwrap();
         assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
         assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
+        assert!(!queued[1].1.in_flight);
+        assert_eq!(queued[1].1.attempts.len(), 1);
         store.close().await.unwrap();
     }
 
@@ -909,9 +912,8 @@ mod tests {
             submitted = store.insert_message(new_message(now), None, now).await.unwrap().0;
             queued = store.insert_message(new_message(now), None, now).await.unwrap().0;
             store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).unwrap();
-            // Cut short after the record: its queue and in-flight rows are still there.
-            store.db.insert(queue_key(&submitted), &[][..]).unwrap();
-            store.db.insert(in_flight_key(&submitted), &[][..]).unwrap();
+            // Cut short after the record: its queue row, marked in flight, is still there.
+            store.db.insert(queue_key(&submitted), IN_FLIGHT).unwrap();
             // Cut short before the record: a queue row with no record behind it.
             store.db.insert(queue_key(&MessageId::new(u64::MAX)), &[][..]).unwrap();
             // A finished change's done row written, the record not yet final.
@@ -922,7 +924,6 @@ mod tests {
         let requeued: Vec<MessageId> = store.queued().unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(requeued, vec![queued], "only the message still waiting is sent again");
         assert_eq!(store.counts().1, 1, "stale queue rows are dropped");
-        assert!(!store.db.contains_key(in_flight_key(&submitted)).unwrap());
         assert_eq!(store.queue_stats(now).0, 1);
 
         assert_eq!(store.sweep(Duration::from_secs(1), now).unwrap().0, 0, "a queued message is never swept");

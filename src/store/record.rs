@@ -132,8 +132,8 @@ pub struct MessageRecord {
     /// Most recent attempts, oldest first (bounded, see `MAX_ATTEMPTS_KEPT`).
     pub attempts: Vec<Attempt>,
     /// A submit was started and its result not yet recorded; seen at startup, it means the
-    /// previous process died mid-submit and the message will be sent again. Kept in its own
-    /// marker row (set by `Store::queued`), not in the record.
+    /// previous process died mid-submit and the message will be sent again. Kept in the queue
+    /// row's value (set by `Store::queued_page`), not in the record.
     #[serde(skip)]
     pub in_flight: bool,
     pub receipt: Option<ReceiptSummary>,
