@@ -87,6 +87,15 @@ fn spawn(config: &Path) -> Result<Child, BenchError> {
         .map_err(|e| BenchError::Setup(format!("cannot start otpgate run: {e}")))
 }
 
+/// Starts `otpgate run` on `data_dir` with these carriers, its config written to `work/name`.
+/// Returns the child and its HTTP and metrics addresses.
+fn start_daemon(work: &Path, name: &str, carriers: &[SocketAddr], data_dir: &Path) -> Result<(Child, SocketAddr, SocketAddr), BenchError> {
+    let (http, metrics) = (free_addr()?, free_addr()?);
+    let config = work.join(name);
+    std::fs::write(&config, config_text(carriers, http, metrics, data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
+    Ok((spawn(&config)?, http, metrics))
+}
+
 async fn wait_http(addr: SocketAddr, path: &str, limit: Duration) -> Result<Duration, BenchError> {
     let started = Instant::now();
     while started.elapsed() < limit {
@@ -251,10 +260,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         sims.push(SmscSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.map_err(|e| BenchError::Setup(e.to_string()))?);
     }
     let sim_addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
-    let (http, metrics) = (free_addr()?, free_addr()?);
-    let config = work.join("otpgate.toml");
-    std::fs::write(&config, config_text(&sim_addrs, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let child = spawn(&config)?;
+    let (child, http, metrics) = start_daemon(&work, "otpgate.toml", &sim_addrs, &data_dir)?;
     wait_http(http, "/readyz", Duration::from_secs(20)).await?;
     let pid = child.id();
     let row = |k: &str, v: String| println!("| {k} | {v} |");
@@ -517,12 +523,7 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
         store.close().await.map_err(|e| BenchError::Setup(e.to_string()))?;
     }
     let dead: Vec<SocketAddr> = sims.iter().map(|_| free_addr()).collect::<Result<_, _>>()?;
-    let start = |name: &str| -> Result<(Child, SocketAddr, SocketAddr), BenchError> {
-        let (http, metrics) = (free_addr()?, free_addr()?);
-        let config = work.join(name);
-        std::fs::write(&config, config_text(&dead, http, metrics, &data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
-        Ok((spawn(&config)?, http, metrics))
-    };
+    let start = |name: &str| start_daemon(work, name, &dead, &data_dir);
     let measure = |child: Child, http: SocketAddr, metrics: SocketAddr| async move {
         let started = Instant::now();
         let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
@@ -554,12 +555,9 @@ struct Drained {
 }
 
 async fn drain(work: &Path, sims: &[SmscSim], count: usize) -> Result<Drained, BenchError> {
-    let (http, metrics) = (free_addr()?, free_addr()?);
-    let config = work.join("recovery-drain.toml");
     let addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
-    std::fs::write(&config, config_text(&addrs, http, metrics, &work.join("recovery"))).map_err(|e| BenchError::Setup(e.to_string()))?;
     let started = Instant::now();
-    let child = spawn(&config)?;
+    let (child, _, metrics) = start_daemon(work, "recovery-drain.toml", &addrs, &work.join("recovery"))?;
     let limit = Duration::from_secs(60 + count as u64 / 1000);
     while started.elapsed() < limit && (messages_in_state(metrics, "delivered").await as usize) < count {
         tokio::time::sleep(Duration::from_millis(250)).await;

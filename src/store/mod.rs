@@ -803,6 +803,13 @@ mod tests {
         }
     }
 
+    /// A store in a fresh directory (kept alive by the returned guard) and the time now.
+    fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options()).unwrap();
+        (dir, store, SystemTime::now())
+    }
+
     /// Ends a store as a crash would after its last flush: no clean close.
     async fn crash(store: Arc<Store>) {
         store.commit.durable().await.unwrap();
@@ -813,9 +820,7 @@ mod tests {
 
     #[tokio::test]
     async fn retention_sweep_deletes_finished_messages_and_their_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = fresh();
         let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).unwrap();
@@ -836,9 +841,7 @@ mod tests {
 
     #[tokio::test]
     async fn receipts_match_their_submit_in_any_base_through_one_index_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = fresh();
         let pairs = [("70BA8A69", "1891273321"), ("1891273321", "70ba8a69"), ("0059113978", "38601fa"), ("38601FA", "0059113978"), ("a29f6845", "A29F6845")];
         for (i, (response, receipt_id)) in pairs.into_iter().enumerate() {
             let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
@@ -854,9 +857,7 @@ mod tests {
 
     #[tokio::test]
     async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_reported_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = fresh();
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         // Receipt in decimal before the submit_sm_resp names the id in hex.
         assert_eq!(store.apply_receipt("alpha", &receipt("1891273321", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Held);
@@ -958,9 +959,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writers_share_flushes_without_deadlock() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = fresh();
         let writers = (0..64).map(|_| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -977,9 +976,7 @@ mod tests {
 
     #[tokio::test]
     async fn idempotency_entries_replay_conflict_and_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = fresh();
         assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::New);
         let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
         assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::Replay(id, None));
