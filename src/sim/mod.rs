@@ -102,6 +102,7 @@ pub struct ReceivedSms {
     pub to: String,
     pub text: String,
     pub data_coding: u8,
+    pub esm_class: u8,
     pub validity_period: String,
 }
 
@@ -512,7 +513,10 @@ impl Connection {
     fn submit(&self, seen: u64, sequence: u32, sm: &SubmitSm) {
         let mut forced = self.state.submit_status.load(Ordering::SeqCst);
         let every = self.state.status_every.load(Ordering::SeqCst).max(1);
-        if self.over_rate() {
+        // Message-type bits (§5.2.12) have no place in a submit_sm: a strict SMSC refuses it.
+        if u8::from(sm.esm_class) & 0x3C != 0 {
+            forced = u32::from(CommandStatus::EsmeRinvesmclass);
+        } else if self.over_rate() {
             forced = u32::from(CommandStatus::EsmeRthrottled);
         } else if seen % every != 0 {
             forced = 0;
@@ -538,6 +542,7 @@ impl Connection {
             to: sm.destination_addr.as_str().to_string(),
             text: text::decode(u8::from(sm.data_coding), sm.short_message()),
             data_coding: u8::from(sm.data_coding),
+            esm_class: u8::from(sm.esm_class),
             validity_period: sm.validity_period.as_str().to_string(),
         };
         let _ = self.state.printed.send(received.clone());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use rusmpp::extra::encoding::{Encoder, gsm7bit::Gsm7BitUnpacked, ucs2::Ucs2};
 use rusmpp::pdus::SubmitSm;
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
-use rusmpp::values::{DataCoding, RegisteredDelivery};
+use rusmpp::values::{DataCoding, EsmClass, PriorityFlag, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType};
 
 use super::address::{Address, AddressError};
 
@@ -42,6 +42,9 @@ pub enum MessageError {
     #[error("the validity deadline has passed")]
     Expired,
 }
+
+/// esm_class of an ordinary message: default messaging mode, normal message type, no UDH.
+const NORMAL_MESSAGE: u8 = 0x00;
 
 /// One segment: 160 GSM septets (one octet each, unpacked) or 140 octets of UCS-2.
 const MAX_GSM_SEPTETS: usize = 160;
@@ -85,6 +88,12 @@ pub fn relative_validity(remaining: Duration) -> String {
 
 impl OutboundSms {
     /// Builds the submit_sm, asking for a final delivery receipt.
+    ///
+    /// Every mandatory field is set here, none left to the codec's defaults: rusmpp 0.4 follows
+    /// SMPP 5.0 and defaults esm_class to 0x08 ("delivery acknowledgement", §5.2.12), which a
+    /// carrier may reject or mis-route. An OTP is a plain store-and-forward message: esm_class
+    /// 0x00 (default mode, normal message, no UDH), protocol_id 0, priority 0, no schedule,
+    /// no replace, no canned message.
     pub fn to_submit_sm(&self, default_from: &str, now: SystemTime) -> Result<SubmitSm, MessageError> {
         let dest = Address::destination(&self.to).map_err(MessageError::Destination)?;
         let from = self.from.as_deref().unwrap_or(default_from);
@@ -108,16 +117,23 @@ impl OutboundSms {
             max: MAX_UCS2_OCTETS,
         })?;
         Ok(SubmitSm::builder()
+            .service_type(ServiceType::default())
             .source_addr_ton(source.ton)
             .source_addr_npi(source.npi)
             .source_addr(c_string(&source.value))
             .dest_addr_ton(dest.ton)
             .dest_addr_npi(dest.npi)
             .destination_addr(c_string(&dest.value))
+            .esm_class(EsmClass::from(NORMAL_MESSAGE))
+            .protocol_id(0)
+            .priority_flag(PriorityFlag::from(0))
+            .schedule_delivery_time(EmptyOrFullCOctetString::empty())
             .validity_period(validity)
             // 0x01: a receipt on final success or failure (§5.2.17).
             .registered_delivery(RegisteredDelivery::from(0x01))
+            .replace_if_present_flag(ReplaceIfPresentFlag::DoNotReplace)
             .data_coding(coding)
+            .sm_default_msg_id(0)
             .short_message(short_message)
             .build())
     }

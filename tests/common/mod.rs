@@ -355,3 +355,80 @@ pub fn signal(child: &std::process::Child, name: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill -{name} failed");
 }
+
+/// node-smpp's SMSC (tests/node-smpp/server.js) in a child process: a third-party reading of
+/// SMPP. Every event it prints is kept as JSON.
+pub struct NodeSmsc {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    events: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Drop for NodeSmsc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeSmsc {
+    /// Starts the server with `options` (see server.js). `None` when node or the npm package is
+    /// missing on a developer's machine; under CI (`CI` set) that is a failure, since `.ci/run`
+    /// installs both.
+    pub fn start(options: &str) -> Option<NodeSmsc> {
+        use std::io::BufRead;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-smpp");
+        let installed = dir.join("node_modules/smpp").is_dir();
+        let spawned = installed
+            .then(|| {
+                std::process::Command::new("node")
+                    .arg(dir.join("server.js"))
+                    .arg(options)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .ok()
+            })
+            .flatten();
+        let Some(mut child) = spawned else {
+            assert!(std::env::var_os("CI").is_none(), "node and tests/node-smpp/node_modules are required under CI (.ci/run installs them)");
+            eprintln!("skipped: node-smpp is not installed (npm ci --prefix tests/node-smpp)");
+            return None;
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                if event["event"] == "listening" {
+                    let _ = port_tx.send(event["port"].as_u64().unwrap_or(0) as u16);
+                }
+                sink.lock().unwrap().push(event);
+            }
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(10)).expect("node-smpp server listens");
+        Some(NodeSmsc {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            events,
+        })
+    }
+
+    /// The events named `name` seen so far.
+    pub fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().iter().filter(|e| e["event"] == name).cloned().collect()
+    }
+
+    /// Waits until at least `n` events named `name` were seen, or `limit` passes.
+    pub async fn wait_for(&self, name: &str, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let seen = self.events(name);
+            if seen.len() >= n || tokio::time::Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
