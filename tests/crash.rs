@@ -111,3 +111,61 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "SIGTERM must end in exit 0, got {exit}");
 }
+
+/// A receipt the SMSC saw answered is gone from the SMSC: it must be on our disk. Each kill comes
+/// after the intake has gone quiet, so no HTTP group commit happens to cover the receipts' rows;
+/// two rounds, since the kill may by chance fall just after sled's own flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_receipt_answered_before_kill_9_is_on_disk() {
+    const ROUNDS: usize = 2;
+    const MESSAGES: usize = 200;
+    let sim = sim(SimConfig {
+        // Receipts trickle in, one every ~10 ms, starting after the last request was answered.
+        receipt_delay: Duration::from_millis(2500),
+        ..SimConfig::default()
+    })
+    .await;
+    let files = DaemonFiles::new(&[sim.addr()], "window = 16", "");
+    let (http, config) = (files.http, files.config.clone());
+    let mut ids = HashMap::new();
+    for round in 0..ROUNDS {
+        let mut daemon = spawn_daemon(&config, None, &[]);
+        wait_ready(http).await;
+        let mut client = Client::connect(http).await.unwrap();
+        for i in 0..MESSAGES {
+            let text = format!("receipt-test {round}-{i}");
+            let body = format!(r#"{{"to": "+4477009{i:05}", "text": "{text}"}}"#);
+            let reply = post_message(&mut client, API_KEY, &body, None).await;
+            assert_eq!(reply.status, 202);
+            ids.insert(text, reply.json()["id"].as_str().unwrap().to_string());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let target = round * MESSAGES + MESSAGES / 2;
+        assert!(
+            sim.wait_until(Duration::from_secs(20), |s| s.acked_receipts.len() >= target).await,
+            "receipts never flowed"
+        );
+        daemon.kill().expect("SIGKILL");
+        daemon.wait().unwrap();
+    }
+    let stats = sim.stats();
+    assert!(stats.acked_receipts.len() < ROUNDS * MESSAGES, "the kills came too late to test anything");
+    let texts: HashMap<&str, &str> = stats.submits.iter().map(|m| (m.message_id.as_str(), m.text.as_str())).collect();
+
+    let daemon = spawn_daemon(&config, None, &[]);
+    wait_ready(http).await;
+    let mut client = Client::connect(http).await.unwrap();
+    let mut lost = Vec::new();
+    for smsc_id in &stats.acked_receipts {
+        let id = &ids[texts[smsc_id.as_str()]];
+        let status = common::get_message(&mut client, API_KEY, id).await.json()["status"].clone();
+        if status != "delivered" {
+            lost.push(format!("{id} ({smsc_id}): {status}"));
+        }
+    }
+    println!("receipts answered before the kills: {}, not on disk: {}", stats.acked_receipts.len(), lost.len());
+    assert!(lost.is_empty(), "receipts answered to the SMSC but lost: {lost:?}");
+    signal(&daemon, "TERM");
+    let mut daemon = daemon;
+    tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{API_KEY, Gateway, ReceiptFixture, carrier_config, post_message, receipt_fixtures, sim, start_bound, wait_status};
 use otpgate::sim::SimConfig;
-use otpgate::smpp::Receipt;
+use otpgate::smpp::{Receipt, SubmitOutcome};
 use otpgate::smpp::receipt::{ReceiptFields, id_candidates};
 use rusmpp::pdus::DeliverSm;
 use rusmpp::tlvs::MessageDeliveryRequestTlvValue as Tlv;
@@ -92,18 +92,46 @@ async fn every_sample_is_read_off_a_live_session_and_acknowledged() {
         sim.deliver(deliver_sm(fixture));
     }
     for fixture in &fixtures {
-        let event = tokio::time::timeout(Duration::from_secs(5), running.receipts.recv())
+        let mut event = tokio::time::timeout(Duration::from_secs(5), running.receipts.recv())
             .await
             .unwrap_or_else(|_| panic!("sample {}: no receipt event", fixture.number))
             .expect("receipt channel open");
         assert_eq!(&*event.carrier, "alpha");
         check(fixture, &event.receipt);
+        event.recorded(true);
     }
     let all_acked = sim
         .wait_until(Duration::from_secs(5), |s| s.deliver_sm_resps == fixtures.len() as u64)
         .await;
     assert!(all_acked, "every deliver_sm, readable or not, gets a deliver_sm_resp");
     assert_eq!(sim.stats().connections, 1, "no receipt may break the session");
+    running.shutdown.cancel();
+}
+
+async fn next_receipt(running: &mut common::Running) -> otpgate::smpp::ReceiptEvent {
+    tokio::time::timeout(Duration::from_secs(3), running.receipts.recv()).await.expect("a receipt").expect("channel open")
+}
+
+/// The SMSC forgets a receipt once its deliver_sm is answered: the answer waits until whoever
+/// tracks receipts says it is recorded, and one that could not be recorded is refused with
+/// ESME_RX_T_APPN, so the SMSC sends it again.
+#[tokio::test]
+async fn a_receipt_is_answered_only_once_it_is_recorded() {
+    let sim = sim(SimConfig::default()).await;
+    let mut running = start_bound(carrier_config(sim.addr(), "")).await;
+    let SubmitOutcome::Accepted { message_id } = running.carrier.submit(&common::sms("hi")).await else {
+        panic!("not accepted");
+    };
+    let event = next_receipt(&mut running).await;
+    let answered = sim.wait_until(Duration::from_millis(300), |s| s.deliver_sm_resps > 0).await;
+    assert!(!answered, "deliver_sm answered before the receipt was recorded");
+    drop(event);
+    assert!(sim.wait_until(Duration::from_secs(2), |s| s.receipts_refused == 1).await, "an unrecorded receipt is refused");
+    // The SMSC sends it again; this time it is recorded.
+    let mut again = next_receipt(&mut running).await;
+    assert_eq!(again.receipt.as_ref().unwrap().message_id, message_id);
+    again.recorded(true);
+    assert!(sim.wait_until(Duration::from_secs(2), |s| s.acked_receipts == vec![message_id.clone()]).await);
     running.shutdown.cancel();
 }
 

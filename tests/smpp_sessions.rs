@@ -204,10 +204,11 @@ async fn transmitter_receiver_pair_submits_on_tx_and_gets_receipts_on_rx() {
     let SubmitOutcome::Accepted { message_id } = running.carrier.submit(&sms("hi")).await else {
         panic!("not accepted");
     };
-    let event = tokio::time::timeout(Duration::from_secs(3), running.receipts.recv())
+    let mut event = tokio::time::timeout(Duration::from_secs(3), running.receipts.recv())
         .await
         .expect("receipt in time")
         .expect("channel open");
+    event.recorded(true);
     let receipt = event.receipt.expect("readable receipt");
     assert_eq!(receipt.message_id, message_id);
     assert_eq!(receipt.state.as_str(), "DELIVRD");

@@ -118,6 +118,10 @@ pub struct SimStats {
     pub enquire_links: u64,
     pub unbinds: u64,
     pub deliver_sm_resps: u64,
+    /// The message ids of receipts answered with ESME_ROK: the SMSC has forgotten them.
+    pub acked_receipts: Vec<String>,
+    /// Receipts answered with an error status (sent again shortly, as SMSCs do).
+    pub receipts_refused: u64,
     pub generic_nacks: u64,
     /// submit_sm answered with an error status (forced or over `max_tps`).
     pub refused: u64,
@@ -361,6 +365,8 @@ struct Connection {
     bound: Option<&'static str>,
     next_sequence: AtomicU32,
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// deliver_sm sent and not yet answered, by sequence number.
+    unanswered: std::collections::HashMap<u32, Pdu>,
 }
 
 enum Event {
@@ -380,6 +386,7 @@ impl Connection {
             bound: None,
             next_sequence: AtomicU32::new(1),
             outgoing,
+            unanswered: std::collections::HashMap::new(),
         };
         let mut framed = Framed::new(stream, CommandCodec::new().with_max_length(64 * 1024));
         loop {
@@ -395,7 +402,7 @@ impl Connection {
                     false
                 }
                 Event::Incoming(Some(Ok(command))) => connection.handle(command),
-                Event::Outgoing(out) => write(&mut framed, out, &connection.next_sequence).await,
+                Event::Outgoing(out) => write(&mut framed, out, &connection.next_sequence, &mut connection.unanswered).await,
             };
             if !keep_going {
                 break;
@@ -403,11 +410,15 @@ impl Connection {
         }
         // Flush whatever was answered last (unbind_resp).
         while let Ok(out) = outgoing_rx.try_recv() {
-            if !write(&mut framed, out, &connection.next_sequence).await {
+            if !write(&mut framed, out, &connection.next_sequence, &mut connection.unanswered).await {
                 break;
             }
         }
         state.remove_receiver(id);
+        // Receipts never answered are kept for the next bind, as a real SMSC keeps them.
+        for (_, pdu) in connection.unanswered.drain() {
+            state.deliver(pdu);
+        }
     }
 
     /// Handles one PDU; returns false to close the connection.
@@ -460,12 +471,36 @@ impl Connection {
                 respond(CommandStatus::EsmeRok, Pdu::UnbindResp);
                 return false;
             }
-            Some(Pdu::DeliverSmResp(_)) => self.state.update(|s| s.deliver_sm_resps += 1),
+            Some(Pdu::DeliverSmResp(_)) => self.receipt_answered(sequence, command.status()),
             Some(Pdu::GenericNack) => self.state.update(|s| s.generic_nacks += 1),
             Some(Pdu::EnquireLinkResp | Pdu::UnbindResp) => {}
             _ => respond(CommandStatus::EsmeRinvcmdid, Pdu::GenericNack),
         }
         true
+    }
+
+    fn receipt_answered(&mut self, sequence: u32, status: CommandStatus) {
+        let Some(pdu) = self.unanswered.remove(&sequence) else {
+            self.state.update(|s| s.deliver_sm_resps += 1);
+            return;
+        };
+        if status == CommandStatus::EsmeRok {
+            let id = receipted_id(&pdu);
+            self.state.update(|s| {
+                s.deliver_sm_resps += 1;
+                s.acked_receipts.extend(id);
+            });
+            return;
+        }
+        self.state.update(|s| {
+            s.deliver_sm_resps += 1;
+            s.receipts_refused += 1;
+        });
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state.deliver(pdu);
+        });
     }
 
     fn bind(&mut self, mode: &'static str, system_id: &str, password: &str, behaviour: Behaviour) -> CommandStatus {
@@ -610,11 +645,28 @@ fn receipt(message_id: &str, number: u64, sm: &SubmitSm, stat: &str) -> Pdu {
     Pdu::DeliverSm(pdu)
 }
 
-async fn write(framed: &mut Framed<TcpStream, CommandCodec>, out: Outgoing, sequence: &AtomicU32) -> bool {
+/// The receipted_message_id of a receipt we sent.
+fn receipted_id(pdu: &Pdu) -> Option<String> {
+    let Pdu::DeliverSm(sm) = pdu else { return None };
+    sm.tlvs().iter().filter_map(|t| t.value()).find_map(|v| match v {
+        rusmpp::tlvs::TlvValue::ReceiptedMessageId(id) => Some(id.as_str().to_string()),
+        _ => None,
+    })
+}
+
+async fn write(
+    framed: &mut Framed<TcpStream, CommandCodec>,
+    out: Outgoing,
+    sequence: &AtomicU32,
+    unanswered: &mut std::collections::HashMap<u32, Pdu>,
+) -> bool {
     let result = match out {
         Outgoing::Response(command) => framed.send(command).await.map_err(|e| e.to_string()),
         Outgoing::Request(pdu) => {
             let number = sequence.fetch_add(1, Ordering::Relaxed);
+            if matches!(pdu, Pdu::DeliverSm(_)) {
+                unanswered.insert(number, pdu.clone());
+            }
             framed
                 .send(Command::new(CommandStatus::EsmeRok, number, pdu))
                 .await

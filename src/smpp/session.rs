@@ -77,10 +77,32 @@ pub struct SessionSettings {
 }
 
 /// A delivery receipt read off a session, for whoever tracks messages.
+///
+/// The SMSC forgets a receipt once we answer its deliver_sm, so the answer waits for
+/// [`ReceiptEvent::recorded`]: whoever takes the event says when the receipt is on disk.
 #[derive(Debug)]
 pub struct ReceiptEvent {
     pub carrier: Arc<str>,
     pub receipt: Result<Receipt, ReceiptError>,
+    recorded: Option<oneshot::Sender<bool>>,
+}
+
+impl ReceiptEvent {
+    /// Answers the SMSC: ESME_ROK once `durable` (the receipt is on disk, or there was nothing
+    /// worth keeping), else ESME_RX_T_APPN so that it sends the receipt again later. An event
+    /// dropped unanswered counts as not durable.
+    pub fn recorded(&mut self, durable: bool) {
+        if let Some(answer) = self.recorded.take() {
+            let _ = answer.send(durable);
+        }
+    }
+}
+
+/// A deliver_sm/data_sm answered once its receipt is recorded.
+struct AwaitedAnswer {
+    sequence: u32,
+    response: Pdu,
+    recorded: oneshot::Receiver<bool>,
 }
 
 pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
@@ -179,6 +201,9 @@ struct Inner {
     /// (which could deadlock against an SMSC that is itself blocked writing to us); the SMSC's
     /// own window bounds it in practice.
     replies: mpsc::UnboundedSender<Command>,
+    /// Receipts waiting to be recorded, in arrival order; bounded in practice by the receipt
+    /// channel, on which the reader waits when the store is slow.
+    awaited: mpsc::UnboundedSender<AwaitedAnswer>,
     window: Arc<Semaphore>,
     /// Set once the session is closing: no new submits.
     draining: AtomicBool,
@@ -208,6 +233,7 @@ impl Session {
 
         let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
+        let (awaited, awaited_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             carrier: settings.carrier.clone(),
             label: settings.label.clone(),
@@ -221,6 +247,7 @@ impl Session {
             next_sequence: AtomicU32::new(1),
             outbound,
             replies,
+            awaited,
             window: Arc::new(Semaphore::new(settings.window)),
             draining: AtomicBool::new(false),
             closed: CancellationToken::new(),
@@ -231,6 +258,7 @@ impl Session {
         tokio::spawn(write_loop(sink, outbound_rx, replies_rx, inner.clone()));
         tokio::spawn(read_loop(stream, inner.clone(), receipts));
         tokio::spawn(keepalive_loop(inner.clone()));
+        tokio::spawn(answer_when_recorded(awaited_rx, inner.clone()));
         Ok(Session { inner })
     }
 
@@ -403,12 +431,11 @@ impl Inner {
                 return Some(CloseReason::PeerUnbind);
             }
             Some(Pdu::DeliverSm(pdu)) => {
-                self.deliver(ReceiptFields::from(pdu), receipts).await;
-                self.reply(sequence, CommandStatus::EsmeRok, DeliverSmResp::default().into());
+                self.deliver(sequence, ReceiptFields::from(pdu), DeliverSmResp::default().into(), receipts)
+                    .await;
             }
             Some(Pdu::DataSm(pdu)) => {
-                self.deliver(ReceiptFields::from(pdu), receipts).await;
-                self.reply(sequence, CommandStatus::EsmeRok, DataSmResp::default().into());
+                self.deliver(sequence, ReceiptFields::from(pdu), DataSmResp::default().into(), receipts).await;
             }
             // No response exists for these (§4.12.1, §4.1.7); we are already bound.
             Some(Pdu::AlertNotification(_) | Pdu::Outbind(_)) => {
@@ -428,25 +455,34 @@ impl Inner {
         None
     }
 
-    async fn deliver(&self, fields: ReceiptFields<'_>, receipts: &ReceiptSender) {
+    /// Hands a receipt over and answers the SMSC once it is recorded; anything else at once.
+    async fn deliver(&self, sequence: u32, fields: ReceiptFields<'_>, response: Pdu, receipts: &ReceiptSender) {
         if !fields.is_receipt_as(&self.receipt_format) {
             // Mobile-originated text; otpgate does not take inbound SMS. Its content is the
             // subscriber's business and is not logged.
             tracing::info!(carrier = %self.carrier, octets = fields.text.len(), "mobile-originated SMS ignored");
+            self.reply(sequence, CommandStatus::EsmeRok, response);
             return;
         }
         let receipt = fields.parse_as(&self.receipt_format);
         if let Err(e) = &receipt {
             tracing::warn!(carrier = %self.carrier, error = %e, "unreadable delivery receipt");
         }
+        let (recorded, awaited) = oneshot::channel();
         let event = ReceiptEvent {
             carrier: self.carrier.clone(),
             receipt,
+            recorded: Some(recorded),
         };
-        // Answer deliver_sm only after the receipt is handed over.
+        // A full channel makes the reader wait: the store sets the pace.
         if receipts.send(event).await.is_err() {
             tracing::debug!(carrier = %self.carrier, "receipt consumer gone");
         }
+        let _ = self.awaited.send(AwaitedAnswer {
+            sequence,
+            response,
+            recorded: awaited,
+        });
     }
 }
 
@@ -571,6 +607,26 @@ async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<Inner>, recei
             inner.close(reason);
             break;
         }
+    }
+}
+
+/// Answers each receipt's deliver_sm once it is recorded, in arrival order (the tracker records
+/// them in that order). A receipt that could not be recorded gets ESME_RX_T_APPN: the SMSC keeps
+/// it and tries again, instead of forgetting a receipt we never stored.
+async fn answer_when_recorded(mut awaited: mpsc::UnboundedReceiver<AwaitedAnswer>, inner: Arc<Inner>) {
+    loop {
+        let next = tokio::select! {
+            _ = inner.closed.cancelled() => break,
+            next = awaited.recv() => next,
+        };
+        let Some(AwaitedAnswer { sequence, response, recorded }) = next else { break };
+        let durable = tokio::select! {
+            // Closed unanswered: the SMSC resends what it never saw answered.
+            _ = inner.closed.cancelled() => break,
+            durable = recorded => durable.unwrap_or(false),
+        };
+        let status = if durable { CommandStatus::EsmeRok } else { CommandStatus::EsmeRxTAppn };
+        inner.reply(sequence, status, response);
     }
 }
 

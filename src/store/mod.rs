@@ -381,6 +381,13 @@ impl Store {
         Ok((id, record))
     }
 
+    /// Waits until every row written before this call is on disk: one group commit shared with
+    /// every other writer waiting.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let result = self.commit.durable().await.map_err(StoreError::from);
+        self.note(result)
+    }
+
     /// Takes in a message under a given id for a verification (receipt failover), durably.
     pub async fn insert_otp_message(&self, id: MessageId, message: NewMessage, verification: &MessageId, now: SystemTime) -> Result<MessageRecord, StoreError> {
         let record = MessageRecord::queued(message, record::to_ms(now), Some(verification.to_string()));
