@@ -103,6 +103,10 @@ pub struct OtpConfig {
     /// its route (as is one whose receipt says UNDELIV or REJECTD), while the code is valid.
     #[serde(deserialize_with = "duration")]
     pub receipt_timeout: Duration,
+    /// As `messages.spill_after`, for OTP messages: a code waits on one carrier at most this
+    /// long before it moves to the next carrier of its route.
+    #[serde(deserialize_with = "duration")]
+    pub spill_after: Duration,
     /// E.164 prefixes codes may be sent to; empty allows all.
     pub allowed_prefixes: Vec<String>,
     /// File holding the 32-byte HMAC key (created with mode 0600 when missing); default
@@ -143,6 +147,7 @@ impl Default for OtpConfig {
             max_failed_checks_per_number: 20,
             failed_checks_window: Duration::from_secs(24 * 3600),
             receipt_timeout: Duration::from_secs(30),
+            spill_after: Duration::from_secs(2),
             allowed_prefixes: Vec::new(),
             hmac_key_file: None,
             webotp_domain: None,
@@ -185,6 +190,9 @@ impl OtpConfig {
         }
         if self.receipt_timeout < Duration::from_secs(1) {
             return p("receipt_timeout", "must be at least 1s".into());
+        }
+        if !(SPILL_MIN..=SPILL_MAX).contains(&self.spill_after) {
+            return p("spill_after", "must be between 100ms and 10m".into());
         }
         if self.max_sends_per_number == 0 || self.max_failed_checks_per_number == 0 {
             return p("max_sends_per_number", "limits must be at least 1".into());
@@ -255,6 +263,10 @@ pub struct MessagesConfig {
     /// The longest validity a request may ask for.
     #[serde(deserialize_with = "duration")]
     pub max_validity: Duration,
+    /// The longest a message waits on one carrier (its rate cap, window or throttling) before
+    /// it moves to the next carrier of its route that has room.
+    #[serde(deserialize_with = "duration")]
+    pub spill_after: Duration,
 }
 
 impl Default for MessagesConfig {
@@ -262,6 +274,7 @@ impl Default for MessagesConfig {
         MessagesConfig {
             default_validity: Duration::from_secs(3600),
             max_validity: Duration::from_secs(72 * 3600),
+            spill_after: Duration::from_secs(5),
         }
     }
 }
@@ -412,6 +425,11 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     })
 }
 
+/// The range of `spill_after`: below it messages bounce between carriers, above it a slow
+/// carrier holds codes far past any user's patience.
+const SPILL_MIN: Duration = Duration::from_millis(100);
+const SPILL_MAX: Duration = Duration::from_secs(600);
+
 /// SMPP 3.4 §4.1: the bind fields' maximum lengths, without the terminating NUL.
 const MAX_SYSTEM_ID: usize = 15;
 const MAX_PASSWORD: usize = 8;
@@ -487,6 +505,9 @@ impl Config {
                 "messages.default_validity".into(),
                 "must be at least 1s and at most messages.max_validity".into(),
             ));
+        }
+        if !(SPILL_MIN..=SPILL_MAX).contains(&m.spill_after) {
+            return Err(invalid("messages.spill_after".into(), "must be between 100ms and 10m".into()));
         }
         // SMPP relative validity counts at most 99 days in our encoding.
         if m.max_validity > Duration::from_secs(99 * 24 * 3600) {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::otp::Otp;
-use crate::dispatch::{Dispatch, Dispatcher, Job};
+use crate::dispatch::{Dispatch, Dispatcher, Job, SpillBounds};
 use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
 use crate::route::Network;
@@ -112,7 +112,15 @@ impl Daemon {
         let network = Arc::new(Network::new(carriers, &config.routes));
         let (otp_submitted, otp_submitted_rx) = mpsc::unbounded_channel();
         let (otp_failed, otp_failed_rx) = mpsc::unbounded_channel();
-        let (dispatcher, dispatch) = Dispatcher::start(store.clone(), network.clone(), Some(otp_submitted));
+        let (dispatcher, dispatch) = Dispatcher::start(
+            store.clone(),
+            network.clone(),
+            Some(otp_submitted),
+            SpillBounds {
+                messages: config.messages.spill_after,
+                otp: config.otp.spill_after,
+            },
+        );
         let key_file = config
             .otp
             .hmac_key_file

@@ -321,18 +321,18 @@ async fn a_reload_resizes_the_deliveries_under_way_to_the_new_carriers_windows()
     let b = sim(SimConfig::default()).await;
     let gw = Gateway::start(&[a.addr()], "window = 4\nsessions = 1").await;
     gw.wait_bound().await;
-    assert_eq!(gw.daemon.delivery_slots(), 4);
+    assert_eq!(gw.daemon.delivery_slots(), 4 * 4, "the window in flight and three waiting");
 
     let with_beta = format!("{}\n", common::gateway_toml(&[a.addr(), b.addr()], gw.dir.path(), "window = 4\nsessions = 1"));
     let with_beta = otpgate::config::Config::from_toml(&with_beta, std::path::Path::new("gateway.toml")).unwrap();
     gw.daemon.reload(&with_beta);
-    assert_eq!(gw.daemon.delivery_slots(), 8, "beta's window is usable at once");
+    assert_eq!(gw.daemon.delivery_slots(), 8 * 4, "beta's window is usable at once");
 
     let alone = format!("{}\n", common::gateway_toml(&[a.addr()], gw.dir.path(), "window = 4\nsessions = 1"));
     let alone = otpgate::config::Config::from_toml(&alone, std::path::Path::new("gateway.toml")).unwrap();
     gw.daemon.reload(&alone);
     let deadline = Instant::now() + Duration::from_secs(2);
-    while gw.daemon.delivery_slots() != 4 {
+    while gw.daemon.delivery_slots() != 4 * 4 {
         assert!(Instant::now() < deadline, "still {} slots after beta left", gw.daemon.delivery_slots());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -35,6 +35,8 @@ pub struct Carrier {
     /// Signalled whenever a submit finishes and frees window.
     released: Notify,
     next_pick: AtomicUsize,
+    /// Submits waiting for a pacing slot or window room.
+    waiting: AtomicUsize,
     tasks: TaskTracker,
 }
 
@@ -55,6 +57,7 @@ impl Carrier {
             next_slot: tokio::sync::Mutex::new(Instant::now()),
             released: Notify::new(),
             next_pick: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
             config,
         });
@@ -152,6 +155,22 @@ impl Carrier {
         self.bound_sessions() > 0 && !self.health().is_open(std::time::Instant::now())
     }
 
+    /// Whether a submit started now would likely go out within `within`: the submits already
+    /// waiting fit the rate cap in that time, or (unpaced) within one effective window.
+    pub fn has_room(&self, within: Duration) -> bool {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let health = self.health();
+        match health.tps() {
+            Some(tps) => (waiting as f64 + 1.0) / tps <= within.as_secs_f64(),
+            None => waiting < self.bound_sessions().max(1) * health.window(),
+        }
+    }
+
+    /// Whether the circuit breaker keeps traffic away now.
+    pub fn circuit_open(&self) -> bool {
+        self.health().is_open(std::time::Instant::now())
+    }
+
     /// The effective per-session window and rate cap now (after throttling).
     pub fn limits(&self) -> (usize, Option<f64>) {
         let health = self.health();
@@ -201,17 +220,36 @@ impl Carrier {
         }
     }
 
-    /// Submits one SMS over this carrier.
+    /// Submits one SMS over this carrier, waiting as long as it takes for room.
     pub async fn submit(&self, sms: &OutboundSms) -> SubmitOutcome {
-        self.submit_via(sms).await.0
+        self.submit_via(sms, Duration::MAX).await.0
     }
 
-    /// Submits one SMS and says which session carried it (`None` when none did).
-    pub async fn submit_via(&self, sms: &OutboundSms) -> (SubmitOutcome, Option<Arc<str>>) {
+    /// Submits one SMS and says which session carried it (`None` when none did). Waits at most
+    /// `max_wait` for a pacing slot and window room, else answers [`NotSubmitted::Busy`].
+    pub async fn submit_via(&self, sms: &OutboundSms, max_wait: Duration) -> (SubmitOutcome, Option<Arc<str>>) {
         if self.health().admit(std::time::Instant::now()) == Admission::No {
             return (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::CircuitOpen }, None);
         }
-        self.pace().await;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let room = async {
+            self.pace().await;
+            self.session_with_room().await
+        };
+        let room = match max_wait {
+            Duration::MAX => Ok(room.await),
+            limit => tokio::time::timeout(limit, room).await,
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let session = match room {
+            Ok(session) => session,
+            Err(_) => {
+                let outcome = SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy };
+                // Releases a half-open probe slot, if this was the probe.
+                self.health().record(&outcome, std::time::Instant::now());
+                return (outcome, None);
+            }
+        };
         let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
             Ok(pdu) => pdu,
             Err(e) => {
@@ -219,7 +257,7 @@ impl Carrier {
                 return (SubmitOutcome::Permanent { reason }, None);
             }
         };
-        let (outcome, label) = match self.session_with_room().await {
+        let (outcome, label) = match session {
             Some(session) => {
                 let started = std::time::Instant::now();
                 let outcome = session.submit(pdu).await;

@@ -1,14 +1,20 @@
-//! A carrier's health: a circuit breaker for sick SMSCs and AIMD pacing for throttling ones.
+//! A carrier's health: a circuit breaker for sick SMSCs and rate control for throttling ones.
 //!
 //! Circuit breaker: `circuit_failures` submits in a row that time out or come back with an
 //! SMSC-side fault (ESME_RSYSERR and friends) open the circuit: the carrier takes no traffic for
 //! `circuit_open`, then lets one probe through (half-open). A good answer closes it; a bad one
 //! opens it again for twice as long (at most a minute).
 //!
-//! AIMD: ESME_RTHROTTLED / ESME_RMSGQFUL halve the carrier's submit rate and its effective window
-//! per session; every second with accepted submits then adds back a tenth of the rate it was
-//! throttled from, and one window slot, until the configured limits (or, for an unlimited
-//! carrier, twice the throttled-from rate, where pacing is dropped again).
+//! Rate control: answers are tallied per second. A second in which the SMSC refused a share of
+//! the submits (ESME_RTHROTTLED / ESME_RMSGQFUL) cuts the rate cap and the effective window by
+//! that share: to what it demonstrably accepted, no lower. A halving per throttled second
+//! (the old rule) took a carrier refusing 30 % from 100 to 1-6 msg/s in seconds. When a cut
+//! did not change the share refused (the next second refuses about the same share), the
+//! refusals are not caused by our rate, and cutting further would only starve the carrier: the
+//! rate is held. Every clean second then grows rate and window by a quarter, up to the
+//! configured limits (or, for an unlimited carrier, twice the rate it was cut from, where pacing
+//! is dropped again). What a throttling carrier cannot take in time spills over to the next
+//! carrier of the route (see `dispatch.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -35,15 +41,22 @@ pub struct Health {
     window: usize,
     /// Current rate cap; `None` = unpaced.
     tps: Option<f64>,
+    /// The rate when throttling began: an unlimited carrier is unpaced again at twice it.
     throttled_from: f64,
-    last_increase: Instant,
-    /// The last halving: one burst of throttled answers (a whole window's worth) counts once.
-    last_decrease: Option<Instant>,
-    /// Accepted submits counted since `rate_since`, for the rate estimate.
-    accepted: u32,
-    rate_since: Instant,
-    recent_rate: f64,
+    /// This second's answers so far.
+    tally_since: Instant,
+    tally_accepted: u32,
+    tally_throttled: u32,
+    /// The share refused in the second that caused the last cut, while throttling lasts.
+    cut_share: Option<f64>,
 }
+
+/// Answers are weighed a second at a time.
+const TALLY: Duration = Duration::from_secs(1);
+/// The rate cap never goes below this (msg/s).
+const MIN_TPS: f64 = 1.0;
+/// A clean second grows rate and window by this factor.
+const GROWTH: f64 = 1.25;
 
 /// Whether a submit may go ahead now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +80,10 @@ impl Health {
             window,
             tps: configured_tps,
             throttled_from: 0.0,
-            last_increase: now,
-            last_decrease: None,
-            accepted: 0,
-            rate_since: now,
-            recent_rate: 0.0,
+            tally_since: now,
+            tally_accepted: 0,
+            tally_throttled: 0,
+            cut_share: None,
         }
     }
 
@@ -133,46 +145,53 @@ impl Health {
             self.breaker = Breaker::HalfOpen { probing: false, cooldown };
         }
         match outcome {
-            SubmitOutcome::RetryLater { .. } => self.throttled(now),
-            SubmitOutcome::Accepted { .. } => self.accepted(now),
+            SubmitOutcome::RetryLater { .. } => self.tally_throttled += 1,
+            SubmitOutcome::Accepted { .. } => self.tally_accepted += 1,
             _ => {}
+        }
+        let elapsed = now.saturating_duration_since(self.tally_since);
+        if elapsed >= TALLY {
+            self.adjust(elapsed);
+            self.tally_since = now;
+            self.tally_accepted = 0;
+            self.tally_throttled = 0;
         }
         opened
     }
 
-    fn throttled(&mut self, now: Instant) {
-        if self.last_decrease.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1)) {
+    /// Weighs the last tally: cut by the share refused, hold, or grow.
+    fn adjust(&mut self, elapsed: Duration) {
+        let sent = self.tally_accepted + self.tally_throttled;
+        if sent == 0 {
             return;
         }
-        self.last_decrease = Some(now);
-        let current = self.tps.unwrap_or(self.recent_rate.max(2.0));
-        self.throttled_from = current;
-        self.tps = Some((current / 2.0).max(1.0));
-        self.window = (self.window / 2).max(1);
-        self.last_increase = now;
-    }
-
-    fn accepted(&mut self, now: Instant) {
-        self.accepted += 1;
-        let span = now.saturating_duration_since(self.rate_since);
-        if span >= Duration::from_secs(1) {
-            self.recent_rate = f64::from(self.accepted) / span.as_secs_f64();
-            self.accepted = 0;
-            self.rate_since = now;
-        }
-        if now.saturating_duration_since(self.last_increase) < Duration::from_secs(1) {
+        let share = f64::from(self.tally_throttled) / f64::from(sent);
+        if self.tally_throttled == 0 {
+            self.cut_share = None;
+            self.window = ((self.window as f64 * GROWTH) as usize).max(self.window + 1).min(self.configured_window);
+            if let Some(tps) = self.tps {
+                let grown = (tps * GROWTH).max(tps + 1.0);
+                self.tps = match self.configured_tps {
+                    Some(limit) => Some(grown.min(limit)),
+                    None if grown >= self.throttled_from * 2.0 => None,
+                    None => Some(grown),
+                };
+            }
             return;
         }
-        self.last_increase = now;
-        self.window = (self.window + 1).min(self.configured_window);
-        if let Some(tps) = self.tps {
-            let grown = tps + (self.throttled_from / 10.0).max(1.0);
-            self.tps = match self.configured_tps {
-                Some(limit) => Some(grown.min(limit)),
-                None if grown >= self.throttled_from * 2.0 => None,
-                None => Some(grown),
-            };
+        // About the same share as at the last cut: the cut changed nothing, so our rate is
+        // not the cause. Hold.
+        if self.cut_share.is_some_and(|at_cut| share >= at_cut * 0.5 && share <= at_cut * 1.5) {
+            return;
         }
+        let sent_rate = f64::from(sent) / elapsed.as_secs_f64();
+        let current = self.tps.map_or(sent_rate, |tps| tps.min(sent_rate));
+        if self.cut_share.is_none() {
+            self.throttled_from = current;
+        }
+        self.cut_share = Some(share);
+        self.tps = Some((current * (1.0 - share)).max(MIN_TPS));
+        self.window = ((self.window as f64 * (1.0 - share)).round() as usize).max(1);
     }
 
     /// The effective window per session now.
@@ -220,29 +239,62 @@ mod tests {
         assert_eq!(h.admit(much_later), Admission::Yes);
     }
 
+    /// The rate cap, rounded to the nearest 5 msg/s (a tally's edges move it by one or two).
+    fn about(h: &Health) -> Option<f64> {
+        h.tps().map(|r| (r / 5.0).round() * 5.0)
+    }
+
+    fn throttled() -> SubmitOutcome {
+        SubmitOutcome::RetryLater {
+            status: CommandStatus::EsmeRthrottled,
+        }
+    }
+
+    /// One second of answers at `rate` per second, `refused` of every 10 throttled.
+    fn second(h: &mut Health, start: Instant, rate: u32, refused: u32) -> Instant {
+        for i in 0..rate {
+            let at = start + Duration::from_secs(1) * i / rate;
+            let outcome = if i % 10 < refused { throttled() } else { ok() };
+            h.record(&outcome, at);
+        }
+        start + Duration::from_secs(1)
+    }
+
     #[test]
-    fn throttling_halves_then_grows_back_additively() {
+    fn a_carrier_at_capacity_is_cut_to_what_it_accepts_then_grows_back() {
         let t0 = Instant::now();
         let mut h = Health::new(64, 100, 5, Duration::from_secs(5), t0);
-        let throttled = SubmitOutcome::RetryLater {
-            status: CommandStatus::EsmeRthrottled,
-        };
-        h.record(&throttled, t0);
-        assert_eq!((h.tps(), h.window()), (Some(50.0), 32));
-        h.record(&throttled, t0 + Duration::from_millis(10));
-        assert_eq!((h.tps(), h.window()), (Some(50.0), 32), "one burst halves once");
-        let t1 = t0 + Duration::from_secs(1);
-        h.record(&throttled, t1);
-        assert_eq!((h.tps(), h.window()), (Some(25.0), 16));
-        // Successes within the same second change nothing; each later second adds a step.
-        h.record(&ok(), t1 + Duration::from_millis(500));
-        assert_eq!(h.tps(), Some(25.0));
-        h.record(&ok(), t1 + Duration::from_secs(1));
-        assert_eq!((h.tps(), h.window()), (Some(30.0), 17));
-        for s in 3..40 {
-            h.record(&ok(), t0 + Duration::from_secs(s));
+        // 100/s offered, the SMSC refuses 3 in 10: cut by that share, not halved.
+        let t = second(&mut h, t0, 100, 3);
+        h.record(&ok(), t);
+        assert_eq!((about(&h), h.window()), (Some(70.0), 45));
+        // A second without refusals grows both by a quarter, up to the configured limits.
+        let mut t = second(&mut h, t, 70, 0);
+        h.record(&ok(), t);
+        assert_eq!(about(&h), Some(90.0));
+        for _ in 0..3 {
+            t = second(&mut h, t, 90, 0);
         }
-        assert_eq!(h.tps(), Some(100.0), "capped at max_tps");
+        h.record(&ok(), t);
+        assert_eq!((h.tps(), h.window()), (Some(100.0), 64), "back to the limits within seconds");
+    }
+
+    #[test]
+    fn refusals_that_do_not_follow_our_rate_do_not_starve_the_carrier() {
+        let t0 = Instant::now();
+        let mut h = Health::new(64, 100, 5, Duration::from_secs(5), t0);
+        let mut t = t0;
+        // 30 % refused whatever the rate: one cut, then held, never a collapse.
+        for _ in 0..10 {
+            let rate = h.tps().map_or(100, |r| r as u32);
+            t = second(&mut h, t, rate, 3);
+        }
+        h.record(&ok(), t);
+        assert_eq!(about(&h), Some(70.0), "held after one cut");
+        // A higher share refused than at the cut: cut again.
+        let t = second(&mut h, t, 70, 8);
+        h.record(&ok(), t);
+        assert_eq!(about(&h), Some(15.0));
     }
 
     #[test]
@@ -250,11 +302,13 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(64, 0, 5, Duration::from_secs(5), t0);
         assert_eq!(h.tps(), None);
-        h.record(&SubmitOutcome::RetryLater { status: CommandStatus::EsmeRmsgqful }, t0);
-        assert_eq!(h.tps(), Some(1.0));
-        for s in 1..10 {
-            h.record(&ok(), t0 + Duration::from_secs(s));
+        let mut t = second(&mut h, t0, 200, 5);
+        h.record(&ok(), t);
+        assert_eq!(about(&h), Some(100.0));
+        for _ in 0..8 {
+            t = second(&mut h, t, 100, 0);
         }
-        assert_eq!(h.tps(), None);
+        h.record(&ok(), t);
+        assert_eq!(h.tps(), None, "unpaced again at twice the rate it was cut from");
     }
 }

@@ -37,6 +37,9 @@ pub enum NotSubmitted {
     NoSession,
     /// The carrier's circuit breaker is open: it has been failing.
     CircuitOpen,
+    /// The carrier had no room (rate cap or window) within the time the message may wait on
+    /// one carrier: it spills over to the next.
+    Busy,
 }
 
 /// Why a message can never be sent as it is.
@@ -56,6 +59,7 @@ impl fmt::Display for NotSubmitted {
             NotSubmitted::ResponseTimeout => f.write_str("response timeout"),
             NotSubmitted::NoSession => f.write_str("no bound session"),
             NotSubmitted::CircuitOpen => f.write_str("circuit open"),
+            NotSubmitted::Busy => f.write_str("no room on this carrier in time"),
         }
     }
 }

@@ -499,6 +499,12 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the mark back when the submit never went out (no carrier had room in time).
+    pub fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+        let _ = self.db.compare_and_swap(queue_key(id), Some(IN_FLIGHT), Some(&[][..]))?;
+        Ok(())
+    }
+
     /// Records a failed or deferred attempt; the message stays queued.
     pub fn record_attempt(&self, id: &MessageId, attempt: Attempt) -> Result<(), StoreError> {
         self.update(id, |r, rows| {
