@@ -267,6 +267,10 @@ pub struct MessagesConfig {
     /// it moves to the next carrier of its route that has room.
     #[serde(deserialize_with = "duration")]
     pub spill_after: Duration,
+    /// Sends again after a submit went out and got no readable answer (connection lost,
+    /// response timeout, unreadable response, crash mid-submit); each may be a duplicate at the
+    /// handset. Past it the message fails.
+    pub max_unconfirmed_resends: u32,
 }
 
 impl Default for MessagesConfig {
@@ -275,6 +279,7 @@ impl Default for MessagesConfig {
             default_validity: Duration::from_secs(3600),
             max_validity: Duration::from_secs(72 * 3600),
             spill_after: Duration::from_secs(5),
+            max_unconfirmed_resends: 2,
         }
     }
 }
@@ -508,6 +513,9 @@ impl Config {
         }
         if !(SPILL_MIN..=SPILL_MAX).contains(&m.spill_after) {
             return Err(invalid("messages.spill_after".into(), "must be between 100ms and 10m".into()));
+        }
+        if m.max_unconfirmed_resends > 10 {
+            return Err(invalid("messages.max_unconfirmed_resends".into(), "must be 0-10: each resend may be a duplicate SMS".into()));
         }
         // SMPP relative validity counts at most 99 days in our encoding.
         if m.max_validity > Duration::from_secs(99 * 24 * 3600) {

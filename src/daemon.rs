@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::otp::Otp;
-use crate::dispatch::{Dispatch, Dispatcher, Job, SpillBounds};
+use crate::dispatch::{Dispatch, Dispatcher, Job, Policy};
 use crate::http::{self, AppState};
 use crate::smpp::{Carrier, ReceiptEvent};
 use crate::route::Network;
@@ -116,9 +116,10 @@ impl Daemon {
             store.clone(),
             network.clone(),
             Some(otp_submitted),
-            SpillBounds {
-                messages: config.messages.spill_after,
-                otp: config.otp.spill_after,
+            Policy {
+                spill_after: config.messages.spill_after,
+                otp_spill_after: config.otp.spill_after,
+                max_unconfirmed_resends: config.messages.max_unconfirmed_resends,
             },
         );
         let key_file = config
@@ -129,7 +130,8 @@ impl Daemon {
         let key = crate::otp::load_or_create_key(&key_file)?;
         let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
         let recovery_stop = CancellationToken::new();
-        tokio::spawn(recover(store.clone(), otp.clone(), dispatch.clone(), recovery_stop.clone()));
+        let max_resends = config.messages.max_unconfirmed_resends;
+        tokio::spawn(recover(store.clone(), otp.clone(), dispatch.clone(), max_resends, recovery_stop.clone()));
         let failover_stop = CancellationToken::new();
         let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
 
@@ -322,7 +324,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Re-queues what the previous run left: every queued message, in order, in the background and
 /// only as fast as the dispatcher drains (a million queued messages never sit in memory at once).
 /// OTP messages get a fresh code (the old one only ever existed in the dead process's memory).
-async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, stop: CancellationToken) {
+async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, max_resends: u32, stop: CancellationToken) {
     metrics::counter!("otpgate_resubmits_total").increment(0);
     metrics::counter!("otpgate_recovered_total").increment(0);
     let Ok(Some(last)) = store.last_queued() else { return };
@@ -347,8 +349,17 @@ async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, stop: Can
         let Some((id, _)) = page.last() else { break };
         after = Some(*id);
         for (id, record) in page {
-            resubmits += usize::from(record.in_flight);
             requeued += 1;
+            if record.unconfirmed > max_resends {
+                tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
+                metrics::counter!("otpgate_resend_limit_total").increment(1);
+                let error = format!("{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset", record.unconfirmed);
+                if let Err(e) = store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()) {
+                    tracing::error!(message_id = %id, error = %e, "store update failed");
+                }
+                continue;
+            }
+            resubmits += usize::from(record.in_flight);
             if record.verification.is_none() {
                 dispatch.enqueue(Job::from_record(id, &record));
                 continue;

@@ -82,17 +82,22 @@ impl Dispatch {
     }
 }
 
-/// How long a message may wait on one carrier before it moves to the next carrier of its route
-/// (`messages.spill_after`, `otp.spill_after`).
+/// What the dispatcher is told by the config.
 #[derive(Debug, Clone, Copy)]
-pub struct SpillBounds {
-    pub messages: Duration,
-    pub otp: Duration,
+pub struct Policy {
+    /// How long a message may wait on one carrier before it moves to the next carrier of its
+    /// route (`messages.spill_after`) ...
+    pub spill_after: Duration,
+    /// ... and an OTP message (`otp.spill_after`).
+    pub otp_spill_after: Duration,
+    /// Sends again after a submit that went out without a readable answer (each may put a
+    /// duplicate on the handset); past it the message fails (`messages.max_unconfirmed_resends`).
+    pub max_unconfirmed_resends: u32,
 }
 
-impl SpillBounds {
-    fn of(&self, job: &Job) -> Duration {
-        if job.verification.is_some() { self.otp } else { self.messages }
+impl Policy {
+    fn spill_after(&self, job: &Job) -> Duration {
+        if job.verification.is_some() { self.otp_spill_after } else { self.spill_after }
     }
 }
 
@@ -120,7 +125,7 @@ struct Shared {
     stop: CancellationToken,
     /// Bounds concurrent deliveries (see [`capacity_of`]).
     permits: Arc<Semaphore>,
-    spill: SpillBounds,
+    policy: Policy,
 }
 
 /// The running dispatcher.
@@ -148,7 +153,7 @@ impl Dispatcher {
         store: Arc<Store>,
         network: Arc<Network>,
         otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
-        spill: SpillBounds,
+        policy: Policy,
     ) -> (Dispatcher, Dispatch) {
         let (jobs, receiver) = mpsc::unbounded_channel::<Job>();
         let stop = CancellationToken::new();
@@ -160,7 +165,7 @@ impl Dispatcher {
             otp_submitted,
             stop: stop.clone(),
             permits: permits.clone(),
-            spill,
+            policy,
         });
         let tasks = TaskTracker::new();
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -344,7 +349,7 @@ impl Shared {
     async fn deliver(&self, job: Job) {
         let id = job.id;
         let deadline = job.sms.deadline.unwrap_or_else(SystemTime::now);
-        let spill_after = self.spill.of(&job);
+        let spill_after = self.policy.spill_after(&job);
         let mut retry_later = RETRY_LATER_FIRST;
         let mut round_pause = ROUND_PAUSE_FIRST;
         let mut tried: HashSet<String> = HashSet::new();
@@ -402,7 +407,10 @@ impl Shared {
                 true => deadline.duration_since(SystemTime::now()).unwrap_or_default(),
                 false => spill_after.saturating_sub(since.elapsed()),
             };
+            // On disk before the submit goes out: after a crash, a submit that may have reached
+            // the SMSC is known for what it is (a possible duplicate), never resent blind.
             self.log_store_error(&id, self.store.mark_in_flight(&id));
+            self.log_store_error(&id, self.store.durable().await);
             let (outcome, session) = carrier.submit_via(&job.sms, max_wait).await;
             if outcome == (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy }) {
                 // Nothing went out: not an attempt.
@@ -410,7 +418,10 @@ impl Shared {
                 spill(&carrier, &mut tried);
                 continue;
             }
-            metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label()).increment(1);
+            if !matches!(outcome, SubmitOutcome::Permanent { reason: Permanent::Message(_) }) {
+                // A message that could not be encoded, or expired while it waited, never went out.
+                metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label()).increment(1);
+            }
             let record = attempt(carrier.name(), session.as_deref(), &outcome);
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
@@ -429,7 +440,7 @@ impl Shared {
                     return;
                 }
                 SubmitOutcome::RetryLater { .. } => {
-                    self.log_store_error(&id, self.store.record_attempt(&id, record));
+                    self.log_store_error(&id, self.store.record_attempt(&id, record, false));
                     let waited = since.elapsed();
                     if !alone && waited + retry_later >= spill_after {
                         spill(&carrier, &mut tried);
@@ -441,9 +452,29 @@ impl Shared {
                     retry_later = (retry_later * 2).min(RETRY_LATER_MAX);
                     pinned = Some((carrier, alone));
                 }
+                SubmitOutcome::RetryElsewhere { reason } if reason.unconfirmed() => {
+                    let detail = record.detail.clone();
+                    let sent_blind = match self.store.record_attempt(&id, record, true) {
+                        Ok(unconfirmed) => unconfirmed,
+                        Err(e) => {
+                            tracing::error!(message_id = %id, error = %e, "store update failed");
+                            u32::MAX
+                        }
+                    };
+                    if sent_blind > self.policy.max_unconfirmed_resends {
+                        tracing::warn!(message_id = %id, carrier = carrier.name(), unconfirmed = sent_blind, "submits went out without an answer; not sent again");
+                        metrics::counter!("otpgate_resend_limit_total").increment(1);
+                        let error = format!("{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset");
+                        self.finish(&id, MessageStatus::Failed, error, None);
+                        return;
+                    }
+                    tracing::info!(message_id = %id, carrier = carrier.name(), %reason, "submit unanswered; sending again (possible duplicate)");
+                    metrics::counter!("otpgate_resubmits_total").increment(1);
+                    tried.insert(carrier.name().to_string());
+                }
                 SubmitOutcome::RetryElsewhere { reason } => {
                     tracing::debug!(message_id = %id, carrier = carrier.name(), %reason, "trying elsewhere");
-                    self.log_store_error(&id, self.store.record_attempt(&id, record));
+                    self.log_store_error(&id, self.store.record_attempt(&id, record, false));
                     tried.insert(carrier.name().to_string());
                 }
                 SubmitOutcome::Permanent { reason } => {

@@ -99,8 +99,12 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     // milliseconds, so they stay a small multiple of the window.
     assert!(duplicates <= 64, "{duplicates} duplicates: far more than the window explains");
 
-    // The restarted daemon still answers for a message taken in before the kill.
+    // Every possible duplicate is known for what it is: its in-flight mark was on disk before
+    // the submit went out.
     wait_ready(http).await;
+    let resubmits = common::metric(files.metrics, "otpgate_resubmits_total").await;
+    assert!(resubmits >= duplicates as f64, "{duplicates} sent twice, {resubmits} counted");
+    // The restarted daemon still answers for a message taken in before the kill.
     let mut client = Client::connect(http).await.unwrap();
     let reply = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "after"}"#, None).await;
     assert_eq!(reply.status, 202);

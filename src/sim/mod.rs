@@ -125,6 +125,8 @@ pub struct SimStats {
     pub generic_nacks: u64,
     /// submit_sm answered with an error status (forced or over `max_tps`).
     pub refused: u64,
+    /// submit_sm whose connection was closed unanswered (`set_drop_every`).
+    pub dropped: u64,
 }
 
 enum Outgoing {
@@ -154,6 +156,8 @@ struct State {
     tps_bucket: Mutex<(f64, Instant)>,
     /// Send every receipt twice.
     duplicate_receipts: std::sync::atomic::AtomicBool,
+    /// Answer submits with a submit_sm_resp whose message_id is unreadable bytes.
+    garbled_responses: std::sync::atomic::AtomicBool,
     submits_seen: AtomicU64,
     next_message_id: AtomicU64,
     next_connection: AtomicU64,
@@ -200,6 +204,7 @@ impl SmscSim {
             max_tps: AtomicU64::new(0),
             tps_bucket: Mutex::new((0.0, Instant::now())),
             duplicate_receipts: std::sync::atomic::AtomicBool::new(false),
+            garbled_responses: std::sync::atomic::AtomicBool::new(false),
             submits_seen: AtomicU64::new(0),
             next_message_id: AtomicU64::new(0x1000_0000),
             next_connection: AtomicU64::new(0),
@@ -259,6 +264,12 @@ impl SmscSim {
     /// Sends each receipt twice (as SMSCs do after a lost deliver_sm_resp).
     pub fn set_duplicate_receipts(&self, on: bool) {
         self.state.duplicate_receipts.store(on, Ordering::SeqCst);
+    }
+
+    /// Accepts each submit but answers it with a submit_sm_resp no decoder can read (a
+    /// message_id of control bytes, longer than SMPP allows).
+    pub fn set_garbled_responses(&self, on: bool) {
+        self.state.garbled_responses.store(on, Ordering::SeqCst);
     }
 
     /// Every accepted submit, as it arrives (for printing).
@@ -456,6 +467,7 @@ impl Connection {
                     let seen = self.state.submits_seen.fetch_add(1, Ordering::SeqCst) + 1;
                     let drop_every = self.state.drop_every.load(Ordering::SeqCst);
                     if drop_every > 0 && seen % drop_every == 0 {
+                        self.state.update(|s| s.dropped += 1);
                         return false;
                     }
                     self.submit(seen, sequence, sm);
@@ -589,6 +601,17 @@ impl Connection {
         let wants_receipt = u8::from(sm.registered_delivery) & 0x03 != 0;
         let state = self.state.clone();
         let outgoing = self.outgoing.clone();
+        if self.state.garbled_responses.load(Ordering::SeqCst) {
+            let mut raw = Vec::with_capacity(87);
+            raw.extend_from_slice(&87u32.to_be_bytes());
+            raw.extend_from_slice(&0x8000_0004u32.to_be_bytes());
+            raw.extend_from_slice(&0u32.to_be_bytes());
+            raw.extend_from_slice(&sequence.to_be_bytes());
+            raw.extend_from_slice(&[0x01; 70]);
+            raw.push(0);
+            let _ = self.outgoing.send(Outgoing::Raw(Bytes::from(raw)));
+            return;
+        }
         let response = Command::new(
             CommandStatus::EsmeRok,
             sequence,

@@ -118,7 +118,7 @@ impl Health {
         let sick = matches!(
             outcome,
             SubmitOutcome::RetryElsewhere {
-                reason: NotSubmitted::ResponseTimeout | NotSubmitted::Smsc(_)
+                reason: NotSubmitted::ResponseTimeout | NotSubmitted::Undecodable | NotSubmitted::Smsc(_)
             }
         );
         let answered = matches!(

@@ -1,6 +1,7 @@
 //! The SMPP 3.4 client side: sessions to carrier SMSCs and what travels over them.
 //!
 //! - [`carrier`]: a carrier's sessions, kept bound with backoff, and the submit entry point;
+//! - [`codec`]: PDU framing (rusmpp's codec, reading over-long message ids);
 //! - [`session`]: one bound connection (window, timeouts, enquire_link, unbind);
 //! - [`message`] and [`address`]: an SMS turned into a submit_sm;
 //! - [`outcome`]: submit_sm_resp statuses in the classes the dispatcher acts on;
@@ -11,6 +12,7 @@
 pub mod address;
 pub mod backoff;
 pub mod carrier;
+pub mod codec;
 pub mod health;
 pub mod message;
 pub mod outcome;

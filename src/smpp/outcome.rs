@@ -33,6 +33,8 @@ pub enum NotSubmitted {
     ConnectionLost,
     /// No submit_sm_resp within `response_timeout`; the session is torn down.
     ResponseTimeout,
+    /// The submit_sm_resp could not be read: accepted or not, nobody knows.
+    Undecodable,
     /// No session of the carrier is bound.
     NoSession,
     /// The carrier's circuit breaker is open: it has been failing.
@@ -57,10 +59,19 @@ impl fmt::Display for NotSubmitted {
             NotSubmitted::Smsc(status) => write!(f, "SMSC error {}", status_name(*status)),
             NotSubmitted::ConnectionLost => f.write_str("connection lost"),
             NotSubmitted::ResponseTimeout => f.write_str("response timeout"),
+            NotSubmitted::Undecodable => f.write_str("unreadable submit_sm_resp"),
             NotSubmitted::NoSession => f.write_str("no bound session"),
             NotSubmitted::CircuitOpen => f.write_str("circuit open"),
             NotSubmitted::Busy => f.write_str("no room on this carrier in time"),
         }
+    }
+}
+
+impl NotSubmitted {
+    /// Whether the submit may have reached the SMSC all the same (it went out and no readable
+    /// answer came back): sending it again may put a second SMS on the handset.
+    pub fn unconfirmed(&self) -> bool {
+        matches!(self, NotSubmitted::ConnectionLost | NotSubmitted::ResponseTimeout | NotSubmitted::Undecodable)
     }
 }
 
@@ -98,6 +109,7 @@ impl SubmitOutcome {
         match self {
             SubmitOutcome::Accepted { .. } => "ok",
             SubmitOutcome::RetryLater { .. } => "retry_later",
+            SubmitOutcome::RetryElsewhere { reason } if reason.unconfirmed() => "unconfirmed",
             SubmitOutcome::RetryElsewhere { .. } => "retry_elsewhere",
             SubmitOutcome::Permanent { .. } => "permanent",
         }

@@ -19,7 +19,6 @@ use std::time::Duration;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, DataSmResp, DeliverSmResp, SubmitSm};
-use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::values::{InterfaceVersion, Npi, Ton};
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use tokio::net::TcpStream;
@@ -28,6 +27,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use super::codec::{Frame, FrameCodec};
 use super::message::c_octet;
 use super::outcome::{NotSubmitted, SubmitOutcome};
 use super::receipt::{Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
@@ -173,10 +173,39 @@ impl fmt::Display for CloseReason {
 #[derive(Debug)]
 enum RequestError {
     Timeout,
+    /// The session closed with the request sent (or queued to be): its fate is unknown.
     Closed,
+    /// The session closed before the request could be queued: it never went out.
+    NotSent,
 }
 
-type FramedSmpp = Framed<TcpStream, CommandCodec>;
+type FramedSmpp = Framed<TcpStream, FrameCodec>;
+
+/// What a response said, as far as the request waiting on it cares.
+#[derive(Debug)]
+struct Answer {
+    id: CommandId,
+    status: CommandStatus,
+    /// A submit_sm_resp's message_id (empty for other responses).
+    message_id: String,
+    /// The body could not be read: the SMSC's verdict is unknown.
+    undecodable: bool,
+}
+
+impl From<&Command> for Answer {
+    fn from(command: &Command) -> Answer {
+        let message_id = match command.pdu() {
+            Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
+            _ => String::new(),
+        };
+        Answer {
+            id: command.id(),
+            status: command.status(),
+            message_id,
+            undecodable: false,
+        }
+    }
+}
 
 /// A handle on one bound session; cheap to clone.
 #[derive(Clone)]
@@ -193,7 +222,7 @@ struct Inner {
     enquire_link_interval: Duration,
     receipt_format: Arc<ReceiptFormat>,
     /// Requests awaiting a response, by sequence number.
-    pending: Mutex<HashMap<u32, oneshot::Sender<Command>>>,
+    pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_sequence: AtomicU32,
     /// Our requests (bounded: submit callers wait when the socket is slow).
     outbound: mpsc::Sender<Command>,
@@ -228,7 +257,7 @@ impl Session {
         };
         // Submits are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, CommandCodec::new().with_max_length(MAX_PDU_LENGTH));
+        let mut framed = Framed::new(stream, FrameCodec::new(MAX_PDU_LENGTH));
         bind(&mut framed, settings).await?;
 
         let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
@@ -277,24 +306,23 @@ impl Session {
         let permit = tokio::select! {
             permit = inner.window.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return not_submitted(NotSubmitted::ConnectionLost),
+                Err(_) => return not_submitted(NotSubmitted::NoSession),
             },
-            _ = inner.closed.cancelled() => return not_submitted(NotSubmitted::ConnectionLost),
+            _ = inner.closed.cancelled() => return not_submitted(NotSubmitted::NoSession),
         };
         if inner.draining.load(Ordering::Acquire) {
             return not_submitted(NotSubmitted::NoSession);
         }
         let outcome = match inner.request(Pdu::SubmitSm(pdu)).await {
-            Ok(response) => {
-                let message_id = match response.pdu() {
-                    Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
-                    _ => String::new(),
-                };
-                if response.id() == CommandId::GenericNack {
+            Ok(answer) => {
+                if answer.undecodable {
+                    // Accepted or not, nobody can tell: a carrier fault, and a possible duplicate.
+                    not_submitted(NotSubmitted::Undecodable)
+                } else if answer.id == CommandId::GenericNack {
                     // The SMSC could not read our PDU: not this message's fault, nor final.
-                    not_submitted(NotSubmitted::Smsc(response.status()))
+                    not_submitted(NotSubmitted::Smsc(answer.status))
                 } else {
-                    SubmitOutcome::from_status(response.status(), message_id)
+                    SubmitOutcome::from_status(answer.status, answer.message_id)
                 }
             }
             Err(RequestError::Timeout) => {
@@ -302,6 +330,7 @@ impl Session {
                 not_submitted(NotSubmitted::ResponseTimeout)
             }
             Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
+            Err(RequestError::NotSent) => not_submitted(NotSubmitted::NoSession),
         };
         drop(permit);
         outcome
@@ -356,13 +385,13 @@ impl Inner {
     }
 
     /// Sends a request and waits up to `response_timeout` for its response.
-    async fn request(&self, pdu: Pdu) -> Result<Command, RequestError> {
+    async fn request(&self, pdu: Pdu) -> Result<Answer, RequestError> {
         let (tx, rx) = oneshot::channel();
         let sequence = {
             let mut pending = lock(&self.pending);
             // Checked under the lock that `close` drains: nothing inserted after it is stranded.
             if self.closed.is_cancelled() {
-                return Err(RequestError::Closed);
+                return Err(RequestError::NotSent);
             }
             let mut sequence = self.next_sequence();
             while pending.contains_key(&sequence) {
@@ -374,7 +403,7 @@ impl Inner {
         let command = Command::new(CommandStatus::EsmeRok, sequence, pdu);
         if self.outbound.send(command).await.is_err() {
             lock(&self.pending).remove(&sequence);
-            return Err(RequestError::Closed);
+            return Err(RequestError::NotSent);
         }
         match timeout(self.response_timeout, rx).await {
             Ok(Ok(response)) => Ok(response),
@@ -408,20 +437,57 @@ impl Inner {
         let _ = self.replies.send(Command::new(status, sequence, pdu));
     }
 
+    /// Hands a response to the request waiting on it.
+    fn answer(&self, sequence: u32, answer: Answer) {
+        match lock(&self.pending).remove(&sequence) {
+            Some(waiter) => {
+                let _ = waiter.send(answer);
+            }
+            None => tracing::debug!(
+                carrier = %self.carrier, sequence, command_id = ?answer.id,
+                "response to no pending request (late after a timeout?)"
+            ),
+        }
+    }
+
     /// Handles one PDU from the SMSC. Returns a reason when the session must end.
-    async fn handle(&self, command: Command, receipts: &ReceiptSender) -> Option<CloseReason> {
+    async fn handle(&self, frame: Frame, receipts: &ReceiptSender) -> Option<CloseReason> {
+        let command = match frame {
+            Frame::Command(command) => command,
+            Frame::LongSubmitSmResp { sequence, status, message_id } => {
+                tracing::warn!(carrier = %self.carrier, length = message_id.len(), "submit_sm_resp with a message_id longer than SMPP allows; kept as sent");
+                metrics::counter!("otpgate_long_message_ids_total", "carrier" => self.carrier.to_string()).increment(1);
+                let answer = Answer {
+                    id: CommandId::SubmitSmResp,
+                    status,
+                    message_id,
+                    undecodable: false,
+                };
+                self.answer(sequence, answer);
+                return None;
+            }
+            Frame::LenientDeliverSm { sequence, pdu } => {
+                let response = DeliverSmResp::default().into();
+                self.deliver(sequence, ReceiptFields::from(&pdu), response, receipts).await;
+                return None;
+            }
+            Frame::Undecodable { command_id, sequence, status, error } => {
+                if command_id & 0x8000_0000 != 0 {
+                    let answer = Answer {
+                        id: CommandId::from(command_id),
+                        status,
+                        message_id: String::new(),
+                        undecodable: true,
+                    };
+                    self.answer(sequence, answer);
+                }
+                return Some(CloseReason::Malformed(error));
+            }
+        };
         let sequence = command.sequence_number();
         if command.id().is_response() {
             // Includes generic_nack, which answers whichever request it names.
-            match lock(&self.pending).remove(&sequence) {
-                Some(waiter) => {
-                    let _ = waiter.send(command);
-                }
-                None => tracing::debug!(
-                    carrier = %self.carrier, sequence, command_id = ?command.id(),
-                    "response to no pending request (late after a timeout?)"
-                ),
-            }
+            self.answer(sequence, Answer::from(&command));
             return None;
         }
         match command.pdu() {
@@ -518,7 +584,10 @@ async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(),
             Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
             Ok(None) => return Err(SessionError::ClosedDuringBind),
             Ok(Some(Err(e))) => return Err(SessionError::Protocol(e.to_string())),
-            Ok(Some(Ok(command))) => command,
+            Ok(Some(Ok(Frame::Command(command)))) => command,
+            Ok(Some(Ok(Frame::Undecodable { error, .. }))) => return Err(SessionError::Protocol(error)),
+            // Nothing else is due before the bind is answered; a real SMSC sends none of it.
+            Ok(Some(Ok(_))) => continue,
         };
         if command.sequence_number() == BIND_SEQUENCE && command.id().is_response() {
             return match command.status() {
@@ -595,9 +664,9 @@ async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<Inner>, recei
             None => Some(CloseReason::PeerClosed),
             Some(Err(DecodeError::Io(e))) => Some(CloseReason::Io(e.to_string())),
             Some(Err(e)) => Some(CloseReason::Malformed(e.to_string())),
-            Some(Ok(command)) => {
+            Some(Ok(frame)) => {
                 *lock(&inner.last_received) = Instant::now();
-                inner.handle(command, &receipts).await
+                inner.handle(frame, &receipts).await
             }
         };
         if let Some(reason) = reason {
@@ -651,7 +720,7 @@ async fn keepalive_loop(inner: Arc<Inner>) {
                 inner.close(CloseReason::EnquireLinkTimeout);
                 break;
             }
-            Err(RequestError::Closed) => break,
+            Err(RequestError::Closed | RequestError::NotSent) => break,
         }
     }
 }

@@ -458,6 +458,13 @@ impl Store {
             match self.get_record(&id)? {
                 Some(mut record) if record.status == MessageStatus::Queued => {
                     record.in_flight = v.as_ref() == IN_FLIGHT;
+                    if record.in_flight {
+                        // The last process died mid-submit: counted once, on disk.
+                        let _guard = lock(&self.writes);
+                        record.unconfirmed += 1;
+                        self.db.insert(message_key(&id), encode(&record))?;
+                        self.db.insert(&k, &[][..])?;
+                    }
                     out.push((id, record));
                 }
                 // Left by a change a crash cut short (module doc): the record moved on, or
@@ -505,16 +512,18 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed or deferred attempt; the message stays queued.
-    pub fn record_attempt(&self, id: &MessageId, attempt: Attempt) -> Result<(), StoreError> {
-        self.update(id, |r, rows| {
+    /// Records a failed or deferred attempt; the message stays queued. `unconfirmed`: the
+    /// submit went out and got no readable answer. Returns the unconfirmed submits so far.
+    pub fn record_attempt(&self, id: &MessageId, attempt: Attempt, unconfirmed: bool) -> Result<u32, StoreError> {
+        let record = self.update(id, |r, rows| {
             if r.status == MessageStatus::Queued {
                 rows.add(queue_key(id), []);
             }
+            r.unconfirmed += u32::from(unconfirmed);
             r.push_attempt(attempt);
             true
         })?;
-        Ok(())
+        Ok(record.map_or(0, |r| r.unconfirmed))
     }
 
     /// Ends a message without a submit (expired, failed): leaves the queue.
@@ -903,7 +912,7 @@ mod tests {
             store.mark_in_flight(&ids[0]).unwrap();
             // A submit that failed and was recorded is no longer in flight.
             store.mark_in_flight(&ids[1]).unwrap();
-            store.record_attempt(&ids[1], attempt()).unwrap();
+            store.record_attempt(&ids[1], attempt(), false).unwrap();
             store.close().await.unwrap();
         }
         let store = Store::open(dir.path(), &options()).unwrap();

@@ -138,6 +138,10 @@ pub struct MessageRecord {
     pub in_flight: bool,
     pub receipt: Option<ReceiptSummary>,
     pub error: Option<String>,
+    /// Submits that went out and got no readable answer (connection lost, response timeout,
+    /// unreadable response, a crash mid-submit): each may have reached the handset.
+    #[serde(default)]
+    pub unconfirmed: u32,
     /// The verification this message carries a code for. Its `text` then has the code masked;
     /// the real text lives only in memory until submitted.
     #[serde(default)]
@@ -167,6 +171,7 @@ impl MessageRecord {
             in_flight: false,
             receipt: None,
             error: None,
+            unconfirmed: 0,
             verification,
         }
     }

@@ -432,3 +432,13 @@ impl NodeSmsc {
         }
     }
 }
+
+/// The value of one series on a `/metrics` page (`name{labels}` exactly as exported), or 0.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let mut client = otpgate::http::client::Client::connect(addr).await.expect("metrics listener");
+    let page = client.request("GET", "/metrics", &[], None).await.expect("metrics").body;
+    page.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
