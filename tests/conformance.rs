@@ -7,32 +7,9 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{API_KEY, Gateway, NodeSmsc, carrier_config, post_message, start_bound, wait_status};
+use common::{API_KEY, Gateway, NodeSmsc, carrier_config, post_message, read_pdu, start_bound, wait_status, write_pdu};
 use otpgate::smpp::{OutboundSms, SubmitOutcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Reads one PDU: (command_id, sequence, body).
-async fn read_pdu(stream: &mut TcpStream) -> (u32, u32, Vec<u8>) {
-    let mut header = [0u8; 16];
-    stream.read_exact(&mut header).await.expect("PDU header");
-    let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().unwrap());
-    let (length, id, status, sequence) = (word(0), word(4), word(8), word(12));
-    assert_eq!(status, 0, "command_status must be 0 in a request (§5.1.3)");
-    let mut body = vec![0u8; length as usize - 16];
-    stream.read_exact(&mut body).await.expect("PDU body");
-    (id, sequence, body)
-}
-
-async fn write_pdu(stream: &mut TcpStream, id: u32, sequence: u32, body: &[u8]) {
-    let mut pdu = Vec::new();
-    pdu.extend_from_slice(&(16 + body.len() as u32).to_be_bytes());
-    pdu.extend_from_slice(&id.to_be_bytes());
-    pdu.extend_from_slice(&0u32.to_be_bytes());
-    pdu.extend_from_slice(&sequence.to_be_bytes());
-    pdu.extend_from_slice(body);
-    stream.write_all(&pdu).await.expect("write PDU");
-}
+use tokio::net::TcpListener;
 
 /// Reads the body of a submit_sm field by field (§4.4.1).
 struct Fields<'a>(&'a [u8]);

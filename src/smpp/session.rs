@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,11 @@ use super::receipt::{Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
 /// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
 /// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
 pub const MAX_PDU_LENGTH: usize = 64 * 1024;
+
+/// Answers to the SMSC's requests waiting to be written, at most. An SMSC keeps at most its
+/// window of requests unanswered; one that sends on while reading nothing would otherwise grow
+/// this queue without bound (1,000,000 enquire_links took 190 MB).
+pub const MAX_QUEUED_REPLIES: usize = 4096;
 
 /// How the connection is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +146,9 @@ pub enum CloseReason {
     Io(String),
     /// The SMSC sent bytes that are not a valid PDU (bad length, truncated or garbled body).
     Malformed(String),
+    /// The SMSC stopped reading: a write took longer than `response_timeout`, or our answers
+    /// to its requests piled up beyond [`MAX_QUEUED_REPLIES`].
+    NotReading,
     /// We unbound (shutdown or reconfiguration).
     Unbound,
 }
@@ -155,6 +163,7 @@ impl CloseReason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::Io(_) => "io_error",
             CloseReason::Malformed(_) => "malformed_pdu",
+            CloseReason::NotReading => "smsc_not_reading",
             CloseReason::Unbound => "unbound",
         }
     }
@@ -230,6 +239,8 @@ struct Inner {
     /// (which could deadlock against an SMSC that is itself blocked writing to us); the SMSC's
     /// own window bounds it in practice.
     replies: mpsc::UnboundedSender<Command>,
+    /// Replies queued and not yet taken by the writer.
+    queued_replies: AtomicUsize,
     /// Receipts waiting to be recorded, in arrival order; bounded in practice by the receipt
     /// channel, on which the reader waits when the store is slow.
     awaited: mpsc::UnboundedSender<AwaitedAnswer>,
@@ -276,6 +287,7 @@ impl Session {
             next_sequence: AtomicU32::new(1),
             outbound,
             replies,
+            queued_replies: AtomicUsize::new(0),
             awaited,
             window: Arc::new(Semaphore::new(settings.window)),
             draining: AtomicBool::new(false),
@@ -433,6 +445,11 @@ impl Inner {
     }
 
     fn reply(&self, sequence: u32, status: CommandStatus, pdu: Pdu) {
+        if self.queued_replies.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_REPLIES {
+            tracing::warn!(carrier = %self.carrier, queued = MAX_QUEUED_REPLIES, "the SMSC sends requests but reads none of our answers; closing");
+            self.close(CloseReason::NotReading);
+            return;
+        }
         // Fails only once the writer is gone, i.e. the session is closing anyway.
         let _ = self.replies.send(Command::new(status, sequence, pdu));
     }
@@ -608,7 +625,8 @@ async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(),
     }
 }
 
-/// Drains replies (first) and requests into the socket, one flush per batch.
+/// Drains replies (first) and requests into the socket, one flush per batch. A batch that
+/// cannot be written within `response_timeout` means the SMSC has stopped reading: close.
 async fn write_loop(
     mut sink: SplitSink<FramedSmpp, Command>,
     mut outbound: mpsc::Receiver<Command>,
@@ -616,11 +634,15 @@ async fn write_loop(
     inner: Arc<Inner>,
 ) {
     const MAX_BATCH: usize = 256;
+    let take_reply = |reply: Command| {
+        inner.queued_replies.fetch_sub(1, Ordering::AcqRel);
+        reply
+    };
     loop {
         let first = tokio::select! {
             biased;
             reply = replies.recv() => match reply {
-                Some(command) => command,
+                Some(command) => take_reply(command),
                 None => break,
             },
             command = outbound.recv() => match command {
@@ -629,26 +651,35 @@ async fn write_loop(
             },
             _ = inner.closed.cancelled() => break,
         };
-        let mut result = sink.feed(first).await;
-        let mut batched = 1;
-        while result.is_ok() && batched < MAX_BATCH {
-            let next = match replies.try_recv() {
-                Ok(command) => command,
-                Err(_) => match outbound.try_recv() {
-                    Ok(command) => command,
-                    Err(_) => break,
-                },
-            };
-            result = sink.feed(next).await;
-            batched += 1;
+        let batch = async {
+            sink.feed(first).await?;
+            let mut batched = 1;
+            while batched < MAX_BATCH {
+                let next = match replies.try_recv() {
+                    Ok(command) => take_reply(command),
+                    Err(_) => match outbound.try_recv() {
+                        Ok(command) => command,
+                        Err(_) => break,
+                    },
+                };
+                sink.feed(next).await?;
+                batched += 1;
+            }
+            SinkExt::<Command>::flush(&mut sink).await
+        };
+        let reason = tokio::select! {
+            written = timeout(inner.response_timeout, batch) => match written {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => CloseReason::Io(e.to_string()),
+                Err(_) => CloseReason::NotReading,
+            },
+            _ = inner.closed.cancelled() => break,
+        };
+        if reason == CloseReason::NotReading {
+            tracing::warn!(carrier = %inner.carrier, timeout = ?inner.response_timeout, "writes to the SMSC stalled; closing");
         }
-        if result.is_ok() {
-            result = SinkExt::<Command>::flush(&mut sink).await;
-        }
-        if let Err(e) = result {
-            inner.close(CloseReason::Io(e.to_string()));
-            break;
-        }
+        inner.close(reason);
+        break;
     }
 }
 

@@ -442,3 +442,27 @@ pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Raw SMPP for hostile and hand-checked peers: no codec of ours or rusmpp's in between.
+/// Reads one PDU: (command_id, sequence, body).
+pub async fn read_pdu(stream: &mut tokio::net::TcpStream) -> (u32, u32, Vec<u8>) {
+    let mut header = [0u8; 16];
+    tokio::io::AsyncReadExt::read_exact(stream, &mut header).await.expect("PDU header");
+    let word = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().unwrap());
+    let (length, id, status, sequence) = (word(0), word(4), word(8), word(12));
+    assert_eq!(status, 0, "command_status must be 0 in a request (§5.1.3)");
+    let mut body = vec![0u8; length as usize - 16];
+    tokio::io::AsyncReadExt::read_exact(stream, &mut body).await.expect("PDU body");
+    (id, sequence, body)
+}
+
+pub async fn write_pdu(stream: &mut tokio::net::TcpStream, id: u32, sequence: u32, body: &[u8]) {
+    let mut pdu = Vec::new();
+    pdu.extend_from_slice(&(16 + body.len() as u32).to_be_bytes());
+    pdu.extend_from_slice(&id.to_be_bytes());
+    pdu.extend_from_slice(&0u32.to_be_bytes());
+    pdu.extend_from_slice(&sequence.to_be_bytes());
+    pdu.extend_from_slice(body);
+    tokio::io::AsyncWriteExt::write_all(stream, &pdu).await.expect("write PDU");
+}
+

@@ -1,0 +1,47 @@
+//! SMSCs that misbehave on purpose, over raw sockets: what they send is written by hand, so no
+//! codec of ours stands between them and the session under test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{carrier_config, read_pdu, start, write_pdu};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// After the bind it floods enquire_link and never reads a byte: our answers would pile up in
+/// memory (1,000,000 took RSS from 66 to 257 MB) unless the session gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smsc_that_stops_reading_is_dropped_before_our_answers_pile_up() {
+    const LIMIT: usize = 2_000_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flood = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (_, sequence, _) = read_pdu(&mut stream).await;
+        write_pdu(&mut stream, 0x8000_0009, sequence, b"hostile\0").await;
+        let started = Instant::now();
+        let mut burst = Vec::with_capacity(1000 * 16);
+        let mut sent = 0usize;
+        while sent < LIMIT {
+            burst.clear();
+            for i in 0..1000u32 {
+                let number = (sent as u32 + i) % 0x7FFF_FFFF + 2;
+                burst.extend_from_slice(&[0, 0, 0, 16, 0, 0, 0, 0x15, 0, 0, 0, 0]);
+                burst.extend_from_slice(&number.to_be_bytes());
+            }
+            // The session closing under us ends the flood.
+            if stream.write_all(&burst).await.is_err() {
+                return Some((sent, started.elapsed()));
+            }
+            sent += 1000;
+        }
+        None
+    });
+    let running = start(carrier_config(addr, "response_timeout = \"1s\""));
+    let ended = tokio::time::timeout(Duration::from_secs(60), flood).await.expect("flood ends").unwrap();
+    let (sent, after) = ended.expect("the session never closed: it kept queueing answers the SMSC never reads");
+    println!("session closed after {sent} enquire_links in {after:?}");
+    assert!(after < Duration::from_secs(10), "took {after:?}");
+    running.shutdown.cancel();
+}
