@@ -491,7 +491,7 @@ struct Restart {
 async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Restart; 2], BenchError> {
     let data_dir = work.join("recovery");
     {
-        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20 }).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20, ..StoreOptions::default() }).map_err(|e| BenchError::Setup(e.to_string()))?;
         let next = Arc::new(AtomicUsize::new(0));
         let now = SystemTime::now();
         let writers: Vec<_> = (0..64)

@@ -242,6 +242,12 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// sled's page cache in MiB (its own default, 1 GiB, is too much for most hosts).
     pub cache_capacity_mb: u64,
+    /// Receipts kept while they wait for their submit_sm_resp, at most (more are dropped and
+    /// counted): receipts for unknown ids must not fill the disk.
+    pub max_held_receipts: usize,
+    /// How long such a receipt waits before it is dropped as unmatched.
+    #[serde(deserialize_with = "duration")]
+    pub hold_receipts_for: Duration,
 }
 
 impl Default for StoreConfig {
@@ -249,6 +255,8 @@ impl Default for StoreConfig {
         StoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             cache_capacity_mb: 4,
+            max_held_receipts: 10_000,
+            hold_receipts_for: Duration::from_secs(600),
         }
     }
 }
@@ -568,6 +576,12 @@ impl Config {
         }
         if self.store.cache_capacity_mb == 0 {
             return Err(invalid("store.cache_capacity_mb".into(), "must be at least 1".into()));
+        }
+        if !(1..=1_000_000).contains(&self.store.max_held_receipts) {
+            return Err(invalid("store.max_held_receipts".into(), "must be 1-1000000".into()));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.store.hold_receipts_for) {
+            return Err(invalid("store.hold_receipts_for".into(), "must be between 1s and 24h".into()));
         }
         Ok(())
     }

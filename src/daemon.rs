@@ -90,6 +90,8 @@ impl Daemon {
     pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
         let options = StoreOptions {
             cache_capacity_bytes: config.store.cache_capacity_mb * 1024 * 1024,
+            max_held_receipts: config.store.max_held_receipts,
+            hold_receipts_for: config.store.hold_receipts_for,
         };
         let store = Store::open(&config.server.data_dir, &options)?;
         let (listener, http_addr) = listen(config.server.http_listen).await?;
@@ -427,6 +429,11 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, failed: &mpsc::UnboundedSe
             tracing::debug!(%carrier, smsc_id = %receipt.message_id, "receipt arrived before its submit_sm_resp; held");
             true
         }
+        Ok(ReceiptMatch::Dropped) => {
+            // Logged by count, not per receipt: a flood of them is the case this guards.
+            metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "held_full").increment(1);
+            true
+        }
         Err(e) => {
             tracing::error!(%carrier, error = %e, "could not record receipt");
             false
@@ -456,9 +463,12 @@ async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration) {
                 if deleted > 0 {
                     tracing::info!(deleted, "retention sweep");
                 }
+                if !unmatched.is_empty() {
+                    tracing::warn!(count = unmatched.len(), "receipts matched no message in time; dropped");
+                }
                 for carrier in unmatched {
-                    tracing::warn!(%carrier, "a receipt matched no message for 10 minutes");
-                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
+                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier.clone()).increment(1);
+                    metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "unmatched").increment(1);
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),

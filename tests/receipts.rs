@@ -135,6 +135,33 @@ async fn a_receipt_is_answered_only_once_it_is_recorded() {
     running.shutdown.cancel();
 }
 
+/// Receipts naming ids we never sent are held for a submit_sm_resp that may still come, but at
+/// most `store.max_held_receipts` of them: 20,000 once grew the data_dir from 148 KB to 19 MB.
+#[tokio::test]
+async fn receipts_for_unknown_ids_are_held_up_to_a_cap_and_the_rest_counted() {
+    let sim = sim(SimConfig::default()).await;
+    let extra = "[store]\nmax_held_receipts = 100\n";
+    let gw = Gateway::start_with(&[sim.addr()], "", extra, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
+    gw.wait_bound().await;
+    for n in 0..500u32 {
+        let mut pdu = DeliverSm::builder()
+            .source_addr("447700900123".parse::<COctetString<1, 21>>().unwrap())
+            .destination_addr("Acme".parse::<COctetString<1, 21>>().unwrap())
+            .esm_class(EsmClass::from(0x04))
+            .build();
+        pdu.push_tlv(Tlv::ReceiptedMessageId(format!("FFFF{n:04}").parse().unwrap()));
+        pdu.push_tlv(Tlv::MessageState(MessageState::Delivered));
+        sim.deliver(pdu);
+    }
+    assert!(sim.wait_until(Duration::from_secs(10), |s| s.acked_receipts.len() == 500).await, "every receipt is answered");
+    assert_eq!(gw.daemon.store().held_receipts(), 100);
+    let (_, _, held_rows) = gw.daemon.store().counts();
+    assert!(held_rows <= 100 * 3, "{held_rows} rows for 100 held receipts");
+    let dropped = common::metric(gw.daemon.metrics_addr(), "otpgate_receipts_dropped_total{carrier=\"alpha\",reason=\"held_full\"}").await;
+    assert_eq!(dropped, 400.0);
+    assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
+}
+
 #[test]
 fn receipt_text_never_reaches_the_parsed_receipt() {
     // Sample 8 echoes an OTP ("1610 is your verific"): nothing after text: is kept.

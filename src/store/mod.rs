@@ -74,6 +74,20 @@ impl From<sled::Error> for StoreError {
 pub struct StoreOptions {
     /// sled's page cache; its default of 1 GiB is more than most hosts want to give.
     pub cache_capacity_bytes: u64,
+    /// Receipts held for a submit_sm_resp still to come, at most; more are dropped and counted.
+    pub max_held_receipts: usize,
+    /// How long a held receipt waits for its submit before it is dropped as unmatched.
+    pub hold_receipts_for: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity_bytes: 4 << 20,
+            max_held_receipts: 10_000,
+            hold_receipts_for: Duration::from_secs(600),
+        }
+    }
 }
 
 /// A message about to be taken in.
@@ -112,9 +126,6 @@ struct EarlyReceipt {
     candidates: Vec<String>,
     summary: ReceiptSummary,
     final_status: Option<MessageStatus>,
-    /// Already counted as unmatched by a sweep.
-    #[serde(default)]
-    reported: bool,
 }
 
 /// What applying a receipt did.
@@ -124,13 +135,12 @@ pub enum ReceiptMatch {
     Matched { id: MessageId, status: MessageStatus, latency: Option<Duration> },
     /// No message yet: kept until its submit_sm_resp is recorded (or the sweep gives up on it).
     Held,
+    /// No message, and [`StoreOptions::max_held_receipts`] are held already: not kept.
+    Dropped,
 }
 
 /// How long an Idempotency-Key is remembered.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// Early receipts unmatched for this long are counted and logged as unmatched.
-pub const UNMATCHED_AFTER: Duration = Duration::from_secs(600);
 
 /// The open store. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -142,6 +152,10 @@ pub struct Store {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages with a queue row, kept in step with it (counted once at open).
     queued: std::sync::atomic::AtomicI64,
+    /// Receipts held for their submit_sm_resp (counted once at open).
+    held: std::sync::atomic::AtomicUsize,
+    max_held: usize,
+    hold_for: Duration,
     /// An intake write failed (disk full, I/O error). sled 0.34 keeps failing after its first
     /// I/O error even once space returns, so this never clears: the process must restart.
     broken: std::sync::atomic::AtomicBool,
@@ -251,6 +265,9 @@ impl Store {
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
             queued: std::sync::atomic::AtomicI64::new(0),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max_held: options.max_held_receipts,
+            hold_for: options.hold_receipts_for,
             broken: std::sync::atomic::AtomicBool::new(false),
         });
         // After a clean close the depth is on record; after a crash, count the queue. Counting
@@ -262,6 +279,8 @@ impl Store {
             _ => store.db.scan_prefix([b'q']).count() as i64,
         };
         store.queued.store(queued, std::sync::atomic::Ordering::Relaxed);
+        let held = store.db.scan_prefix([b'e']).filter_map(Result::ok).filter(|(k, v)| is_first_row(k, v)).count();
+        store.held.store(held, std::sync::atomic::Ordering::Relaxed);
         let db = store.db.clone();
         let flush = move || db.flush().map(|_| ()).map_err(|e| e.to_string());
         let flusher = tokio::spawn(store.commit.clone().run(flush, store.stop.clone()));
@@ -396,6 +415,15 @@ impl Store {
         self.queue_changed(1);
         self.commit.durable().await?;
         Ok(record)
+    }
+
+    fn held_changed(&self, by: isize) {
+        let _ = self.held.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| Some(n.saturating_add_signed(by)));
+    }
+
+    /// Receipts held now for a submit_sm_resp still to come.
+    pub fn held_receipts(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn queue_changed(&self, by: i64) {
@@ -591,6 +619,7 @@ impl Store {
             if let Ok(held) = serde_json::from_slice::<EarlyReceipt>(value) {
                 apply_receipt_to(&mut record, id, &held.summary, held.final_status, now_ms, &mut rows);
                 remove_early(&held, carrier, &self.db, &mut rows)?;
+                self.held_changed(-1);
             }
         }
         rows.remove(queue_key(id));
@@ -631,11 +660,14 @@ impl Store {
                 .map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
             return Ok(ReceiptMatch::Matched { id, status: record.status, latency });
         }
+        if self.held_receipts() >= self.max_held {
+            return Ok(ReceiptMatch::Dropped);
+        }
+        self.held_changed(1);
         let held = EarlyReceipt {
             candidates: candidates.clone(),
             summary,
             final_status,
-            reported: false,
         };
         let sequence = self.db.generate_id()?.to_be_bytes();
         let value = encode(&held);
@@ -646,9 +678,8 @@ impl Store {
     }
 
     /// Deletes finished messages older than `retention`, their receipt index rows and expired
-    /// idempotency keys; reports early receipts still unmatched after [`UNMATCHED_AFTER`] and
-    /// drops them after `retention`. Returns (messages deleted, the carrier of each receipt newly
-    /// found unmatched).
+    /// idempotency keys, and held receipts older than [`StoreOptions::hold_receipts_for`].
+    /// Returns (messages deleted, the carrier of each held receipt dropped unmatched).
     pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
         let mut deleted = 0;
@@ -687,32 +718,22 @@ impl Store {
                 self.db.remove(k)?;
             }
         }
+        // Receipts held past their time are dropped, each reported once (from its first row).
         let mut unmatched = Vec::new();
-        let report_before = record::to_ms(now.checked_sub(UNMATCHED_AFTER).unwrap_or(std::time::UNIX_EPOCH));
+        let expire_before = record::to_ms(now.checked_sub(self.hold_for).unwrap_or(std::time::UNIX_EPOCH));
         for entry in self.db.scan_prefix([b'e']) {
             let (k, v) = entry?;
-            let Ok(mut held) = serde_json::from_slice::<EarlyReceipt>(&v) else {
-                self.db.remove(k)?;
-                continue;
-            };
-            if held.summary.at_ms <= cutoff {
-                self.db.remove(k)?;
+            let at_ms = serde_json::from_slice::<EarlyReceipt>(&v).map_or(0, |held| held.summary.at_ms);
+            if at_ms > expire_before {
                 continue;
             }
-            // A held receipt has one row per candidate id: report it from its first row only.
-            let first_row = early_candidate(&k).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c));
-            if first_row && !held.reported && held.summary.at_ms <= report_before {
-                held.reported = true;
-                let _guard = lock(&self.writes);
-                let value = encode(&held);
+            let _guard = lock(&self.writes);
+            if is_first_row(&k, &v) {
                 let carrier = &k[1..k.iter().position(|&b| b == 0).unwrap_or(1)];
                 unmatched.push(String::from_utf8_lossy(carrier).into_owned());
-                let sequence = &k[k.len() - 8..];
-                let rows = held.candidates.iter().map(|c| key(b'e', &[carrier, c.as_bytes(), sequence]));
-                for row_key in rows {
-                    self.db.insert(row_key, value.clone())?;
-                }
+                self.held_changed(-1);
             }
+            self.db.remove(k)?;
         }
         Ok((deleted, unmatched))
     }
@@ -767,6 +788,13 @@ fn remove_early(held: &EarlyReceipt, carrier: &str, db: &sled::Db, rows: &mut Ch
     Ok(())
 }
 
+/// Whether an `e` row is the first of its held receipt's rows (one per candidate id): the
+/// one a receipt is counted by.
+fn is_first_row(row_key: &[u8], value: &[u8]) -> bool {
+    let Ok(held) = serde_json::from_slice::<EarlyReceipt>(value) else { return false };
+    early_candidate(row_key).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c))
+}
+
 /// The candidate id inside an `e` row key: `e`, carrier, NUL, candidate, NUL, 8-byte sequence.
 fn early_candidate(row_key: &[u8]) -> Option<&[u8]> {
     let body = row_key.get(1..row_key.len().checked_sub(9)?)?;
@@ -787,6 +815,7 @@ mod tests {
     fn options() -> StoreOptions {
         StoreOptions {
             cache_capacity_bytes: 8 * 1024 * 1024,
+            ..StoreOptions::default()
         }
     }
 
@@ -878,7 +907,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_reported_once() {
+    async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_dropped_and_reported_once() {
         let (_dir, store, now) = fresh();
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         // Receipt in decimal before the submit_sm_resp names the id in hex.
@@ -886,16 +915,41 @@ mod tests {
         assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).unwrap(), Some(MessageStatus::Delivered));
         assert_eq!(store.counts().2, 0);
 
-        // A receipt for nothing on another carrier: held, then reported once, then dropped.
+        // A receipt for nothing on another carrier: held, then dropped and reported once.
         store.apply_receipt("beta", &receipt("77", DeliveryState::Undeliverable), now).unwrap();
+        assert_eq!(store.held_receipts(), 1);
         let retention = Duration::from_secs(7 * 24 * 3600);
         assert!(store.sweep(retention, now).unwrap().1.is_empty(), "too young to call unmatched");
-        let later = now + UNMATCHED_AFTER + Duration::from_secs(1);
+        let later = now + StoreOptions::default().hold_receipts_for + Duration::from_secs(1);
         assert_eq!(store.sweep(retention, later).unwrap().1, vec!["beta".to_string()]);
+        assert_eq!((store.counts().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
         assert!(store.sweep(retention, later).unwrap().1.is_empty(), "reported once");
-        assert!(store.counts().2 > 0, "kept until retention");
-        store.sweep(retention, now + retention + Duration::from_secs(1)).unwrap();
-        assert_eq!(store.counts().2, 0);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn held_receipts_are_capped_and_their_count_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let capped = StoreOptions {
+            max_held_receipts: 3,
+            ..options()
+        };
+        {
+            let store = Store::open(dir.path(), &capped).unwrap();
+            for n in 0..5 {
+                let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
+                assert_eq!(store.apply_receipt("alpha", &receipt(&format!("{}", 100 + n), DeliveryState::Delivered), now).unwrap(), expected);
+            }
+            store.close().await.unwrap();
+        }
+        let store = Store::open(dir.path(), &capped).unwrap();
+        assert_eq!(store.held_receipts(), 3, "counted at open");
+        assert_eq!(store.apply_receipt("alpha", &receipt("999", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Dropped);
+        // One held receipt meets its submit: room for another.
+        let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+        store.mark_submitted(&id, "alpha", "100", attempt(), now).unwrap();
+        assert_eq!(store.held_receipts(), 2);
         store.close().await.unwrap();
     }
 
