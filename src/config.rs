@@ -383,6 +383,10 @@ pub struct CarrierConfig {
     /// The SMSC's own receipt state codes and the Appendix B state each means.
     #[serde(default)]
     pub receipt_states: std::collections::BTreeMap<String, String>,
+    /// How its receipt ids relate to its submit_sm_resp ids: `auto` (learned), `same`,
+    /// `hex_to_dec` or `dec_to_hex`.
+    #[serde(default)]
+    pub receipt_id: crate::smpp::receipt::IdRelation,
 }
 
 fn default_receipt_text() -> String {

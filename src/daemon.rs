@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::otp::Otp;
 use crate::dispatch::{Dispatch, Dispatcher, Job, Policy};
 use crate::http::{self, AppState};
+use crate::smpp::receipt::{IdReading, IdRelation};
 use crate::smpp::{Carrier, ReceiptEvent};
 use crate::route::Network;
 use crate::telemetry;
@@ -383,8 +384,12 @@ async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, max_resen
 /// Failed ones are reported for OTP receipt failover.
 async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>, failed: mpsc::UnboundedSender<MessageId>) {
     let mut batch = Vec::with_capacity(RECEIPT_BATCH);
+    let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
     while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
-        let applied: Vec<bool> = batch.iter().map(|event| apply_receipt(&store, event, &failed)).collect();
+        let applied: Vec<bool> = batch
+            .iter()
+            .map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed))
+            .collect();
         let durable = match store.durable().await {
             Ok(()) => true,
             Err(e) => {
@@ -398,8 +403,36 @@ async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptE
     }
 }
 
+/// What `receipt_id = "auto"` has learned of one carrier's receipt ids.
+#[derive(Default)]
+struct IdLearner {
+    learned: Option<IdReading>,
+    /// The reading of the last unambiguous matches, and how many in a row.
+    streak: Option<(IdReading, u32)>,
+}
+
+/// Unambiguous matches in a row under one reading before `auto` settles on it.
+const LEARN_AFTER: u32 = 5;
+
+impl IdLearner {
+    fn observe(&mut self, carrier: &str, reading: IdReading) {
+        if self.learned.is_some() {
+            return;
+        }
+        let run = match self.streak {
+            Some((r, n)) if r == reading => n + 1,
+            _ => 1,
+        };
+        self.streak = Some((reading, run));
+        if run >= LEARN_AFTER {
+            tracing::info!(carrier, reading = reading.as_str(), "receipt ids learned: matched this way {LEARN_AFTER} times in a row");
+            self.learned = Some(reading);
+        }
+    }
+}
+
 /// Applies one receipt; false when the store could not record it.
-fn apply_receipt(store: &Store, event: &ReceiptEvent, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
+fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
     let carrier = event.carrier.to_string();
     let receipt = match &event.receipt {
         Ok(receipt) => receipt,
@@ -411,18 +444,32 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, failed: &mpsc::UnboundedSe
         }
     };
     metrics::counter!("otpgate_receipts_total", "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
-    match store.apply_receipt(&carrier, receipt, SystemTime::now()) {
-        Ok(ReceiptMatch::Matched { id, status, latency }) => {
+    let readings = event.id_relation.readings(ids.learned);
+    match store.apply_receipt(&carrier, receipt, readings, SystemTime::now()) {
+        Ok(ReceiptMatch::Matched { id, status, latency, finished, reading }) => {
             tracing::debug!(%carrier, message_id = %id, status = status.as_str(), "receipt matched");
+            if let (IdRelation::Auto, Some(reading)) = (event.id_relation, reading) {
+                ids.observe(&carrier, reading);
+            }
             if let Some(latency) = latency {
                 metrics::histogram!("otpgate_receipt_latency_seconds", "carrier" => carrier.clone()).record(latency.as_secs_f64());
             }
-            if status.is_final() {
+            if finished {
                 metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+                if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
+                    let _ = failed.send(id);
+                }
             }
-            if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
-                let _ = failed.send(id);
-            }
+            true
+        }
+        Ok(ReceiptMatch::Late { id }) => {
+            tracing::debug!(%carrier, message_id = %id, "receipt after the final one; counted, not applied");
+            metrics::counter!("otpgate_receipts_late_total", "carrier" => carrier).increment(1);
+            true
+        }
+        Ok(ReceiptMatch::Ambiguous) => {
+            tracing::warn!(%carrier, smsc_id = %receipt.message_id, "receipt id names different messages under different readings; not applied (set receipt_id for this carrier)");
+            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => carrier).increment(1);
             true
         }
         Ok(ReceiptMatch::Held) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{API_KEY, Gateway, ReceiptFixture, carrier_config, post_message, receipt_fixtures, sim, start_bound, wait_status};
 use otpgate::sim::SimConfig;
 use otpgate::smpp::{Receipt, SubmitOutcome};
-use otpgate::smpp::receipt::{ReceiptFields, id_candidates};
+use otpgate::smpp::receipt::{IdReading, ReceiptFields, canonical_id};
 use rusmpp::pdus::DeliverSm;
 use rusmpp::tlvs::MessageDeliveryRequestTlvValue as Tlv;
 use rusmpp::types::{AnyOctetString, COctetString, OctetString};
@@ -64,9 +64,9 @@ fn check(fixture: &ReceiptFixture, parsed: &Result<Receipt, otpgate::smpp::recei
     assert_eq!(net, field("net"), "sample {n}: net");
     if let Some(alt) = &r.alternate_id {
         // The TLV and the text name the same message, in whatever bases: they must match.
-        let ours = id_candidates(&r.message_id);
+        let ours = canonical_id(&r.message_id);
         assert!(
-            id_candidates(alt).iter().any(|c| ours.contains(c)),
+            IdReading::ALL.iter().any(|reading| reading.response_id(alt) == Some(ours.clone())),
             "sample {n}: {} and {alt} do not match",
             r.message_id
         );
@@ -204,4 +204,122 @@ async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
     let message = wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
     assert_eq!(message["receipt"]["stat"], "00", "{message}");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A text-only receipt from a carrier whose submit_sm_resp ids are hex.
+fn text_receipt(text: &str) -> DeliverSm {
+    DeliverSm::builder()
+        .source_addr("447700900123".parse::<COctetString<1, 21>>().unwrap())
+        .destination_addr("Acme".parse::<COctetString<1, 21>>().unwrap())
+        .esm_class(EsmClass::from(0x04))
+        .short_message(OctetString::from_vec(text.as_bytes().to_vec()).unwrap())
+        .build()
+}
+
+async fn submitted(sim: &otpgate::sim::SmscSim, client: &mut otpgate::http::client::Client, next_id: u64, to: &str) -> String {
+    sim.set_next_message_id(next_id);
+    let body = format!(r#"{{"to": "{to}", "text": "hello"}}"#);
+    let id = post_message(client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string();
+    wait_status(client, &id, "submitted", Duration::from_secs(5)).await;
+    id
+}
+
+/// Hex response ids `10` and `16`, decimal receipt text `id:16` (= 0x10): A's receipt must not be
+/// applied to B. Until the carrier's id relation is known the receipt is not applied at all;
+/// `auto` learns it from receipts that match one way only, then A gets its receipt.
+#[tokio::test]
+async fn a_receipt_id_that_reads_as_two_messages_is_not_guessed_and_auto_learns_the_relation() {
+    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let a = submitted(&sim, &mut client, 0x10, "+447700900001").await;
+    let b = submitted(&sim, &mut client, 0x16, "+447700900002").await;
+    let metrics = gw.daemon.metrics_addr();
+    let acked = |n: usize| move |s: &otpgate::sim::SimStats| s.acked_receipts.len() + s.deliver_sm_resps as usize >= n;
+
+    sim.deliver(text_receipt("id:16 sub:001 dlvrd:001 submit date:2601010000 done date:2601010000 stat:DELIVRD err:000"));
+    assert!(sim.wait_until(Duration::from_secs(5), acked(1)).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(common::metric(metrics, "otpgate_receipts_ambiguous_total{carrier=\"alpha\"}").await, 1.0);
+    assert_eq!(get_status(&mut client, &a).await, "submitted");
+    assert_eq!(get_status(&mut client, &b).await, "submitted", "B must not get A's receipt");
+
+    // Five receipts that read one way only: decimal text for hex ids 0x100...
+    for n in 0..5u64 {
+        let id = submitted(&sim, &mut client, 0x100 + n, &format!("+4477009001{n:02}")).await;
+        sim.deliver(text_receipt(&format!("id:{} stat:DELIVRD err:000", 0x100 + n)));
+        wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
+    }
+    sim.deliver(text_receipt("id:16 stat:DELIVRD err:000"));
+    wait_status(&mut client, &a, "delivered", Duration::from_secs(5)).await;
+    assert_eq!(get_status(&mut client, &b).await, "submitted");
+    assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_configured_relation_reads_receipt_ids_one_way_only() {
+    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
+    let gw = Gateway::start(&[sim.addr()], "receipt_id = \"hex_to_dec\"").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let a = submitted(&sim, &mut client, 0x10, "+447700900001").await;
+    let b = submitted(&sim, &mut client, 0x16, "+447700900002").await;
+    sim.deliver(text_receipt("id:16 stat:DELIVRD err:000"));
+    wait_status(&mut client, &a, "delivered", Duration::from_secs(5)).await;
+    assert_eq!(get_status(&mut client, &b).await, "submitted");
+    assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
+}
+
+async fn get_status(client: &mut otpgate::http::client::Client, id: &str) -> String {
+    common::get_message(client, API_KEY, id).await.json()["status"].as_str().unwrap().to_string()
+}
+
+/// One source of truth for a receipt's state, and nothing after the final one: a TLV UNDELIV
+/// beside a text DELIVRD is undeliverable throughout, and a later DELIVRD is counted, not applied.
+#[tokio::test]
+async fn the_receipt_state_agrees_with_itself_and_later_receipts_do_not_rewrite_it() {
+    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let id = submitted(&sim, &mut client, 0xABC, "+447700900001").await;
+    let mut conflicting = text_receipt("id:2748 stat:DELIVRD err:000");
+    conflicting.push_tlv(Tlv::ReceiptedMessageId("ABC".parse().unwrap()));
+    conflicting.push_tlv(Tlv::MessageState(MessageState::Undeliverable));
+    sim.deliver(conflicting);
+    let message = wait_status(&mut client, &id, "undeliverable", Duration::from_secs(5)).await;
+    assert_eq!(message["receipt"]["stat"], "UNDELIV", "{message}");
+
+    let mut later = text_receipt("id:2748 stat:DELIVRD err:000");
+    later.push_tlv(Tlv::ReceiptedMessageId("ABC".parse().unwrap()));
+    later.push_tlv(Tlv::MessageState(MessageState::Delivered));
+    sim.deliver(later);
+    assert!(sim.wait_until(Duration::from_secs(5), |s| s.acked_receipts.len() == 2).await);
+    let metrics = gw.daemon.metrics_addr();
+    assert_eq!(common::metric(metrics, "otpgate_receipts_late_total{carrier=\"alpha\"}").await, 1.0);
+    let message = common::get_message(&mut client, API_KEY, &id).await.json();
+    assert_eq!((message["status"].as_str(), message["receipt"]["stat"].as_str()), (Some("undeliverable"), Some("UNDELIV")));
+    assert_eq!(common::metric(metrics, "otpgate_messages_total{state=\"delivered\"}").await, 0.0);
+    assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
+}
+
+/// SMSCs resend receipts whose answer they missed: a duplicate is not a second delivery.
+#[tokio::test]
+async fn duplicate_receipts_count_one_delivery_each() {
+    let sim = sim(SimConfig::default()).await;
+    sim.set_duplicate_receipts(true);
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    for i in 0..10 {
+        let body = format!(r#"{{"to": "+4477009000{i:02}", "text": "hello"}}"#);
+        let id = post_message(&mut client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string();
+        wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
+    }
+    assert!(sim.wait_until(Duration::from_secs(5), |s| s.acked_receipts.len() == 20).await);
+    let metrics = gw.daemon.metrics_addr();
+    assert_eq!(common::metric(metrics, "otpgate_messages_total{state=\"delivered\"}").await, 10.0);
+    assert_eq!(common::metric(metrics, "otpgate_receipts_late_total{carrier=\"alpha\"}").await, 10.0);
+    assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
 }

@@ -261,6 +261,12 @@ impl SmscSim {
         self.state.drop_every.store(n, Ordering::SeqCst);
     }
 
+    /// The number the next message id is made of (ids are its hex form), e.g. to make two
+    /// messages' ids collide across bases.
+    pub fn set_next_message_id(&self, number: u64) {
+        self.state.next_message_id.store(number, Ordering::SeqCst);
+    }
+
     /// Sends each receipt twice (as SMSCs do after a lost deliver_sm_resp).
     pub fn set_duplicate_receipts(&self, on: bool) {
         self.state.duplicate_receipts.store(on, Ordering::SeqCst);

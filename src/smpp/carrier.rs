@@ -105,6 +105,7 @@ impl Carrier {
             response_timeout: c.response_timeout,
             enquire_link_interval: c.enquire_link_interval,
             receipt_format: Arc::new(c.receipt_format()),
+            receipt_ids: c.receipt_id,
         }
     }
 

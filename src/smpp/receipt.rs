@@ -165,6 +165,9 @@ pub struct Receipt {
     pub message_id: String,
     /// The text's id when it differs from `message_id` (often the same number in another base).
     pub alternate_id: Option<String>,
+    /// `message_id` came from the receipted_message_id TLV, which SMPP defines as the
+    /// submit_sm_resp's id itself; a text id may be written in another base.
+    pub id_from_tlv: bool,
     pub state: DeliveryState,
     /// The text's `stat:` as sent (upper-cased), when there was one.
     pub stat: Option<String>,
@@ -431,6 +434,7 @@ impl ReceiptFields<'_> {
     pub fn parse_as(&self, format: &ReceiptFormat) -> Result<Receipt, ReceiptError> {
         let text = format.text(self.text);
         let text_id = text.id.map(str::to_string);
+        let id_from_tlv = self.receipted_message_id.is_some();
         let (message_id, alternate_id) = match (self.receipted_message_id.clone(), text_id) {
             (Some(tlv), Some(t)) if t != tlv => (tlv, Some(t)),
             (Some(tlv), _) => (tlv, None),
@@ -442,13 +446,17 @@ impl ReceiptFields<'_> {
             (None, Some(stat)) => format.state(stat),
             (None, None) => return Err(ReceiptError::NoState),
         };
+        // One source of truth: the text's stat is kept only where it says what the state says
+        // (a TLV UNDELIV beside a text DELIVRD once showed a message undeliverable with "DELIVRD").
+        let stat = text.stat.filter(|s| format.state(s) == state).map(str::to_ascii_uppercase);
         let number = |v: Option<&str>| v.and_then(|v| v.parse::<u32>().ok());
         let err = text.err.filter(|e| !e.eq_ignore_ascii_case("null")).map(str::to_string);
         Ok(Receipt {
             message_id,
             alternate_id,
+            id_from_tlv,
             state,
-            stat: text.stat.map(str::to_ascii_uppercase),
+            stat,
             err,
             submitted: number(text.sub),
             delivered: number(text.dlvrd),
@@ -513,40 +521,99 @@ impl<'a> From<&'a DataSm> for ReceiptFields<'a> {
     }
 }
 
-/// The forms under which an SMSC may later name the message it called `id`.
-///
-/// Carriers disagree with themselves: the submit_sm_resp says `70BA8A69` and the receipt text says
-/// `1891273321` (the same number in decimal), or `0059113978` against `38601fa`. Instead of a
-/// per-carrier setting that operators get wrong, both sides are reduced to candidate keys: the id
-/// lower-cased without leading zeros, and its value re-written in the other base when it reads as a
-/// number. The first candidate is the canonical key to index under.
-pub fn id_candidates(id: &str) -> Vec<String> {
+impl Receipt {
+    /// The id the receipted_message_id TLV gave, if any.
+    pub fn tlv_id(&self) -> Option<&str> {
+        self.id_from_tlv.then_some(self.message_id.as_str())
+    }
+
+    /// The id the text gave, when it is not the TLV's.
+    pub fn text_id(&self) -> Option<&str> {
+        match self.id_from_tlv {
+            true => self.alternate_id.as_deref(),
+            false => Some(self.message_id.as_str()),
+        }
+    }
+}
+
+/// How a carrier's receipt ids relate to its submit_sm_resp ids (config `receipt_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdRelation {
+    /// Learned from receipts that match under one reading only; until then every reading is
+    /// tried, and a receipt that would match different messages under different readings is
+    /// not applied (counted as ambiguous).
+    #[default]
+    Auto,
+    /// The same id (letter case and leading zeros aside).
+    Same,
+    /// The receipt writes in decimal the id the response gave in hex (`70BA8A69` → `1891273321`).
+    HexToDec,
+    /// The receipt writes in hex the id the response gave in decimal.
+    DecToHex,
+}
+
+/// One way to read a receipt's id back into the submit_sm_resp id it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdReading {
+    Same,
+    HexToDec,
+    DecToHex,
+}
+
+impl IdReading {
+    pub const ALL: [IdReading; 3] = [IdReading::Same, IdReading::HexToDec, IdReading::DecToHex];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdReading::Same => "same",
+            IdReading::HexToDec => "hex_to_dec",
+            IdReading::DecToHex => "dec_to_hex",
+        }
+    }
+
+    /// The canonical submit_sm_resp id (see [`canonical_id`]) that receipt id `id` names under
+    /// this reading, if it can be read so.
+    pub fn response_id(self, id: &str) -> Option<String> {
+        let id = canonical_id(id);
+        let digits = !id.is_empty() && id.len() <= 38;
+        match self {
+            IdReading::Same => Some(id),
+            IdReading::HexToDec if digits && id.bytes().all(|b| b.is_ascii_digit()) => id.parse::<u128>().ok().map(|n| format!("{n:x}")),
+            IdReading::DecToHex if digits && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                u128::from_str_radix(&id, 16).ok().map(|n| n.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IdRelation {
+    /// The readings to try, given what `auto` has learned so far.
+    pub fn readings(self, learned: Option<IdReading>) -> &'static [IdReading] {
+        let only = |r: IdReading| -> &'static [IdReading] {
+            match r {
+                IdReading::Same => &[IdReading::Same],
+                IdReading::HexToDec => &[IdReading::HexToDec],
+                IdReading::DecToHex => &[IdReading::DecToHex],
+            }
+        };
+        match (self, learned) {
+            (IdRelation::Same, _) => only(IdReading::Same),
+            (IdRelation::HexToDec, _) => only(IdReading::HexToDec),
+            (IdRelation::DecToHex, _) => only(IdReading::DecToHex),
+            (IdRelation::Auto, Some(r)) => only(r),
+            (IdRelation::Auto, None) => &IdReading::ALL,
+        }
+    }
+}
+
+/// An SMSC id as the receipt index keys it: trimmed, lower case, without leading zeros.
+pub fn canonical_id(id: &str) -> String {
     let trimmed = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     let lower = trimmed.to_ascii_lowercase();
     let stripped = lower.trim_start_matches('0');
-    let canonical = if stripped.is_empty() && !lower.is_empty() {
-        "0".to_string()
-    } else {
-        stripped.to_string()
-    };
-    let mut out = vec![canonical.clone()];
-    let mut push = |candidate: String| {
-        if !out.contains(&candidate) {
-            out.push(candidate);
-        }
-    };
-    let digits = !canonical.is_empty() && canonical.len() <= 38;
-    if digits && canonical.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(n) = canonical.parse::<u128>() {
-            push(format!("{n:x}"));
-        }
-    }
-    if digits && canonical.bytes().all(|b| b.is_ascii_hexdigit()) && canonical.len() <= 32 {
-        if let Ok(n) = u128::from_str_radix(&canonical, 16) {
-            push(n.to_string());
-        }
-    }
-    out
+    if stripped.is_empty() && !lower.is_empty() { "0".to_string() } else { stripped.to_string() }
 }
 
 #[cfg(test)]
@@ -636,18 +703,18 @@ mod tests {
     }
 
     #[test]
-    fn ids_in_either_base_share_a_candidate() {
-        let shares = |a: &str, b: &str| {
-            let ca = id_candidates(a);
-            id_candidates(b).iter().any(|c| ca.contains(c))
-        };
-        assert!(shares("70BA8A69", "1891273321"));
-        assert!(shares("0059113978", "38601fa"));
-        assert!(shares("0000000012345678", "12345678"));
-        assert!(shares("C87C2273-7EDB", "c87c2273-7edb"));
-        assert!(shares("64567564356765435676", "64567564356765435676"));
-        assert!(!shares("1000", "1001"));
-        assert_eq!(id_candidates("000"), vec!["0".to_string()]);
-        assert_eq!(id_candidates("0x1")[0], "x1");
+    fn receipt_ids_read_back_into_response_ids() {
+        let read = |r: IdReading, id: &str| r.response_id(id);
+        assert_eq!(read(IdReading::Same, "0000AB12"), Some("ab12".into()));
+        assert_eq!(read(IdReading::HexToDec, "1891273321"), Some("70ba8a69".into()));
+        assert_eq!(read(IdReading::HexToDec, "0059113978"), Some("38601fa".into()));
+        assert_eq!(read(IdReading::DecToHex, "38601FA"), Some("59113978".into()));
+        assert_eq!(read(IdReading::HexToDec, "C87C2273-7EDB"), None, "not a number");
+        assert_eq!(read(IdReading::Same, "64567564356765435676"), Some("64567564356765435676".into()));
+        assert_eq!(canonical_id("000"), "0");
+        // The readings a carrier's setting allows.
+        assert_eq!(IdRelation::Auto.readings(None), &IdReading::ALL);
+        assert_eq!(IdRelation::Auto.readings(Some(IdReading::DecToHex)), &[IdReading::DecToHex]);
+        assert_eq!(IdRelation::HexToDec.readings(Some(IdReading::Same)), &[IdReading::HexToDec]);
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{Frame, FrameCodec};
 use super::message::c_octet;
 use super::outcome::{NotSubmitted, SubmitOutcome};
-use super::receipt::{Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
+use super::receipt::{IdRelation, Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
 
 /// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
 /// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
@@ -77,8 +77,10 @@ pub struct SessionSettings {
     pub window: usize,
     pub response_timeout: Duration,
     pub enquire_link_interval: Duration,
-    /// How this carrier writes receipt texts.
+    /// How this carrier writes receipt texts ...
     pub receipt_format: Arc<ReceiptFormat>,
+    /// ... and how its receipt ids relate to its submit_sm_resp ids.
+    pub receipt_ids: IdRelation,
 }
 
 /// A delivery receipt read off a session, for whoever tracks messages.
@@ -89,6 +91,8 @@ pub struct SessionSettings {
 pub struct ReceiptEvent {
     pub carrier: Arc<str>,
     pub receipt: Result<Receipt, ReceiptError>,
+    /// The carrier's `receipt_id` setting.
+    pub id_relation: IdRelation,
     recorded: Option<oneshot::Sender<bool>>,
 }
 
@@ -230,6 +234,7 @@ struct Inner {
     response_timeout: Duration,
     enquire_link_interval: Duration,
     receipt_format: Arc<ReceiptFormat>,
+    receipt_ids: IdRelation,
     /// Requests awaiting a response, by sequence number.
     pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_sequence: AtomicU32,
@@ -282,6 +287,7 @@ impl Session {
             response_timeout: settings.response_timeout,
             enquire_link_interval: settings.enquire_link_interval,
             receipt_format: settings.receipt_format.clone(),
+            receipt_ids: settings.receipt_ids,
             pending: Mutex::new(HashMap::new()),
             // The bind used sequence number 1.
             next_sequence: AtomicU32::new(1),
@@ -555,6 +561,7 @@ impl Inner {
         let event = ReceiptEvent {
             carrier: self.carrier.clone(),
             receipt,
+            id_relation: self.receipt_ids,
             recorded: Some(recorded),
         };
         // A full channel makes the reader wait: the store sets the pace.

@@ -46,7 +46,7 @@ use commit::GroupCommit;
 pub use record::{Attempt, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
 
 use crate::smpp::Receipt;
-use crate::smpp::receipt::id_candidates;
+use crate::smpp::receipt::{IdReading, canonical_id};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +131,20 @@ struct EarlyReceipt {
 /// What applying a receipt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptMatch {
-    /// Matched a message; its status now.
-    Matched { id: MessageId, status: MessageStatus, latency: Option<Duration> },
+    /// Matched a message; its status now. `finished`: this receipt made it final. `reading`:
+    /// the one reading under which the receipt's text id matched, when only one did (what
+    /// `receipt_id = "auto"` learns from).
+    Matched {
+        id: MessageId,
+        status: MessageStatus,
+        latency: Option<Duration>,
+        finished: bool,
+        reading: Option<IdReading>,
+    },
+    /// The message already had a final receipt: counted, not applied.
+    Late { id: MessageId },
+    /// Its id names different messages under different readings: not applied (no guessing).
+    Ambiguous,
     /// No message yet: kept until its submit_sm_resp is recorded (or the sweep gives up on it).
     Held,
     /// No message, and [`StoreOptions::max_held_receipts`] are held already: not kept.
@@ -599,20 +611,16 @@ impl Store {
         record.submitted_ms = Some(now_ms);
         record.carrier = Some(carrier.to_string());
         record.smsc_message_id = Some(smsc_id.to_string());
-        let candidates = if smsc_id.is_empty() { Vec::new() } else { id_candidates(smsc_id) };
-        // One index row, under the canonical form: a receipt naming the same number in any
-        // base has it among its own candidates, and the receipt side looks up all of those.
-        if let Some(canonical) = candidates.first() {
-            rows.add(key(b'r', &[carrier.as_bytes(), canonical.as_bytes()]), &id.0[..]);
-        }
-        // A receipt that beat the response here?
+        // One index row, under the canonical form; the receipt side reads its ids back into
+        // this form (`IdReading`).
+        let canonical = canonical_id(smsc_id);
         let mut early = None;
-        for candidate in &candidates {
-            let prefix = key(b'e', &[carrier.as_bytes(), candidate.as_bytes(), b""]);
+        if !canonical.is_empty() {
+            rows.add(key(b'r', &[carrier.as_bytes(), canonical.as_bytes()]), &id.0[..]);
+            // A receipt that beat the response here?
+            let prefix = key(b'e', &[carrier.as_bytes(), canonical.as_bytes(), b""]);
             if let Some(entry) = self.db.scan_prefix(&prefix).next() {
-                let (k, v) = entry?;
-                early = Some((k, v));
-                break;
+                early = Some(entry?);
             }
         }
         if let Some((_, value)) = &early {
@@ -628,37 +636,82 @@ impl Store {
     }
 
     /// Applies a receipt from `carrier`: to its message when the correlation index knows the
-    /// id, else holds it for the submit_sm_resp still to come.
-    pub fn apply_receipt(&self, carrier: &str, receipt: &Receipt, now: SystemTime) -> Result<ReceiptMatch, StoreError> {
+    /// id, else holds it for the submit_sm_resp still to come. The TLV id is read as the
+    /// response's id itself; the text id under each of `readings`.
+    pub fn apply_receipt(&self, carrier: &str, receipt: &Receipt, readings: &[IdReading], now: SystemTime) -> Result<ReceiptMatch, StoreError> {
         let now_ms = record::to_ms(now);
+        let final_status = MessageStatus::from_receipt(receipt.state);
         let summary = ReceiptSummary {
             stat: receipt.stat.clone().unwrap_or_else(|| receipt.state.as_str().to_string()),
             err: receipt.err.clone(),
             at_ms: now_ms,
+            is_final: final_status.is_some(),
         };
-        let final_status = MessageStatus::from_receipt(receipt.state);
-        let mut candidates = id_candidates(&receipt.message_id);
-        if let Some(alternate) = &receipt.alternate_id {
-            for c in id_candidates(alternate) {
-                if !candidates.contains(&c) {
-                    candidates.push(c);
-                }
+        // Every (reading, response id) this receipt may stand for; `None`: the TLV id, which
+        // SMPP defines as the response's id itself.
+        let mut keys: Vec<(Option<IdReading>, String)> = Vec::new();
+        if let Some(tlv) = receipt.tlv_id() {
+            keys.push((None, canonical_id(tlv)));
+        }
+        if let Some(text) = receipt.text_id() {
+            keys.extend(readings.iter().filter_map(|&r| r.response_id(text).map(|k| (Some(r), k))));
+        }
+        keys.retain(|(_, k)| !k.is_empty());
+        let _guard = lock(&self.writes);
+        let mut found: Vec<(Option<IdReading>, MessageId, MessageRecord)> = Vec::new();
+        for (reading, k) in &keys {
+            let Some(row) = self.db.get(key(b'r', &[carrier.as_bytes(), k.as_bytes()]))? else { continue };
+            let Some(id) = id_from(&row) else { continue };
+            if let Some(record) = self.get_record(&id)? {
+                found.push((*reading, id, record));
             }
         }
-        let _guard = lock(&self.writes);
-        for candidate in &candidates {
-            let Some(found) = self.db.get(key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]))? else {
-                continue;
+        if !found.is_empty() {
+            let awaiting = |r: &MessageRecord| !r.receipt.as_ref().is_some_and(|s| s.is_final);
+            let tlv_match = found.iter().position(|(reading, _, _)| reading.is_none());
+            let text_readings: Vec<IdReading> = found.iter().filter_map(|(r, _, _)| *r).collect();
+            // The TLV is exact; else a message still waiting for its receipt, if only one is.
+            let chosen = match tlv_match {
+                Some(i) => i,
+                None => {
+                    let waiting: Vec<usize> = (0..found.len()).filter(|&i| awaiting(&found[i].2)).collect();
+                    let distinct: std::collections::HashSet<MessageId> = waiting.iter().map(|&i| found[i].1).collect();
+                    match (distinct.len(), waiting.first()) {
+                        (1, Some(&i)) => i,
+                        (0, _) => 0,
+                        _ => return Ok(ReceiptMatch::Ambiguous),
+                    }
+                }
             };
-            let Some(id) = id_from(&found) else { continue };
-            let Some(mut record) = self.get_record(&id)? else { continue };
+            let (_, id, mut record) = found.swap_remove(chosen);
+            if !awaiting(&record) {
+                return Ok(ReceiptMatch::Late { id });
+            }
+            let reading = match text_readings.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            };
             let mut rows = Change::default();
-            apply_receipt_to(&mut record, &id, &summary, final_status, now_ms, &mut rows);
+            let was_queued = record.status == MessageStatus::Queued;
+            let finished = apply_receipt_to(&mut record, &id, &summary, final_status, now_ms, &mut rows);
             self.apply(rows, message_key(&id), encode(&record))?;
-            let latency = record
-                .submitted_ms
-                .map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
-            return Ok(ReceiptMatch::Matched { id, status: record.status, latency });
+            if was_queued && finished {
+                self.queue_changed(-1);
+            }
+            let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
+            return Ok(ReceiptMatch::Matched {
+                id,
+                status: record.status,
+                latency,
+                finished,
+                reading,
+            });
+        }
+        let mut candidates: Vec<String> = Vec::new();
+        for (_, k) in keys {
+            if !candidates.contains(&k) {
+                candidates.push(k);
+            }
         }
         if self.held_receipts() >= self.max_held {
             return Ok(ReceiptMatch::Dropped);
@@ -691,12 +744,10 @@ impl Store {
             match self.get_record(&id)? {
                 Some(record) if record.status.is_final() => {
                     if let (Some(carrier), Some(smsc_id)) = (&record.carrier, &record.smsc_message_id) {
-                        for candidate in id_candidates(smsc_id) {
-                            let index = key(b'r', &[carrier.as_bytes(), candidate.as_bytes()]);
-                            // Only if it still points here: a newer message may reuse the SMSC id.
-                            if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
-                                self.db.remove(index)?;
-                            }
+                        let index = key(b'r', &[carrier.as_bytes(), canonical_id(smsc_id).as_bytes()]);
+                        // Only if it still points here: a newer message may reuse the SMSC id.
+                        if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
+                            self.db.remove(index)?;
                         }
                     }
                     self.db.remove(message_key(&id))?;
@@ -762,20 +813,21 @@ impl Store {
     }
 }
 
-fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &ReceiptSummary, final_status: Option<MessageStatus>, now_ms: u64, rows: &mut Change) {
+/// Applies a receipt to its record; returns whether this made the message final. A final
+/// receipt is the network's word: it settles a status we set ourselves (expired, failed).
+fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &ReceiptSummary, final_status: Option<MessageStatus>, now_ms: u64, rows: &mut Change) -> bool {
     record.receipt = Some(summary.clone());
-    if let Some(status) = final_status {
-        if !record.status.is_final() || record.status == MessageStatus::Expired {
-            rows.add(done_key(DONE, now_ms, id), []);
-            // Removals run after the adds: never remove the row just added.
-            if let Some(old_done) = record.done_ms.filter(|&old| old != now_ms) {
-                rows.remove(done_key(DONE, old_done, id));
-            }
-            record.status = status;
-            record.done_ms = Some(now_ms);
-            rows.remove(queue_key(id));
-        }
+    let Some(status) = final_status else { return false };
+    let was_final = record.status.is_final();
+    rows.add(done_key(DONE, now_ms, id), []);
+    // Removals run after the adds: never remove the row just added.
+    if let Some(old_done) = record.done_ms.filter(|&old| old != now_ms) {
+        rows.remove(done_key(DONE, old_done, id));
     }
+    record.status = status;
+    record.done_ms = Some(now_ms);
+    rows.remove(queue_key(id));
+    !was_final
 }
 
 fn remove_early(held: &EarlyReceipt, carrier: &str, db: &sled::Db, rows: &mut Change) -> Result<(), StoreError> {
@@ -843,6 +895,7 @@ mod tests {
         Receipt {
             message_id: id.into(),
             alternate_id: None,
+            id_from_tlv: false,
             state,
             stat: Some(state.as_str().into()),
             err: Some("000".into()),
@@ -853,6 +906,8 @@ mod tests {
             network_error: None,
         }
     }
+
+    const ALL: &[IdReading] = &IdReading::ALL;
 
     /// A store in a fresh directory (kept alive by the returned guard) and the time now.
     fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
@@ -875,7 +930,7 @@ mod tests {
         let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).unwrap();
-        let matched = store.apply_receipt("alpha", &receipt("ab12", DeliveryState::Delivered), now).unwrap();
+        let matched = store.apply_receipt("alpha", &receipt("ab12", DeliveryState::Delivered), ALL, now).unwrap();
         assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
 
         // Not old enough yet.
@@ -885,7 +940,7 @@ mod tests {
         assert!(store.message(&done_id).unwrap().is_none());
         assert!(store.message(&queued_id).unwrap().is_some(), "queued messages are never swept");
         // Its receipt index went with it: a late duplicate receipt is held, not applied.
-        let late = store.apply_receipt("alpha", &receipt("AB12", DeliveryState::Delivered), later).unwrap();
+        let late = store.apply_receipt("alpha", &receipt("AB12", DeliveryState::Delivered), ALL, later).unwrap();
         assert_eq!(late, ReceiptMatch::Held);
         store.close().await.unwrap();
     }
@@ -900,7 +955,7 @@ mod tests {
             store.mark_submitted(&id, &carrier, response, attempt(), now).unwrap();
             let rows = store.db.scan_prefix(key(b'r', &[carrier.as_bytes(), b""])).count();
             assert_eq!(rows, 1, "{response}: one index row");
-            let matched = store.apply_receipt(&carrier, &receipt(receipt_id, DeliveryState::Delivered), now).unwrap();
+            let matched = store.apply_receipt(&carrier, &receipt(receipt_id, DeliveryState::Delivered), ALL, now).unwrap();
             assert!(matches!(matched, ReceiptMatch::Matched { id: m, .. } if m == id), "{response} / {receipt_id}: {matched:?}");
         }
         store.close().await.unwrap();
@@ -911,12 +966,12 @@ mod tests {
         let (_dir, store, now) = fresh();
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         // Receipt in decimal before the submit_sm_resp names the id in hex.
-        assert_eq!(store.apply_receipt("alpha", &receipt("1891273321", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Held);
+        assert_eq!(store.apply_receipt("alpha", &receipt("1891273321", DeliveryState::Delivered), ALL, now).unwrap(), ReceiptMatch::Held);
         assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).unwrap(), Some(MessageStatus::Delivered));
         assert_eq!(store.counts().2, 0);
 
         // A receipt for nothing on another carrier: held, then dropped and reported once.
-        store.apply_receipt("beta", &receipt("77", DeliveryState::Undeliverable), now).unwrap();
+        store.apply_receipt("beta", &receipt("77", DeliveryState::Undeliverable), ALL, now).unwrap();
         assert_eq!(store.held_receipts(), 1);
         let retention = Duration::from_secs(7 * 24 * 3600);
         assert!(store.sweep(retention, now).unwrap().1.is_empty(), "too young to call unmatched");
@@ -939,13 +994,13 @@ mod tests {
             let store = Store::open(dir.path(), &capped).unwrap();
             for n in 0..5 {
                 let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
-                assert_eq!(store.apply_receipt("alpha", &receipt(&format!("{}", 100 + n), DeliveryState::Delivered), now).unwrap(), expected);
+                assert_eq!(store.apply_receipt("alpha", &receipt(&format!("{}", 100 + n), DeliveryState::Delivered), ALL, now).unwrap(), expected);
             }
             store.close().await.unwrap();
         }
         let store = Store::open(dir.path(), &capped).unwrap();
         assert_eq!(store.held_receipts(), 3, "counted at open");
-        assert_eq!(store.apply_receipt("alpha", &receipt("999", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Dropped);
+        assert_eq!(store.apply_receipt("alpha", &receipt("999", DeliveryState::Delivered), ALL, now).unwrap(), ReceiptMatch::Dropped);
         // One held receipt meets its submit: room for another.
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&id, "alpha", "100", attempt(), now).unwrap();

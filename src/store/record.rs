@@ -112,6 +112,9 @@ pub struct ReceiptSummary {
     pub stat: String,
     pub err: Option<String>,
     pub at_ms: u64,
+    /// The receipt reported a final state: later receipts for the message are not applied.
+    #[serde(default)]
+    pub is_final: bool,
 }
 
 /// The stored record of a message.
