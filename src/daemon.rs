@@ -98,6 +98,8 @@ impl Daemon {
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();
+        metrics::gauge!("otpgate_spill_after_seconds").set(config.messages.spill_after.as_secs_f64());
+        metrics::counter!("otpgate_resend_limit_total").increment(0);
 
         let (receipts, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
         let carriers_stop = CancellationToken::new();

@@ -46,9 +46,15 @@ fn describe() {
     describe_counter!("otpgate_messages_total", "Messages entering each state");
     describe_gauge!("otpgate_queue_depth", "Messages waiting to be submitted");
     describe_gauge!("otpgate_queue_oldest_age_seconds", "Age of the oldest message waiting to be submitted");
-    describe_counter!("otpgate_resubmits_total", "Messages sent again after a restart cut their submit short");
+    describe_counter!("otpgate_resubmits_total", "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates");
+    describe_counter!("otpgate_resend_limit_total", "Messages failed because their submits kept going out unanswered (messages.max_unconfirmed_resends)");
+    describe_counter!("otpgate_spillovers_total", "Messages moved off a carrier that could not take them within the spill bound");
+    describe_gauge!("otpgate_spill_after_seconds", "messages.spill_after: the longest a message should wait on one carrier");
     describe_counter!("otpgate_recovered_total", "Queued messages re-queued at start-up from the store");
     describe_gauge!("otpgate_carrier_up", "1 while at least one session of the carrier is bound");
+    describe_gauge!("otpgate_carrier_circuit_open", "1 while the carrier's circuit breaker keeps traffic away");
+    describe_gauge!("otpgate_carrier_taking_traffic", "1 while the carrier is bound, its circuit closed and its sessions answering");
+    describe_gauge!("otpgate_carrier_rate_limit", "The carrier's submit rate cap now, after throttling (0 = unpaced)");
     describe_gauge!("otpgate_sessions_bound", "Bound submit sessions per carrier");
     describe_counter!("otpgate_submit_total", "submit_sm results per carrier and class");
     describe_histogram!("otpgate_submit_response_seconds", "submit_sm to submit_sm_resp time per carrier");
@@ -57,6 +63,10 @@ fn describe() {
     describe_counter!("otpgate_receipts_total", "Delivery receipts per carrier and state");
     describe_histogram!("otpgate_receipt_latency_seconds", "Submit to receipt time per carrier");
     describe_counter!("otpgate_receipts_unmatched_total", "Receipts that matched no message (or could not be read)");
+    describe_counter!("otpgate_receipts_late_total", "Receipts for a message that already had its final receipt: counted, not applied");
+    describe_counter!("otpgate_receipts_ambiguous_total", "Receipts whose id names different waiting messages under different readings: not applied");
+    describe_counter!("otpgate_receipts_dropped_total", "Receipts not kept: held_full (max_held_receipts reached) or unmatched (held past hold_receipts_for)");
+    describe_counter!("otpgate_long_message_ids_total", "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
     describe_counter!("otpgate_verifications_total", "Verification events by outcome");
     describe_counter!("otpgate_otp_sent_total", "OTP SMS accepted by each carrier");
     describe_counter!("otpgate_otp_approved_total", "Verifications approved, by the carrier of their last SMS");
@@ -93,7 +103,17 @@ pub async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + Send + 
             let bound = carrier.bound_sessions();
             metrics::gauge!("otpgate_carrier_up", "carrier" => name.clone()).set(if bound > 0 { 1.0 } else { 0.0 });
             metrics::gauge!("otpgate_sessions_bound", "carrier" => name.clone()).set(bound as f64);
-            metrics::gauge!("otpgate_window_in_use", "carrier" => name).set(carrier.in_flight() as f64);
+            metrics::gauge!("otpgate_window_in_use", "carrier" => name.clone()).set(carrier.in_flight() as f64);
+            metrics::gauge!("otpgate_carrier_circuit_open", "carrier" => name.clone()).set(f64::from(u8::from(carrier.circuit_open())));
+            metrics::gauge!("otpgate_carrier_taking_traffic", "carrier" => name.clone()).set(f64::from(u8::from(carrier.taking_traffic())));
+            metrics::gauge!("otpgate_carrier_rate_limit", "carrier" => name.clone()).set(carrier.limits().1.unwrap_or(0.0));
+            // Counters an alert or panel reads exist from the start, not from their first event.
+            metrics::counter!("otpgate_spillovers_total", "carrier" => name.clone()).increment(0);
+            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => name.clone()).increment(0);
+            metrics::counter!("otpgate_receipts_late_total", "carrier" => name.clone()).increment(0);
+            for reason in ["held_full", "unmatched"] {
+                metrics::counter!("otpgate_receipts_dropped_total", "carrier" => name.clone(), "reason" => reason).increment(0);
+            }
         }
         let (depth, oldest) = store.queue_stats(std::time::SystemTime::now());
         metrics::gauge!("otpgate_queue_depth").set(depth as f64);

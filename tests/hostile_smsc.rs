@@ -45,3 +45,47 @@ async fn an_smsc_that_stops_reading_is_dropped_before_our_answers_pile_up() {
     assert!(after < Duration::from_secs(10), "took {after:?}");
     running.shutdown.cancel();
 }
+
+/// `otpgate_carrier_up` says a session is bound; whether the carrier takes traffic is another
+/// matter: a hung SMSC (bound, answering nothing) and an open circuit both show as 0 on
+/// `otpgate_carrier_taking_traffic`, within seconds, long before the response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_or_failing_carrier_shows_as_not_taking_traffic_while_still_bound() {
+    use common::{API_KEY, Gateway, metric, post_message, sim};
+    use otpgate::sim::{Behaviour, SimConfig};
+    let smsc = sim(SimConfig::default()).await;
+    let gw = Gateway::start(&[smsc.addr()], "response_timeout = \"10s\"\ncircuit_failures = 2\ncircuit_open = \"30s\"").await;
+    gw.wait_bound().await;
+    let metrics = gw.daemon.metrics_addr();
+    let series = |name: &str| format!("{name}{{carrier=\"alpha\"}}");
+    let until = |name: String, value: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metric(metrics, &name).await != value {
+            assert!(Instant::now() < deadline, "{name} never became {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        deadline.duration_since(Instant::now())
+    };
+    until(series("otpgate_carrier_taking_traffic"), 1.0).await;
+
+    smsc.set_behaviour(Behaviour::Hang);
+    let mut client = gw.client().await;
+    let started = Instant::now();
+    post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "into the void"}"#, None).await;
+    until(series("otpgate_carrier_taking_traffic"), 0.0).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "seen only after {:?}", started.elapsed());
+    assert_eq!(metric(metrics, &series("otpgate_carrier_up")).await, 1.0, "still bound");
+
+    // SMSC faults open the circuit: the gauge says so.
+    smsc.set_behaviour(Behaviour::Normal);
+    smsc.drop_connections();
+    gw.wait_bound().await;
+    smsc.set_submit_status(Some(rusmpp::CommandStatus::EsmeRsyserr));
+    for i in 0..2 {
+        let body = format!(r#"{{"to": "+4477009002{i:02}", "text": "fault {i}"}}"#);
+        post_message(&mut client, API_KEY, &body, None).await;
+    }
+    until(series("otpgate_carrier_circuit_open"), 1.0).await;
+    assert_eq!(metric(metrics, &series("otpgate_carrier_taking_traffic")).await, 0.0);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -72,6 +72,15 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         ("otpgate_queue_oldest_age_seconds", "gauge"),
         ("otpgate_resubmits_total", "counter"),
         ("otpgate_carrier_up", "gauge"),
+        ("otpgate_carrier_circuit_open", "gauge"),
+        ("otpgate_carrier_taking_traffic", "gauge"),
+        ("otpgate_carrier_rate_limit", "gauge"),
+        ("otpgate_spill_after_seconds", "gauge"),
+        ("otpgate_spillovers_total", "counter"),
+        ("otpgate_resend_limit_total", "counter"),
+        ("otpgate_receipts_late_total", "counter"),
+        ("otpgate_receipts_ambiguous_total", "counter"),
+        ("otpgate_receipts_dropped_total", "counter"),
         ("otpgate_sessions_bound", "gauge"),
         ("otpgate_submit_total", "counter"),
         ("otpgate_submit_response_seconds", "histogram"),
@@ -92,6 +101,8 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         r#"otpgate_messages_total{state="delivered"}"#,
         r#"otpgate_verifications_total{outcome="approved"}"#,
         r#"otpgate_carrier_up{carrier="alpha"} 1"#,
+        r#"otpgate_carrier_taking_traffic{carrier="alpha"} 1"#,
+        r#"otpgate_carrier_circuit_open{carrier="alpha"} 0"#,
         r#"otpgate_http_requests_total{route="/v1/messages/{id}",status="200"}"#,
         r#"otpgate_reconnects_total{carrier="alpha",reason="peer_closed"}"#,
     ] {
@@ -112,7 +123,7 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
             assert!(exported.contains(&name), "{name} is used by a dashboard or alert but not exported");
         }
     }
-    for alert in ["OtpgateCarrierDown", "OtpgateQueueStale", "OtpgateDeliveryRateLow", "OtpgateOtpConversionCollapse", "OtpgateReceiptsUnmatched"] {
+    for alert in ["OtpgateCarrierNotTakingTraffic", "OtpgateQueueStale", "OtpgateCarrierThrottling", "OtpgateResendLimit", "OtpgateDeliveryRateLow", "OtpgateOtpConversionCollapse", "OtpgateReceiptsUnmatched"] {
         assert!(alerts.contains(alert), "{alert} missing");
     }
     match std::process::Command::new("promtool").args(["check", "rules", "dashboards/alerts.yml"]).output() {

@@ -167,6 +167,13 @@ impl Carrier {
         }
     }
 
+    /// Whether submits sent now would likely be answered: usable, and no session has left a
+    /// request unanswered for a second (a hung SMSC shows here before its response timeout).
+    pub fn taking_traffic(&self) -> bool {
+        let stalled = Duration::from_secs(1).min(self.config.response_timeout);
+        self.usable() && !self.sessions().iter().any(|s| s.oldest_unanswered().is_some_and(|waited| waited >= stalled))
+    }
+
     /// Whether the circuit breaker keeps traffic away now.
     pub fn circuit_open(&self) -> bool {
         self.health().is_open(std::time::Instant::now())

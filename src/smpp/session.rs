@@ -236,7 +236,7 @@ struct Inner {
     receipt_format: Arc<ReceiptFormat>,
     receipt_ids: IdRelation,
     /// Requests awaiting a response, by sequence number.
-    pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
+    pending: Mutex<HashMap<u32, (Instant, oneshot::Sender<Answer>)>>,
     next_sequence: AtomicU32,
     /// Our requests (bounded: submit callers wait when the socket is slow).
     outbound: mpsc::Sender<Command>,
@@ -354,6 +354,12 @@ impl Session {
         outcome
     }
 
+    /// How long the oldest request still unanswered has waited: a session that has stopped
+    /// answering shows it seconds before its response timeout closes it.
+    pub fn oldest_unanswered(&self) -> Option<Duration> {
+        lock(&self.inner.pending).values().map(|(sent, _)| sent.elapsed()).max()
+    }
+
     /// Submits now outstanding on this session.
     pub fn in_flight(&self) -> usize {
         self.inner.window_size - self.inner.window.available_permits()
@@ -415,7 +421,7 @@ impl Inner {
             while pending.contains_key(&sequence) {
                 sequence = self.next_sequence();
             }
-            pending.insert(sequence, tx);
+            pending.insert(sequence, (Instant::now(), tx));
             sequence
         };
         let command = Command::new(CommandStatus::EsmeRok, sequence, pdu);
@@ -463,7 +469,7 @@ impl Inner {
     /// Hands a response to the request waiting on it.
     fn answer(&self, sequence: u32, answer: Answer) {
         match lock(&self.pending).remove(&sequence) {
-            Some(waiter) => {
+            Some((_, waiter)) => {
                 let _ = waiter.send(answer);
             }
             None => tracing::debug!(

@@ -27,10 +27,11 @@ pub async fn sim(config: SimConfig) -> SmscSim {
         .expect("simulator listens on loopback")
 }
 
-/// A carrier section pointing at `addr`, with fast timers; `extra` lines override the defaults.
-pub fn carrier_config(addr: SocketAddr, extra: &str) -> CarrierConfig {
+/// A `[[carriers]]` section named `name` pointing at `addr`, with fast timers; `extra` lines
+/// override the defaults (a key given twice would be a TOML error).
+fn carrier_section(name: &str, addr: SocketAddr, extra: &str) -> String {
     let defaults = [
-        "name = \"alpha\"".to_string(),
+        format!("name = \"{name}\""),
         format!("host = \"{}\"", addr.ip()),
         format!("port = {}", addr.port()),
         "system_id = \"otpgate\"".to_string(),
@@ -44,7 +45,12 @@ pub fn carrier_config(addr: SocketAddr, extra: &str) -> CarrierConfig {
     let overridden: Vec<String> = extra.lines().map(key).collect();
     let kept = defaults.iter().filter(|line| !overridden.contains(&key(line)));
     let body: Vec<String> = kept.cloned().chain(extra.lines().map(str::to_string)).collect();
-    let text = format!("[[carriers]]\n{}\n", body.join("\n"));
+    format!("[[carriers]]\n{}\n", body.join("\n"))
+}
+
+/// A carrier section pointing at `addr`, with fast timers; `extra` lines override the defaults.
+pub fn carrier_config(addr: SocketAddr, extra: &str) -> CarrierConfig {
+    let text = carrier_section("alpha", addr, extra);
     let mut config = Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
     config.carriers.remove(0)
 }
@@ -167,11 +173,8 @@ pub fn named_gateway_toml(carriers: &[(&str, SocketAddr)], data_dir: &Path, carr
         text.push_str(&format!("[[api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n\n"));
     }
     for (name, addr) in carriers {
-        text.push_str(&format!(
-            "[[carriers]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nsystem_id = \"otpgate\"\npassword = \"secret\"\nsource_addr = \"Acme\"\nresponse_timeout = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n{carrier_extra}\n\n",
-            addr.ip(),
-            addr.port()
-        ));
+        text.push_str(&carrier_section(name, *addr, carrier_extra));
+        text.push('\n');
     }
     text
 }
