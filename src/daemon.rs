@@ -3,8 +3,8 @@
 //!
 //! Start: open the store (fails if another process holds it), bind carriers, re-queue every
 //! message the last process left queued or mid-submit, then listen for HTTP.
-//! Shutdown: refuse new requests (503) and drain the HTTP server, let submits under way finish,
-//! unbind every session, apply the last receipts, flush the store.
+//! Shutdown: answer new requests 503, let submits under way finish, unbind every session, apply
+//! the last receipts, then close the HTTP listener and flush the store.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -288,12 +288,12 @@ impl Daemon {
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut carriers = self.carriers();
         carriers.extend(lock(&self.retiring).drain(..));
+        // New requests get 503 shutting_down from here on; the listener stays open until the
+        // drain ends, so clients read a clear answer instead of "connection refused".
         self.state.accepting.store(false, Ordering::Release);
-        self.http_stop.cancel();
-        let mut clean = tokio::time::timeout(left(), self.http_task).await.is_ok();
         self.recovery_stop.cancel();
         self.failover_stop.cancel();
-        clean &= tokio::time::timeout(left(), self.failover_task).await.is_ok();
+        let mut clean = tokio::time::timeout(left(), self.failover_task).await.is_ok();
         clean &= self.dispatcher.shutdown(left()).await;
         self.carriers_stop.cancel();
         lock(&self.receipts).take();
@@ -301,6 +301,8 @@ impl Daemon {
         clean &= tokio::time::timeout(left(), unbound).await.is_ok();
         // The sessions are gone, so the receipt channel closes once drained.
         clean &= tokio::time::timeout(left(), self.receipts_task).await.is_ok();
+        self.http_stop.cancel();
+        clean &= tokio::time::timeout(left(), self.http_task).await.is_ok();
         self.sweep_task.abort();
         let _ = self.sweep_task.await;
         self.telemetry_stop.cancel();

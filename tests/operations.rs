@@ -314,3 +314,32 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         Err(e) => panic!("CI must have systemd-analyze: {e}"),
     }
 }
+
+/// While SIGTERM drains submits under way, new clients get 503 shutting_down (a clear answer to
+/// retry elsewhere), not "connection refused".
+#[tokio::test]
+async fn during_the_shutdown_drain_new_requests_get_503_shutting_down() {
+    let sim = sim(SimConfig {
+        response_delay: Duration::from_millis(800),
+        ..SimConfig::default()
+    })
+    .await;
+    let files = DaemonFiles::new(&[sim.addr()], "", "");
+    let mut daemon = spawn_daemon(&files.config, None, &[]);
+    wait_ready(files.http).await;
+    let mut client = Client::connect(files.http).await.unwrap();
+    let reply = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "slow"}"#, None).await;
+    assert_eq!(reply.status, 202);
+    assert!(sim.wait_until(Duration::from_secs(5), |s| s.outstanding == 1).await, "the submit is under way");
+    signal(&daemon, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Client::connect(files.http).await.expect("the listener is still open during the drain");
+    let reply = post_message(&mut late, API_KEY, r#"{"to": "+447700900124", "text": "late"}"#, None).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.json()["error"]["code"], "shutting_down", "{}", reply.body);
+    let ready = late.request("GET", "/readyz", &[], None).await.unwrap();
+    assert_eq!(ready.status, 503);
+    let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
+    assert!(exit.success());
+    assert_eq!(sim.stats().submits.len(), 1, "the drained submit finished; the late one was never taken");
+}
