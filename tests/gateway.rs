@@ -227,6 +227,28 @@ async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent()
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A message whose validity ends while it waits for a paced carrier's slot expires unsent, and is
+/// counted as an expiry, not as a permanent submit failure (nothing went to the SMSC).
+#[tokio::test]
+async fn a_message_expiring_while_it_waits_for_a_slot_is_not_counted_as_a_submit() {
+    let sim = sim(SimConfig::default()).await;
+    let gw = Gateway::start(&[sim.addr()], "max_tps = 1").await;
+    gw.wait_bound().await;
+    let mut client = gw.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = format!(r#"{{"to": "+4477009001{i:02}", "text": "slot {i}", "validity": "2s"}}"#);
+        ids.push(post_message(&mut client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string());
+    }
+    // One slot a second: the third reaches its slot with under a second of validity left.
+    wait_status(&mut client, &ids[2], "expired", Duration::from_secs(5)).await;
+    let metrics = gw.daemon.metrics_addr();
+    assert_eq!(common::metric(metrics, "otpgate_submit_total{carrier=\"alpha\",result=\"permanent\"}").await, 0.0);
+    assert!(common::metric(metrics, "otpgate_messages_total{state=\"expired\"}").await >= 1.0);
+    assert!(sim.stats().submits.iter().all(|m| m.text != "slot 2"), "an expired message must never be sent");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let sim = sim(SimConfig::default()).await;
