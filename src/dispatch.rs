@@ -61,24 +61,40 @@ impl Job {
 #[derive(Clone)]
 pub struct Dispatch {
     jobs: mpsc::UnboundedSender<Job>,
-    /// Jobs handed over and not finished: recovery feeds the dispatcher only while this is low,
-    /// so a million queued messages are never all in memory at once.
-    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    handed: Handed,
+}
+
+/// The messages handed over and not finished. Recovery feeds the dispatcher only while they are
+/// few (a million queued messages are never all in memory at once), a message handed over twice
+/// is started once, and what is queued in the store but not here has been lost on the way.
+type Handed = Arc<std::sync::Mutex<HashSet<MessageId>>>;
+
+fn lock_handed(handed: &Handed) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+    handed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Dispatch {
-    /// Queues a job; jobs are started in the order they are queued.
+    /// Queues a job; jobs are started in the order they are queued. A message already handed
+    /// over and not finished is not queued again.
     pub fn enqueue(&self, job: Job) {
-        self.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = job.id;
+        if !lock_handed(&self.handed).insert(id) {
+            return;
+        }
         // Fails only after shutdown; the message stays queued in the store for the next start.
         if self.jobs.send(job).is_err() {
-            self.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            lock_handed(&self.handed).remove(&id);
         }
     }
 
     /// Jobs handed over and not yet finished.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+        lock_handed(&self.handed).len()
+    }
+
+    /// Whether this message is handed over and not finished.
+    pub fn knows(&self, id: &MessageId) -> bool {
+        lock_handed(&self.handed).contains(id)
     }
 }
 
@@ -168,15 +184,15 @@ impl Dispatcher {
             policy,
         });
         let tasks = TaskTracker::new();
-        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tasks.spawn(run(shared, receiver, tasks.clone(), backlog.clone()));
+        let handed: Handed = Arc::default();
+        tasks.spawn(run(shared, receiver, tasks.clone(), handed.clone()));
         let dispatcher = Dispatcher {
             tasks,
             stop,
             permits,
             capacity: std::sync::Mutex::new(capacity),
         };
-        (dispatcher, Dispatch { jobs, backlog })
+        (dispatcher, Dispatch { jobs, handed })
     }
 
     /// Follows a reload: deliveries under way at most follow the new carriers' total window.
@@ -217,18 +233,18 @@ impl Dispatcher {
 }
 
 /// The loop: one delivery task per destination at a time, the rest wait their turn in order.
-async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker, backlog: Arc<std::sync::atomic::AtomicUsize>) {
-    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
+async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks: TaskTracker, handed: Handed) {
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(String, MessageId)>();
     let mut waiting: HashMap<String, VecDeque<Job>> = HashMap::new();
     let start = |job: Job| {
         let shared = shared.clone();
         let done_tx = done_tx.clone();
         tasks.spawn(async move {
-            let to = job.sms.to.clone();
+            let (to, id) = (job.sms.to.clone(), job.id);
             if let Ok(_permit) = shared.permits.clone().acquire_owned().await {
                 shared.deliver(job).await;
             }
-            let _ = done_tx.send(to);
+            let _ = done_tx.send((to, id));
         });
     };
     loop {
@@ -243,8 +259,8 @@ async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks:
                 },
                 None => break,
             },
-            Some(to) = done.recv() => {
-                backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Some((to, id)) = done.recv() => {
+                lock_handed(&handed).remove(&id);
                 match waiting.get_mut(&to).and_then(VecDeque::pop_front) {
                     Some(next) if !shared.stop.is_cancelled() => start(next),
                     _ => {

@@ -471,6 +471,19 @@ impl Store {
         }
     }
 
+    /// Up to `limit` of the oldest queued messages, read only (no recovery bookkeeping).
+    pub fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([b'q']).take(limit) {
+            let (k, _) = entry?;
+            let Some(id) = id_from(&k[1..]) else { continue };
+            if let Some(record) = self.get_record(&id)?.filter(|r| r.status == MessageStatus::Queued) {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest queued message now: recovery stops there, so messages taken in while it runs
     /// are not queued twice.
     pub fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
