@@ -268,9 +268,12 @@ pub struct MessagesConfig {
     /// Validity of a message whose request names none.
     #[serde(deserialize_with = "duration")]
     pub default_validity: Duration,
-    /// The longest validity a request may ask for.
+    /// The longest validity a request may ask for ...
     #[serde(deserialize_with = "duration")]
     pub max_validity: Duration,
+    /// ... and the shortest: below it a message would mostly expire unsent.
+    #[serde(deserialize_with = "duration")]
+    pub min_validity: Duration,
     /// The longest a message waits on one carrier (its rate cap, window or throttling) before
     /// it moves to the next carrier of its route that has room.
     #[serde(deserialize_with = "duration")]
@@ -286,6 +289,7 @@ impl Default for MessagesConfig {
         MessagesConfig {
             default_validity: Duration::from_secs(3600),
             max_validity: Duration::from_secs(72 * 3600),
+            min_validity: Duration::from_secs(30),
             spill_after: Duration::from_secs(5),
             max_unconfirmed_resends: 2,
         }
@@ -318,6 +322,16 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before in-flight work is abandoned.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// HTTP connections open at once, at most; more are answered 503 and closed.
+    pub http_max_connections: usize,
+    /// A request's head (request line and headers) must arrive within this, on a new
+    /// connection or after the previous response: an idle kept-alive connection is closed
+    /// after it too.
+    #[serde(deserialize_with = "duration")]
+    pub http_header_timeout: Duration,
+    /// A request's body must arrive within this once its head has.
+    #[serde(deserialize_with = "duration")]
+    pub http_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -327,6 +341,9 @@ impl Default for ServerConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9898)),
             data_dir: PathBuf::from("/var/lib/otpgate"),
             shutdown_timeout: Duration::from_secs(10),
+            http_max_connections: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -517,10 +534,13 @@ impl Config {
             }
         }
         let m = &self.messages;
-        if m.default_validity < Duration::from_secs(1) || m.max_validity < m.default_validity {
+        if m.min_validity < Duration::from_secs(1) || m.min_validity > m.max_validity {
+            return Err(invalid("messages.min_validity".into(), "must be at least 1s and at most messages.max_validity".into()));
+        }
+        if m.default_validity < m.min_validity || m.max_validity < m.default_validity {
             return Err(invalid(
                 "messages.default_validity".into(),
-                "must be at least 1s and at most messages.max_validity".into(),
+                "must be between messages.min_validity and messages.max_validity".into(),
             ));
         }
         if !(SPILL_MIN..=SPILL_MAX).contains(&m.spill_after) {
@@ -578,8 +598,23 @@ impl Config {
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));
         }
-        if self.store.cache_capacity_mb == 0 {
-            return Err(invalid("store.cache_capacity_mb".into(), "must be at least 1".into()));
+        if !(1..=1_048_576).contains(&self.store.cache_capacity_mb) {
+            return Err(invalid("store.cache_capacity_mb".into(), "must be 1-1048576 (1 MiB to 1 TiB)".into()));
+        }
+        let sv = &self.server;
+        if !(1..=1_000_000).contains(&sv.http_max_connections) {
+            return Err(invalid("server.http_max_connections".into(), "must be 1-1000000".into()));
+        }
+        for (key, value) in [
+            ("server.http_header_timeout", sv.http_header_timeout),
+            ("server.http_body_timeout", sv.http_body_timeout),
+        ] {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
+                return Err(invalid(key.into(), "must be between 100ms and 1h".into()));
+            }
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&sv.shutdown_timeout) {
+            return Err(invalid("server.shutdown_timeout".into(), "must be between 1s and 1h".into()));
         }
         if !(1..=1_000_000).contains(&self.store.max_held_receipts) {
             return Err(invalid("store.max_held_receipts".into(), "must be 1-1000000".into()));

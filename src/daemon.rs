@@ -150,6 +150,7 @@ impl Daemon {
             dispatch,
             &config.api_keys,
             config.messages.clone(),
+            config.server.http_body_timeout,
         ));
         let telemetry_stop = CancellationToken::new();
         tokio::spawn(telemetry::serve(metrics_listener, telemetry_stop.clone()));
@@ -159,15 +160,11 @@ impl Daemon {
         let http_stop = CancellationToken::new();
         let app = http::router(state.clone());
         let stop = http_stop.clone();
-        let http_task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = http::serve::Limits {
+            max_connections: http::serve::connections_that_fit(config.server.http_max_connections),
+            header_timeout: config.server.http_header_timeout,
+        };
+        let http_task = tokio::spawn(http::serve::serve(listener, app, limits, stop));
         tracing::info!(%http_addr, %metrics_addr, "HTTP intake and metrics listening");
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");

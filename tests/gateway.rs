@@ -102,6 +102,8 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         (r#"{"to": "+447700900123", "text": "x", "from": "Far Too Long Sender"}"#, 400, "invalid_from"),
         (r#"{"to": "+447700900123", "text": "x", "validity": "soon"}"#, 400, "invalid_validity"),
         (r#"{"to": "+447700900123", "text": "x", "validity": "400h"}"#, 422, "invalid_validity"),
+        // Shorter than messages.min_validity (30 s): it would mostly expire unsent.
+        (r#"{"to": "+447700900123", "text": "x", "validity": "1s"}"#, 422, "invalid_validity"),
         (r#"{"to": "+447700900123", "txt": "typo"}"#, 400, "invalid_json"),
         (r#"{"to": "+447700900123", "text": 5}"#, 400, "invalid_json"),
         (r#"{"to": "+4477009"#, 400, "invalid_json"),
@@ -209,10 +211,13 @@ async fn throttled_submits_are_retried_and_permanent_errors_fail_the_message() {
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Lets a test ask for validities of a second or two.
+const SHORT_VALIDITY: &str = "[messages]\nmin_validity = \"1s\"\n";
+
 #[tokio::test]
 async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent() {
     let addr = common::free_addr();
-    let gw = Gateway::start(&[addr], "").await;
+    let gw = Gateway::start_with(&[addr], "", SHORT_VALIDITY, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
     let mut client = gw.client().await;
     let body = r#"{"to": "+447700900123", "text": "code 1234", "validity": "1s"}"#;
     let reply = post_message(&mut client, API_KEY, body, None).await;
@@ -232,7 +237,7 @@ async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent()
 #[tokio::test]
 async fn a_message_expiring_while_it_waits_for_a_slot_is_not_counted_as_a_submit() {
     let sim = sim(SimConfig::default()).await;
-    let gw = Gateway::start(&[sim.addr()], "max_tps = 1").await;
+    let gw = Gateway::start_with(&[sim.addr()], "max_tps = 1", SHORT_VALIDITY, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
     gw.wait_bound().await;
     let mut client = gw.client().await;
     let mut ids = Vec::new();

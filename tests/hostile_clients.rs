@@ -73,3 +73,105 @@ async fn a_queued_message_the_dispatcher_never_got_is_found_and_sent() {
     assert_eq!(common::metric(gw.daemon.metrics_addr(), "otpgate_orphans_found_total").await, 1.0);
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+async fn limited_gateway(server: &str) -> (otpgate::sim::SmscSim, common::Gateway) {
+    let sim = common::sim(SimConfig::default()).await;
+    let gw = common::Gateway::start_with_server(&[sim.addr()], "", "", server, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
+    gw.wait_bound().await;
+    (sim, gw)
+}
+
+/// Reads until the server closes the connection (or `limit` passes); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(limit, tokio::io::AsyncReadExt::read_to_end(stream, &mut seen)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// A slowloris client (headers that never end), an unfinished body and an idle kept-alive
+/// connection are each closed in their own time, not held forever (500 slowloris and 2,000 idle
+/// connections once were).
+#[tokio::test]
+async fn partial_headers_unfinished_bodies_and_idle_connections_time_out() {
+    let (_sim, gw) = limited_gateway("http_header_timeout = \"300ms\"\nhttp_body_timeout = \"300ms\"").await;
+    let addr = gw.daemon.http_addr();
+
+    let mut slowloris = TcpStream::connect(addr).await.unwrap();
+    slowloris.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: otpgate\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_until_closed(&mut slowloris, Duration::from_secs(5)).await.is_some(), "headers that never end held the connection");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    let mut unfinished = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /v1/messages HTTP/1.1\r\nHost: otpgate\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"to\":");
+    unfinished.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut unfinished, Duration::from_secs(5)).await.expect("an unfinished body held the connection");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    let mut idle = gw.client().await;
+    assert_eq!(idle.request("GET", "/healthz", &[], None).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(idle.request("GET", "/healthz", &[], None).await.is_err(), "an idle kept-alive connection stayed open");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Past `server.http_max_connections`, a new client gets a 503 at once (not a timeout), the
+/// refusals are counted, and room comes back as connections close.
+#[tokio::test]
+async fn connections_past_the_cap_get_an_immediate_503() {
+    let (_sim, gw) = limited_gateway("http_max_connections = 5").await;
+    let addr = gw.daemon.http_addr();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut client = otpgate::http::client::Client::connect(addr).await.unwrap();
+        assert_eq!(client.request("GET", "/healthz", &[], None).await.unwrap().status, 200);
+        held.push(client);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let answer = read_until_closed(&mut extra, Duration::from_secs(2)).await.expect("answered at once");
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer}");
+    let metrics = gw.daemon.metrics_addr();
+    assert_eq!(common::metric(metrics, "otpgate_http_connections_refused_total").await, 1.0);
+    assert_eq!(common::metric(metrics, "otpgate_http_connections").await, 5.0);
+    held.truncate(4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = otpgate::http::client::Client::connect(addr).await.unwrap();
+    assert_eq!(client.request("GET", "/healthz", &[], None).await.unwrap().status, 200, "room came back");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+
+/// At the descriptor limit, idle HTTP clients must not starve the carrier sessions: with a hard
+/// limit of 400 descriptors, 500 clients hold connections open, a carrier drops its session and
+/// must bind again; a new client still gets an answer (503, not a timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_stay_in_reserve_for_carrier_sessions() {
+    let sim = common::sim(SimConfig::default()).await;
+    let files = common::DaemonFiles::new(&[sim.addr()], "", "");
+    let binary = env!("CARGO_BIN_EXE_otpgate");
+    let mut daemon = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 400 && exec {binary} run --config {}", files.config.display()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("otpgate starts under a descriptor limit");
+    common::wait_ready(files.http).await;
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(files.http)).await {
+            held.push(stream);
+        }
+    }
+    sim.drop_connections();
+    let binds_before = sim.stats().binds.len();
+    let rebound = sim.wait_until(Duration::from_secs(10), |s| s.binds.iter().skip(binds_before).any(|b| b.accepted)).await;
+    let mut late = TcpStream::connect(files.http).await.expect("a new client connects");
+    let answer = read_until_closed(&mut late, Duration::from_secs(3)).await;
+    drop(held);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(rebound, "the carrier could not bind again while clients held the descriptors");
+    let answer = answer.expect("a client past the cap is answered, not left waiting");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}

@@ -5,6 +5,7 @@
 
 pub mod client;
 mod error;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// (name, SHA-256 of the key); replaced on reload.
     pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32])>>,
     pub messages: MessagesConfig,
+    /// A request body must arrive within this once its head has (`server.http_body_timeout`).
+    pub body_timeout: Duration,
     /// Cleared at shutdown: new requests get 503.
     pub accepting: AtomicBool,
     /// Requests that change state, run to their end whatever the client does (see
@@ -59,7 +62,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, network: Arc<Network>, otp: Arc<Otp>, dispatch: Dispatch, api_keys: &[ApiKeyConfig], messages: MessagesConfig) -> AppState {
+    pub fn new(store: Arc<Store>, network: Arc<Network>, otp: Arc<Otp>, dispatch: Dispatch, api_keys: &[ApiKeyConfig], messages: MessagesConfig, body_timeout: Duration) -> AppState {
         AppState {
             store,
             network,
@@ -67,6 +70,7 @@ impl AppState {
             dispatch,
             api_keys: std::sync::RwLock::new(hashed_keys(api_keys)),
             messages,
+            body_timeout,
             accepting: AtomicBool::new(true),
             requests: tokio_util::task::TaskTracker::new(),
             idempotency_locks: (0..IDEMPOTENCY_LOCKS).map(|_| Mutex::new(())).collect(),
@@ -146,7 +150,7 @@ fn check_accepting(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// Reads a JSON body: content type, size limit and syntax, each with its own error.
-async fn read_json<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: Body) -> Result<(T, Bytes), ApiError> {
+async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(T, Bytes), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -159,7 +163,14 @@ async fn read_json<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: Body
             "send the body as Content-Type: application/json",
         ));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {}", humantime::format_duration(state.body_timeout)),
+        )
+    })?;
+    let bytes = read.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -232,7 +243,7 @@ async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let owner = authenticate(&state, &headers)?;
-    let (request, raw): (CreateMessage, Bytes) = read_json(&headers, body).await?;
+    let (request, raw): (CreateMessage, Bytes) = read_json(&state, &headers, body).await?;
 
     Address::destination(&request.to)
         .map_err(|_| ApiError::bad_request("invalid_to", "'to' must be an E.164 number: '+' and 8-15 digits"))?;
@@ -251,10 +262,11 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         Some(text) => humantime::parse_duration(text)
             .map_err(|_| ApiError::bad_request("invalid_validity", "'validity' is a duration like \"5m\" or \"1h\""))?,
     };
-    if validity < Duration::from_secs(1) || validity > state.messages.max_validity {
+    let (min, max) = (state.messages.min_validity, state.messages.max_validity);
+    if validity < min || validity > max {
         return Err(ApiError::unprocessable(
             "invalid_validity",
-            format!("'validity' must be between 1s and {}", humantime::format_duration(state.messages.max_validity)),
+            format!("'validity' must be between {} and {}", humantime::format_duration(min), humantime::format_duration(max)),
         ));
     }
 
@@ -371,7 +383,7 @@ async fn create_verification(
 async fn start_verification(state: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let owner = authenticate(&state, &headers)?;
-    let (request, raw): (CreateRequest, Bytes) = read_json(&headers, body).await?;
+    let (request, raw): (CreateRequest, Bytes) = read_json(&state, &headers, body).await?;
     let (idempotency, _guard) = match idempotent(&state, &owner, "verifications", &headers, &raw, SystemTime::now()).await? {
         Idempotent::Replay(_, Some(answer)) => {
             let body: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
@@ -404,7 +416,7 @@ async fn check_verification(
 async fn check_code(state: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, id: String, body: Body) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let owner = authenticate(&state, &headers)?;
-    let (request, _): (CheckRequest, Bytes) = read_json(&headers, body).await?;
+    let (request, _): (CheckRequest, Bytes) = read_json(&state, &headers, body).await?;
     let (id, outcome) = state
         .otp
         .check(&owner, peer.ip(), &id, &request.code, request.context.as_deref())

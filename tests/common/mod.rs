@@ -191,8 +191,13 @@ impl Gateway {
 
     /// With extra top-level TOML (e.g. an `[otp]` section) and the clock the OTP rules read.
     pub async fn start_with(carriers: &[SocketAddr], carrier_extra: &str, extra: &str, clock: Arc<dyn otpgate::clock::Clock>) -> Gateway {
+        Gateway::start_with_server(carriers, carrier_extra, extra, "", clock).await
+    }
+
+    /// As [`Gateway::start_with`], with extra `[server]` keys.
+    pub async fn start_with_server(carriers: &[SocketAddr], carrier_extra: &str, extra: &str, server: &str, clock: Arc<dyn otpgate::clock::Clock>) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra));
+        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra)).replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
         let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
         let daemon = otpgate::daemon::Daemon::start_with_clock(&config, clock).await.expect("daemon starts");
         Gateway { daemon, dir }
