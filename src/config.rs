@@ -188,8 +188,20 @@ impl OtpConfig {
         if self.max_checks == 0 || self.max_checks > 10 {
             return p("max_checks", "must be 1-10".into());
         }
-        if self.receipt_timeout < Duration::from_secs(1) {
-            return p("receipt_timeout", "must be at least 1s".into());
+        if !(Duration::from_secs(1)..=HOUR).contains(&self.receipt_timeout) {
+            return p("receipt_timeout", "must be between 1s and 1h".into());
+        }
+        for (key, value) in [("resend_cooldown", self.resend_cooldown), ("send_window", self.send_window), ("failed_checks_window", self.failed_checks_window)] {
+            if value > 30 * DAY {
+                return p(key, "must be at most 30d".into());
+            }
+        }
+        if self.max_sends_per_number > 1000 || self.max_failed_checks_per_number > 10_000 {
+            return p("max_sends_per_number", "limits must be at most 1000 sends / 10000 failed checks".into());
+        }
+        let per_minute = [self.creates_per_minute_per_key, self.creates_per_minute_per_ip, self.checks_per_minute_per_key, self.checks_per_minute_per_ip, self.checks_per_minute_per_number];
+        if per_minute.iter().any(|&n| n > 10_000_000) {
+            return p("creates_per_minute_per_key", "per-minute limits must be at most 10000000 (0 = none)".into());
         }
         if !(SPILL_MIN..=SPILL_MAX).contains(&self.spill_after) {
             return p("spill_after", "must be between 100ms and 10m".into());
@@ -470,6 +482,11 @@ const MAX_PASSWORD: usize = 8;
 const MAX_SYSTEM_TYPE: usize = 12;
 /// Upper bounds that catch typos (a window of 64000 is never meant).
 const MAX_WINDOW: usize = 10_000;
+const MAX_TPS: u32 = 1_000_000;
+/// The longest timer most keys take: longer is a typo, and timers added to "now" must not
+/// overflow.
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
 const MAX_SESSIONS: usize = 64;
 
 impl Config {
@@ -616,6 +633,9 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&sv.shutdown_timeout) {
             return Err(invalid("server.shutdown_timeout".into(), "must be between 1s and 1h".into()));
         }
+        if !(Duration::from_secs(60)..=3650 * DAY).contains(&self.store.retention) {
+            return Err(invalid("store.retention".into(), "must be between 1m and 3650d".into()));
+        }
         if !(1..=1_000_000).contains(&self.store.max_held_receipts) {
             return Err(invalid("store.max_held_receipts".into(), "must be 1-1000000".into()));
         }
@@ -689,14 +709,20 @@ impl CarrierConfig {
         if self.window == 0 || self.window > MAX_WINDOW {
             return Some(("window", format!("must be 1-{MAX_WINDOW}, got {}", self.window)));
         }
-        if self.enquire_link_interval < Duration::from_millis(100) {
-            return Some(("enquire_link_interval", "must be at least 100ms".into()));
+        if !(Duration::from_millis(100)..=HOUR).contains(&self.enquire_link_interval) {
+            return Some(("enquire_link_interval", "must be between 100ms and 1h".into()));
         }
-        if self.response_timeout < Duration::from_millis(10) {
-            return Some(("response_timeout", "must be at least 10ms".into()));
+        if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.response_timeout) {
+            return Some(("response_timeout", "must be between 10ms and 10m".into()));
         }
-        if self.reconnect_min < Duration::from_millis(10) {
-            return Some(("reconnect_min", "must be at least 10ms".into()));
+        if !(Duration::from_millis(10)..=HOUR).contains(&self.reconnect_min) {
+            return Some(("reconnect_min", "must be between 10ms and 1h".into()));
+        }
+        if self.reconnect_max > HOUR {
+            return Some(("reconnect_max", "must be at most 1h".into()));
+        }
+        if self.max_tps > MAX_TPS {
+            return Some(("max_tps", format!("must be 0-{MAX_TPS} (0 = unlimited)")));
         }
         if self.reconnect_max < self.reconnect_min {
             return Some((
@@ -708,8 +734,8 @@ impl CarrierConfig {
                 ),
             ));
         }
-        if self.circuit_failures == 0 {
-            return Some(("circuit_failures", "must be at least 1".into()));
+        if self.circuit_failures == 0 || self.circuit_failures > 1000 {
+            return Some(("circuit_failures", "must be 1-1000".into()));
         }
         if self.circuit_open < Duration::from_millis(100) || self.circuit_open > Duration::from_secs(600) {
             return Some(("circuit_open", "must be between 100ms and 10m".into()));
@@ -812,6 +838,60 @@ source_addr = "Acme"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    /// Every numeric key has a checked range: an absurd value is a config error naming the key,
+    /// never a panic in `run` (`cache_capacity_mb = 2^44` once overflowed at start).
+    #[test]
+    fn every_numeric_key_is_range_checked() {
+        let huge_int = "17592186044416";
+        let huge_duration = "\"99999d\"";
+        let keys: &[(&str, &str, &str)] = &[
+            ("server", "shutdown_timeout", huge_duration),
+            ("server", "http_max_connections", huge_int),
+            ("server", "http_header_timeout", huge_duration),
+            ("server", "http_body_timeout", "\"1ms\""),
+            ("store", "retention", huge_duration),
+            ("store", "cache_capacity_mb", huge_int),
+            ("store", "cache_capacity_mb", "0"),
+            ("store", "max_held_receipts", huge_int),
+            ("store", "hold_receipts_for", huge_duration),
+            ("messages", "default_validity", huge_duration),
+            ("messages", "max_validity", huge_duration),
+            ("messages", "min_validity", "\"0s\""),
+            ("messages", "spill_after", huge_duration),
+            ("messages", "max_unconfirmed_resends", huge_int),
+            ("otp", "ttl", huge_duration),
+            ("otp", "code_length", huge_int),
+            ("otp", "max_checks", huge_int),
+            ("otp", "resend_cooldown", huge_duration),
+            ("otp", "max_sends_per_number", huge_int),
+            ("otp", "send_window", huge_duration),
+            ("otp", "max_failed_checks_per_number", huge_int),
+            ("otp", "failed_checks_window", huge_duration),
+            ("otp", "receipt_timeout", huge_duration),
+            ("otp", "spill_after", huge_duration),
+            ("otp", "creates_per_minute_per_key", huge_int),
+            ("otp", "checks_per_minute_per_number", huge_int),
+            ("carriers", "port", huge_int),
+            ("carriers", "sessions", huge_int),
+            ("carriers", "window", huge_int),
+            ("carriers", "max_tps", huge_int),
+            ("carriers", "enquire_link_interval", huge_duration),
+            ("carriers", "response_timeout", huge_duration),
+            ("carriers", "reconnect_min", huge_duration),
+            ("carriers", "reconnect_max", huge_duration),
+            ("carriers", "circuit_failures", huge_int),
+            ("carriers", "circuit_open", huge_duration),
+        ];
+        for (section, key, value) in keys {
+            let text = match *section {
+                "carriers" => format!("{MINIMAL}{key} = {value}\n"),
+                _ => format!("[{section}]\n{key} = {value}\n{MINIMAL}"),
+            };
+            let error = parse(&text).expect_err(&format!("{section}.{key} = {value} accepted")).to_string();
+            assert!(error.contains(key), "{section}.{key} = {value}: the error does not name the key: {error}");
+        }
     }
 
     #[test]
