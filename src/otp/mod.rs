@@ -268,8 +268,8 @@ impl Otp {
 
         let now = self.now();
         let now_ms = to_ms(now);
-        let fresh_id = self.store.new_id()?;
-        let message_id = self.store.new_id()?;
+        let fresh_id = self.store.new_id();
+        let message_id = self.store.new_id();
         let policy = &self.policy;
         let decide = |pending: Option<(MessageId, VerificationRecord)>, stats: &mut NumberStats| {
             stats.prune(policy.send_window, policy.failed_checks_window, now);
@@ -569,7 +569,7 @@ impl Otp {
         let reason = if timed_out { "no receipt in time".to_string() } else { format!("receipt {}", message.status.as_str()) };
         let code = code::generate(verification.code_length)?;
         let text = self.render(&verification.locale, code.expose(), &verification.context);
-        let new_id = self.store.new_id()?;
+        let new_id = self.store.new_id();
         let deadline = crate::store::record::from_ms(verification.expires_ms);
         let new_message = NewMessage {
             owner: verification.owner.clone(),

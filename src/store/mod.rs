@@ -164,6 +164,8 @@ pub struct Store {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages with a queue row, kept in step with it (counted once at open).
     queued: std::sync::atomic::AtomicI64,
+    /// The order part of the last id handed out (microseconds since the epoch).
+    last_id: std::sync::atomic::AtomicU64,
     /// Receipts held for their submit_sm_resp (counted once at open).
     held: std::sync::atomic::AtomicUsize,
     max_held: usize,
@@ -278,6 +280,7 @@ impl Store {
             flusher: Mutex::new(None),
             queued: std::sync::atomic::AtomicI64::new(0),
             held: std::sync::atomic::AtomicUsize::new(0),
+            last_id: std::sync::atomic::AtomicU64::new(0),
             max_held: options.max_held_receipts,
             hold_for: options.hold_receipts_for,
             broken: std::sync::atomic::AtomicBool::new(false),
@@ -393,7 +396,7 @@ impl Store {
         idempotency: Option<(&str, &str)>,
         now: SystemTime,
     ) -> Result<(MessageId, MessageRecord), StoreError> {
-        let id = MessageId::new(self.db.generate_id()?);
+        let id = self.new_id();
         let record = MessageRecord::queued(message, record::to_ms(now), None);
         // Record, queue row, then the key that replays it: in this order (module doc).
         self.db.insert(message_key(&id), encode(&record))?;
@@ -427,6 +430,15 @@ impl Store {
         self.queue_changed(1);
         self.commit.durable().await?;
         Ok(record)
+    }
+
+    /// A new id for a message or verification: time-ordered (the microsecond now, or one past
+    /// the last id when two come in the same microsecond), never a count.
+    pub fn new_id(&self) -> MessageId {
+        let now = record::to_us(SystemTime::now());
+        let previous = self.last_id.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |last| Some(now.max(last + 1)));
+        let last = previous.unwrap_or_else(|last| last);
+        MessageId::new(now.max(last + 1))
     }
 
     fn held_changed(&self, by: isize) {
@@ -1098,6 +1110,21 @@ mod tests {
         }
         let store = Store::open(dir.path(), &options()).unwrap();
         assert_eq!(store.queue_stats(now).0, 4, "counted");
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ids_sort_in_arrival_order_and_count_nothing() {
+        let (_dir, store, now) = fresh();
+        let order = |id: &MessageId| u64::from_be_bytes(id.0[..8].try_into().unwrap());
+        let ids: Vec<MessageId> = (0..1000).map(|_| store.new_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        let first = order(&ids[0]);
+        let started = record::to_us(now);
+        assert!(first >= started && first < started + 10_000_000, "the order part is the time now, not a count: {first}");
+        std::thread::sleep(Duration::from_millis(20));
+        let later = order(&store.new_id());
+        assert!(later >= order(&ids[999]) + 15_000, "20 ms later is ~20,000 further, whatever was sent meanwhile");
         store.close().await.unwrap();
     }
 

@@ -8,15 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::smpp::DeliveryState;
 
-/// A message's id: 8 bytes of a monotonic counter (so ids sort in arrival order) and 8 random
-/// bytes (so ids cannot be guessed). Shown as 32 hex digits.
+/// A message's id: 8 bytes of a microsecond timestamp (so ids sort in arrival order without
+/// telling anyone how many messages other clients sent: a counter did) and 8 random bytes (so ids
+/// cannot be guessed). Shown as 32 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {
-    pub fn new(sequence: u64) -> MessageId {
+    pub fn new(order: u64) -> MessageId {
         let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&sequence.to_be_bytes());
+        bytes[..8].copy_from_slice(&order.to_be_bytes());
         bytes[8..].copy_from_slice(&rand::random::<[u8; 8]>());
         MessageId(bytes)
     }
@@ -193,6 +194,10 @@ impl MessageRecord {
 
 pub fn to_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn to_us(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 pub fn from_ms(ms: u64) -> SystemTime {

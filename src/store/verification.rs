@@ -114,11 +114,6 @@ fn number_key(to: &str) -> Vec<u8> {
 const DONE: u8 = b'w';
 
 impl Store {
-    /// A fresh id (for a verification or a message), sortable by creation.
-    pub fn new_id(&self) -> Result<MessageId, StoreError> {
-        Ok(MessageId::new(self.db.generate_id()?))
-    }
-
     pub fn verification(&self, id: &MessageId) -> Result<Option<VerificationRecord>, StoreError> {
         self.read(&verification_key(id), || format!("verification {id}"))
     }
