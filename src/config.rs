@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::echo::shown;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,7 +214,7 @@ impl OtpConfig {
         for (i, prefix) in self.allowed_prefixes.iter().enumerate() {
             let ok = prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit());
             if !ok {
-                return p(&format!("allowed_prefixes[{i}]"), format!("{prefix:?} is not '+' followed by digits"));
+                return p(&format!("allowed_prefixes[{i}]"), format!("{} is not '+' followed by digits", shown(prefix)));
             }
         }
         if self.webotp_domain.is_some() && self.android_app_hash.is_some() {
@@ -224,7 +226,7 @@ impl OtpConfig {
         if let Some(domain) = &self.webotp_domain {
             let ok = !domain.is_empty() && domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
             if !ok {
-                return p("webotp_domain", format!("{domain:?} is not a host name like \"example.com\""));
+                return p("webotp_domain", format!("{} is not a host name like \"example.com\"", shown(domain)));
             }
         }
         if let Some(hash) = &self.android_app_hash {
@@ -232,8 +234,17 @@ impl OtpConfig {
                 return p("android_app_hash", "must be the 11-character hash Google's tools print".into());
             }
         }
+        if self.brand.chars().count() > 64 || self.default_locale.len() > 16 || self.templates.len() > 64 || self.allowed_prefixes.len() > 1000 {
+            return p("brand", "brand at most 64 characters, locales 16, at most 64 templates and 1000 allowed prefixes".into());
+        }
+        if let Some((locale, _)) = self.templates.iter().find(|(locale, template)| locale.len() > 16 || template.chars().count() > 1000) {
+            return p(&format!("templates.{}", shown(locale)), "a locale is at most 16 characters and a template at most 1000".into());
+        }
+        if self.webotp_domain.as_ref().is_some_and(|d| d.len() > 253) {
+            return p("webotp_domain", "must be at most 253 characters".into());
+        }
         if !self.templates.contains_key(&self.default_locale) {
-            return p("default_locale", format!("no template for {:?}", self.default_locale));
+            return p("default_locale", format!("no template for {}", shown(&self.default_locale)));
         }
         let autofill = self.autofill();
         for (locale, template) in &self.templates {
@@ -461,12 +472,42 @@ fn default_reconnect_max() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Keys whose values are secrets: never echoed, whatever the error.
+const SECRET_KEYS: &[&str] = &["password"];
+
+/// A TOML parser message made safe to print: the parser quotes the offending line, which on a
+/// secret key's line is the secret itself. Such lines, and every fragment of their value, are
+/// replaced; long quoted lines are cut.
+fn redacted(message: &str, source: &str) -> String {
+    let secrets: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| SECRET_KEYS.contains(&key.trim().trim_matches('"')))
+        .map(|(_, value)| value.trim().trim_matches('"').trim())
+        .filter(|value| value.len() >= 3)
+        .collect();
+    let lines = message.trim_end().lines().map(|line| {
+        let secret_line = secrets.iter().any(|secret| line.contains(secret))
+            || SECRET_KEYS.iter().any(|key| line.contains(key) && line.contains('='));
+        if secret_line {
+            let keep = line.find('|').map_or(0, |bar| bar + 1);
+            format!("{} <secret line not shown>", &line[..keep])
+        } else if line.chars().count() > 2 * crate::echo::MAX_ECHO {
+            let cut = line.char_indices().nth(2 * crate::echo::MAX_ECHO).map_or(line.len(), |(i, _)| i);
+            format!("{}... (line cut)", &line[..cut])
+        } else {
+            line.to_string()
+        }
+    });
+    lines.collect::<Vec<_>>().join("\n")
+}
+
 /// Durations are written as humans write them: "500ms", "30s", "5m", "1h".
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write it like \"500ms\", \"30s\" or \"5m\""
+            "invalid duration {} ({e}); write it like \"500ms\", \"30s\" or \"5m\"", shown(&text)
         ))
     })
 }
@@ -503,7 +544,7 @@ impl Config {
     pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: redacted(&e.to_string(), text),
         })?;
         config.validate(file)?;
         Ok(config)
@@ -579,10 +620,10 @@ impl Config {
             for prefix in &route.prefixes {
                 let ok = prefix == "*" || (prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit()));
                 if !ok {
-                    return Err(invalid(key("prefixes"), format!("{prefix:?} is neither \"*\" nor '+' followed by digits")));
+                    return Err(invalid(key("prefixes"), format!("{} is neither \"*\" nor '+' followed by digits", shown(prefix))));
                 }
                 if seen_prefixes.contains(&prefix.as_str()) {
-                    return Err(invalid(key("prefixes"), format!("{prefix:?} is routed twice")));
+                    return Err(invalid(key("prefixes"), format!("{} is routed twice", shown(prefix))));
                 }
                 seen_prefixes.push(prefix);
             }
@@ -591,7 +632,7 @@ impl Config {
             }
             for name in &route.carriers {
                 if !self.carriers.iter().any(|c| &c.name == name) {
-                    return Err(invalid(key("carriers"), format!("no carrier named {name:?}")));
+                    return Err(invalid(key("carriers"), format!("no carrier named {}", shown(name))));
                 }
             }
             match route.strategy {
@@ -619,6 +660,9 @@ impl Config {
             return Err(invalid("store.cache_capacity_mb".into(), "must be 1-1048576 (1 MiB to 1 TiB)".into()));
         }
         let sv = &self.server;
+        if sv.data_dir.as_os_str().len() > 4096 {
+            return Err(invalid("server.data_dir".into(), "must be a path of at most 4096 bytes".into()));
+        }
         if !(1..=1_000_000).contains(&sv.http_max_connections) {
             return Err(invalid("server.http_max_connections".into(), "must be 1-1000000".into()));
         }
@@ -660,13 +704,19 @@ impl CarrierConfig {
             return Some((
                 "name",
                 format!(
-                    "{:?} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'",
-                    self.name
+                    "{} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'",
+                    shown(&self.name)
                 ),
             ));
         }
-        if self.host.trim().is_empty() {
-            return Some(("host", "must not be empty".into()));
+        if self.host.trim().is_empty() || self.host.len() > 253 {
+            return Some(("host", "must be a host name or address of 1-253 characters".into()));
+        }
+        if self.receipt_text.len() > 256 || self.receipt_states.len() > 64 || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32) {
+            return Some(("receipt_text", "receipt layouts hold at most 256 characters, 64 states of 32".into()));
+        }
+        if self.source_addr.len() > 21 {
+            return Some(("source_addr", "must be at most 21 characters (SMPP 3.4)".into()));
         }
         if self.port == 0 {
             return Some(("port", "must be 1-65535".into()));
@@ -929,6 +979,27 @@ source_addr = "Acme"
         assert!(e.contains("carriers[0].password"), "{e}");
         assert!(e.contains("at most 8"), "{e}");
         assert!(!e.contains("much-too-long"), "the password leaked: {e}");
+    }
+
+    /// The parser quotes the line it fails on: on a password's line that is the password.
+    #[test]
+    fn a_password_line_that_does_not_parse_is_not_echoed() {
+        for broken in ["password = \"sup3rs3cret\nsource", "password = sup3rs3cret", "password = \"sup3rs3cret\" trailing"] {
+            let text = MINIMAL.replace("password = \"secret\"", broken);
+            let e = error_of(&text);
+            assert!(!e.contains("sup3rs3cret"), "the password leaked: {e}");
+            assert!(e.starts_with("test.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors_and_refused() {
+        let huge = "h".repeat(5_000_000);
+        let e = error_of(&MINIMAL.replace("host = \"127.0.0.1\"", &format!("host = \"{huge}\"")));
+        assert!(e.contains("host"), "{}", &e[..e.len().min(300)]);
+        assert!(e.len() < 1000, "a {} byte error", e.len());
+        let e = error_of(&format!("{MINIMAL}windw = \"{huge}\"\n"));
+        assert!(e.len() < 1000, "a {} byte parse error", e.len());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML configuration and its validation;
 //! - [`http`]: the HTTP intake (axum) and a minimal client for the demo and tests;
 //! - [`store`]: the durable message store (sled), group commit, receipt correlation;
-//! - [`dispatch`]: takes queued messages to a carrier, retries, expires;
+//! - [`dispatch`]: takes queued messages to a carrier, retries, spills over, expires;
+//! - [`echo`]: untrusted values in error messages, bounded;
 //! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect) and receipt parsing;
 //! - [`daemon`]: wires the pieces together and runs them until shutdown;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
+pub mod echo;
 pub mod hex;
 pub mod http;
 pub mod otp;

@@ -344,7 +344,7 @@ impl ReceiptFormat {
     pub fn new(layout: &str, states: &BTreeMap<String, String>) -> Result<ReceiptFormat, ReceiptFormatError> {
         let columns = match layout.strip_prefix("csv:") {
             None if layout == "key_value" => None,
-            None => return Err(ReceiptFormatError::Layout(format!("{layout:?} is not a receipt layout: use \"key_value\" or \"csv:\" and column names"))),
+            None => return Err(ReceiptFormatError::Layout(format!("{} is not a receipt layout: use \"key_value\" or \"csv:\" and column names", crate::echo::shown(layout)))),
             Some(names) => {
                 let mut columns = Vec::new();
                 for name in names.split(',').map(str::trim) {
@@ -354,7 +354,7 @@ impl ReceiptFormat {
                             Some(&(_, key)) => Some(key),
                             None => {
                                 let known: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
-                                return Err(ReceiptFormatError::Layout(format!("unknown receipt column {name:?}; columns are {} or -", known.join(", "))));
+                                return Err(ReceiptFormatError::Layout(format!("unknown receipt column {}; columns are {} or -", crate::echo::shown(name), known.join(", "))));
                             }
                         },
                     };
