@@ -981,6 +981,14 @@ source_addr = "Acme"
         assert!(!e.contains("much-too-long"), "the password leaked: {e}");
     }
 
+    #[test]
+    fn templates_and_brands_with_invisible_characters_are_refused() {
+        for (section, bad) in [("[otp.templates]\nen = \"{code} is your code\u{202E}\"\n", "templates.en"), ("[otp]\nbrand = \"Ac\u{200B}me\"\n", "templates.")] {
+            let e = error_of(&format!("{section}{MINIMAL}"));
+            assert!(e.contains(bad) && e.contains("U+20"), "{e}");
+        }
+    }
+
     /// The parser quotes the line it fails on: on a password's line that is the password.
     #[test]
     fn a_password_line_that_does_not_parse_is_not_echoed() {

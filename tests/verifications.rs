@@ -374,6 +374,12 @@ async fn request_options_are_validated() {
         (r#"{"to": "+447700900124", "locale": "xx"}"#, 400, "invalid_locale"),
         (r#"{"to": "447700900124"}"#, 400, "invalid_to"),
         (r#"{"to": "+447700900124", "context": ""}"#, 400, "invalid_context"),
+        // A bidi override makes "pay 25.00 EUR" display while the code is bound to another
+        // string; zero-width and other format characters hide text the same way.
+        ("{\"to\": \"+447700900124\", \"context\": \"pay 52.00 \u{202E}RUE\"}", 400, "invalid_context"),
+        ("{\"to\": \"+447700900124\", \"context\": \"pay 25.00\u{200B}0 EUR\"}", 400, "invalid_context"),
+        ("{\"to\": \"+447700900124\", \"context\": \"pay \u{2066}25.00\u{2069} EUR\"}", 400, "invalid_context"),
+        ("{\"to\": \"+447700900124\", \"context\": \"pay\u{00AD}ee\"}", 400, "invalid_context"),
         (r#"{"to": "+447700900124", "code": "123456"}"#, 400, "invalid_json"),
     ];
     for (body, status, code) in cases {

@@ -45,7 +45,7 @@ pub enum OtpError {
     InvalidCodeLength,
     #[error("no template for locale {0:?}; configured: {1}")]
     InvalidLocale(String, String),
-    #[error("'context' must be 1-{MAX_CONTEXT_CHARS} printable characters")]
+    #[error("'context' must be 1-{MAX_CONTEXT_CHARS} visible characters (no controls, bidi overrides or zero-width characters)")]
     InvalidContext,
     #[error("'code' must be 4-10 digits")]
     InvalidCode,
@@ -258,7 +258,7 @@ impl Otp {
         }
         let context = request.context.clone().unwrap_or_default();
         if request.context.is_some()
-            && (context.is_empty() || context.chars().count() > MAX_CONTEXT_CHARS || context.chars().any(char::is_control))
+            && (context.is_empty() || context.chars().count() > MAX_CONTEXT_CHARS || context.chars().any(template::hidden))
         {
             return Err(OtpError::InvalidContext);
         }

@@ -49,6 +49,9 @@ pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) 
     if !template.contains("{code}") {
         return Err("must contain {code}".into());
     }
+    if let Some(c) = template.chars().chain(brand.chars()).find(|&c| hidden(c)) {
+        return Err(format!("holds the invisible or format character U+{:04X}; an SMS must show what it says", u32::from(c)));
+    }
     let fill = Fill {
         code: "0000000000",
         brand,
@@ -59,6 +62,23 @@ pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) 
         MessageError::TooLong { .. } => format!("does not fit one SMS segment with a 10-digit code: {e}"),
         other => other.to_string(),
     })
+}
+
+/// Characters that change how a text displays without showing themselves: controls, Unicode
+/// format characters (general category Cf: bidi overrides and isolates, zero-width spaces and
+/// joiners, soft hyphen, word joiner, BOM, tags ...) and blank fillers. In an OTP's context or
+/// template they let an SMS show "pay 25.00 EUR" while the code is bound to another string.
+pub fn hidden(c: char) -> bool {
+    let u = u32::from(c);
+    c.is_control()
+        || matches!(
+            u,
+            0x00AD | 0x034F | 0x061C | 0x06DD | 0x070F | 0x08E2 | 0x115F | 0x1160 | 0x17B4 | 0x17B5
+                | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+                | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB
+                | 0x0600..=0x0605 | 0x0890..=0x0891 | 0x110BD | 0x110CD | 0x13430..=0x1343F
+                | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F | 0xE0100..=0xE01EF
+        )
 }
 
 #[cfg(test)]
