@@ -66,6 +66,7 @@ fn describe() {
     describe_counter!("otpgate_receipts_late_total", "Receipts for a message that already had its final receipt: counted, not applied");
     describe_counter!("otpgate_receipts_ambiguous_total", "Receipts whose id names different waiting messages under different readings: not applied");
     describe_counter!("otpgate_receipts_dropped_total", "Receipts not kept: held_full (max_held_receipts reached) or unmatched (held past hold_receipts_for)");
+    describe_counter!("otpgate_mobile_originated_total", "Mobile-originated SMS received and ignored (otpgate takes no inbound SMS)");
     describe_counter!("otpgate_long_message_ids_total", "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
     describe_counter!("otpgate_verifications_total", "Verification events by outcome");
     describe_counter!("otpgate_otp_sent_total", "OTP SMS accepted by each carrier");

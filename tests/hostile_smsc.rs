@@ -89,3 +89,31 @@ async fn a_hung_or_failing_carrier_shows_as_not_taking_traffic_while_still_bound
     assert_eq!(metric(metrics, &series("otpgate_carrier_taking_traffic")).await, 0.0);
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// 2,000 mobile-originated SMS in a burst: counted, and logged as a few summary lines, not one
+/// line each (20,000 once wrote 20,000 lines in 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mobile_originated_sms_is_logged_as_a_count() {
+    use common::{DaemonFiles, metric, sim, spawn_daemon, wait_ready};
+    let smsc = sim(otpgate::sim::SimConfig::default()).await;
+    let files = DaemonFiles::new(&[smsc.addr()], "", "");
+    let log = files.dir.path().join("otpgate.log");
+    let mut daemon = spawn_daemon(&files.config, Some(&log), &[]);
+    wait_ready(files.http).await;
+    for i in 0..2000u32 {
+        let text = format!("hello {i}");
+        let pdu = rusmpp::pdus::DeliverSm::builder()
+            // rusmpp's default esm_class is 0x08 (an SME acknowledgement): a plain MO is 0x00.
+            .esm_class(rusmpp::values::EsmClass::from(0x00))
+            .short_message(rusmpp::types::OctetString::from_vec(text.into_bytes()).unwrap())
+            .build();
+        smsc.deliver(pdu);
+    }
+    assert!(smsc.wait_until(Duration::from_secs(10), |s| s.deliver_sm_resps >= 2000).await, "every MO answered");
+    let counted = metric(files.metrics, "otpgate_mobile_originated_total{carrier=\"alpha\"}").await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let lines = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("mobile-originated")).count();
+    assert_eq!(counted, 2000.0);
+    assert!((1..=3).contains(&lines), "{lines} log lines for 2,000 MO SMS");
+}

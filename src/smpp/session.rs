@@ -235,6 +235,8 @@ struct Inner {
     enquire_link_interval: Duration,
     receipt_format: Arc<ReceiptFormat>,
     receipt_ids: IdRelation,
+    /// Mobile-originated SMS are logged as a count, not one line each.
+    mobile_originated: LogEvery,
     /// Requests awaiting a response, by sequence number.
     pending: Mutex<HashMap<u32, (Instant, oneshot::Sender<Answer>)>>,
     next_sequence: AtomicU32,
@@ -288,6 +290,7 @@ impl Session {
             enquire_link_interval: settings.enquire_link_interval,
             receipt_format: settings.receipt_format.clone(),
             receipt_ids: settings.receipt_ids,
+            mobile_originated: LogEvery::new(Duration::from_secs(10)),
             pending: Mutex::new(HashMap::new()),
             // The bind used sequence number 1.
             next_sequence: AtomicU32::new(1),
@@ -555,7 +558,10 @@ impl Inner {
         if !fields.is_receipt_as(&self.receipt_format) {
             // Mobile-originated text; otpgate does not take inbound SMS. Its content is the
             // subscriber's business and is not logged.
-            tracing::info!(carrier = %self.carrier, octets = fields.text.len(), "mobile-originated SMS ignored");
+            if let Some(count) = self.mobile_originated.due() {
+                tracing::info!(carrier = %self.carrier, count, "mobile-originated SMS ignored (counted; one line per 10 s at most)");
+            }
+            metrics::counter!("otpgate_mobile_originated_total", "carrier" => self.carrier.to_string()).increment(1);
             self.reply(sequence, CommandStatus::EsmeRok, response);
             return;
         }
@@ -720,6 +726,37 @@ async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<Inner>, recei
             inner.close(reason);
             break;
         }
+    }
+}
+
+/// A log line that may repeat thousands of times a second, written at most once per `interval`
+/// with the number of occurrences it stands for (20,000 mobile-originated SMS once wrote 20,000
+/// lines in 2 s).
+struct LogEvery {
+    interval: Duration,
+    /// When the last line went out, and the occurrences since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogEvery {
+    fn new(interval: Duration) -> LogEvery {
+        LogEvery {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one occurrence; `Some(count)` when a line is due now, for that many.
+    fn due(&self) -> Option<u64> {
+        let mut state = lock(&self.state);
+        state.1 += 1;
+        let due = state.0.is_none_or(|last| last.elapsed() >= self.interval);
+        if !due {
+            return None;
+        }
+        let count = state.1;
+        *state = (Some(Instant::now()), 0);
+        Some(count)
     }
 }
 
