@@ -90,6 +90,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Files otpgate creates (the store, the HMAC key) hold numbers, texts and key material: no
+    // access for group or others, whatever umask the shell or unit left.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

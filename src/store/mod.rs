@@ -175,6 +175,22 @@ pub struct Store {
     broken: std::sync::atomic::AtomicBool,
 }
 
+/// Makes `path` readable by its owner only: directories 0700 (recursively), files 0600. The
+/// store holds phone numbers and message texts.
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(path)? {
+            private(&entry?.path())?;
+        }
+    } else if meta.is_file() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
     k.push(prefix);
@@ -260,6 +276,10 @@ impl Store {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        private(dir).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            message: format!("cannot make it private (0700): {e}"),
+        })?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(options.cache_capacity_bytes)
@@ -272,6 +292,11 @@ impl Store {
                     StoreError::Open { path: path.clone(), message }
                 }
             })?;
+        // sled's own files, including those an earlier version created with the umask's modes.
+        private(&dir.join("db")).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            message: format!("cannot make its files private (0600): {e}"),
+        })?;
         let store = Arc::new(Store {
             db,
             commit: GroupCommit::new(),
@@ -1111,6 +1136,31 @@ mod tests {
         let store = Store::open(dir.path(), &options()).unwrap();
         assert_eq!(store.queue_stats(now).0, 4, "counted");
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_data_dir_and_its_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Store::open(&data, &options()).unwrap();
+        let now = SystemTime::now();
+        store.insert_message(new_message(now), None, now).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let mut checked = 0;
+        let mut stack = vec![data];
+        while let Some(path) = stack.pop() {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o077, 0, "{} is open to others: {:o}", path.display(), meta.permissions().mode());
+            checked += 1;
+            if meta.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        assert!(checked >= 3, "the store's files were checked");
     }
 
     #[tokio::test]
