@@ -94,11 +94,18 @@ pub struct OtpConfig {
     pub max_checks: u32,
     #[serde(deserialize_with = "duration")]
     pub resend_cooldown: Duration,
+    /// Sends to one number per `send_window`, per API key ...
     pub max_sends_per_number: u32,
+    /// ... and across all API keys: one client cannot use up another's, but all together meet
+    /// a ceiling (default three times the per-key limit).
+    pub max_sends_per_number_all_keys: Option<u32>,
     #[serde(deserialize_with = "duration")]
     pub send_window: Duration,
-    /// Failed checks per number across all its verifications (resends do not reset it).
+    /// Failed checks per number across all its verifications (resends do not reset it), per
+    /// API key ...
     pub max_failed_checks_per_number: u32,
+    /// ... and across all API keys (default three times the per-key limit).
+    pub max_failed_checks_per_number_all_keys: Option<u32>,
     #[serde(deserialize_with = "duration")]
     pub failed_checks_window: Duration,
     /// An OTP SMS with no receipt this long after its submit is resent via the next carrier of
@@ -145,8 +152,10 @@ impl Default for OtpConfig {
             max_checks: 5,
             resend_cooldown: Duration::from_secs(30),
             max_sends_per_number: 5,
+            max_sends_per_number_all_keys: None,
             send_window: Duration::from_secs(3600),
             max_failed_checks_per_number: 20,
+            max_failed_checks_per_number_all_keys: None,
             failed_checks_window: Duration::from_secs(24 * 3600),
             receipt_timeout: Duration::from_secs(30),
             spill_after: Duration::from_secs(2),
@@ -172,6 +181,16 @@ impl OtpConfig {
             webotp_domain: self.webotp_domain.clone(),
             android_app_hash: self.android_app_hash.clone(),
         }
+    }
+
+    /// Sends to one number per `send_window` across all API keys.
+    pub fn sends_ceiling(&self) -> u32 {
+        self.max_sends_per_number_all_keys.unwrap_or(self.max_sends_per_number.saturating_mul(3))
+    }
+
+    /// Failed checks for one number per `failed_checks_window` across all API keys.
+    pub fn failed_checks_ceiling(&self) -> u32 {
+        self.max_failed_checks_per_number_all_keys.unwrap_or(self.max_failed_checks_per_number.saturating_mul(3))
     }
 
     /// Whole minutes of life a fresh code has, as `{minutes}` shows it.
@@ -200,6 +219,12 @@ impl OtpConfig {
         }
         if self.max_sends_per_number > 1000 || self.max_failed_checks_per_number > 10_000 {
             return p("max_sends_per_number", "limits must be at most 1000 sends / 10000 failed checks".into());
+        }
+        if self.max_sends_per_number_all_keys.is_some_and(|n| n < self.max_sends_per_number || n > 10_000) {
+            return p("max_sends_per_number_all_keys", "must be between max_sends_per_number and 10000".into());
+        }
+        if self.max_failed_checks_per_number_all_keys.is_some_and(|n| n < self.max_failed_checks_per_number || n > 100_000) {
+            return p("max_failed_checks_per_number_all_keys", "must be between max_failed_checks_per_number and 100000".into());
         }
         let per_minute = [self.creates_per_minute_per_key, self.creates_per_minute_per_ip, self.checks_per_minute_per_key, self.checks_per_minute_per_ip, self.checks_per_minute_per_number];
         if per_minute.iter().any(|&n| n > 10_000_000) {

@@ -203,15 +203,17 @@ async fn raw_request(addr: std::net::SocketAddr, method: &str, path: &str, heade
 
 #[tokio::test]
 async fn sends_per_number_are_limited_across_verifications() {
-    let Setup { gw, mut client, .. } = setup("resend_cooldown = \"0s\"\nmax_sends_per_number = 3").await;
+    let Setup { gw, mut client, .. } = setup("resend_cooldown = \"0s\"\nmax_sends_per_number = 3\nmax_sends_per_number_all_keys = 4").await;
     for _ in 0..3 {
         assert_eq!(create(&mut client, API_KEY, &to(NUMBER)).await.status, 201);
     }
     let refused = create(&mut client, API_KEY, &to(NUMBER)).await;
     assert_eq!((refused.status, refused.json()["error"]["code"].clone()), (429, "send_limit".into()));
-    // Another key cannot reset the count for the number either.
-    let other = create(&mut client, OTHER_KEY, &to(NUMBER)).await;
-    assert_eq!(other.status, 429);
+    // Another key has its own sends to the number (one key cannot spend another's), up to the
+    // number's ceiling across all keys.
+    assert_eq!(create(&mut client, OTHER_KEY, &to(NUMBER)).await.status, 201);
+    let ceiling = create(&mut client, OTHER_KEY, &to(NUMBER)).await;
+    assert_eq!((ceiling.status, ceiling.json()["error"]["code"].clone()), (429, "send_limit".into()));
     // Another number is unaffected.
     assert_eq!(create(&mut client, API_KEY, &to("+447700900999")).await.status, 201);
     gw.daemon.shutdown(Duration::from_secs(5)).await;
@@ -234,6 +236,36 @@ async fn failed_checks_per_number_keep_counting_across_verifications() {
     }
     let blocked = check(&mut client, API_KEY, &second, &code).await;
     assert_eq!((blocked.status, blocked.json()["error"]["code"].clone()), (429, "failed_check_limit".into()), "{}", blocked.body);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// One API key's wrong codes do not lock another key's user out of the same number.
+#[tokio::test]
+async fn one_keys_failed_checks_do_not_lock_out_another_keys_user() {
+    let Setup { sim, gw, mut client, .. } = setup("max_failed_checks_per_number = 3").await;
+    let attacker = id_of(&create(&mut client, OTHER_KEY, &to(NUMBER)).await);
+    for _ in 0..3 {
+        check(&mut client, OTHER_KEY, &attacker, "99999999").await;
+    }
+    let victim = id_of(&create(&mut client, API_KEY, &to(NUMBER)).await);
+    let code = code_sent(&sim, NUMBER, 2).await;
+    let approved = check(&mut client, API_KEY, &victim, &code).await;
+    assert_eq!(approved.json()["status"], "approved", "{}", approved.body);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The resend cooldown follows the key's last send to the number: cancelling and creating
+/// again does not send a second SMS at once.
+#[tokio::test]
+async fn create_cancel_create_does_not_bypass_the_resend_cooldown() {
+    let Setup { gw, mut client, clock, .. } = setup("").await;
+    let first = id_of(&create(&mut client, API_KEY, &to(NUMBER)).await);
+    let canceled = call(&mut client, "DELETE", &format!("/v1/verifications/{first}"), API_KEY, None).await;
+    assert_eq!(canceled.status, 200, "{}", canceled.body);
+    let again = create(&mut client, API_KEY, &to(NUMBER)).await;
+    assert_eq!((again.status, again.json()["error"]["code"].clone()), (429, "resend_cooldown".into()), "{}", again.body);
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(create(&mut client, API_KEY, &to(NUMBER)).await.status, 201);
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 

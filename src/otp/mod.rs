@@ -274,13 +274,20 @@ impl Otp {
         let decide = |pending: Option<(MessageId, VerificationRecord)>, stats: &mut NumberStats| {
             stats.prune(policy.send_window, policy.failed_checks_window, now);
             let live = pending.filter(|(_, r)| r.status == VerificationStatus::Pending && r.expires_ms > now_ms);
-            if let Some((_, r)) = &live {
-                let since = Duration::from_millis(now_ms.saturating_sub(r.last_send_ms));
+            // The cooldown follows this key's last send to the number unless that verification
+            // was approved: create, cancel, create no longer sends twice in a row.
+            let mine = stats.of(owner);
+            if let Some(&last) = mine.sends_ms.last().filter(|&&last| mine.approved_ms.is_none_or(|approved| approved < last)) {
+                let since = Duration::from_millis(now_ms.saturating_sub(last));
                 if since < policy.resend_cooldown {
                     return Err(OtpError::Cooldown(policy.resend_cooldown - since));
                 }
             }
-            if stats.sends_ms.len() >= policy.max_sends_per_number as usize {
+            if mine.sends_ms.len() >= policy.max_sends_per_number as usize {
+                return Err(OtpError::SendLimit(retry_after(mine.sends_ms.first().copied(), policy.send_window, now)));
+            }
+            mine.sends_ms.push(now_ms);
+            if stats.sends_ms.len() >= policy.sends_ceiling() as usize {
                 return Err(OtpError::SendLimit(retry_after(stats.sends_ms.first().copied(), policy.send_window, now)));
             }
             stats.sends_ms.push(now_ms);
@@ -388,8 +395,10 @@ impl Otp {
             if r.status != VerificationStatus::Pending {
                 return Err(OtpError::NotPending(r.status));
             }
-            if stats.failed_checks_ms.len() >= policy.max_failed_checks_per_number as usize {
-                let wait = retry_after(stats.failed_checks_ms.first().copied(), policy.failed_checks_window, now);
+            let mine = stats.of(&r.owner).failed_checks_ms.clone();
+            let limits = [(&mine, policy.max_failed_checks_per_number), (&stats.failed_checks_ms, policy.failed_checks_ceiling())];
+            if let Some((failures, _)) = limits.iter().find(|(failures, limit)| failures.len() >= *limit as usize) {
+                let wait = retry_after(failures.first().copied(), policy.failed_checks_window, now);
                 return Err(OtpError::FailedCheckLimit(wait));
             }
             let expected = crate::hex::decode32(&r.code_hmac);
@@ -397,10 +406,12 @@ impl Otp {
             if key.verify(&id_text, context, code, &expected) {
                 r.status = VerificationStatus::Approved;
                 r.done_ms = Some(now_ms);
+                stats.of(&r.owner).approved_ms = Some(now_ms);
                 metrics::counter!("otpgate_verifications_total", "outcome" => "approved").increment(1);
                 return Ok(CheckOutcome::Approved);
             }
             stats.failed_checks_ms.push(now_ms);
+            stats.of(&r.owner).failed_checks_ms.push(now_ms);
             r.checks_left = r.checks_left.saturating_sub(1);
             if r.checks_left == 0 {
                 r.status = VerificationStatus::MaxAttemptsReached;

@@ -71,20 +71,45 @@ pub struct Failover {
     pub reason: String,
 }
 
-/// What the rules need to know about a number, kept for the longest window.
+/// What the rules need to know about a number, kept for the longest window: across all API
+/// keys (the number's ceiling) and per API key (each client's own limits).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumberStats {
     pub sends_ms: Vec<u64>,
     pub failed_checks_ms: Vec<u64>,
+    /// The same, per API key (by name); bounded by the configured keys.
+    #[serde(default)]
+    pub by_owner: std::collections::BTreeMap<String, Recent>,
+}
+
+/// Recent sends and failed checks, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recent {
+    pub sends_ms: Vec<u64>,
+    pub failed_checks_ms: Vec<u64>,
+    /// When this key's last verification for the number was approved: a new one may start at
+    /// once (the resend cooldown guards unfinished ones).
+    #[serde(default)]
+    pub approved_ms: Option<u64>,
 }
 
 impl NumberStats {
-    /// Drops entries older than `window` before `now`.
+    /// Drops entries older than their window before `now`, and keys with nothing left.
     pub fn prune(&mut self, sends_window: Duration, failures_window: Duration, now: SystemTime) {
         let cutoff = |w: Duration| record::to_ms(now.checked_sub(w).unwrap_or(std::time::UNIX_EPOCH));
         let (s, f) = (cutoff(sends_window), cutoff(failures_window));
         self.sends_ms.retain(|&t| t > s);
         self.failed_checks_ms.retain(|&t| t > f);
+        for recent in self.by_owner.values_mut() {
+            recent.sends_ms.retain(|&t| t > s);
+            recent.failed_checks_ms.retain(|&t| t > f);
+        }
+        self.by_owner.retain(|_, r| !r.sends_ms.is_empty() || !r.failed_checks_ms.is_empty());
+    }
+
+    /// One API key's share.
+    pub fn of(&mut self, owner: &str) -> &mut Recent {
+        self.by_owner.entry(owner.to_string()).or_default()
     }
 }
 
