@@ -206,6 +206,15 @@ async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A bound gateway whose simulator sends no receipts of its own: the test delivers them.
+async fn receipts_by_hand(carrier_extra: &str) -> (otpgate::sim::SmscSim, Gateway, otpgate::http::client::Client) {
+    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
+    let gw = Gateway::start(&[sim.addr()], carrier_extra).await;
+    gw.wait_bound().await;
+    let client = gw.client().await;
+    (sim, gw, client)
+}
+
 /// A text-only receipt from a carrier whose submit_sm_resp ids are hex.
 fn text_receipt(text: &str) -> DeliverSm {
     DeliverSm::builder()
@@ -229,17 +238,13 @@ async fn submitted(sim: &otpgate::sim::SmscSim, client: &mut otpgate::http::clie
 /// `auto` learns it from receipts that match one way only, then A gets its receipt.
 #[tokio::test]
 async fn a_receipt_id_that_reads_as_two_messages_is_not_guessed_and_auto_learns_the_relation() {
-    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = receipts_by_hand("").await;
     let a = submitted(&sim, &mut client, 0x10, "+447700900001").await;
     let b = submitted(&sim, &mut client, 0x16, "+447700900002").await;
     let metrics = gw.daemon.metrics_addr();
-    let acked = |n: usize| move |s: &otpgate::sim::SimStats| s.acked_receipts.len() + s.deliver_sm_resps as usize >= n;
 
     sim.deliver(text_receipt("id:16 sub:001 dlvrd:001 submit date:2601010000 done date:2601010000 stat:DELIVRD err:000"));
-    assert!(sim.wait_until(Duration::from_secs(5), acked(1)).await);
+    assert!(sim.wait_until(Duration::from_secs(5), |s| s.deliver_sm_resps == 1).await, "the receipt is answered");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(common::metric(metrics, "otpgate_receipts_ambiguous_total{carrier=\"alpha\"}").await, 1.0);
     assert_eq!(get_status(&mut client, &a).await, "submitted");
@@ -259,10 +264,7 @@ async fn a_receipt_id_that_reads_as_two_messages_is_not_guessed_and_auto_learns_
 
 #[tokio::test]
 async fn a_configured_relation_reads_receipt_ids_one_way_only() {
-    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], "receipt_id = \"hex_to_dec\"").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = receipts_by_hand("receipt_id = \"hex_to_dec\"").await;
     let a = submitted(&sim, &mut client, 0x10, "+447700900001").await;
     let b = submitted(&sim, &mut client, 0x16, "+447700900002").await;
     sim.deliver(text_receipt("id:16 stat:DELIVRD err:000"));
@@ -279,10 +281,7 @@ async fn get_status(client: &mut otpgate::http::client::Client, id: &str) -> Str
 /// beside a text DELIVRD is undeliverable throughout, and a later DELIVRD is counted, not applied.
 #[tokio::test]
 async fn the_receipt_state_agrees_with_itself_and_later_receipts_do_not_rewrite_it() {
-    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (sim, gw, mut client) = receipts_by_hand("").await;
     let id = submitted(&sim, &mut client, 0xABC, "+447700900001").await;
     let mut conflicting = text_receipt("id:2748 stat:DELIVRD err:000");
     conflicting.push_tlv(Tlv::ReceiptedMessageId("ABC".parse().unwrap()));
