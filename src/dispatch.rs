@@ -8,7 +8,7 @@
 //! carrier, see `smpp/health.rs`); permanent errors fail the message.
 //!
 //! Spill-over: a message never waits on one carrier (for its rate cap, its window or its
-//! throttling) longer than its spill bound ([`SpillBounds`]) while the route has another usable
+//! throttling) longer than its spill bound ([`Policy`]) while the route has another usable
 //! carrier: it moves on to the next one with room, so a slow carrier delays codes by seconds at
 //! most while the others sit idle. Nothing is ever submitted after the message's deadline: it is marked
 //! `expired` instead. While no carrier is usable it waits on the carriers' bind watches.

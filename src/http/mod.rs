@@ -56,7 +56,7 @@ pub struct AppState {
     /// Cleared at shutdown: new requests get 503.
     pub accepting: AtomicBool,
     /// Requests that change state, run to their end whatever the client does (see
-    /// [`to_completion`]); shutdown waits for them.
+    /// `to_completion`); shutdown waits for them.
     pub requests: tokio_util::task::TaskTracker,
     idempotency_locks: Vec<Mutex<()>>,
 }
