@@ -123,11 +123,8 @@ fn usage(pid: u32) -> (f64, u64) {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let hwm_kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
     (ticks / 100.0, hwm_kb * 1024)
 }
 
@@ -155,12 +152,7 @@ async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
     let Ok(mut client) = Client::connect(metrics).await else { return 0 };
     let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
     let needle = format!("{sample} ");
-    reply
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    reply.body.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -227,12 +219,7 @@ async fn drive(http: SocketAddr, count: usize, concurrency: usize, rate: Option<
             })
         })
         .collect();
-    let mut result = LoadResult {
-        accepted: Vec::new(),
-        latencies: Vec::new(),
-        elapsed: Duration::ZERO,
-        errors: 0,
-    };
+    let mut result = LoadResult { accepted: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
     for worker in workers {
         if let Ok((accepted, latencies, errors)) = worker.await {
             result.accepted.extend(accepted);
@@ -265,7 +252,12 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     let pid = child.id();
     let row = |k: &str, v: String| println!("| {k} | {v} |");
     let ids = if options.random_ids { "random" } else { "counting" };
-    println!("otpgate bench: {} simulated carriers (2 sessions x window 64 each, {ids} message ids), {} cores, {}", sims.len(), cores(), cpu_model());
+    println!(
+        "otpgate bench: {} simulated carriers (2 sessions x window 64 each, {ids} message ids), {} cores, {}",
+        sims.len(),
+        cores(),
+        cpu_model()
+    );
     println!();
     println!("| measure | result |");
     println!("|---|---|");
@@ -298,19 +290,19 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     row("closed loop: end to end (202 → receipt matched) / s", format!("{:.0}", delivered as f64 / e2e.as_secs_f64()));
     row(
         "closed loop: HTTP latency p50 / p99 / p99.9",
-        format!("{} / {} / {}", ms(percentile(&closed.latencies, 0.5)), ms(percentile(&closed.latencies, 0.99)), ms(percentile(&closed.latencies, 0.999))),
+        format!(
+            "{} / {} / {}",
+            ms(percentile(&closed.latencies, 0.5)),
+            ms(percentile(&closed.latencies, 0.99)),
+            ms(percentile(&closed.latencies, 0.999))
+        ),
     );
     // Intake → submit latency from the SMSC side's timestamps.
     let sent_at: HashMap<&str, Instant> = closed.accepted.iter().map(|(t, at)| (t.as_str(), *at)).collect();
-    let mut to_submit: Vec<Duration> = all_submits
-        .iter()
-        .filter_map(|s| sent_at.get(s.text.as_str()).map(|at| s.at.saturating_duration_since(*at)))
-        .collect();
+    let mut to_submit: Vec<Duration> =
+        all_submits.iter().filter_map(|s| sent_at.get(s.text.as_str()).map(|at| s.at.saturating_duration_since(*at))).collect();
     to_submit.sort();
-    row(
-        "closed loop: intake → submit_sm p50 / p99",
-        format!("{} / {}", ms(percentile(&to_submit, 0.5)), ms(percentile(&to_submit, 0.99))),
-    );
+    row("closed loop: intake → submit_sm p50 / p99", format!("{} / {}", ms(percentile(&to_submit, 0.5)), ms(percentile(&to_submit, 0.99))));
     row("CPU seconds per 1,000 messages (otpgate process)", format!("{:.3}", (cpu1 - cpu0) / accepted.max(1) as f64 * 1000.0));
 
     // Open loop at a fixed offered rate.
@@ -318,7 +310,12 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     let open = drive(http, open_count, options.concurrency.max(64), Some(options.rate), "open").await;
     row(
         &format!("open loop at {}/s: HTTP latency p50 / p99 / p99.9", options.rate),
-        format!("{} / {} / {}", ms(percentile(&open.latencies, 0.5)), ms(percentile(&open.latencies, 0.99)), ms(percentile(&open.latencies, 0.999))),
+        format!(
+            "{} / {} / {}",
+            ms(percentile(&open.latencies, 0.5)),
+            ms(percentile(&open.latencies, 0.99)),
+            ms(percentile(&open.latencies, 0.999))
+        ),
     );
 
     // Receipts for every plain message, before verifications add their own.
@@ -359,7 +356,12 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         for (how, r) in ["clean stop", "kill -9"].iter().zip(&restarts) {
             row(
                 &format!("restart after {how} with {} queued, carriers down: serving after", options.recovery_messages),
-                format!("{:.2} s (peak RSS {:.1} MB; {} handed to the dispatcher, the rest read as it drains)", r.serving, r.peak_rss as f64 / 1e6, r.recovered),
+                format!(
+                    "{:.2} s (peak RSS {:.1} MB; {} handed to the dispatcher, the rest read as it drains)",
+                    r.serving,
+                    r.peak_rss as f64 / 1e6,
+                    r.recovered
+                ),
             );
         }
         let drained = drain(&work, &sims, options.recovery_messages).await?;
@@ -491,7 +493,8 @@ struct Restart {
 async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Restart; 2], BenchError> {
     let data_dir = work.join("recovery");
     {
-        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20, ..StoreOptions::default() }).map_err(|e| BenchError::Setup(e.to_string()))?;
+        let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20, ..StoreOptions::default() })
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
         let next = Arc::new(AtomicUsize::new(0));
         let now = SystemTime::now();
         let writers: Vec<_> = (0..64)
@@ -585,7 +588,9 @@ fn tempfile_dir() -> Result<PathBuf, BenchError> {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|text| {
+            text.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 

@@ -16,19 +16,12 @@ use crate::echo::shown;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key or a wrong type; toml's message names the key and the line.
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
     #[error("{file}: {key}: {message}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { file: PathBuf, key: String, message: String },
 }
 
 /// The whole file.
@@ -177,10 +170,7 @@ impl Default for OtpConfig {
 impl OtpConfig {
     /// The autofill lines every OTP text ends with.
     pub fn autofill(&self) -> crate::otp::template::Autofill {
-        crate::otp::template::Autofill {
-            webotp_domain: self.webotp_domain.clone(),
-            android_app_hash: self.android_app_hash.clone(),
-        }
+        crate::otp::template::Autofill { webotp_domain: self.webotp_domain.clone(), android_app_hash: self.android_app_hash.clone() }
     }
 
     /// Sends to one number per `send_window` across all API keys.
@@ -212,7 +202,11 @@ impl OtpConfig {
         if !(Duration::from_secs(1)..=HOUR).contains(&self.receipt_timeout) {
             return p("receipt_timeout", "must be between 1s and 1h".into());
         }
-        for (key, value) in [("resend_cooldown", self.resend_cooldown), ("send_window", self.send_window), ("failed_checks_window", self.failed_checks_window)] {
+        for (key, value) in [
+            ("resend_cooldown", self.resend_cooldown),
+            ("send_window", self.send_window),
+            ("failed_checks_window", self.failed_checks_window),
+        ] {
             if value > 30 * DAY {
                 return p(key, "must be at most 30d".into());
             }
@@ -226,7 +220,13 @@ impl OtpConfig {
         if self.max_failed_checks_per_number_all_keys.is_some_and(|n| n < self.max_failed_checks_per_number || n > 100_000) {
             return p("max_failed_checks_per_number_all_keys", "must be between max_failed_checks_per_number and 100000".into());
         }
-        let per_minute = [self.creates_per_minute_per_key, self.creates_per_minute_per_ip, self.checks_per_minute_per_key, self.checks_per_minute_per_ip, self.checks_per_minute_per_number];
+        let per_minute = [
+            self.creates_per_minute_per_key,
+            self.creates_per_minute_per_ip,
+            self.checks_per_minute_per_key,
+            self.checks_per_minute_per_ip,
+            self.checks_per_minute_per_number,
+        ];
         if per_minute.iter().any(|&n| n > 10_000_000) {
             return p("creates_per_minute_per_key", "per-minute limits must be at most 10000000 (0 = none)".into());
         }
@@ -243,13 +243,11 @@ impl OtpConfig {
             }
         }
         if self.webotp_domain.is_some() && self.android_app_hash.is_some() {
-            return p(
-                "android_app_hash",
-                "set either webotp_domain or android_app_hash: both want to end the message".into(),
-            );
+            return p("android_app_hash", "set either webotp_domain or android_app_hash: both want to end the message".into());
         }
         if let Some(domain) = &self.webotp_domain {
-            let ok = !domain.is_empty() && domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            let ok =
+                !domain.is_empty() && domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
             if !ok {
                 return p("webotp_domain", format!("{} is not a host name like \"example.com\"", shown(domain)));
             }
@@ -259,7 +257,11 @@ impl OtpConfig {
                 return p("android_app_hash", "must be the 11-character hash Google's tools print".into());
             }
         }
-        if self.brand.chars().count() > 64 || self.default_locale.len() > 16 || self.templates.len() > 64 || self.allowed_prefixes.len() > 1000 {
+        if self.brand.chars().count() > 64
+            || self.default_locale.len() > 16
+            || self.templates.len() > 64
+            || self.allowed_prefixes.len() > 1000
+        {
             return p("brand", "brand at most 64 characters, locales 16, at most 64 templates and 1000 allowed prefixes".into());
         }
         if let Some((locale, _)) = self.templates.iter().find(|(locale, template)| locale.len() > 16 || template.chars().count() > 1000) {
@@ -512,8 +514,8 @@ fn redacted(message: &str, source: &str) -> String {
         .filter(|value| value.len() >= 3)
         .collect();
     let lines = message.trim_end().lines().map(|line| {
-        let secret_line = secrets.iter().any(|secret| line.contains(secret))
-            || SECRET_KEYS.iter().any(|key| line.contains(key) && line.contains('='));
+        let secret_line =
+            secrets.iter().any(|secret| line.contains(secret)) || SECRET_KEYS.iter().any(|key| line.contains(key) && line.contains('='));
         if secret_line {
             let keep = line.find('|').map_or(0, |bar| bar + 1);
             format!("{} <secret line not shown>", &line[..keep])
@@ -531,9 +533,7 @@ fn redacted(message: &str, source: &str) -> String {
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {} ({e}); write it like \"500ms\", \"30s\" or \"5m\"", shown(&text)
-        ))
+        serde::de::Error::custom(format!("invalid duration {} ({e}); write it like \"500ms\", \"30s\" or \"5m\"", shown(&text)))
     })
 }
 
@@ -558,35 +558,23 @@ const MAX_SESSIONS: usize = 64;
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_path_buf(), source })?;
         Config::from_toml(&text, path)
     }
 
     /// Parses and validates TOML text; `file` is only used in error messages.
     pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_path_buf(),
-            message: redacted(&e.to_string(), text),
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: redacted(&e.to_string(), text) })?;
         config.validate(file)?;
         Ok(config)
     }
 
     /// Checks what the types cannot: limits, uniqueness, timer sanity.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key,
-            message,
-        };
+        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_path_buf(), key, message };
         if self.carriers.is_empty() {
-            return Err(invalid(
-                "carriers".into(),
-                "at least one [[carriers]] section is required".into(),
-            ));
+            return Err(invalid("carriers".into(), "at least one [[carriers]] section is required".into()));
         }
         for (i, carrier) in self.carriers.iter().enumerate() {
             let key = |field: &str| format!("carriers[{i}].{field}");
@@ -594,10 +582,7 @@ impl Config {
                 return Err(invalid(key(field), message));
             }
             if self.carriers[..i].iter().any(|c| c.name == carrier.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("carrier name {:?} is used twice; names must be unique", carrier.name),
-                ));
+                return Err(invalid(key("name"), format!("carrier name {:?} is used twice; names must be unique", carrier.name)));
             }
         }
         for (i, api_key) in self.api_keys.iter().enumerate() {
@@ -691,10 +676,7 @@ impl Config {
         if !(1..=1_000_000).contains(&sv.http_max_connections) {
             return Err(invalid("server.http_max_connections".into(), "must be 1-1000000".into()));
         }
-        for (key, value) in [
-            ("server.http_header_timeout", sv.http_header_timeout),
-            ("server.http_body_timeout", sv.http_body_timeout),
-        ] {
+        for (key, value) in [("server.http_header_timeout", sv.http_header_timeout), ("server.http_body_timeout", sv.http_body_timeout)] {
             if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
                 return Err(invalid(key.into(), "must be between 100ms and 1h".into()));
             }
@@ -720,24 +702,18 @@ impl CarrierConfig {
     fn problem(&self) -> Option<(&'static str, String)> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 32
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
             // Names become metric labels and log fields: keep them short and plain.
-            return Some((
-                "name",
-                format!(
-                    "{} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'",
-                    shown(&self.name)
-                ),
-            ));
+            return Some(("name", format!("{} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'", shown(&self.name))));
         }
         if self.host.trim().is_empty() || self.host.len() > 253 {
             return Some(("host", "must be a host name or address of 1-253 characters".into()));
         }
-        if self.receipt_text.len() > 256 || self.receipt_states.len() > 64 || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32) {
+        if self.receipt_text.len() > 256
+            || self.receipt_states.len() > 64
+            || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32)
+        {
             return Some(("receipt_text", "receipt layouts hold at most 256 characters, 64 states of 32".into()));
         }
         if self.source_addr.len() > 21 {
@@ -750,10 +726,7 @@ impl CarrierConfig {
             if !value.is_ascii() || value.bytes().any(|b| b == 0) {
                 Some("must be plain ASCII without NUL bytes".into())
             } else if value.len() > max {
-                Some(format!(
-                    "is {} characters; SMPP 3.4 allows at most {max}",
-                    value.len()
-                ))
+                Some(format!("is {} characters; SMPP 3.4 allows at most {max}", value.len()))
             } else {
                 None
             }
@@ -844,7 +817,13 @@ impl Config {
         let mut out = String::new();
         let s = &self.server;
         let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
-        let _ = writeln!(out, "data_dir:  {}  (retention {}, cache {} MiB)", s.data_dir.display(), humantime::format_duration(self.store.retention), self.store.cache_capacity_mb);
+        let _ = writeln!(
+            out,
+            "data_dir:  {}  (retention {}, cache {} MiB)",
+            s.data_dir.display(),
+            humantime::format_duration(self.store.retention),
+            self.store.cache_capacity_mb
+        );
         let names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
         let _ = writeln!(out, "api keys:  {} {:?}", names.len(), names);
         let o = &self.otp;
@@ -863,8 +842,14 @@ impl Config {
             let _ = writeln!(out, "routes:    none: every destination fails over through the carriers in order");
         }
         for r in &self.routes {
-            let _ = writeln!(out, "route:     {} -> {} ({:?}{})", r.prefixes.join(" "), r.carriers.join(", "), r.strategy,
-                if r.weights.is_empty() { String::new() } else { format!(" {:?}", r.weights) });
+            let _ = writeln!(
+                out,
+                "route:     {} -> {} ({:?}{})",
+                r.prefixes.join(" "),
+                r.carriers.join(", "),
+                r.strategy,
+                if r.weights.is_empty() { String::new() } else { format!(" {:?}", r.weights) }
+            );
         }
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());
         for c in &self.carriers {
@@ -1008,7 +993,10 @@ source_addr = "Acme"
 
     #[test]
     fn templates_and_brands_with_invisible_characters_are_refused() {
-        for (section, bad) in [("[otp.templates]\nen = \"{code} is your code\u{202E}\"\n", "templates.en"), ("[otp]\nbrand = \"Ac\u{200B}me\"\n", "templates.")] {
+        for (section, bad) in [
+            ("[otp.templates]\nen = \"{code} is your code\u{202E}\"\n", "templates.en"),
+            ("[otp]\nbrand = \"Ac\u{200B}me\"\n", "templates."),
+        ] {
             let e = error_of(&format!("{section}{MINIMAL}"));
             assert!(e.contains(bad) && e.contains("U+20"), "{e}");
         }
@@ -1110,7 +1098,9 @@ source_addr = "Acme"
     #[test]
     fn routes_are_checked_against_carriers_and_each_other() {
         let two = format!("{MINIMAL}{}", MINIMAL.replace("\"alpha\"", "\"beta\""));
-        let ok = format!("{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\", \"beta\"]\nstrategy = \"weighted\"\nweights = [3, 1]\n");
+        let ok = format!(
+            "{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\", \"beta\"]\nstrategy = \"weighted\"\nweights = [3, 1]\n"
+        );
         assert_eq!(parse(&ok).unwrap().routes[0].strategy, Strategy::Weighted);
         let cases = [
             ("prefixes = [\"+44\"]\ncarriers = [\"gamma\"]", "no carrier named \"gamma\""),
@@ -1122,7 +1112,9 @@ source_addr = "Acme"
             let e = error_of(&format!("{two}\n[[routes]]\n{route}\n"));
             assert!(e.contains("routes[0]") && e.contains(expected), "{route}: {e}");
         }
-        let twice = format!("{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\"]\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"beta\"]\n");
+        let twice = format!(
+            "{two}\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\"]\n[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"beta\"]\n"
+        );
         let e = error_of(&twice);
         assert!(e.contains("routes[1].prefixes") && e.contains("routed twice"), "{e}");
     }

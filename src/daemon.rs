@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -19,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::otp::Otp;
 use crate::dispatch::{Dispatch, Dispatcher, Job, Policy};
 use crate::http::{self, AppState};
+use crate::otp::Otp;
+use crate::route::Network;
 use crate::smpp::receipt::{IdReading, IdRelation};
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::route::Network;
-use crate::telemetry;
 use crate::store::{MessageId, MessageStatus, ReceiptMatch, Store, StoreError, StoreOptions};
+use crate::telemetry;
 
 /// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
 /// is answered only once its receipt is on disk.
@@ -127,11 +127,7 @@ impl Daemon {
                 max_unconfirmed_resends: config.messages.max_unconfirmed_resends,
             },
         );
-        let key_file = config
-            .otp
-            .hmac_key_file
-            .clone()
-            .unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
+        let key_file = config.otp.hmac_key_file.clone().unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
         let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
         let recovery_stop = CancellationToken::new();
@@ -414,7 +410,10 @@ impl Handover<'_> {
         if record.unconfirmed > self.max_resends {
             tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
             metrics::counter!("otpgate_resend_limit_total").increment(1);
-            let error = format!("{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset", record.unconfirmed);
+            let error = format!(
+                "{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset",
+                record.unconfirmed
+            );
             if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()) {
                 tracing::error!(message_id = %id, error = %e, "store update failed");
             }
@@ -439,10 +438,8 @@ async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptE
     let mut batch = Vec::with_capacity(RECEIPT_BATCH);
     let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
     while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
-        let applied: Vec<bool> = batch
-            .iter()
-            .map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed))
-            .collect();
+        let applied: Vec<bool> =
+            batch.iter().map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed)).collect();
         let durable = match store.durable().await {
             Ok(()) => true,
             Err(e) => {

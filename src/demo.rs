@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::sim::{SimConfig, SmscSim};
 use crate::http::client::Client;
+use crate::sim::{SimConfig, SmscSim};
 
 /// Credentials the "alpha" simulator insists on, written into the demo config.
 const ALPHA_SYSTEM_ID: &str = "otpgate";
@@ -87,10 +87,7 @@ async fn start_simulators() -> Result<(SmscSim, SmscSim), DemoError> {
         password: Some(ALPHA_PASSWORD.into()),
         ..SimConfig::default()
     };
-    let beta = SimConfig {
-        name: "beta".into(),
-        ..SimConfig::default()
-    };
+    let beta = SimConfig { name: "beta".into(), ..SimConfig::default() };
     let alpha = SmscSim::start(loopback, alpha).await.map_err(DemoError::Simulator)?;
     let beta = SmscSim::start(loopback, beta).await.map_err(DemoError::Simulator)?;
     for sim in [&alpha, &beta] {
@@ -171,10 +168,8 @@ async fn verify(addr: SocketAddr, carrier: &SmscSim) -> Result<(), String> {
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let mut client = Client::connect(addr).await.map_err(|e| e.to_string())?;
     let sent_before = carrier.stats().submits.len();
-    let reply = client
-        .request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900123"}"#))
-        .await
-        .map_err(|e| e.to_string())?;
+    let reply =
+        client.request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900123"}"#)).await.map_err(|e| e.to_string())?;
     println!("POST /v1/verifications -> {} {}", reply.status, reply.body);
     let id = reply.json()["id"].as_str().map(str::to_string).ok_or("no id in the answer")?;
     if !carrier.wait_until(Duration::from_secs(10), |s| s.submits.len() > sent_before).await {
@@ -203,10 +198,7 @@ async fn round_trip(addr: SocketAddr) -> Result<(), String> {
     let id = reply.json()["id"].as_str().map(str::to_string).ok_or("no id in the answer")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = client
-            .request("GET", &format!("/v1/messages/{id}"), &headers[..1], None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let reply = client.request("GET", &format!("/v1/messages/{id}"), &headers[..1], None).await.map_err(|e| e.to_string())?;
         if reply.json()["status"] == "delivered" {
             println!("GET /v1/messages/{id} -> {} {}", reply.status, reply.body);
             return Ok(());

@@ -175,23 +175,11 @@ impl Dispatcher {
         let stop = CancellationToken::new();
         let capacity = capacity_of(&network.current());
         let permits = Arc::new(Semaphore::new(capacity));
-        let shared = Arc::new(Shared {
-            store,
-            network,
-            otp_submitted,
-            stop: stop.clone(),
-            permits: permits.clone(),
-            policy,
-        });
+        let shared = Arc::new(Shared { store, network, otp_submitted, stop: stop.clone(), permits: permits.clone(), policy });
         let tasks = TaskTracker::new();
         let handed: Handed = Arc::default();
         tasks.spawn(run(shared, receiver, tasks.clone(), handed.clone()));
-        let dispatcher = Dispatcher {
-            tasks,
-            stop,
-            permits,
-            capacity: std::sync::Mutex::new(capacity),
-        };
+        let dispatcher = Dispatcher { tasks, stop, permits, capacity: std::sync::Mutex::new(capacity) };
         (dispatcher, Dispatch { jobs, handed })
     }
 
@@ -322,10 +310,7 @@ impl Shared {
         // The first with room now; else the first at all (it waits at most the spill bound).
         let pick = untried().find(|c| c.has_room(spill_after)).or_else(|| untried().next());
         Some(match pick {
-            Some(carrier) => Next::Submit {
-                carrier: (*carrier).clone(),
-                alone,
-            },
+            Some(carrier) => Next::Submit { carrier: (*carrier).clone(), alone },
             None => Next::Pause,
         })
     }
@@ -436,7 +421,8 @@ impl Shared {
             }
             if !matches!(outcome, SubmitOutcome::Permanent { reason: Permanent::Message(_) }) {
                 // A message that could not be encoded, or expired while it waited, never went out.
-                metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label()).increment(1);
+                metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label())
+                    .increment(1);
             }
             let record = attempt(carrier.name(), session.as_deref(), &outcome);
             match outcome {
@@ -480,7 +466,9 @@ impl Shared {
                     if sent_blind > self.policy.max_unconfirmed_resends {
                         tracing::warn!(message_id = %id, carrier = carrier.name(), unconfirmed = sent_blind, "submits went out without an answer; not sent again");
                         metrics::counter!("otpgate_resend_limit_total").increment(1);
-                        let error = format!("{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset");
+                        let error = format!(
+                            "{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset"
+                        );
                         self.finish(&id, MessageStatus::Failed, error, None);
                         return;
                     }

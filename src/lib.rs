@@ -15,8 +15,8 @@
 //! - [`daemon`]: wires the pieces together and runs them until shutdown;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
 
-pub mod clock;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -98,8 +98,7 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
         .init();
@@ -117,16 +116,19 @@ fn main() -> ExitCode {
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
             Command::Bench { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages, random_ids } => {
-                let options = otpgate::bench::BenchOptions { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages, random_ids };
+                let options = otpgate::bench::BenchOptions {
+                    carriers,
+                    messages,
+                    concurrency,
+                    rate,
+                    open_loop_seconds,
+                    verifications,
+                    recovery_messages,
+                    random_ids,
+                };
                 otpgate::bench::run(options).await.map_err(|e| e.to_string())
             }
-            Command::SmscSim {
-                listen,
-                system_id,
-                password,
-                response_delay,
-                no_receipts,
-            } => {
+            Command::SmscSim { listen, system_id, password, response_delay, no_receipts } => {
                 let config = SimConfig {
                     name: listen.to_string(),
                     system_id,
@@ -161,7 +163,8 @@ async fn run(path: PathBuf) -> Result<(), String> {
     tracing::info!(config = %path.display(), carriers = config.carriers.len(), "starting");
     let daemon = Daemon::start(&config).await.map_err(|e| e.to_string())?;
     let signals = |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
-    let (mut term, mut int, mut hup) = (signals(SignalKind::terminate())?, signals(SignalKind::interrupt())?, signals(SignalKind::hangup())?);
+    let (mut term, mut int, mut hup) =
+        (signals(SignalKind::terminate())?, signals(SignalKind::interrupt())?, signals(SignalKind::hangup())?);
     otpgate::systemd::notify("READY=1\nSTATUS=serving");
     let watchdog = otpgate::systemd::watchdog_interval();
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -226,9 +229,7 @@ fn hash_key() -> Result<(), String> {
 }
 
 async fn smsc_sim(listen: SocketAddr, config: SimConfig) -> Result<(), String> {
-    let sim = SmscSim::start(listen, config)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let sim = SmscSim::start(listen, config).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("smsc-sim listening on {}", sim.addr());
     let mut received = sim.subscribe();
     tokio::spawn(async move {

@@ -23,12 +23,7 @@ pub struct Route {
 impl Route {
     fn new(carriers: Vec<Arc<Carrier>>, strategy: Strategy, weights: &[u32]) -> Route {
         let cycle = if strategy == Strategy::Weighted { smooth_cycle(weights) } else { Vec::new() };
-        Route {
-            carriers,
-            strategy,
-            cycle,
-            turn: AtomicU64::new(0),
-        }
+        Route { carriers, strategy, cycle, turn: AtomicU64::new(0) }
     }
 
     /// The carriers to try for one attempt, best first: the strategy picks the first, the rest
@@ -87,11 +82,8 @@ impl Routes {
             by_prefix.push((String::new(), all));
         }
         for config in routes {
-            let members: Vec<Arc<Carrier>> = config
-                .carriers
-                .iter()
-                .filter_map(|name| carriers.iter().find(|c| c.name() == name).cloned())
-                .collect();
+            let members: Vec<Arc<Carrier>> =
+                config.carriers.iter().filter_map(|name| carriers.iter().find(|c| c.name() == name).cloned()).collect();
             if members.is_empty() {
                 continue;
             }
@@ -127,9 +119,7 @@ pub struct Fabric {
 impl Network {
     pub fn new(carriers: Vec<Arc<Carrier>>, routes: &[RouteConfig]) -> Network {
         let routes = Routes::new(routes, &carriers);
-        Network {
-            current: std::sync::RwLock::new(Arc::new(Fabric { carriers, routes })),
-        }
+        Network { current: std::sync::RwLock::new(Arc::new(Fabric { carriers, routes })) }
     }
 
     pub fn current(&self) -> Arc<Fabric> {

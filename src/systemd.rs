@@ -21,9 +21,7 @@ pub fn notify(state: &str) -> bool {
         // Abstract namespace (Linux).
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name)
-                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-                .is_ok()
+            std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr)).is_ok()
         }
         None => socket.send_to(state.as_bytes(), &path).is_ok(),
     };

@@ -19,9 +19,7 @@ use crate::smpp::Carrier;
 use crate::store::Store;
 
 /// Latency buckets in seconds: sub-millisecond HTTP up to minute-long receipts.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// The process-wide recorder, installed on first use (tests start several daemons in one
 /// process; they share it).
@@ -46,8 +44,14 @@ fn describe() {
     describe_counter!("otpgate_messages_total", "Messages entering each state");
     describe_gauge!("otpgate_queue_depth", "Messages waiting to be submitted");
     describe_gauge!("otpgate_queue_oldest_age_seconds", "Age of the oldest message waiting to be submitted");
-    describe_counter!("otpgate_resubmits_total", "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates");
-    describe_counter!("otpgate_resend_limit_total", "Messages failed because their submits kept going out unanswered (messages.max_unconfirmed_resends)");
+    describe_counter!(
+        "otpgate_resubmits_total",
+        "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates"
+    );
+    describe_counter!(
+        "otpgate_resend_limit_total",
+        "Messages failed because their submits kept going out unanswered (messages.max_unconfirmed_resends)"
+    );
     describe_counter!("otpgate_spillovers_total", "Messages moved off a carrier that could not take them within the spill bound");
     describe_gauge!("otpgate_spill_after_seconds", "messages.spill_after: the longest a message should wait on one carrier");
     describe_counter!("otpgate_recovered_total", "Queued messages re-queued at start-up from the store");
@@ -64,8 +68,14 @@ fn describe() {
     describe_histogram!("otpgate_receipt_latency_seconds", "Submit to receipt time per carrier");
     describe_counter!("otpgate_receipts_unmatched_total", "Receipts that matched no message (or could not be read)");
     describe_counter!("otpgate_receipts_late_total", "Receipts for a message that already had its final receipt: counted, not applied");
-    describe_counter!("otpgate_receipts_ambiguous_total", "Receipts whose id names different waiting messages under different readings: not applied");
-    describe_counter!("otpgate_receipts_dropped_total", "Receipts not kept: held_full (max_held_receipts reached) or unmatched (held past hold_receipts_for)");
+    describe_counter!(
+        "otpgate_receipts_ambiguous_total",
+        "Receipts whose id names different waiting messages under different readings: not applied"
+    );
+    describe_counter!(
+        "otpgate_receipts_dropped_total",
+        "Receipts not kept: held_full (max_held_receipts reached) or unmatched (held past hold_receipts_for)"
+    );
     describe_counter!("otpgate_mobile_originated_total", "Mobile-originated SMS received and ignored (otpgate takes no inbound SMS)");
     describe_counter!("otpgate_long_message_ids_total", "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
     describe_counter!("otpgate_verifications_total", "Verification events by outcome");
@@ -83,9 +93,7 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
         }),
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     if let Err(e) = served {
         tracing::error!(error = %e, "metrics server failed");
     }
@@ -126,10 +134,7 @@ pub async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + Send + 
 /// axum middleware: counts requests and times them by route template (never the raw path,
 /// which holds ids).
 pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

@@ -16,10 +16,7 @@ fn otpgate() -> Command {
 
 #[test]
 fn check_config_accepts_the_shipped_config_and_summarises_it() {
-    let out = otpgate()
-        .args(["check-config", "--config", "config/otpgate.toml"])
-        .output()
-        .expect("runs");
+    let out = otpgate().args(["check-config", "--config", "config/otpgate.toml"]).output().expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("config/otpgate.toml: OK"), "{stdout}");
@@ -32,35 +29,22 @@ fn check_config_accepts_the_shipped_config_and_summarises_it() {
 fn check_config_names_file_and_key_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    let text = std::fs::read_to_string("config/otpgate.toml")
-        .unwrap()
-        .replacen("window = 64", "window = 0", 1);
+    let text = std::fs::read_to_string("config/otpgate.toml").unwrap().replacen("window = 64", "window = 0", 1);
     std::fs::write(&path, text).unwrap();
-    let out = otpgate()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let out = otpgate().args(["check-config", "--config"]).arg(&path).output().expect("runs");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(stderr.contains("carriers[0].window"), "{stderr}");
 
-    let out = otpgate()
-        .args(["check-config", "--config", "/nonexistent/otpgate.toml"])
-        .output()
-        .expect("runs");
+    let out = otpgate().args(["check-config", "--config", "/nonexistent/otpgate.toml"]).output().expect("runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/otpgate.toml: cannot read"));
 }
 
 #[test]
 fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
-    let out = otpgate()
-        .args(["demo", "--once", "--http", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("runs");
+    let out = otpgate().args(["demo", "--once", "--http", "127.0.0.1:0"]).env("RUST_LOG", "info").output().expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("carrier alpha: 1 submit session(s) bound"), "{stdout}");
@@ -77,11 +61,8 @@ fn demo_brings_up_both_carriers_and_shows_the_sms_and_receipts() {
 
 #[tokio::test]
 async fn smsc_sim_command_serves_real_binds() {
-    let mut child = otpgate()
-        .args(["smsc-sim", "--listen", "127.0.0.1:0", "--password", "secret"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starts");
+    let mut child =
+        otpgate().args(["smsc-sim", "--listen", "127.0.0.1:0", "--password", "secret"]).stdout(Stdio::piped()).spawn().expect("starts");
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     let addr: SocketAddr = line
@@ -100,32 +81,33 @@ async fn smsc_sim_command_serves_real_binds() {
 #[test]
 fn hash_key_prints_the_sha256_of_the_key_on_stdin() {
     use std::io::Write;
-    let mut child = otpgate()
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = otpgate().arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(b"correct-horse-battery-staple\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     // sha256("correct-horse-battery-staple")
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        otpgate::http::sha256_hex(b"correct-horse-battery-staple")
-    );
-    assert_eq!(
-        otpgate::http::sha256_hex(b"abc"),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), otpgate::http::sha256_hex(b"correct-horse-battery-staple"));
+    assert_eq!(otpgate::http::sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 #[test]
 fn bench_runs_end_to_end_and_accounts_for_every_message() {
     let out = otpgate()
         .args([
-            "bench", "--messages", "300", "--concurrency", "8", "--rate", "100", "--open-loop-seconds", "1",
-            "--verifications", "20", "--recovery-messages", "300", "--random-ids",
+            "bench",
+            "--messages",
+            "300",
+            "--concurrency",
+            "8",
+            "--rate",
+            "100",
+            "--open-loop-seconds",
+            "1",
+            "--verifications",
+            "20",
+            "--recovery-messages",
+            "300",
+            "--random-ids",
         ])
         .env("RUST_LOG", "error")
         .output()

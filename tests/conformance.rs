@@ -97,7 +97,8 @@ async fn node_smpp_reads_our_submit_sm_as_a_normal_message_and_its_receipt_reach
     let gw = Gateway::start(&[node.addr], "").await;
     gw.wait_bound().await;
     let mut client = gw.client().await;
-    let reply = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "Your code is 123456", "validity": "10m"}"#, None).await;
+    let reply =
+        post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "Your code is 123456", "validity": "10m"}"#, None).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let id = reply.json()["id"].as_str().unwrap().to_string();
     wait_status(&mut client, &id, "delivered", Duration::from_secs(10)).await;

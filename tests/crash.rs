@@ -17,11 +17,7 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     const MESSAGES: usize = 600;
     const KILL_AFTER: usize = 250;
     const CLIENTS: usize = 8;
-    let sim = sim(SimConfig {
-        response_delay: Duration::from_millis(30),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(30), ..SimConfig::default() }).await;
     let files = DaemonFiles::new(&[sim.addr()], "window = 16", "");
     let (http, config) = (files.http, files.config.clone());
 
@@ -61,9 +57,7 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
             })
         })
         .collect();
-    tokio::time::timeout(Duration::from_secs(30), killed.notified())
-        .await
-        .expect("load reached the kill point");
+    tokio::time::timeout(Duration::from_secs(30), killed.notified()).await.expect("load reached the kill point");
     daemon.kill().expect("SIGKILL");
     daemon.wait().unwrap();
     for client in clients {
@@ -145,10 +139,7 @@ async fn every_receipt_answered_before_kill_9_is_on_disk() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let target = round * MESSAGES + MESSAGES / 2;
-        assert!(
-            sim.wait_until(Duration::from_secs(20), |s| s.acked_receipts.len() >= target).await,
-            "receipts never flowed"
-        );
+        assert!(sim.wait_until(Duration::from_secs(20), |s| s.acked_receipts.len() >= target).await, "receipts never flowed");
         daemon.kill().expect("SIGKILL");
         daemon.wait().unwrap();
     }

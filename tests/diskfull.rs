@@ -22,11 +22,7 @@ impl Tmpfs {
     }
 
     fn resize(&self, size: &str) -> bool {
-        Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success())
+        Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().is_ok_and(|s| s.success())
     }
 }
 

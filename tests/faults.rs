@@ -59,7 +59,11 @@ async fn account(sims: &[&SmscSim], acknowledged: &[String], limit: Duration) ->
         let lost: Vec<&String> = acknowledged.iter().filter(|t| !counts.contains_key(*t)).collect();
         if lost.is_empty() {
             let duplicates = acknowledged.iter().map(|t| counts[t] - 1).sum();
-            println!("accounting: accepted {} = submitted (distinct) {}, duplicates {duplicates}, lost 0", acknowledged.len(), acknowledged.len());
+            println!(
+                "accounting: accepted {} = submitted (distinct) {}, duplicates {duplicates}, lost 0",
+                acknowledged.len(),
+                acknowledged.len()
+            );
             return duplicates;
         }
         assert!(tokio::time::Instant::now() < deadline, "lost {} acknowledged messages, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
@@ -69,10 +73,7 @@ async fn account(sims: &[&SmscSim], acknowledged: &[String], limit: Duration) ->
 
 #[tokio::test]
 async fn a_carrier_that_drops_its_connection_every_n_submits() {
-    let slow = SimConfig {
-        response_delay: Duration::from_millis(5),
-        ..SimConfig::default()
-    };
+    let slow = SimConfig { response_delay: Duration::from_millis(5), ..SimConfig::default() };
     let (a, b, gw, mut client) = two_carriers(slow.clone(), slow).await;
     a.set_drop_every(25);
     let sent = load(&mut client, "drop", 300, || {}).await;
@@ -121,11 +122,7 @@ async fn a_carrier_that_refuses_binds_then_comes_back() {
 
 #[tokio::test]
 async fn receipts_early_duplicated_and_on_another_session() {
-    let early = SimConfig {
-        receipt_first: true,
-        response_delay: Duration::from_millis(10),
-        ..SimConfig::default()
-    };
+    let early = SimConfig { receipt_first: true, response_delay: Duration::from_millis(10), ..SimConfig::default() };
     let sim_a = sim(early).await;
     let sim_b = sim(SimConfig::default()).await;
     sim_b.set_duplicate_receipts(true);

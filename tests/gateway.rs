@@ -73,10 +73,7 @@ async fn api_keys_are_required_and_isolate_clients() {
     let sim = sim(SimConfig::default()).await;
     let gw = Gateway::start(&[sim.addr()], "").await;
     let mut client = gw.client().await;
-    let no_key = client
-        .request("POST", "/v1/messages", &[("Content-Type", "application/json")], Some(BODY))
-        .await
-        .unwrap();
+    let no_key = client.request("POST", "/v1/messages", &[("Content-Type", "application/json")], Some(BODY)).await.unwrap();
     assert_eq!(no_key.status, 401);
     assert_eq!(no_key.json()["error"]["code"], "unauthorized");
     let wrong = post_message(&mut client, "not-a-configured-key", BODY, None).await;
@@ -120,10 +117,8 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     assert_eq!((reply.status, reply.json()["error"]["code"].clone()), (422, "text_too_long".into()));
 
     let auth = common::bearer(API_KEY);
-    let plain = client
-        .request("POST", "/v1/messages", &[("Authorization", &auth), ("Content-Type", "text/plain")], Some(BODY))
-        .await
-        .unwrap();
+    let plain =
+        client.request("POST", "/v1/messages", &[("Authorization", &auth), ("Content-Type", "text/plain")], Some(BODY)).await.unwrap();
     assert_eq!((plain.status, plain.json()["error"]["code"].clone()), (415, "unsupported_media_type".into()));
 
     let huge = format!(r#"{{"to": "+447700900123", "text": "{}"}}"#, "x".repeat(20_000));
@@ -164,12 +159,7 @@ async fn health_and_readiness_follow_the_binds() {
 
 #[tokio::test]
 async fn a_receipt_that_beats_its_submit_response_is_matched() {
-    let sim = sim(SimConfig {
-        receipt_first: true,
-        response_delay: Duration::from_millis(150),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { receipt_first: true, response_delay: Duration::from_millis(150), ..SimConfig::default() }).await;
     let gw = Gateway::start(&[sim.addr()], "").await;
     gw.wait_bound().await;
     let mut client = gw.client().await;
@@ -284,11 +274,7 @@ async fn a_clean_shutdown_keeps_unsent_messages_queued_for_the_next_start() {
 
 #[tokio::test]
 async fn a_receipt_arriving_after_a_restart_still_finds_its_message() {
-    let sim = sim(SimConfig {
-        receipt_delay: Duration::from_millis(700),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { receipt_delay: Duration::from_millis(700), ..SimConfig::default() }).await;
     let gw = Gateway::start(&[sim.addr()], "").await;
     gw.wait_bound().await;
     let mut client = gw.client().await;

@@ -103,7 +103,9 @@ async fn partial_headers_unfinished_bodies_and_idle_connections_time_out() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 
     let mut unfinished = TcpStream::connect(addr).await.unwrap();
-    let head = format!("POST /v1/messages HTTP/1.1\r\nHost: otpgate\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"to\":");
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: otpgate\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"to\":"
+    );
     unfinished.write_all(head.as_bytes()).await.unwrap();
     let answer = read_until_closed(&mut unfinished, Duration::from_secs(5)).await.expect("an unfinished body held the connection");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -140,7 +142,6 @@ async fn connections_past_the_cap_get_an_immediate_503() {
     assert_eq!(client.request("GET", "/healthz", &[], None).await.unwrap().status, 200, "room came back");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
-
 
 /// At the descriptor limit, idle HTTP clients must not starve the carrier sessions: with a hard
 /// limit of 400 descriptors, 500 clients hold connections open, a carrier drops its session and

@@ -123,7 +123,15 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
             assert!(exported.contains(&name), "{name} is used by a dashboard or alert but not exported");
         }
     }
-    for alert in ["OtpgateCarrierNotTakingTraffic", "OtpgateQueueStale", "OtpgateCarrierThrottling", "OtpgateResendLimit", "OtpgateDeliveryRateLow", "OtpgateOtpConversionCollapse", "OtpgateReceiptsUnmatched"] {
+    for alert in [
+        "OtpgateCarrierNotTakingTraffic",
+        "OtpgateQueueStale",
+        "OtpgateCarrierThrottling",
+        "OtpgateResendLimit",
+        "OtpgateDeliveryRateLow",
+        "OtpgateOtpConversionCollapse",
+        "OtpgateReceiptsUnmatched",
+    ] {
         assert!(alerts.contains(alert), "{alert} missing");
     }
     match std::process::Command::new("promtool").args(["check", "rules", "dashboards/alerts.yml"]).output() {
@@ -136,11 +144,7 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_nothing_and_exits_0_in_time() {
-    let sim = sim(SimConfig {
-        response_delay: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(20), ..SimConfig::default() }).await;
     let files = DaemonFiles::new(&[sim.addr()], "", "");
     let mut daemon = spawn_daemon(&files.config, None, &[]);
     wait_ready(files.http).await;
@@ -293,7 +297,18 @@ async fn sighup_reloads_carriers_and_routes_and_refuses_a_bad_config_with_system
 #[test]
 fn the_unit_file_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string("systemd/otpgate.service").unwrap();
-    for needed in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=otpgate", "DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "SystemCallFilter=@system-service", "ExecReload="] {
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=otpgate",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=",
+        "SystemCallFilter=@system-service",
+        "ExecReload=",
+    ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -319,11 +334,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 /// retry elsewhere), not "connection refused".
 #[tokio::test]
 async fn during_the_shutdown_drain_new_requests_get_503_shutting_down() {
-    let sim = sim(SimConfig {
-        response_delay: Duration::from_millis(800),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(800), ..SimConfig::default() }).await;
     let files = DaemonFiles::new(&[sim.addr()], "", "");
     let mut daemon = spawn_daemon(&files.config, None, &[]);
     wait_ready(files.http).await;

@@ -19,19 +19,15 @@ use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
 fn cases(n: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: n,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 /// An Appendix B receipt text with its keys in any order and case, and junk after `text:`.
 fn appendix_b() -> impl Strategy<Value = (String, String, Vec<u8>)> {
     let id = "[0-9A-Fa-f]{1,20}";
     let stat = prop::sample::select(vec!["DELIVRD", "UNDELIV", "EXPIRED", "REJECTD", "DELETED", "ACCEPTD", "ENROUTE", "UNKNOWN"]);
-    (id, stat, any::<bool>(), prop::collection::vec(any::<u8>(), 0..20), Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()))
-        .prop_map(|(id, stat, upper, junk, order)| {
+    (id, stat, any::<bool>(), prop::collection::vec(any::<u8>(), 0..20), Just(()).prop_perturb(|_, mut rng| rng.random::<u64>())).prop_map(
+        |(id, stat, upper, junk, order)| {
             let mut parts = [
                 format!("id:{id}"),
                 "sub:001".to_string(),
@@ -55,7 +51,8 @@ fn appendix_b() -> impl Strategy<Value = (String, String, Vec<u8>)> {
             bytes.extend_from_slice(b" text:");
             bytes.extend_from_slice(&junk);
             (id, stat.to_string(), bytes)
-        })
+        },
+    )
 }
 
 proptest! {
@@ -167,9 +164,7 @@ async fn http_bodies_never_cause_a_server_error() {
     ];
     // Each field is valid most of the time, so requests get past the first check and on to the
     // store, the rules and the dispatcher; sometimes one is junk or an unknown key is added.
-    let value = |valid: Vec<&'static str>| {
-        prop_oneof![9 => prop::sample::select(valid).prop_map(str::to_string), 1 => junk.clone()]
-    };
+    let value = |valid: Vec<&'static str>| prop_oneof![9 => prop::sample::select(valid).prop_map(str::to_string), 1 => junk.clone()];
     let numbers = vec!["\"+447700900123\"", "\"+447700900124\"", "\"+15551234567\"", "\"+447700900125\"", "\"+4477009\""];
     let message = (
         value(numbers.clone()),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{API_KEY, Gateway, ReceiptFixture, carrier_config, post_message, receipt_fixtures, sim, start_bound, wait_status};
 use otpgate::sim::SimConfig;
-use otpgate::smpp::{Receipt, SubmitOutcome};
 use otpgate::smpp::receipt::{IdReading, ReceiptFields, canonical_id};
+use otpgate::smpp::{Receipt, SubmitOutcome};
 use rusmpp::pdus::DeliverSm;
 use rusmpp::tlvs::MessageDeliveryRequestTlvValue as Tlv;
 use rusmpp::types::{AnyOctetString, COctetString, OctetString};
@@ -100,9 +100,7 @@ async fn every_sample_is_read_off_a_live_session_and_acknowledged() {
         check(fixture, &event.receipt);
         event.recorded(true);
     }
-    let all_acked = sim
-        .wait_until(Duration::from_secs(5), |s| s.deliver_sm_resps == fixtures.len() as u64)
-        .await;
+    let all_acked = sim.wait_until(Duration::from_secs(5), |s| s.deliver_sm_resps == fixtures.len() as u64).await;
     assert!(all_acked, "every deliver_sm, readable or not, gets a deliver_sm_resp");
     assert_eq!(sim.stats().connections, 1, "no receipt may break the session");
     running.shutdown.cancel();
@@ -173,11 +171,7 @@ fn receipt_text_never_reaches_the_parsed_receipt() {
 /// Sample 38's carrier writes keyless CSV receipts; with its layout configured they match.
 #[tokio::test]
 async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
-    let sim = sim(SimConfig {
-        receipts: false,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
     let layout = "receipt_text = \"csv:stat,done,submit,err,-,-,-\"\nreceipt_states = { \"00\" = \"DELIVRD\", \"01\" = \"ENROUTE\" }";
     let gw = Gateway::start(&[sim.addr()], layout).await;
     gw.wait_bound().await;

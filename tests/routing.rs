@@ -35,12 +35,13 @@ fn texts(sim: &SmscSim) -> HashSet<String> {
 #[tokio::test]
 async fn the_longest_prefix_wins_and_unrouted_destinations_are_refused() {
     let (a, b, c) = (sim(SimConfig::default()).await, sim(SimConfig::default()).await, sim(SimConfig::default()).await);
-    let table =
-        "[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\"]\n\
+    let table = "[[routes]]\nprefixes = [\"+44\"]\ncarriers = [\"alpha\"]\n\
          [[routes]]\nprefixes = [\"+4477\", \"+353\"]\ncarriers = [\"beta\"]\n\
          [[routes]]\nprefixes = [\"+33\"]\ncarriers = [\"gamma\"]\n";
     let (gw, mut client) = gateway(&[&a, &b, &c], "", table).await;
-    for (to, text) in [("+441234567890", "uk landline"), ("+447700900123", "uk mobile"), ("+353861234567", "ireland"), ("+33612345678", "france")] {
+    for (to, text) in
+        [("+441234567890", "uk landline"), ("+447700900123", "uk mobile"), ("+353861234567", "ireland"), ("+33612345678", "france")]
+    {
         let id = send(&mut client, to, text).await;
         wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
     }
@@ -117,9 +118,7 @@ async fn a_carrier_going_down_mid_load_moves_traffic_at_once_and_back_when_it_re
     drop(a); // alpha's SMSC dies: listener and connections gone.
     let down_at = Instant::now();
     let during = load(&mut client, "during", 30, Duration::from_millis(20)).await;
-    let seen = b
-        .wait_until(Duration::from_secs(5), |s| during.iter().all(|t| s.submits.iter().any(|m| &m.text == t)))
-        .await;
+    let seen = b.wait_until(Duration::from_secs(5), |s| during.iter().all(|t| s.submits.iter().any(|m| &m.text == t))).await;
     assert!(seen, "messages sent while alpha was down were lost");
     let first_on_b = b.stats().submits.first().unwrap().at;
     // response_timeout is 1s in the test config.
@@ -143,9 +142,7 @@ async fn a_hung_carrier_is_routed_around_within_the_response_timeout() {
     a.set_behaviour(Behaviour::Hang);
     let hung_at = Instant::now();
     let sent = load(&mut client, "hung", 20, Duration::from_millis(20)).await;
-    let all_on_b = b
-        .wait_until(Duration::from_secs(5), |s| sent.iter().all(|t| s.submits.iter().any(|m| &m.text == t)))
-        .await;
+    let all_on_b = b.wait_until(Duration::from_secs(5), |s| sent.iter().all(|t| s.submits.iter().any(|m| &m.text == t))).await;
     assert!(all_on_b, "messages stuck on the hung carrier");
     let first_on_b = b.stats().submits.first().unwrap().at;
     assert!(first_on_b.duration_since(hung_at) < Duration::from_secs(2));
@@ -220,11 +217,7 @@ async fn code_from(sim: &SmscSim) -> String {
 
 #[tokio::test]
 async fn an_undelivered_otp_is_resent_through_the_next_carrier_but_a_plain_message_is_not() {
-    let a = sim(SimConfig {
-        receipt_stat: "UNDELIV",
-        ..SimConfig::default()
-    })
-    .await;
+    let a = sim(SimConfig { receipt_stat: "UNDELIV", ..SimConfig::default() }).await;
     let b = sim(SimConfig::default()).await;
     let table = "[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n";
     let (gw, mut client) = gateway(&[&a, &b], "", table).await;
@@ -259,13 +252,10 @@ async fn an_undelivered_otp_is_resent_through_the_next_carrier_but_a_plain_messa
 /// alpha never sends receipts, beta does; one failover route over both with `receipt_timeout`.
 /// Returns the config extra too, for restarts.
 async fn receipts_only_from_beta(receipt_timeout: &str) -> (SmscSim, SmscSim, Gateway, Client, String) {
-    let a = sim(SimConfig {
-        receipts: false,
-        ..SimConfig::default()
-    })
-    .await;
+    let a = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
     let b = sim(SimConfig::default()).await;
-    let extra = format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"{receipt_timeout}\"\n");
+    let extra =
+        format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n[otp]\nreceipt_timeout = \"{receipt_timeout}\"\n");
     let (gw, client) = gateway(&[&a, &b], "", &extra).await;
     (a, b, gw, client, extra)
 }

@@ -87,10 +87,8 @@ async fn codes_never_reach_the_store_the_logs_or_the_api() {
         assert_eq!(reply.json()["status"], "approved");
         answers.push_str(&reply.body);
     }
-    let reply = client
-        .request("POST", &format!("/v1/verifications/{}/check", ids[2]), &headers, Some(r#"{"code": "0000000001"}"#))
-        .await
-        .unwrap();
+    let reply =
+        client.request("POST", &format!("/v1/verifications/{}/check", ids[2]), &headers, Some(r#"{"code": "0000000001"}"#)).await.unwrap();
     answers.push_str(&reply.body);
     for id in &ids {
         let reply = client.request("GET", &format!("/v1/verifications/{id}"), &headers[..1], None).await.unwrap();

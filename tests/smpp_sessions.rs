@@ -10,11 +10,7 @@ use otpgate::smpp::{NotSubmitted, SubmitOutcome};
 use rusmpp::CommandStatus;
 
 fn with_credentials() -> SimConfig {
-    SimConfig {
-        system_id: Some("otpgate".into()),
-        password: Some("secret".into()),
-        ..SimConfig::default()
-    }
+    SimConfig { system_id: Some("otpgate".into()), password: Some("secret".into()), ..SimConfig::default() }
 }
 
 #[tokio::test]
@@ -41,10 +37,7 @@ async fn binds_and_submits_with_the_right_fields() {
 #[tokio::test]
 async fn bad_password_is_refused_and_retried_with_growing_backoff() {
     let sim = sim(with_credentials()).await;
-    let config = carrier_config(
-        sim.addr(),
-        "password = \"wrong\"\nreconnect_min = \"40ms\"\nreconnect_max = \"400ms\"",
-    );
+    let config = carrier_config(sim.addr(), "password = \"wrong\"\nreconnect_min = \"40ms\"\nreconnect_max = \"400ms\"");
     let running = start(config);
     let saw_attempts = sim.wait_until(Duration::from_secs(10), |s| s.binds.len() >= 8).await;
     assert!(saw_attempts, "carrier stopped retrying");
@@ -58,10 +51,7 @@ async fn bad_password_is_refused_and_retried_with_growing_backoff() {
     }
     // Full jitter between min and a growing ceiling: with 7 gaps, all staying near the 40 ms
     // floor has odds below 1 in 10,000.
-    assert!(
-        gaps.iter().any(|g| *g > Duration::from_millis(100)),
-        "backoff never grew: {gaps:?}"
-    );
+    assert!(gaps.iter().any(|g| *g > Duration::from_millis(100)), "backoff never grew: {gaps:?}");
     running.shutdown.cancel();
 }
 
@@ -78,24 +68,14 @@ async fn smsc_down_then_up_is_reached_once_it_listens() {
         SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession },
         "a down carrier refuses at once instead of hanging"
     );
-    let sim = otpgate::sim::SmscSim::start(addr, SimConfig::default())
-        .await
-        .expect("port still free");
-    assert!(
-        running.carrier.wait_bound(1, Duration::from_secs(3)).await,
-        "did not reconnect after the SMSC came up"
-    );
+    let sim = otpgate::sim::SmscSim::start(addr, SimConfig::default()).await.expect("port still free");
+    assert!(running.carrier.wait_bound(1, Duration::from_secs(3)).await, "did not reconnect after the SMSC came up");
     assert_eq!(sim.stats().binds.len(), 1);
     running.shutdown.cancel();
 }
 
 async fn max_outstanding_with(window: usize, sessions: usize, messages: usize) -> usize {
-    let sim = sim(SimConfig {
-        response_delay: Duration::from_millis(50),
-        receipts: false,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(50), receipts: false, ..SimConfig::default() }).await;
     let config = carrier_config(sim.addr(), &format!("window = {window}\nsessions = {sessions}"));
     let running = start_bound(config).await;
     let submits = (0..messages).map(|i| {
@@ -130,9 +110,7 @@ async fn response_timeout_tears_down_a_hung_session_and_hands_back_its_submits()
     assert!(started.elapsed() < Duration::from_secs(2), "hung submits were not released in time");
     for outcome in &outcomes {
         match outcome {
-            SubmitOutcome::RetryElsewhere {
-                reason: NotSubmitted::ResponseTimeout | NotSubmitted::ConnectionLost,
-            } => {}
+            SubmitOutcome::RetryElsewhere { reason: NotSubmitted::ResponseTimeout | NotSubmitted::ConnectionLost } => {}
             other => panic!("in-flight submit of a dead session came back as {other:?}"),
         }
     }
@@ -204,10 +182,8 @@ async fn transmitter_receiver_pair_submits_on_tx_and_gets_receipts_on_rx() {
     let SubmitOutcome::Accepted { message_id } = running.carrier.submit(&sms("hi")).await else {
         panic!("not accepted");
     };
-    let mut event = tokio::time::timeout(Duration::from_secs(3), running.receipts.recv())
-        .await
-        .expect("receipt in time")
-        .expect("channel open");
+    let mut event =
+        tokio::time::timeout(Duration::from_secs(3), running.receipts.recv()).await.expect("receipt in time").expect("channel open");
     event.recorded(true);
     let receipt = event.receipt.expect("readable receipt");
     assert_eq!(receipt.message_id, message_id);
@@ -273,9 +249,7 @@ async fn shutdown_unbinds_every_session_cleanly() {
     let config = carrier_config(sim.addr(), "sessions = 2\nbind = \"transmitter_receiver\"");
     let running = start_bound(config).await;
     running.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(3), running.carrier.stopped())
-        .await
-        .expect("carrier stopped in time");
+    tokio::time::timeout(Duration::from_secs(3), running.carrier.stopped()).await.expect("carrier stopped in time");
     assert_eq!(sim.stats().unbinds, 4, "two TX and two RX sessions each sent unbind");
     assert_eq!(running.carrier.bound_sessions(), 0);
 }

@@ -48,13 +48,13 @@ async fn offer(gw: &Gateway, rate: u32, seconds: u32) -> HashMap<String, Instant
 async fn delays(sims: &[&SmscSim], accepted: &HashMap<String, Instant>) -> (Vec<Duration>, Vec<usize>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let arrived: HashMap<String, Instant> = sims
-            .iter()
-            .flat_map(|s| s.stats().submits.into_iter().map(|m| (m.text, m.at)))
-            .fold(HashMap::new(), |mut first, (text, at)| {
+        let arrived: HashMap<String, Instant> = sims.iter().flat_map(|s| s.stats().submits.into_iter().map(|m| (m.text, m.at))).fold(
+            HashMap::new(),
+            |mut first, (text, at)| {
                 first.entry(text).and_modify(|t: &mut Instant| *t = (*t).min(at)).or_insert(at);
                 first
-            });
+            },
+        );
         if accepted.keys().all(|t| arrived.contains_key(t)) {
             let waited = accepted.iter().map(|(t, at)| arrived[t].saturating_duration_since(*at)).collect();
             let shares = sims.iter().map(|s| s.stats().submits.len()).collect();

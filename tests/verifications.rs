@@ -57,9 +57,7 @@ fn to(number: &str) -> String {
 /// Waits for the `nth` (1-based) SMS to `number` and returns the code at its start.
 async fn code_sent(sim: &SmscSim, number: &str, nth: usize) -> String {
     let digits = number.trim_start_matches('+').to_string();
-    let arrived = sim
-        .wait_until(Duration::from_secs(5), |s| s.submits.iter().filter(|m| m.to == digits).count() >= nth)
-        .await;
+    let arrived = sim.wait_until(Duration::from_secs(5), |s| s.submits.iter().filter(|m| m.to == digits).count() >= nth).await;
     assert!(arrived, "SMS {nth} to {number} never reached the carrier");
     let text = sim.stats().submits.iter().filter(|m| m.to == digits).nth(nth - 1).unwrap().text.clone();
     text.chars().take_while(char::is_ascii_digit).collect()

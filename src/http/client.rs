@@ -39,10 +39,7 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Client {
-            addr,
-            stream: BufReader::new(stream),
-        })
+        Ok(Client { addr, stream: BufReader::new(stream) })
     }
 
     /// Sends one request; `headers` are extra `(name, value)` pairs.
@@ -93,9 +90,6 @@ impl Client {
         }
         let mut body = vec![0; length];
         self.stream.read_exact(&mut body).await?;
-        Ok(Reply {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        Ok(Reply { status, body: String::from_utf8_lossy(&body).into_owned() })
     }
 }

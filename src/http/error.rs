@@ -20,20 +20,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-            verification_status: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after: None, verification_status: None }
     }
 
     pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: Duration) -> ApiError {
-        ApiError {
-            retry_after: Some(retry_after),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-        }
+        ApiError { retry_after: Some(retry_after), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message) }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -45,11 +36,7 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send a valid API key as 'Authorization: Bearer <key>'",
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send a valid API key as 'Authorization: Bearer <key>'")
     }
 
     pub fn not_found(what: &str) -> ApiError {

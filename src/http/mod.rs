@@ -28,11 +28,11 @@ pub use error::ApiError;
 
 use crate::config::{ApiKeyConfig, MessagesConfig};
 use crate::dispatch::{Dispatch, Job};
+use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
+use crate::route::Network;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::rfc3339;
-use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
-use crate::route::Network;
 use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
 
 /// Largest request body accepted.
@@ -62,7 +62,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, network: Arc<Network>, otp: Arc<Otp>, dispatch: Dispatch, api_keys: &[ApiKeyConfig], messages: MessagesConfig, body_timeout: Duration) -> AppState {
+    pub fn new(
+        store: Arc<Store>,
+        network: Arc<Network>,
+        otp: Arc<Otp>,
+        dispatch: Dispatch,
+        api_keys: &[ApiKeyConfig],
+        messages: MessagesConfig,
+        body_timeout: Duration,
+    ) -> AppState {
         AppState {
             store,
             network,
@@ -171,11 +179,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, headers: &Hea
         )
     })?;
     let bytes = read.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-        )
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body must be at most {MAX_BODY_BYTES} bytes"))
     })?;
     let value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON for this call: {e}")))?;
@@ -201,7 +205,14 @@ enum Idempotent<'a> {
 }
 
 /// Looks the request's Idempotency-Key up within `scope` (one per endpoint).
-async fn idempotent<'a>(state: &'a AppState, owner: &str, scope: &str, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<Idempotent<'a>, ApiError> {
+async fn idempotent<'a>(
+    state: &'a AppState,
+    owner: &str,
+    scope: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Idempotent<'a>, ApiError> {
     let Some(key) = idempotency_key(headers)? else {
         return Ok(Idempotent::Proceed(None, None));
     };
@@ -212,11 +223,9 @@ async fn idempotent<'a>(state: &'a AppState, owner: &str, scope: &str, headers: 
     match state.store.check_idempotency(owner, &scoped, &body_hash, now).map_err(store_unavailable)? {
         Idempotency::New => Ok(Idempotent::Proceed(Some((scoped, body_hash)), Some(guard))),
         Idempotency::Replay(id, answer) => Ok(Idempotent::Replay(id, answer)),
-        Idempotency::Conflict => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_conflict",
-            "this Idempotency-Key was used with a different body",
-        )),
+        Idempotency::Conflict => {
+            Err(ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", "this Idempotency-Key was used with a different body"))
+        }
     }
 }
 
@@ -275,13 +284,7 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         Idempotent::Replay(id, _) => return Ok(accepted(&id)),
         Idempotent::Proceed(key, guard) => (key, guard),
     };
-    let message = NewMessage {
-        owner,
-        to: request.to,
-        from: request.from,
-        text: request.text,
-        deadline: now + validity,
-    };
+    let message = NewMessage { owner, to: request.to, from: request.from, text: request.text, deadline: now + validity };
     let (id, record) = state
         .store
         .insert_message(message, idempotency.as_ref().map(|(k, h)| (k.as_str(), h.as_str())), now)
@@ -338,7 +341,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let store_ok = state.store.healthy();
     let ready = accepting && store_ok && !bound.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok}))).into_response()
+    (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok})))
+        .into_response()
 }
 
 impl From<OtpError> for ApiError {
@@ -417,10 +421,7 @@ async fn check_code(state: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, 
     check_accepting(&state)?;
     let owner = authenticate(&state, &headers)?;
     let (request, _): (CheckRequest, Bytes) = read_json(&state, &headers, body).await?;
-    let (id, outcome) = state
-        .otp
-        .check(&owner, peer.ip(), &id, &request.code, request.context.as_deref())
-        .await?;
+    let (id, outcome) = state.otp.check(&owner, peer.ip(), &id, &request.code, request.context.as_deref()).await?;
     let body = match outcome {
         CheckOutcome::Approved => json!({"id": id.to_string(), "status": "approved"}),
         CheckOutcome::Wrong { checks_left } => json!({"id": id.to_string(), "status": "pending", "checks_left": checks_left}),

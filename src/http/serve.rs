@@ -54,7 +54,12 @@ pub fn connections_that_fit(wanted: usize) -> usize {
     };
     let room = usize::try_from(soft.saturating_sub(DESCRIPTORS_IN_RESERVE)).unwrap_or(usize::MAX).max(1);
     if room < wanted {
-        tracing::warn!(wanted, room, descriptors = soft, "server.http_max_connections lowered to keep descriptors for carriers and the store");
+        tracing::warn!(
+            wanted,
+            room,
+            descriptors = soft,
+            "server.http_max_connections lowered to keep descriptors for carriers and the store"
+        );
     }
     wanted.min(room)
 }

@@ -117,15 +117,11 @@ pub enum KeyFileError {
 pub fn load_or_create_key(path: &Path) -> Result<CodeKey, KeyFileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |message: String| KeyFileError::Io {
-        path: path.display().to_string(),
-        message,
-    };
+    let err = |message: String| KeyFileError::Io { path: path.display().to_string(), message };
     match std::fs::read(path) {
         Ok(bytes) => {
-            let bytes: [u8; 32] = bytes
-                .try_into()
-                .map_err(|b: Vec<u8>| err(format!("holds {} bytes; it must hold exactly 32", b.len())))?;
+            let bytes: [u8; 32] =
+                bytes.try_into().map_err(|b: Vec<u8>| err(format!("holds {} bytes; it must hold exactly 32", b.len())))?;
             Ok(CodeKey::new(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -179,15 +175,18 @@ pub fn verification_json(id: &MessageId, r: &VerificationRecord, now: SystemTime
 
 /// A pending verification past its time reads as expired even before anything wrote that.
 fn shown_status(r: &VerificationRecord, now: SystemTime) -> VerificationStatus {
-    if r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms {
-        VerificationStatus::Expired
-    } else {
-        r.status
-    }
+    if r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms { VerificationStatus::Expired } else { r.status }
 }
 
 impl Otp {
-    pub fn new(store: Arc<Store>, network: Arc<Network>, dispatch: Dispatch, clock: Arc<dyn Clock>, key: CodeKey, policy: OtpConfig) -> Otp {
+    pub fn new(
+        store: Arc<Store>,
+        network: Arc<Network>,
+        dispatch: Dispatch,
+        clock: Arc<dyn Clock>,
+        key: CodeKey,
+        policy: OtpConfig,
+    ) -> Otp {
         Otp {
             network,
             autofill: policy.autofill(),
@@ -219,21 +218,22 @@ impl Otp {
 
     fn render(&self, locale: &str, code: &str, context: &str) -> String {
         let template = self.policy.templates.get(locale).map_or("{code}", String::as_str);
-        let fill = Fill {
-            code,
-            brand: &self.policy.brand,
-            minutes: self.policy.ttl_minutes(),
-            context,
-        };
+        let fill = Fill { code, brand: &self.policy.brand, minutes: self.policy.ttl_minutes(), context };
         template::render(template, &fill, &self.autofill)
     }
 
     /// Sends a code: a new verification, or a resend when the key already has one pending for
     /// the number. `idempotency` = (scoped key, body hash) to remember with the answer.
-    pub async fn create(&self, owner: &str, ip: IpAddr, request: CreateRequest, idempotency: Option<(String, String)>) -> Result<serde_json::Value, OtpError> {
+    pub async fn create(
+        &self,
+        owner: &str,
+        ip: IpAddr,
+        request: CreateRequest,
+        idempotency: Option<(String, String)>,
+    ) -> Result<serde_json::Value, OtpError> {
         Address::destination(&request.to).map_err(|_| OtpError::InvalidTo)?;
-        let allowed = self.policy.allowed_prefixes.is_empty()
-            || self.policy.allowed_prefixes.iter().any(|p| request.to.starts_with(p.as_str()));
+        let allowed =
+            self.policy.allowed_prefixes.is_empty() || self.policy.allowed_prefixes.iter().any(|p| request.to.starts_with(p.as_str()));
         if !allowed {
             metrics::counter!("otpgate_verifications_total", "outcome" => "blocked").increment(1);
             return Err(OtpError::DestinationBlocked);
@@ -372,7 +372,14 @@ impl Otp {
     }
 
     /// Checks a code. `context`, when given, must be the one the code was issued for.
-    pub async fn check(&self, owner: &str, ip: IpAddr, id: &str, code: &str, context: Option<&str>) -> Result<(MessageId, CheckOutcome), OtpError> {
+    pub async fn check(
+        &self,
+        owner: &str,
+        ip: IpAddr,
+        id: &str,
+        code: &str,
+        context: Option<&str>,
+    ) -> Result<(MessageId, CheckOutcome), OtpError> {
         Self::limit(&self.checks_per_key, "for this API key", owner)?;
         Self::limit(&self.checks_per_ip, "from this address", &ip.to_string())?;
         let (id, record) = self.owned(owner, id)?;
@@ -599,11 +606,7 @@ impl Otp {
             if still {
                 r.code_hmac = sealed.clone();
                 r.message_ids.push(new_id.to_string());
-                r.failovers.push(Failover {
-                    at_ms: to_ms(now),
-                    from_carrier: from_carrier.clone(),
-                    reason: reason.clone(),
-                });
+                r.failovers.push(Failover { at_ms: to_ms(now), from_carrier: from_carrier.clone(), reason: reason.clone() });
             }
             still
         };
@@ -615,12 +618,7 @@ impl Otp {
         metrics::counter!("otpgate_verifications_total", "outcome" => "failover").increment(1);
         self.dispatch.enqueue(Job {
             id: new_id,
-            sms: OutboundSms {
-                to: verification.to.clone(),
-                from: None,
-                text,
-                deadline: Some(deadline),
-            },
+            sms: OutboundSms { to: verification.to.clone(), from: None, text, deadline: Some(deadline) },
             avoid: used,
             verification: Some(vid),
         });
@@ -664,7 +662,11 @@ impl Otp {
         match self.unsettled() {
             Ok(Unsettled { waiting, failed }) => {
                 if !waiting.is_empty() || !failed.is_empty() {
-                    tracing::info!(waiting = waiting.len(), failed = failed.len(), "receipt watch re-armed for OTP SMS sent before the restart");
+                    tracing::info!(
+                        waiting = waiting.len(),
+                        failed = failed.len(),
+                        "receipt watch re-armed for OTP SMS sent before the restart"
+                    );
                 }
                 deadlines.extend(waiting);
                 for id in failed {

@@ -19,10 +19,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_minute` = 0 disables the limit.
     pub fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter {
-            per_minute,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { per_minute, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes a token for `key`, or says how long to wait for one.

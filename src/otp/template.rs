@@ -52,12 +52,7 @@ pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) 
     if let Some(c) = template.chars().chain(brand.chars()).find(|&c| hidden(c)) {
         return Err(format!("holds the invisible or format character U+{:04X}; an SMS must show what it says", u32::from(c)));
     }
-    let fill = Fill {
-        code: "0000000000",
-        brand,
-        minutes,
-        context: "",
-    };
+    let fill = Fill { code: "0000000000", brand, minutes, context: "" };
     encode_text(&render(template, &fill, autofill)).map(|_| ()).map_err(|e| match e {
         MessageError::TooLong { .. } => format!("does not fit one SMS segment with a 10-digit code: {e}"),
         other => other.to_string(),
@@ -89,24 +84,10 @@ mod tests {
 
     #[test]
     fn renders_with_autofill_lines() {
-        let fill = Fill {
-            code: "123456",
-            brand: "Acme",
-            minutes: 5,
-            context: "",
-        };
-        let autofill = Autofill {
-            webotp_domain: Some("acme.example".into()),
-            android_app_hash: None,
-        };
-        assert_eq!(
-            render(EN, &fill, &autofill),
-            "123456 is your Acme code. It expires in 5 min. Never share it.\n\n@acme.example #123456"
-        );
-        let android = Autofill {
-            webotp_domain: None,
-            android_app_hash: Some("FA+9qCX9VSu".into()),
-        };
+        let fill = Fill { code: "123456", brand: "Acme", minutes: 5, context: "" };
+        let autofill = Autofill { webotp_domain: Some("acme.example".into()), android_app_hash: None };
+        assert_eq!(render(EN, &fill, &autofill), "123456 is your Acme code. It expires in 5 min. Never share it.\n\n@acme.example #123456");
+        let android = Autofill { webotp_domain: None, android_app_hash: Some("FA+9qCX9VSu".into()) };
         assert!(render(EN, &fill, &android).ends_with("\nFA+9qCX9VSu"));
     }
 

@@ -24,9 +24,7 @@ pub struct Fuzzer {
 
 impl Fuzzer {
     pub fn new(seed: u64) -> Fuzzer {
-        Fuzzer {
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Fuzzer { rng: StdRng::seed_from_u64(seed) }
     }
 
     /// The next PDU-shaped (or not) run of bytes.

@@ -313,10 +313,7 @@ impl SmscSim {
     /// connections got them.
     pub fn send_raw(&self, bytes: &[u8]) -> usize {
         let receivers = lock(&self.state.receivers);
-        receivers
-            .iter()
-            .filter(|r| r.outgoing.send(Outgoing::Raw(Bytes::copy_from_slice(bytes))).is_ok())
-            .count()
+        receivers.iter().filter(|r| r.outgoing.send(Outgoing::Raw(Bytes::copy_from_slice(bytes))).is_ok()).count()
     }
 }
 
@@ -336,9 +333,7 @@ impl State {
 
     fn deliver(&self, pdu: Pdu) {
         let receivers = lock(&self.receivers);
-        let sent = receivers
-            .iter()
-            .any(|r| r.outgoing.send(Outgoing::Request(pdu.clone())).is_ok());
+        let sent = receivers.iter().any(|r| r.outgoing.send(Outgoing::Request(pdu.clone())).is_ok());
         if !sent {
             lock(&self.queued_receipts).push_back(pdu);
         }
@@ -542,12 +537,7 @@ impl Connection {
                 self.state.add_receiver(self.id, self.outgoing.clone());
             }
         }
-        let attempt = BindAttempt {
-            at: Instant::now(),
-            system_id: system_id.to_string(),
-            mode,
-            accepted,
-        };
+        let attempt = BindAttempt { at: Instant::now(), system_id: system_id.to_string(), mode, accepted };
         self.state.update(|s| s.binds.push(attempt));
         status
     }
@@ -619,13 +609,8 @@ impl Connection {
             let _ = self.outgoing.send(Outgoing::Raw(Bytes::from(raw)));
             return;
         }
-        let response = Command::new(
-            CommandStatus::EsmeRok,
-            sequence,
-            SubmitSmResp::new(c_octet(&message_id), Vec::new()),
-        );
-        let receipt = (wants_receipt && state.config.receipts)
-            .then(|| receipt(&message_id, number, sm, state.config.receipt_stat));
+        let response = Command::new(CommandStatus::EsmeRok, sequence, SubmitSmResp::new(c_octet(&message_id), Vec::new()));
+        let receipt = (wants_receipt && state.config.receipts).then(|| receipt(&message_id, number, sm, state.config.receipt_stat));
         tokio::spawn(async move {
             let receipt_first = state.config.receipt_first;
             if receipt_first {
@@ -657,9 +642,8 @@ fn receipt(message_id: &str, number: u64, sm: &SubmitSm, stat: &str) -> Pdu {
         "EXPIRED" => (MessageState::Expired, 0, "003"),
         _ => (MessageState::Delivered, 1, "000"),
     };
-    let text = format!(
-        "id:{number:010} sub:001 dlvrd:{delivered:03} submit date:2601010000 done date:2601010000 stat:{stat} err:{err} text:"
-    );
+    let text =
+        format!("id:{number:010} sub:001 dlvrd:{delivered:03} submit date:2601010000 done date:2601010000 stat:{stat} err:{err} text:");
     let mut pdu = DeliverSm::builder()
         .source_addr_ton(sm.dest_addr_ton)
         .source_addr_npi(sm.dest_addr_npi)
@@ -697,10 +681,7 @@ async fn write(
             if matches!(pdu, Pdu::DeliverSm(_)) {
                 unanswered.insert(number, pdu.clone());
             }
-            framed
-                .send(Command::new(CommandStatus::EsmeRok, number, pdu))
-                .await
-                .map_err(|e| e.to_string())
+            framed.send(Command::new(CommandStatus::EsmeRok, number, pdu)).await.map_err(|e| e.to_string())
         }
         Outgoing::Raw(bytes) => {
             let stream = framed.get_mut();

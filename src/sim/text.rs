@@ -47,10 +47,7 @@ pub fn decode(data_coding: u8, bytes: &[u8]) -> String {
     match data_coding {
         0 => decode_gsm7(bytes),
         8 => {
-            let units: Vec<u16> = bytes
-                .chunks(2)
-                .map(|pair| u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))
-                .collect();
+            let units: Vec<u16> = bytes.chunks(2).map(|pair| u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])).collect();
             String::from_utf16_lossy(&units)
         }
         // Latin-1 maps byte for byte onto the first 256 code points; IA5 is a subset.

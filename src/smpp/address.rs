@@ -43,29 +43,15 @@ impl Address {
             if text.len() > 20 {
                 return Err(AddressError::TooLong);
             }
-            let (ton, npi) = if text.len() <= MAX_SHORT_CODE_DIGITS {
-                (Ton::NetworkSpecific, Npi::Unknown)
-            } else {
-                (Ton::International, Npi::Isdn)
-            };
-            return Ok(Address {
-                ton,
-                npi,
-                value: text.to_string(),
-            });
+            let (ton, npi) =
+                if text.len() <= MAX_SHORT_CODE_DIGITS { (Ton::NetworkSpecific, Npi::Unknown) } else { (Ton::International, Npi::Isdn) };
+            return Ok(Address { ton, npi, value: text.to_string() });
         }
-        let alnum_ok = text.chars().count() <= 11
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_'));
+        let alnum_ok = text.chars().count() <= 11 && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_'));
         if !alnum_ok {
             return Err(AddressError::BadAlphanumeric);
         }
-        Ok(Address {
-            ton: Ton::Alphanumeric,
-            npi: Npi::Unknown,
-            value: text.to_string(),
-        })
+        Ok(Address { ton: Ton::Alphanumeric, npi: Npi::Unknown, value: text.to_string() })
     }
 
     /// A destination handset: always E.164 with a leading `+`.
@@ -75,17 +61,11 @@ impl Address {
 
     fn e164(text: &str) -> Result<Address, AddressError> {
         let digits = text.strip_prefix('+').ok_or(AddressError::BadE164)?;
-        let ok = (8..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+        let ok = (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         if !ok {
             return Err(AddressError::BadE164);
         }
-        Ok(Address {
-            ton: Ton::International,
-            npi: Npi::Isdn,
-            value: digits.to_string(),
-        })
+        Ok(Address { ton: Ton::International, npi: Npi::Isdn, value: digits.to_string() })
     }
 }
 

@@ -35,10 +35,7 @@ mod tests {
 
     #[test]
     fn delays_stay_within_bounds_and_grow() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
+        let b = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
         assert_eq!(b.ceiling(0), Duration::from_millis(200));
         assert_eq!(b.ceiling(3), Duration::from_millis(1600));
         assert_eq!(b.ceiling(10), Duration::from_secs(5));
@@ -53,10 +50,7 @@ mod tests {
 
     #[test]
     fn jitter_spreads_sessions_apart() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(60),
-        };
+        let b = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(60) };
         let delays: std::collections::HashSet<_> = (0..20).map(|_| b.delay(4)).collect();
         assert!(delays.len() > 10, "20 draws gave only {} distinct delays", delays.len());
     }

@@ -64,19 +64,12 @@ impl Carrier {
         let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
             .flat_map(|slot| match carrier.config.bind {
                 BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
-                BindType::TransmitterReceiver => vec![
-                    (slot, BindMode::Transmitter, true),
-                    (slot, BindMode::Receiver, false),
-                ],
+                BindType::TransmitterReceiver => vec![(slot, BindMode::Transmitter, true), (slot, BindMode::Receiver, false)],
             })
             .collect();
         for (slot, mode, submits) in links {
             let label = format!("{}#{slot}/{}", carrier.name, mode.as_str());
-            let link = Link {
-                carrier: carrier.clone(),
-                slot: submits.then_some(slot),
-                settings: carrier.session_settings(mode, label),
-            };
+            let link = Link { carrier: carrier.clone(), slot: submits.then_some(slot), settings: carrier.session_settings(mode, label) };
             carrier.tasks.spawn(link.supervise(receipts.clone(), shutdown.clone()));
         }
         carrier.tasks.close();
@@ -128,9 +121,7 @@ impl Carrier {
     pub async fn wait_sessions(&self, limit: Duration, condition: impl Fn(usize) -> bool) -> bool {
         let mut watch = self.watch_bound();
         // The borrow `wait_for` returns must not outlive this call: it blocks `publish`.
-        tokio::time::timeout(limit, watch.wait_for(|&bound| condition(bound)))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(limit, watch.wait_for(|&bound| condition(bound))).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Submits outstanding across all sessions.
@@ -139,11 +130,7 @@ impl Carrier {
     }
 
     fn sessions(&self) -> Vec<Session> {
-        self.slots
-            .iter()
-            .filter_map(|slot| slot.lock().ok().and_then(|s| s.clone()))
-            .filter(|s| !s.is_closed())
-            .collect()
+        self.slots.iter().filter_map(|slot| slot.lock().ok().and_then(|s| s.clone())).filter(|s| !s.is_closed()).collect()
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -293,11 +280,7 @@ impl Carrier {
         if let Ok(mut guard) = self.slots[slot].lock() {
             *guard = session;
         }
-        let bound = self
-            .slots
-            .iter()
-            .filter(|s| s.lock().map(|g| g.is_some()).unwrap_or(false))
-            .count();
+        let bound = self.slots.iter().filter(|s| s.lock().map(|g| g.is_some()).unwrap_or(false)).count();
         self.bound.send_replace(bound);
     }
 }
@@ -313,10 +296,7 @@ struct Link {
 impl Link {
     async fn supervise(self, receipts: ReceiptSender, shutdown: CancellationToken) {
         let config = &self.carrier.config;
-        let backoff = Backoff {
-            min: config.reconnect_min,
-            max: config.reconnect_max,
-        };
+        let backoff = Backoff { min: config.reconnect_min, max: config.reconnect_max };
         let mut attempt: u32 = 0;
         loop {
             let opened = tokio::select! {
@@ -353,7 +333,8 @@ impl Link {
                         SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => "connect_failed",
                         _ => "bind_failed",
                     };
-                    metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason).increment(1);
+                    metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason)
+                        .increment(1);
                 }
             }
             let delay = backoff.delay(attempt);

@@ -36,7 +36,10 @@ pub enum Frame {
         message_id: String,
     },
     /// A deliver_sm rusmpp refused (an over-long receipted_message_id), read by hand.
-    LenientDeliverSm { sequence: u32, pdu: LenientDeliverSm },
+    LenientDeliverSm {
+        sequence: u32,
+        pdu: LenientDeliverSm,
+    },
     /// A whole PDU whose body could not be read.
     Undecodable {
         command_id: u32,
@@ -129,11 +132,7 @@ fn lenient_deliver_sm(body: &[u8]) -> Option<LenientDeliverSm> {
     let length = usize::from(octet(&mut at)?);
     let short_message = body.get(at..at + length)?.to_vec();
     at += length;
-    let mut pdu = LenientDeliverSm {
-        esm_class,
-        short_message,
-        ..Default::default()
-    };
+    let mut pdu = LenientDeliverSm { esm_class, short_message, ..Default::default() };
     while at < body.len() {
         let tag = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
         let length = usize::from(u16::from_be_bytes([*body.get(at + 2)?, *body.get(at + 3)?]));
@@ -146,10 +145,7 @@ fn lenient_deliver_sm(body: &[u8]) -> Option<LenientDeliverSm> {
             }
             0x0427 => pdu.message_state = value.first().copied(),
             0x0423 if value.len() == 3 => {
-                pdu.network_error = Some(NetworkError {
-                    network_type: value[0],
-                    code: u16::from_be_bytes([value[1], value[2]]),
-                })
+                pdu.network_error = Some(NetworkError { network_type: value[0], code: u16::from_be_bytes([value[1], value[2]]) })
             }
             0x0424 => pdu.message_payload = Some(value.to_vec()),
             _ => {}

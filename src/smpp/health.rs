@@ -117,14 +117,10 @@ impl Health {
     pub fn record(&mut self, outcome: &SubmitOutcome, now: Instant) -> bool {
         let sick = matches!(
             outcome,
-            SubmitOutcome::RetryElsewhere {
-                reason: NotSubmitted::ResponseTimeout | NotSubmitted::Undecodable | NotSubmitted::Smsc(_)
-            }
+            SubmitOutcome::RetryElsewhere { reason: NotSubmitted::ResponseTimeout | NotSubmitted::Undecodable | NotSubmitted::Smsc(_) }
         );
-        let answered = matches!(
-            outcome,
-            SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }
-        );
+        let answered =
+            matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. });
         let mut opened = false;
         if sick {
             self.consecutive_failures += 1;
@@ -211,9 +207,7 @@ mod tests {
     use rusmpp::CommandStatus;
 
     fn syserr() -> SubmitOutcome {
-        SubmitOutcome::RetryElsewhere {
-            reason: NotSubmitted::Smsc(CommandStatus::EsmeRsyserr),
-        }
+        SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Smsc(CommandStatus::EsmeRsyserr) }
     }
 
     fn ok() -> SubmitOutcome {
@@ -245,9 +239,7 @@ mod tests {
     }
 
     fn throttled() -> SubmitOutcome {
-        SubmitOutcome::RetryLater {
-            status: CommandStatus::EsmeRthrottled,
-        }
+        SubmitOutcome::RetryLater { status: CommandStatus::EsmeRthrottled }
     }
 
     /// One second of answers at `rate` per second, `refused` of every 10 throttled.

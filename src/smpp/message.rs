@@ -34,11 +34,7 @@ pub enum MessageError {
     #[error("sender: {0}")]
     Source(AddressError),
     #[error("text is {octets} octets as {coding}; one SMS segment holds {max}")]
-    TooLong {
-        coding: &'static str,
-        octets: usize,
-        max: usize,
-    },
+    TooLong { coding: &'static str, octets: usize, max: usize },
     #[error("the validity deadline has passed")]
     Expired,
 }
@@ -67,11 +63,7 @@ pub fn encode_text(text: &str) -> Result<(Vec<u8>, DataCoding), MessageError> {
         },
     };
     if bytes.len() > max {
-        return Err(MessageError::TooLong {
-            coding: name,
-            octets: bytes.len(),
-            max,
-        });
+        return Err(MessageError::TooLong { coding: name, octets: bytes.len(), max });
     }
     Ok((bytes, coding))
 }
@@ -101,9 +93,7 @@ impl OutboundSms {
         let validity = match self.deadline {
             None => EmptyOrFullCOctetString::empty(),
             Some(deadline) => {
-                let remaining = deadline
-                    .duration_since(now)
-                    .map_err(|_| MessageError::Expired)?;
+                let remaining = deadline.duration_since(now).map_err(|_| MessageError::Expired)?;
                 if remaining < Duration::from_secs(1) {
                     return Err(MessageError::Expired);
                 }
@@ -157,12 +147,7 @@ mod tests {
     use super::*;
 
     fn sms(text: &str) -> OutboundSms {
-        OutboundSms {
-            to: "+447700900123".into(),
-            from: None,
-            text: text.into(),
-            deadline: None,
-        }
+        OutboundSms { to: "+447700900123".into(), from: None, text: text.into(), deadline: None }
     }
 
     #[test]

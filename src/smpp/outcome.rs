@@ -93,14 +93,11 @@ impl SubmitOutcome {
             EsmeRthrottled | EsmeRmsgqful => SubmitOutcome::RetryLater { status },
             // SMSC-side faults, bind-state trouble and "temporary application error": another
             // carrier may well take the message (smpp-notes, "command_status").
-            EsmeRsyserr | EsmeRsubmitfail | EsmeRunknownerr | EsmeRxTAppn | EsmeRinvbndsts
-            | EsmeRalybnd | EsmeRbindfail | EsmeRinvpaswd | EsmeRinvsysid | EsmeRinvsystyp
-            | EsmeRinvcmdlen | EsmeRinvcmdid => SubmitOutcome::RetryElsewhere {
-                reason: NotSubmitted::Smsc(status),
-            },
-            _ => SubmitOutcome::Permanent {
-                reason: Permanent::Smsc(status),
-            },
+            EsmeRsyserr | EsmeRsubmitfail | EsmeRunknownerr | EsmeRxTAppn | EsmeRinvbndsts | EsmeRalybnd | EsmeRbindfail
+            | EsmeRinvpaswd | EsmeRinvsysid | EsmeRinvsystyp | EsmeRinvcmdlen | EsmeRinvcmdid => {
+                SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Smsc(status) }
+            }
+            _ => SubmitOutcome::Permanent { reason: Permanent::Smsc(status) },
         }
     }
 

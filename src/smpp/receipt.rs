@@ -105,11 +105,7 @@ pub struct ReceiptTime {
 
 impl fmt::Display for ReceiptTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        write!(f, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", self.year, self.month, self.day, self.hour, self.minute, self.second)
     }
 }
 
@@ -120,9 +116,7 @@ impl ReceiptTime {
         if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.bytes().all(|b| b == b'0') {
             return None;
         }
-        let n = |range: std::ops::Range<usize>| -> u16 {
-            digits[range].parse().unwrap_or(u16::MAX)
-        };
+        let n = |range: std::ops::Range<usize>| -> u16 { digits[range].parse().unwrap_or(u16::MAX) };
         let short_year = |yy: u16| 2000 + yy;
         let candidates: Vec<[u16; 6]> = match digits.len() {
             10 => vec![[short_year(n(0..2)), n(2..4), n(4..6), n(6..8), n(8..10), 0]],
@@ -134,11 +128,7 @@ impl ReceiptTime {
             _ => vec![],
         };
         candidates.into_iter().find_map(|[year, month, day, hour, minute, second]| {
-            let valid = (1..=12).contains(&month)
-                && (1..=31).contains(&day)
-                && hour < 24
-                && minute < 60
-                && second < 60;
+            let valid = (1..=12).contains(&month) && (1..=31).contains(&day) && hour < 24 && minute < 60 && second < 60;
             valid.then_some(ReceiptTime {
                 year,
                 month: month as u8,
@@ -245,10 +235,7 @@ impl<'a> ReceiptText<'a> {
             let at_word_start = pos == 0 || is_separator(bytes[pos - 1]);
             let matched = at_word_start
                 .then(|| {
-                    KEYS.iter().find(|(key, _)| {
-                        bytes.len() - pos >= key.len()
-                            && bytes[pos..pos + key.len()].eq_ignore_ascii_case(key)
-                    })
+                    KEYS.iter().find(|(key, _)| bytes.len() - pos >= key.len() && bytes[pos..pos + key.len()].eq_ignore_ascii_case(key))
                 })
                 .flatten();
             let Some(&(key, kind)) = matched else {
@@ -259,13 +246,8 @@ impl<'a> ReceiptText<'a> {
                 break;
             }
             let start = pos + key.len();
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| is_separator(b))
-                .map_or(bytes.len(), |n| start + n);
-            let value = std::str::from_utf8(&bytes[start..end])
-                .ok()
-                .filter(|v| !v.is_empty() && v.is_ascii());
+            let end = bytes[start..].iter().position(|&b| is_separator(b)).map_or(bytes.len(), |n| start + n);
+            let value = std::str::from_utf8(&bytes[start..end]).ok().filter(|v| !v.is_empty() && v.is_ascii());
             out.fill(kind, value);
             pos = end;
         }
@@ -344,7 +326,12 @@ impl ReceiptFormat {
     pub fn new(layout: &str, states: &BTreeMap<String, String>) -> Result<ReceiptFormat, ReceiptFormatError> {
         let columns = match layout.strip_prefix("csv:") {
             None if layout == "key_value" => None,
-            None => return Err(ReceiptFormatError::Layout(format!("{} is not a receipt layout: use \"key_value\" or \"csv:\" and column names", crate::echo::shown(layout)))),
+            None => {
+                return Err(ReceiptFormatError::Layout(format!(
+                    "{} is not a receipt layout: use \"key_value\" or \"csv:\" and column names",
+                    crate::echo::shown(layout)
+                )));
+            }
             Some(names) => {
                 let mut columns = Vec::new();
                 for name in names.split(',').map(str::trim) {
@@ -354,7 +341,11 @@ impl ReceiptFormat {
                             Some(&(_, key)) => Some(key),
                             None => {
                                 let known: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
-                                return Err(ReceiptFormatError::Layout(format!("unknown receipt column {}; columns are {} or -", crate::echo::shown(name), known.join(", "))));
+                                return Err(ReceiptFormatError::Layout(format!(
+                                    "unknown receipt column {}; columns are {} or -",
+                                    crate::echo::shown(name),
+                                    known.join(", ")
+                                )));
                             }
                         },
                     };
@@ -474,10 +465,7 @@ impl ReceiptFields<'_> {
                 }
                 TlvValue::MessageState(state) => self.message_state = Some(u8::from(*state)),
                 TlvValue::NetworkErrorCode(code) => {
-                    self.network_error = Some(NetworkError {
-                        network_type: u8::from(code.network_type),
-                        code: code.error_code,
-                    });
+                    self.network_error = Some(NetworkError { network_type: u8::from(code.network_type), code: code.error_code });
                 }
                 _ => {}
             }
@@ -496,28 +484,15 @@ fn payload<'t>(tlvs: impl Iterator<Item = &'t Tlv>) -> Option<&'t [u8]> {
 impl<'a> From<&'a DeliverSm> for ReceiptFields<'a> {
     fn from(pdu: &'a DeliverSm) -> Self {
         let short = &pdu.short_message()[..];
-        let text = if short.is_empty() {
-            payload(pdu.tlvs().iter()).unwrap_or(short)
-        } else {
-            short
-        };
-        ReceiptFields {
-            esm_class: u8::from(pdu.esm_class),
-            text,
-            ..Default::default()
-        }
-        .with_tlvs(pdu.tlvs().iter())
+        let text = if short.is_empty() { payload(pdu.tlvs().iter()).unwrap_or(short) } else { short };
+        ReceiptFields { esm_class: u8::from(pdu.esm_class), text, ..Default::default() }.with_tlvs(pdu.tlvs().iter())
     }
 }
 
 impl<'a> From<&'a DataSm> for ReceiptFields<'a> {
     fn from(pdu: &'a DataSm) -> Self {
-        ReceiptFields {
-            esm_class: u8::from(pdu.esm_class),
-            text: payload(pdu.tlvs().iter()).unwrap_or(&[]),
-            ..Default::default()
-        }
-        .with_tlvs(pdu.tlvs().iter())
+        ReceiptFields { esm_class: u8::from(pdu.esm_class), text: payload(pdu.tlvs().iter()).unwrap_or(&[]), ..Default::default() }
+            .with_tlvs(pdu.tlvs().iter())
     }
 }
 
@@ -643,10 +618,7 @@ mod tests {
 
     #[test]
     fn text_after_text_key_is_never_read() {
-        let fields = ReceiptFields {
-            text: b"id:7 stat:DELIVRD err:000 text:123456 is your code",
-            ..Default::default()
-        };
+        let fields = ReceiptFields { text: b"id:7 stat:DELIVRD err:000 text:123456 is your code", ..Default::default() };
         let receipt = fields.parse().unwrap();
         assert!(!format!("{receipt:?}").contains("123456"));
     }
@@ -658,14 +630,12 @@ mod tests {
         let states = BTreeMap::from([("00".to_string(), "DELIVRD".to_string()), ("01".to_string(), "ENROUTE".to_string())]);
         let format = ReceiptFormat::new("csv:stat,done,submit,err,-,-,-", &states).unwrap();
         let text = b"00,0210021543,0210021500,,447887123456,10110200000000,we2345678i9o03er45ty67u";
-        let fields = ReceiptFields {
-            esm_class: 0x04,
-            text,
-            receipted_message_id: Some("AB12".into()),
-            ..Default::default()
-        };
+        let fields = ReceiptFields { esm_class: 0x04, text, receipted_message_id: Some("AB12".into()), ..Default::default() };
         let r = fields.parse_as(&format).unwrap();
-        assert_eq!((r.message_id.as_str(), r.state, r.stat.as_deref(), r.err.as_deref()), ("AB12", DeliveryState::Delivered, Some("00"), None));
+        assert_eq!(
+            (r.message_id.as_str(), r.state, r.stat.as_deref(), r.err.as_deref()),
+            ("AB12", DeliveryState::Delivered, Some("00"), None)
+        );
         assert_eq!(r.done_date.map(|t| t.to_string()).as_deref(), Some("2002-10-02T15:43:00"));
         assert_eq!(r.submit_date.map(|t| t.to_string()).as_deref(), Some("2002-10-02T15:00:00"));
         let retrying = ReceiptFields { text: b"01,0210021543,0210021500,30,4478", ..fields };

@@ -120,10 +120,7 @@ pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: std::io::Error,
-    },
+    Connect { endpoint: String, source: std::io::Error },
     #[error("connecting to {endpoint} timed out")]
     ConnectTimeout { endpoint: String },
     #[error("bind refused by the SMSC: {}", super::outcome::status_name(*status))]
@@ -211,12 +208,7 @@ impl From<&Command> for Answer {
             Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
             _ => String::new(),
         };
-        Answer {
-            id: command.id(),
-            status: command.status(),
-            message_id,
-            undecodable: false,
-        }
+        Answer { id: command.id(), status: command.status(), message_id, undecodable: false }
     }
 }
 
@@ -370,11 +362,7 @@ impl Session {
 
     /// Free window slots; the carrier sends to the session with the most.
     pub fn free_window(&self) -> usize {
-        if self.is_closed() || self.inner.draining.load(Ordering::Acquire) {
-            0
-        } else {
-            self.inner.window.available_permits()
-        }
+        if self.is_closed() || self.inner.draining.load(Ordering::Acquire) { 0 } else { self.inner.window.available_permits() }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -384,9 +372,7 @@ impl Session {
     /// Waits until the session has closed, and says why.
     pub async fn closed(&self) -> CloseReason {
         self.inner.closed.cancelled().await;
-        lock(&self.inner.close_reason)
-            .clone()
-            .unwrap_or(CloseReason::Unbound)
+        lock(&self.inner.close_reason).clone().unwrap_or(CloseReason::Unbound)
     }
 
     /// Unbinds cleanly: no new submits, in-flight ones get up to `grace` to be answered, then
@@ -489,12 +475,7 @@ impl Inner {
             Frame::LongSubmitSmResp { sequence, status, message_id } => {
                 tracing::warn!(carrier = %self.carrier, length = message_id.len(), "submit_sm_resp with a message_id longer than SMPP allows; kept as sent");
                 metrics::counter!("otpgate_long_message_ids_total", "carrier" => self.carrier.to_string()).increment(1);
-                let answer = Answer {
-                    id: CommandId::SubmitSmResp,
-                    status,
-                    message_id,
-                    undecodable: false,
-                };
+                let answer = Answer { id: CommandId::SubmitSmResp, status, message_id, undecodable: false };
                 self.answer(sequence, answer);
                 return None;
             }
@@ -505,12 +486,7 @@ impl Inner {
             }
             Frame::Undecodable { command_id, sequence, status, error } => {
                 if command_id & 0x8000_0000 != 0 {
-                    let answer = Answer {
-                        id: CommandId::from(command_id),
-                        status,
-                        message_id: String::new(),
-                        undecodable: true,
-                    };
+                    let answer = Answer { id: CommandId::from(command_id), status, message_id: String::new(), undecodable: true };
                     self.answer(sequence, answer);
                 }
                 return Some(CloseReason::Malformed(error));
@@ -529,8 +505,7 @@ impl Inner {
                 return Some(CloseReason::PeerUnbind);
             }
             Some(Pdu::DeliverSm(pdu)) => {
-                self.deliver(sequence, ReceiptFields::from(pdu), DeliverSmResp::default().into(), receipts)
-                    .await;
+                self.deliver(sequence, ReceiptFields::from(pdu), DeliverSmResp::default().into(), receipts).await;
             }
             Some(Pdu::DataSm(pdu)) => {
                 self.deliver(sequence, ReceiptFields::from(pdu), DataSmResp::default().into(), receipts).await;
@@ -570,21 +545,12 @@ impl Inner {
             tracing::warn!(carrier = %self.carrier, error = %e, "unreadable delivery receipt");
         }
         let (recorded, awaited) = oneshot::channel();
-        let event = ReceiptEvent {
-            carrier: self.carrier.clone(),
-            receipt,
-            id_relation: self.receipt_ids,
-            recorded: Some(recorded),
-        };
+        let event = ReceiptEvent { carrier: self.carrier.clone(), receipt, id_relation: self.receipt_ids, recorded: Some(recorded) };
         // A full channel makes the reader wait: the store sets the pace.
         if receipts.send(event).await.is_err() {
             tracing::debug!(carrier = %self.carrier, "receipt consumer gone");
         }
-        let _ = self.awaited.send(AwaitedAnswer {
-            sequence,
-            response,
-            recorded: awaited,
-        });
+        let _ = self.awaited.send(AwaitedAnswer { sequence, response, recorded: awaited });
     }
 }
 
@@ -594,18 +560,15 @@ async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(),
     let system_type = c_octet(&settings.system_type);
     let version = InterfaceVersion::Smpp3_4;
     let pdu: Pdu = match settings.mode {
-        BindMode::Transceiver => BindTransceiver::new(
-            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
-        )
-        .into(),
-        BindMode::Transmitter => BindTransmitter::new(
-            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
-        )
-        .into(),
-        BindMode::Receiver => BindReceiver::new(
-            system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default(),
-        )
-        .into(),
+        BindMode::Transceiver => {
+            BindTransceiver::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
+        }
+        BindMode::Transmitter => {
+            BindTransmitter::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
+        }
+        BindMode::Receiver => {
+            BindReceiver::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
+        }
     };
     const BIND_SEQUENCE: u32 = 1;
     let deadline = Instant::now() + settings.response_timeout;
@@ -628,18 +591,13 @@ async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(),
         if command.sequence_number() == BIND_SEQUENCE && command.id().is_response() {
             return match command.status() {
                 CommandStatus::EsmeRok if command.id() != CommandId::GenericNack => Ok(()),
-                CommandStatus::EsmeRok => Err(SessionError::BindRefused {
-                    status: CommandStatus::EsmeRinvcmdid,
-                }),
+                CommandStatus::EsmeRok => Err(SessionError::BindRefused { status: CommandStatus::EsmeRinvcmdid }),
                 status => Err(SessionError::BindRefused { status }),
             };
         }
         if command.id() == CommandId::EnquireLink {
             let resp = Command::new(CommandStatus::EsmeRok, command.sequence_number(), Pdu::EnquireLinkResp);
-            framed
-                .send(resp)
-                .await
-                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            framed.send(resp).await.map_err(|e| SessionError::Protocol(e.to_string()))?;
         }
     }
 }
@@ -740,10 +698,7 @@ struct LogEvery {
 
 impl LogEvery {
     fn new(interval: Duration) -> LogEvery {
-        LogEvery {
-            interval,
-            state: Mutex::new((None, 0)),
-        }
+        LogEvery { interval, state: Mutex::new((None, 0)) }
     }
 
     /// Counts one occurrence; `Some(count)` when a line is due now, for that many.

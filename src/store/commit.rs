@@ -32,11 +32,7 @@ pub struct FlushError(pub Arc<str>);
 
 impl GroupCommit {
     pub fn new() -> Arc<GroupCommit> {
-        Arc::new(GroupCommit {
-            issued: AtomicU64::new(0),
-            wake: Notify::new(),
-            progress: watch::channel(Progress::default()).0,
-        })
+        Arc::new(GroupCommit { issued: AtomicU64::new(0), wake: Notify::new(), progress: watch::channel(Progress::default()).0 })
     }
 
     /// Whether the last flush failed (and no later one succeeded).
@@ -49,14 +45,11 @@ impl GroupCommit {
         let ticket = self.issued.fetch_add(1, Ordering::AcqRel) + 1;
         self.wake.notify_one();
         let mut progress = self.progress.subscribe();
-        let result = progress
-            .wait_for(|p| p.durable >= ticket || p.error.is_some())
-            .await
-            .map(|p| match (&p.error, p.durable >= ticket) {
-                (_, true) => Ok(()),
-                (Some(e), false) => Err(FlushError(e.clone())),
-                (None, false) => unreachable!("wait_for returned early"),
-            });
+        let result = progress.wait_for(|p| p.durable >= ticket || p.error.is_some()).await.map(|p| match (&p.error, p.durable >= ticket) {
+            (_, true) => Ok(()),
+            (Some(e), false) => Err(FlushError(e.clone())),
+            (None, false) => unreachable!("wait_for returned early"),
+        });
         match result {
             Ok(r) => r,
             Err(_) => Err(FlushError(Arc::from("the store's flusher has stopped"))),
@@ -83,9 +76,7 @@ impl GroupCommit {
             tokio::task::yield_now().await;
             let target = self.issued.load(Ordering::Acquire);
             let f = flush.clone();
-            let outcome = tokio::task::spawn_blocking(move || f())
-                .await
-                .unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
+            let outcome = tokio::task::spawn_blocking(move || f()).await.unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
             self.progress.send_modify(|p| match outcome {
                 Ok(()) => {
                     p.durable = p.durable.max(target);

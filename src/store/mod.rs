@@ -82,11 +82,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            cache_capacity_bytes: 4 << 20,
-            max_held_receipts: 10_000,
-            hold_receipts_for: Duration::from_secs(600),
-        }
+        StoreOptions { cache_capacity_bytes: 4 << 20, max_held_receipts: 10_000, hold_receipts_for: Duration::from_secs(600) }
     }
 }
 
@@ -134,13 +130,7 @@ pub enum ReceiptMatch {
     /// Matched a message; its status now. `finished`: this receipt made it final. `reading`:
     /// the one reading under which the receipt's text id matched, when only one did (what
     /// `receipt_id = "auto"` learns from).
-    Matched {
-        id: MessageId,
-        status: MessageStatus,
-        latency: Option<Duration>,
-        finished: bool,
-        reading: Option<IdReading>,
-    },
+    Matched { id: MessageId, status: MessageStatus, latency: Option<Duration>, finished: bool, reading: Option<IdReading> },
     /// The message already had a final receipt: counted, not applied.
     Late { id: MessageId },
     /// Its id names different messages under different readings: not applied (no guessing).
@@ -272,31 +262,19 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its flusher.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
         let path = dir.display().to_string();
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            message: e.to_string(),
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
+        private(dir).map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make it private (0700): {e}") })?;
+        let db = sled::Config::new().path(dir.join("db")).cache_capacity(options.cache_capacity_bytes).open().map_err(|e| {
+            let message = e.to_string();
+            if message.contains("could not acquire lock") {
+                StoreError::Locked { path: path.clone() }
+            } else {
+                StoreError::Open { path: path.clone(), message }
+            }
         })?;
-        private(dir).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            message: format!("cannot make it private (0700): {e}"),
-        })?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(options.cache_capacity_bytes)
-            .open()
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.contains("could not acquire lock") {
-                    StoreError::Locked { path: path.clone() }
-                } else {
-                    StoreError::Open { path: path.clone(), message }
-                }
-            })?;
         // sled's own files, including those an earlier version created with the umask's modes.
-        private(&dir.join("db")).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            message: format!("cannot make its files private (0600): {e}"),
-        })?;
+        private(&dir.join("db"))
+            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make its files private (0600): {e}") })?;
         let store = Arc::new(Store {
             db,
             commit: GroupCommit::new(),
@@ -361,11 +339,7 @@ impl Store {
     }
 
     fn idempotency_key(owner: &str, key: &str) -> Vec<u8> {
-        let digest = Sha256::new()
-            .chain_update(owner.as_bytes())
-            .chain_update([0])
-            .chain_update(key.as_bytes())
-            .finalize();
+        let digest = Sha256::new().chain_update(owner.as_bytes()).chain_update([0]).chain_update(key.as_bytes()).finalize();
         let mut k = vec![b'k'];
         k.extend_from_slice(&digest);
         k
@@ -448,7 +422,13 @@ impl Store {
     }
 
     /// Takes in a message under a given id for a verification (receipt failover), durably.
-    pub async fn insert_otp_message(&self, id: MessageId, message: NewMessage, verification: &MessageId, now: SystemTime) -> Result<MessageRecord, StoreError> {
+    pub async fn insert_otp_message(
+        &self,
+        id: MessageId,
+        message: NewMessage,
+        verification: &MessageId,
+        now: SystemTime,
+    ) -> Result<MessageRecord, StoreError> {
         let record = MessageRecord::queued(message, record::to_ms(now), Some(verification.to_string()));
         self.db.insert(message_key(&id), encode(&record))?;
         self.db.insert(queue_key(&id), &[][..])?;
@@ -461,13 +441,17 @@ impl Store {
     /// the last id when two come in the same microsecond), never a count.
     pub fn new_id(&self) -> MessageId {
         let now = record::to_us(SystemTime::now());
-        let previous = self.last_id.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |last| Some(now.max(last + 1)));
+        let previous = self
+            .last_id
+            .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |last| Some(now.max(last + 1)));
         let last = previous.unwrap_or_else(|last| last);
         MessageId::new(now.max(last + 1))
     }
 
     fn held_changed(&self, by: isize) {
-        let _ = self.held.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| Some(n.saturating_add_signed(by)));
+        let _ = self.held.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+            Some(n.saturating_add_signed(by))
+        });
     }
 
     /// Receipts held now for a submit_sm_resp still to come.
@@ -532,7 +516,12 @@ impl Store {
 
     /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
     /// that were mid-submit when the last process died (`in_flight`), for the resubmit count.
-    pub fn queued_page(&self, after: Option<&MessageId>, until: &MessageId, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+    pub fn queued_page(
+        &self,
+        after: Option<&MessageId>,
+        until: &MessageId,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let start = match after {
             Some(id) => {
                 let mut k = queue_key(id);
@@ -574,7 +563,11 @@ impl Store {
     }
 
     /// Changes one record under the write lock. `change` returns false to leave it untouched.
-    fn update(&self, id: &MessageId, change: impl FnOnce(&mut MessageRecord, &mut Change) -> bool) -> Result<Option<MessageRecord>, StoreError> {
+    fn update(
+        &self,
+        id: &MessageId,
+        change: impl FnOnce(&mut MessageRecord, &mut Change) -> bool,
+    ) -> Result<Option<MessageRecord>, StoreError> {
         let _guard = lock(&self.writes);
         let Some(mut record) = self.get_record(id)? else {
             return Ok(None);
@@ -617,7 +610,14 @@ impl Store {
     }
 
     /// Ends a message without a submit (expired, failed): leaves the queue.
-    pub fn finish(&self, id: &MessageId, status: MessageStatus, error: Option<String>, attempt: Option<Attempt>, now: SystemTime) -> Result<(), StoreError> {
+    pub fn finish(
+        &self,
+        id: &MessageId,
+        status: MessageStatus,
+        error: Option<String>,
+        attempt: Option<Attempt>,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
         let done = record::to_ms(now);
         self.update(id, |r, rows| {
             if r.status.is_final() {
@@ -641,7 +641,14 @@ impl Store {
 
     /// Records an accepted submit: status, SMSC id and the receipt index in one change, then
     /// applies any receipt that arrived before this response. Returns the status afterwards.
-    pub fn mark_submitted(&self, id: &MessageId, carrier: &str, smsc_id: &str, attempt: Attempt, now: SystemTime) -> Result<Option<MessageStatus>, StoreError> {
+    pub fn mark_submitted(
+        &self,
+        id: &MessageId,
+        carrier: &str,
+        smsc_id: &str,
+        attempt: Attempt,
+        now: SystemTime,
+    ) -> Result<Option<MessageStatus>, StoreError> {
         let now_ms = record::to_ms(now);
         let _guard = lock(&self.writes);
         let Some(mut record) = self.get_record(id)? else {
@@ -688,7 +695,13 @@ impl Store {
     /// Applies a receipt from `carrier`: to its message when the correlation index knows the
     /// id, else holds it for the submit_sm_resp still to come. The TLV id is read as the
     /// response's id itself; the text id under each of `readings`.
-    pub fn apply_receipt(&self, carrier: &str, receipt: &Receipt, readings: &[IdReading], now: SystemTime) -> Result<ReceiptMatch, StoreError> {
+    pub fn apply_receipt(
+        &self,
+        carrier: &str,
+        receipt: &Receipt,
+        readings: &[IdReading],
+        now: SystemTime,
+    ) -> Result<ReceiptMatch, StoreError> {
         let now_ms = record::to_ms(now);
         let final_status = MessageStatus::from_receipt(receipt.state);
         let summary = ReceiptSummary {
@@ -749,13 +762,7 @@ impl Store {
                 self.queue_changed(-1);
             }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
-            return Ok(ReceiptMatch::Matched {
-                id,
-                status: record.status,
-                latency,
-                finished,
-                reading,
-            });
+            return Ok(ReceiptMatch::Matched { id, status: record.status, latency, finished, reading });
         }
         let mut candidates: Vec<String> = Vec::new();
         for (_, k) in keys {
@@ -767,11 +774,7 @@ impl Store {
             return Ok(ReceiptMatch::Dropped);
         }
         self.held_changed(1);
-        let held = EarlyReceipt {
-            candidates: candidates.clone(),
-            summary,
-            final_status,
-        };
+        let held = EarlyReceipt { candidates: candidates.clone(), summary, final_status };
         let sequence = self.db.generate_id()?.to_be_bytes();
         let value = encode(&held);
         for candidate in &candidates {
@@ -812,9 +815,8 @@ impl Store {
         let idempotency_cutoff = now.checked_sub(IDEMPOTENCY_WINDOW).unwrap_or(std::time::UNIX_EPOCH);
         for entry in self.db.scan_prefix([b'k']) {
             let (k, v) = entry?;
-            let stale = serde_json::from_slice::<IdempotencyEntry>(&v)
-                .map(|e| record::from_ms(e.created_ms) < idempotency_cutoff)
-                .unwrap_or(true);
+            let stale =
+                serde_json::from_slice::<IdempotencyEntry>(&v).map(|e| record::from_ms(e.created_ms) < idempotency_cutoff).unwrap_or(true);
             if stale {
                 self.db.remove(k)?;
             }
@@ -865,7 +867,14 @@ impl Store {
 
 /// Applies a receipt to its record; returns whether this made the message final. A final
 /// receipt is the network's word: it settles a status we set ourselves (expired, failed).
-fn apply_receipt_to(record: &mut MessageRecord, id: &MessageId, summary: &ReceiptSummary, final_status: Option<MessageStatus>, now_ms: u64, rows: &mut Change) -> bool {
+fn apply_receipt_to(
+    record: &mut MessageRecord,
+    id: &MessageId,
+    summary: &ReceiptSummary,
+    final_status: Option<MessageStatus>,
+    now_ms: u64,
+    rows: &mut Change,
+) -> bool {
     record.receipt = Some(summary.clone());
     let Some(status) = final_status else { return false };
     let was_final = record.status.is_final();
@@ -915,10 +924,7 @@ mod tests {
     use crate::smpp::DeliveryState;
 
     fn options() -> StoreOptions {
-        StoreOptions {
-            cache_capacity_bytes: 8 * 1024 * 1024,
-            ..StoreOptions::default()
-        }
+        StoreOptions { cache_capacity_bytes: 8 * 1024 * 1024, ..StoreOptions::default() }
     }
 
     fn new_message(now: SystemTime) -> NewMessage {
@@ -998,7 +1004,13 @@ mod tests {
     #[tokio::test]
     async fn receipts_match_their_submit_in_any_base_through_one_index_row() {
         let (_dir, store, now) = fresh();
-        let pairs = [("70BA8A69", "1891273321"), ("1891273321", "70ba8a69"), ("0059113978", "38601fa"), ("38601FA", "0059113978"), ("a29f6845", "A29F6845")];
+        let pairs = [
+            ("70BA8A69", "1891273321"),
+            ("1891273321", "70ba8a69"),
+            ("0059113978", "38601fa"),
+            ("38601FA", "0059113978"),
+            ("a29f6845", "A29F6845"),
+        ];
         for (i, (response, receipt_id)) in pairs.into_iter().enumerate() {
             let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
             let carrier = format!("c{i}");
@@ -1036,15 +1048,15 @@ mod tests {
     async fn held_receipts_are_capped_and_their_count_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
-        let capped = StoreOptions {
-            max_held_receipts: 3,
-            ..options()
-        };
+        let capped = StoreOptions { max_held_receipts: 3, ..options() };
         {
             let store = Store::open(dir.path(), &capped).unwrap();
             for n in 0..5 {
                 let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
-                assert_eq!(store.apply_receipt("alpha", &receipt(&format!("{}", 100 + n), DeliveryState::Delivered), ALL, now).unwrap(), expected);
+                assert_eq!(
+                    store.apply_receipt("alpha", &receipt(&format!("{}", 100 + n), DeliveryState::Delivered), ALL, now).unwrap(),
+                    expected
+                );
             }
             store.close().await.unwrap();
         }

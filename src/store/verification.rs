@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-
 use super::record::{self, MessageId};
 use super::{IdempotencyEntry, NewMessage, Store, StoreError, done_key, encode, key, lock, message_key, queue_key};
 

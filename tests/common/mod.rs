@@ -22,9 +22,7 @@ pub fn free_addr() -> SocketAddr {
 }
 
 pub async fn sim(config: SimConfig) -> SmscSim {
-    SmscSim::start(SocketAddr::from(LOOPBACK), config)
-        .await
-        .expect("simulator listens on loopback")
+    SmscSim::start(SocketAddr::from(LOOPBACK), config).await.expect("simulator listens on loopback")
 }
 
 /// A `[[carriers]]` section named `name` pointing at `addr`, with fast timers; `extra` lines
@@ -65,30 +63,18 @@ pub fn start(config: CarrierConfig) -> Running {
     let (tx, receipts) = mpsc::channel(1024);
     let shutdown = CancellationToken::new();
     let carrier = Carrier::start(config, tx, shutdown.clone());
-    Running {
-        carrier,
-        receipts,
-        shutdown,
-    }
+    Running { carrier, receipts, shutdown }
 }
 
 pub async fn start_bound(config: CarrierConfig) -> Running {
     let sessions = config.sessions;
     let running = start(config);
-    assert!(
-        running.carrier.wait_bound(sessions, Duration::from_secs(5)).await,
-        "carrier did not bind"
-    );
+    assert!(running.carrier.wait_bound(sessions, Duration::from_secs(5)).await, "carrier did not bind");
     running
 }
 
 pub fn sms(text: &str) -> OutboundSms {
-    OutboundSms {
-        to: "+447700900123".into(),
-        from: None,
-        text: text.into(),
-        deadline: None,
-    }
+    OutboundSms { to: "+447700900123".into(), from: None, text: text.into(), deadline: None }
 }
 
 /// One sample of `fixtures/dlr-samples.txt` with its line of `fixtures/dlr-expected.txt`.
@@ -195,18 +181,26 @@ impl Gateway {
     }
 
     /// As [`Gateway::start_with`], with extra `[server]` keys.
-    pub async fn start_with_server(carriers: &[SocketAddr], carrier_extra: &str, extra: &str, server: &str, clock: Arc<dyn otpgate::clock::Clock>) -> Gateway {
+    pub async fn start_with_server(
+        carriers: &[SocketAddr],
+        carrier_extra: &str,
+        extra: &str,
+        server: &str,
+        clock: Arc<dyn otpgate::clock::Clock>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra)).replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
+        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra)).replacen(
+            "[server]\n",
+            &format!("[server]\n{server}\n"),
+            1,
+        );
         let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
         let daemon = otpgate::daemon::Daemon::start_with_clock(&config, clock).await.expect("daemon starts");
         Gateway { daemon, dir }
     }
 
     pub async fn client(&self) -> otpgate::http::client::Client {
-        otpgate::http::client::Client::connect(self.daemon.http_addr())
-            .await
-            .expect("connects")
+        otpgate::http::client::Client::connect(self.daemon.http_addr()).await.expect("connects")
     }
 
     /// Shuts down cleanly and starts again on the same data_dir (carriers may have moved).
@@ -255,18 +249,12 @@ pub async fn post_message(
     if let Some(k) = idempotency {
         headers.push(("Idempotency-Key", k));
     }
-    client
-        .request("POST", "/v1/messages", &headers, Some(body))
-        .await
-        .expect("request succeeds")
+    client.request("POST", "/v1/messages", &headers, Some(body)).await.expect("request succeeds")
 }
 
 pub async fn get_message(client: &mut otpgate::http::client::Client, key: &str, id: &str) -> otpgate::http::client::Reply {
     let auth = bearer(key);
-    client
-        .request("GET", &format!("/v1/messages/{id}"), &[("Authorization", auth.as_str())], None)
-        .await
-        .expect("request succeeds")
+    client.request("GET", &format!("/v1/messages/{id}"), &[("Authorization", auth.as_str())], None).await.expect("request succeeds")
 }
 
 /// Polls a message until its status is `status`; panics with the last answer otherwise.
@@ -357,10 +345,7 @@ pub async fn wait_ready(addr: SocketAddr) {
 
 /// Sends a signal to a child process by name ("TERM", "HUP", ...).
 pub fn signal(child: &std::process::Child, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
+    let status = std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success(), "kill -{name} failed");
 }
 
@@ -389,16 +374,14 @@ impl NodeSmsc {
         let installed = dir.join("node_modules/smpp").is_dir();
         let spawned = installed
             .then(|| {
-                std::process::Command::new("node")
-                    .arg(dir.join("server.js"))
-                    .arg(options)
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .ok()
+                std::process::Command::new("node").arg(dir.join("server.js")).arg(options).stdout(std::process::Stdio::piped()).spawn().ok()
             })
             .flatten();
         let Some(mut child) = spawned else {
-            assert!(std::env::var_os("CI").is_none(), "node and tests/node-smpp/node_modules are required under CI (.ci/run installs them)");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "node and tests/node-smpp/node_modules are required under CI (.ci/run installs them)"
+            );
             eprintln!("skipped: node-smpp is not installed (npm ci --prefix tests/node-smpp)");
             return None;
         };
@@ -416,11 +399,7 @@ impl NodeSmsc {
             }
         });
         let port = port_rx.recv_timeout(Duration::from_secs(10)).expect("node-smpp server listens");
-        Some(NodeSmsc {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            events,
-        })
+        Some(NodeSmsc { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), events })
     }
 
     /// The events named `name` seen so far.
@@ -473,4 +452,3 @@ pub async fn write_pdu(stream: &mut tokio::net::TcpStream, id: u32, sequence: u3
     pdu.extend_from_slice(body);
     tokio::io::AsyncWriteExt::write_all(stream, &pdu).await.expect("write PDU");
 }
-
