@@ -7,13 +7,23 @@
 //!
 //! Layout, one concept per module:
 //! - [`config`]: the TOML configuration and its validation;
-//! - [`http`]: the HTTP intake (axum) and a minimal client for the demo and tests;
+//! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
+//!   cap) and a minimal client for the demo and tests;
+//! - [`otp`]: verifications: codes and their HMAC, templates, rate rules, receipt failover;
 //! - [`store`]: the durable message store (sled), group commit, receipt correlation;
 //! - [`dispatch`]: takes queued messages to a carrier, retries, spills over, expires;
-//! - [`echo`]: untrusted values in error messages, bounded;
-//! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect) and receipt parsing;
+//! - [`route`]: prefix routes and their strategies;
+//! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect), PDU framing, health and
+//!   receipt parsing;
 //! - [`daemon`]: wires the pieces together and runs them until shutdown;
-//! - [`sim`]: an SMSC simulator speaking real SMPP, for the demo, operators and the tests.
+//! - [`telemetry`]: the Prometheus recorder, `/metrics` and the sampled gauges;
+//! - [`systemd`]: sd_notify (ready, watchdog, reloading, stopping);
+//! - [`clock`]: the wall clock behind a trait, so tests can move it;
+//! - [`echo`]: untrusted values in error messages, bounded;
+//! - [`hex`]: hex for key hashes and code HMACs;
+//! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer, for the demo, operators and
+//!   the tests;
+//! - [`demo`] and [`bench`]: `otpgate demo` and `otpgate bench`.
 
 pub mod bench;
 pub mod clock;
