@@ -62,6 +62,9 @@ async fn unreadable_answers_open_the_circuit_and_the_messages_go_through_another
     let mut client = gw.client().await;
     let mut ids = Vec::new();
     for i in 0..5 {
+        // The garbling carrier's session closes on each unreadable answer: let it bind again, so
+        // the breaker (not a missing session) is what keeps traffic away from it.
+        gw.wait_bound().await;
         let body = format!(r#"{{"to": "+4477009001{i:02}", "text": "m{i}"}}"#);
         ids.push(post_message(&mut client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string());
         // One at a time, so the order of events is the test's.
