@@ -8,9 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+use crate::dispatch::{SPILL_MAX, SPILL_MIN};
+use crate::duration::DAY;
 use crate::echo::shown;
+pub use crate::otp::settings::OtpConfig;
+pub use crate::smpp::settings::{BindType, CarrierConfig};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,223 +76,12 @@ fn default_strategy() -> Strategy {
     Strategy::Failover
 }
 
-/// The verification API's policy. Defaults are stricter than the paid Verify APIs'.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtpConfig {
-    /// `{brand}` in templates.
-    pub brand: String,
-    /// How long a code works (at most 10 minutes).
-    #[serde(deserialize_with = "duration")]
-    pub ttl: Duration,
-    /// Digits per code unless the request asks otherwise (4-10).
-    pub code_length: usize,
-    /// Checks per verification before it locks (`max_attempts_reached`).
-    pub max_checks: u32,
-    #[serde(deserialize_with = "duration")]
-    pub resend_cooldown: Duration,
-    /// Sends to one number per `send_window`, per API key ...
-    pub max_sends_per_number: u32,
-    /// ... and across all API keys: one client cannot use up another's, but all together meet
-    /// a ceiling (default three times the per-key limit).
-    pub max_sends_per_number_all_keys: Option<u32>,
-    #[serde(deserialize_with = "duration")]
-    pub send_window: Duration,
-    /// Failed checks per number across all its verifications (resends do not reset it), per
-    /// API key ...
-    pub max_failed_checks_per_number: u32,
-    /// ... and across all API keys (default three times the per-key limit).
-    pub max_failed_checks_per_number_all_keys: Option<u32>,
-    #[serde(deserialize_with = "duration")]
-    pub failed_checks_window: Duration,
-    /// An OTP SMS with no receipt this long after its submit is resent via the next carrier of
-    /// its route (as is one whose receipt says UNDELIV or REJECTD), while the code is valid.
-    #[serde(deserialize_with = "duration")]
-    pub receipt_timeout: Duration,
-    /// As `messages.spill_after`, for OTP messages: a code waits on one carrier at most this
-    /// long before it moves to the next carrier of its route.
-    #[serde(deserialize_with = "duration")]
-    pub spill_after: Duration,
-    /// E.164 prefixes codes may be sent to; empty allows all.
-    pub allowed_prefixes: Vec<String>,
-    /// File holding the 32-byte HMAC key (created with mode 0600 when missing); default
-    /// `<data_dir>/otp-hmac.key`.
-    pub hmac_key_file: Option<PathBuf>,
-    /// Ends each SMS with `@domain #code` (WebOTP, iOS autofill).
-    pub webotp_domain: Option<String>,
-    /// Ends each SMS with this 11-character Android SMS Retriever hash.
-    pub android_app_hash: Option<String>,
-    pub default_locale: String,
-    /// Text per locale; placeholders `{code}` (required), `{brand}`, `{minutes}`, `{context}`.
-    pub templates: std::collections::BTreeMap<String, String>,
-    /// Token-bucket limits per minute (0 = none).
-    pub creates_per_minute_per_key: u32,
-    pub creates_per_minute_per_ip: u32,
-    pub checks_per_minute_per_key: u32,
-    pub checks_per_minute_per_ip: u32,
-    pub checks_per_minute_per_number: u32,
-}
-
-impl Default for OtpConfig {
-    fn default() -> Self {
-        let templates = [
-            ("en", "{code} is your {brand} code. It expires in {minutes} min. Never share it."),
-            ("fr", "{code} est votre code {brand}. Il expire dans {minutes} min. Ne le partagez jamais."),
-            ("de", "{code} ist Ihr {brand}-Code. Er läuft in {minutes} Min. ab. Geben Sie ihn nie weiter."),
-            // Without accents: "ó" is not in GSM 03.38 and would force UCS-2 (70 characters).
-            ("es", "{code} es tu codigo de {brand}. Caduca en {minutes} min. No lo compartas nunca."),
-        ];
-        OtpConfig {
-            brand: "otpgate".into(),
-            ttl: Duration::from_secs(300),
-            code_length: 6,
-            max_checks: 5,
-            resend_cooldown: Duration::from_secs(30),
-            max_sends_per_number: 5,
-            max_sends_per_number_all_keys: None,
-            send_window: Duration::from_secs(3600),
-            max_failed_checks_per_number: 20,
-            max_failed_checks_per_number_all_keys: None,
-            failed_checks_window: Duration::from_secs(24 * 3600),
-            receipt_timeout: Duration::from_secs(30),
-            spill_after: Duration::from_secs(2),
-            allowed_prefixes: Vec::new(),
-            hmac_key_file: None,
-            webotp_domain: None,
-            android_app_hash: None,
-            default_locale: "en".into(),
-            templates: templates.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            creates_per_minute_per_key: 600,
-            creates_per_minute_per_ip: 60,
-            checks_per_minute_per_key: 1200,
-            checks_per_minute_per_ip: 120,
-            checks_per_minute_per_number: 10,
-        }
-    }
-}
-
-impl OtpConfig {
-    /// The autofill lines every OTP text ends with.
-    pub fn autofill(&self) -> crate::otp::template::Autofill {
-        crate::otp::template::Autofill { webotp_domain: self.webotp_domain.clone(), android_app_hash: self.android_app_hash.clone() }
-    }
-
-    /// Sends to one number per `send_window` across all API keys.
-    pub fn sends_ceiling(&self) -> u32 {
-        self.max_sends_per_number_all_keys.unwrap_or(self.max_sends_per_number.saturating_mul(3))
-    }
-
-    /// Failed checks for one number per `failed_checks_window` across all API keys.
-    pub fn failed_checks_ceiling(&self) -> u32 {
-        self.max_failed_checks_per_number_all_keys.unwrap_or(self.max_failed_checks_per_number.saturating_mul(3))
-    }
-
-    /// Whole minutes of life a fresh code has, as `{minutes}` shows it.
-    pub fn ttl_minutes(&self) -> u64 {
-        self.ttl.as_secs().div_ceil(60)
-    }
-
-    fn problem(&self) -> Option<(String, String)> {
-        let p = |k: &str, m: String| Some((format!("otp.{k}"), m));
-        if self.ttl < Duration::from_secs(30) || self.ttl > Duration::from_secs(600) {
-            return p("ttl", "must be between 30s and 10m (NIST SP 800-63B)".into());
-        }
-        if !(4..=10).contains(&self.code_length) {
-            return p("code_length", "must be 4-10".into());
-        }
-        if self.max_checks == 0 || self.max_checks > 10 {
-            return p("max_checks", "must be 1-10".into());
-        }
-        if !(Duration::from_secs(1)..=HOUR).contains(&self.receipt_timeout) {
-            return p("receipt_timeout", "must be between 1s and 1h".into());
-        }
-        for (key, value) in [
-            ("resend_cooldown", self.resend_cooldown),
-            ("send_window", self.send_window),
-            ("failed_checks_window", self.failed_checks_window),
-        ] {
-            if value > 30 * DAY {
-                return p(key, "must be at most 30d".into());
-            }
-        }
-        if self.max_sends_per_number > 1000 || self.max_failed_checks_per_number > 10_000 {
-            return p("max_sends_per_number", "limits must be at most 1000 sends / 10000 failed checks".into());
-        }
-        if self.max_sends_per_number_all_keys.is_some_and(|n| n < self.max_sends_per_number || n > 10_000) {
-            return p("max_sends_per_number_all_keys", "must be between max_sends_per_number and 10000".into());
-        }
-        if self.max_failed_checks_per_number_all_keys.is_some_and(|n| n < self.max_failed_checks_per_number || n > 100_000) {
-            return p("max_failed_checks_per_number_all_keys", "must be between max_failed_checks_per_number and 100000".into());
-        }
-        let per_minute = [
-            self.creates_per_minute_per_key,
-            self.creates_per_minute_per_ip,
-            self.checks_per_minute_per_key,
-            self.checks_per_minute_per_ip,
-            self.checks_per_minute_per_number,
-        ];
-        if per_minute.iter().any(|&n| n > 10_000_000) {
-            return p("creates_per_minute_per_key", "per-minute limits must be at most 10000000 (0 = none)".into());
-        }
-        if !(SPILL_MIN..=SPILL_MAX).contains(&self.spill_after) {
-            return p("spill_after", "must be between 100ms and 10m".into());
-        }
-        if self.max_sends_per_number == 0 || self.max_failed_checks_per_number == 0 {
-            return p("max_sends_per_number", "limits must be at least 1".into());
-        }
-        for (i, prefix) in self.allowed_prefixes.iter().enumerate() {
-            let ok = prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit());
-            if !ok {
-                return p(&format!("allowed_prefixes[{i}]"), format!("{} is not '+' followed by digits", shown(prefix)));
-            }
-        }
-        if self.webotp_domain.is_some() && self.android_app_hash.is_some() {
-            return p("android_app_hash", "set either webotp_domain or android_app_hash: both want to end the message".into());
-        }
-        if let Some(domain) = &self.webotp_domain {
-            let ok =
-                !domain.is_empty() && domain.contains('.') && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-            if !ok {
-                return p("webotp_domain", format!("{} is not a host name like \"example.com\"", shown(domain)));
-            }
-        }
-        if let Some(hash) = &self.android_app_hash {
-            if hash.chars().count() != 11 {
-                return p("android_app_hash", "must be the 11-character hash Google's tools print".into());
-            }
-        }
-        if self.brand.chars().count() > 64
-            || self.default_locale.len() > 16
-            || self.templates.len() > 64
-            || self.allowed_prefixes.len() > 1000
-        {
-            return p("brand", "brand at most 64 characters, locales 16, at most 64 templates and 1000 allowed prefixes".into());
-        }
-        if let Some((locale, _)) = self.templates.iter().find(|(locale, template)| locale.len() > 16 || template.chars().count() > 1000) {
-            return p(&format!("templates.{}", shown(locale)), "a locale is at most 16 characters and a template at most 1000".into());
-        }
-        if self.webotp_domain.as_ref().is_some_and(|d| d.len() > 253) {
-            return p("webotp_domain", "must be at most 253 characters".into());
-        }
-        if !self.templates.contains_key(&self.default_locale) {
-            return p("default_locale", format!("no template for {}", shown(&self.default_locale)));
-        }
-        let autofill = self.autofill();
-        for (locale, template) in &self.templates {
-            if let Err(m) = crate::otp::template::validate(template, &self.brand, self.ttl_minutes(), &autofill) {
-                return p(&format!("templates.{locale}"), m);
-            }
-        }
-        None
-    }
-}
-
 /// The sled store's tuning.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Finished messages are deleted this long after they finished.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub retention: Duration,
     /// sled's page cache in MiB (its own default, 1 GiB, is too much for most hosts).
     pub cache_capacity_mb: u64,
@@ -296,7 +89,7 @@ pub struct StoreConfig {
     /// counted): receipts for unknown ids must not fill the disk.
     pub max_held_receipts: usize,
     /// How long such a receipt waits before it is dropped as unmatched.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub hold_receipts_for: Duration,
 }
 
@@ -316,17 +109,17 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MessagesConfig {
     /// Validity of a message whose request names none.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub default_validity: Duration,
     /// The longest validity a request may ask for ...
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub max_validity: Duration,
     /// ... and the shortest: below it a message would mostly expire unsent.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub min_validity: Duration,
     /// The longest a message waits on one carrier (its rate cap, window or throttling) before
     /// it moves to the next carrier of its route that has room.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub spill_after: Duration,
     /// Sends again after a submit went out and got no readable answer (connection lost,
     /// response timeout, unreadable response, crash mid-submit); each may be a duplicate at the
@@ -370,17 +163,17 @@ pub struct ServerConfig {
     pub metrics_listen: SocketAddr,
     pub data_dir: PathBuf,
     /// How long a graceful shutdown may take before in-flight work is abandoned.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub shutdown_timeout: Duration,
     /// HTTP connections open at once, at most; more are answered 503 and closed.
     pub http_max_connections: usize,
     /// A request's head (request line and headers) must arrive within this, on a new
     /// connection or after the previous response: an idle kept-alive connection is closed
     /// after it too.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub http_header_timeout: Duration,
     /// A request's body must arrive within this once its head has.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::human")]
     pub http_body_timeout: Duration,
 }
 
@@ -396,107 +189,6 @@ impl Default for ServerConfig {
             http_body_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// How a carrier link is bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BindType {
-    /// One bind_transceiver connection carries submits and receipts.
-    Transceiver,
-    /// A bind_transmitter connection for submits plus a bind_receiver one for receipts.
-    TransmitterReceiver,
-}
-
-/// One carrier SMSC and how we talk to it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CarrierConfig {
-    pub name: String,
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
-    pub system_id: String,
-    pub password: String,
-    #[serde(default)]
-    pub system_type: String,
-    #[serde(default = "default_bind")]
-    pub bind: BindType,
-    #[serde(default = "default_sessions")]
-    pub sessions: usize,
-    #[serde(default = "default_window")]
-    pub window: usize,
-    #[serde(default)]
-    pub max_tps: u32,
-    #[serde(default = "default_enquire_link", deserialize_with = "duration")]
-    pub enquire_link_interval: Duration,
-    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
-    pub response_timeout: Duration,
-    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
-    pub reconnect_min: Duration,
-    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
-    pub reconnect_max: Duration,
-    pub source_addr: String,
-    /// Submits in a row that time out or get an SMSC fault before the carrier is taken out.
-    #[serde(default = "default_circuit_failures")]
-    pub circuit_failures: u32,
-    /// How long it stays out before one probe submit is let through.
-    #[serde(default = "default_circuit_open", deserialize_with = "duration")]
-    pub circuit_open: Duration,
-    /// The receipt text's layout: `key_value` (SMPP 3.4 Appendix B and its variants) or
-    /// `csv:` and column names, for SMSCs that write keyless comma-separated receipts.
-    #[serde(default = "default_receipt_text")]
-    pub receipt_text: String,
-    /// The SMSC's own receipt state codes and the Appendix B state each means.
-    #[serde(default)]
-    pub receipt_states: std::collections::BTreeMap<String, String>,
-    /// How its receipt ids relate to its submit_sm_resp ids: `auto` (learned), `same`,
-    /// `hex_to_dec` or `dec_to_hex`.
-    #[serde(default)]
-    pub receipt_id: crate::smpp::receipt::IdRelation,
-}
-
-fn default_receipt_text() -> String {
-    "key_value".into()
-}
-
-impl CarrierConfig {
-    /// How this carrier's receipts are read (validated at load, so never an error here).
-    pub fn receipt_format(&self) -> crate::smpp::receipt::ReceiptFormat {
-        crate::smpp::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states).unwrap_or_default()
-    }
-}
-
-fn default_circuit_failures() -> u32 {
-    5
-}
-fn default_circuit_open() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_port() -> u16 {
-    2775
-}
-fn default_bind() -> BindType {
-    BindType::Transceiver
-}
-fn default_sessions() -> usize {
-    1
-}
-fn default_window() -> usize {
-    64
-}
-fn default_enquire_link() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_response_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_reconnect_min() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_reconnect_max() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// Keys whose values are secrets: never echoed, whatever the error.
@@ -528,32 +220,6 @@ fn redacted(message: &str, source: &str) -> String {
     });
     lines.collect::<Vec<_>>().join("\n")
 }
-
-/// Durations are written as humans write them: "500ms", "30s", "5m", "1h".
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration {} ({e}); write it like \"500ms\", \"30s\" or \"5m\"", shown(&text)))
-    })
-}
-
-/// The range of `spill_after`: below it messages bounce between carriers, above it a slow
-/// carrier holds codes far past any user's patience.
-const SPILL_MIN: Duration = Duration::from_millis(100);
-const SPILL_MAX: Duration = Duration::from_secs(600);
-
-/// SMPP 3.4 §4.1: the bind fields' maximum lengths, without the terminating NUL.
-const MAX_SYSTEM_ID: usize = 15;
-const MAX_PASSWORD: usize = 8;
-const MAX_SYSTEM_TYPE: usize = 12;
-/// Upper bounds that catch typos (a window of 64000 is never meant).
-const MAX_WINDOW: usize = 10_000;
-const MAX_TPS: u32 = 1_000_000;
-/// The longest timer most keys take: longer is a typo, and timers added to "now" must not
-/// overflow.
-const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(24 * 3600);
-const MAX_SESSIONS: usize = 64;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -694,119 +360,6 @@ impl Config {
             return Err(invalid("store.hold_receipts_for".into(), "must be between 1s and 24h".into()));
         }
         Ok(())
-    }
-}
-
-impl CarrierConfig {
-    /// The first thing wrong with this carrier, as (field, message).
-    fn problem(&self) -> Option<(&'static str, String)> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 32
-            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
-            // Names become metric labels and log fields: keep them short and plain.
-            return Some(("name", format!("{} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'", shown(&self.name))));
-        }
-        if self.host.trim().is_empty() || self.host.len() > 253 {
-            return Some(("host", "must be a host name or address of 1-253 characters".into()));
-        }
-        if self.receipt_text.len() > 256
-            || self.receipt_states.len() > 64
-            || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32)
-        {
-            return Some(("receipt_text", "receipt layouts hold at most 256 characters, 64 states of 32".into()));
-        }
-        if self.source_addr.len() > 21 {
-            return Some(("source_addr", "must be at most 21 characters (SMPP 3.4)".into()));
-        }
-        if self.port == 0 {
-            return Some(("port", "must be 1-65535".into()));
-        }
-        let smpp_string = |value: &str, max: usize| -> Option<String> {
-            if !value.is_ascii() || value.bytes().any(|b| b == 0) {
-                Some("must be plain ASCII without NUL bytes".into())
-            } else if value.len() > max {
-                Some(format!("is {} characters; SMPP 3.4 allows at most {max}", value.len()))
-            } else {
-                None
-            }
-        };
-        if self.system_id.is_empty() {
-            return Some(("system_id", "must not be empty".into()));
-        }
-        if let Some(m) = smpp_string(&self.system_id, MAX_SYSTEM_ID) {
-            return Some(("system_id", m));
-        }
-        if let Some(m) = smpp_string(&self.password, MAX_PASSWORD) {
-            // Never echo the password itself.
-            return Some(("password", m));
-        }
-        if let Some(m) = smpp_string(&self.system_type, MAX_SYSTEM_TYPE) {
-            return Some(("system_type", m));
-        }
-        if let Err(e) = crate::smpp::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states) {
-            let key = match e {
-                crate::smpp::receipt::ReceiptFormatError::Layout(_) => "receipt_text",
-                crate::smpp::receipt::ReceiptFormatError::States(_) => "receipt_states",
-            };
-            return Some((key, e.to_string()));
-        }
-        if self.sessions == 0 || self.sessions > MAX_SESSIONS {
-            return Some(("sessions", format!("must be 1-{MAX_SESSIONS}, got {}", self.sessions)));
-        }
-        if self.window == 0 || self.window > MAX_WINDOW {
-            return Some(("window", format!("must be 1-{MAX_WINDOW}, got {}", self.window)));
-        }
-        if !(Duration::from_millis(100)..=HOUR).contains(&self.enquire_link_interval) {
-            return Some(("enquire_link_interval", "must be between 100ms and 1h".into()));
-        }
-        if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.response_timeout) {
-            return Some(("response_timeout", "must be between 10ms and 10m".into()));
-        }
-        if !(Duration::from_millis(10)..=HOUR).contains(&self.reconnect_min) {
-            return Some(("reconnect_min", "must be between 10ms and 1h".into()));
-        }
-        if self.reconnect_max > HOUR {
-            return Some(("reconnect_max", "must be at most 1h".into()));
-        }
-        if self.max_tps > MAX_TPS {
-            return Some(("max_tps", format!("must be 0-{MAX_TPS} (0 = unlimited)")));
-        }
-        if self.reconnect_max < self.reconnect_min {
-            return Some((
-                "reconnect_max",
-                format!(
-                    "{} is below reconnect_min {}",
-                    humantime::format_duration(self.reconnect_max),
-                    humantime::format_duration(self.reconnect_min)
-                ),
-            ));
-        }
-        if self.circuit_failures == 0 || self.circuit_failures > 1000 {
-            return Some(("circuit_failures", "must be 1-1000".into()));
-        }
-        if self.circuit_open < Duration::from_millis(100) || self.circuit_open > Duration::from_secs(600) {
-            return Some(("circuit_open", "must be between 100ms and 10m".into()));
-        }
-        if let Err(e) = crate::smpp::address::Address::source(&self.source_addr) {
-            return Some(("source_addr", e.to_string()));
-        }
-        None
-    }
-
-    /// How the sender address will be sent, for the summary.
-    fn source_kind(&self) -> &'static str {
-        match crate::smpp::address::Address::source(&self.source_addr).map(|a| a.ton) {
-            Ok(rusmpp::values::Ton::Alphanumeric) => "alphanumeric, TON 5/NPI 0",
-            Ok(rusmpp::values::Ton::NetworkSpecific) => "short code, TON 3/NPI 0",
-            Ok(_) => "E.164, TON 1/NPI 1",
-            Err(_) => "invalid",
-        }
-    }
-
-    /// `host:port`, as given to the resolver.
-    pub fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.port)
     }
 }
 

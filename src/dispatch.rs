@@ -98,6 +98,11 @@ impl Dispatch {
     }
 }
 
+/// The range of `spill_after`: below it messages bounce between carriers, above it a slow
+/// carrier holds codes far past any user's patience.
+pub const SPILL_MIN: Duration = Duration::from_millis(100);
+pub const SPILL_MAX: Duration = Duration::from_secs(600);
+
 /// What the dispatcher is told by the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

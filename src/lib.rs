@@ -20,6 +20,7 @@
 //! - [`systemd`]: sd_notify (ready, watchdog, reloading, stopping);
 //! - [`clock`]: the wall clock behind a trait, so tests can move it;
 //! - [`echo`]: untrusted values in error messages, bounded;
+//! - [`duration`]: human-written durations in the config, and the bounds timers share;
 //! - [`hex`]: hex for key hashes and code HMACs;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer, for the demo, operators and
 //!   the tests;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
+pub mod duration;
 pub mod echo;
 pub mod hex;
 pub mod http;

@@ -9,6 +9,7 @@
 
 pub mod code;
 pub mod ratelimit;
+pub mod settings;
 pub mod template;
 
 use std::net::IpAddr;
@@ -20,7 +21,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::clock::Clock;
-use crate::config::OtpConfig;
 use crate::dispatch::{Dispatch, Job, OtpSubmitted};
 use crate::route::Network;
 use crate::smpp::OutboundSms;
@@ -31,6 +31,7 @@ use crate::store::verification::{Failover, NumberStats, VerificationRecord, Veri
 use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError};
 use code::CodeKey;
 use ratelimit::RateLimiter;
+pub use settings::OtpConfig;
 use template::{Autofill, Fill};
 
 /// Longest context a verification may be bound to.

@@ -19,7 +19,7 @@ use super::health::{Admission, Health};
 use super::message::OutboundSms;
 use super::outcome::{NotSubmitted, Permanent, SubmitOutcome};
 use super::session::{BindMode, ReceiptSender, Session, SessionError, SessionSettings};
-use crate::config::{BindType, CarrierConfig};
+use super::settings::{BindType, CarrierConfig};
 
 /// A carrier SMSC and its sessions.
 pub struct Carrier {
@@ -369,14 +369,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pacing_spaces_submits_at_max_tps() {
-        let config = crate::config::Config::from_toml(
-            "[[carriers]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = 9\nsystem_id = \"x\"\npassword = \"y\"\nsource_addr = \"Acme\"\nmax_tps = 10\n",
-            std::path::Path::new("t.toml"),
+        let config: CarrierConfig = toml::from_str(
+            "name = \"a\"\nhost = \"127.0.0.1\"\nport = 9\nsystem_id = \"x\"\npassword = \"y\"\nsource_addr = \"Acme\"\nmax_tps = 10\n",
         )
         .unwrap();
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let stop = CancellationToken::new();
-        let carrier = Carrier::start(config.carriers[0].clone(), tx, stop.clone());
+        let carrier = Carrier::start(config, tx, stop.clone());
         let start = Instant::now();
         for _ in 0..11 {
             carrier.pace().await;

@@ -7,7 +7,8 @@
 //! - [`outcome`]: submit_sm_resp statuses in the classes the dispatcher acts on;
 //! - [`receipt`]: delivery receipts, TLV and text;
 //! - [`health`]: circuit breaker and AIMD pacing per carrier;
-//! - [`backoff`]: reconnect delays.
+//! - [`backoff`]: reconnect delays;
+//! - [`settings`]: a carrier's `[[carriers]]` settings and their checks.
 
 pub mod address;
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod message;
 pub mod outcome;
 pub mod receipt;
 pub mod session;
+pub mod settings;
 
 pub use carrier::Carrier;
 pub use message::OutboundSms;

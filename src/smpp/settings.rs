@@ -1,0 +1,232 @@
+//! A carrier's settings (`[[carriers]]`), their defaults and their checks, next to the sessions
+//! that use them; `config.rs` only composes the file.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration::{HOUR, human as duration};
+use crate::echo::shown;
+
+/// How a carrier link is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindType {
+    /// One bind_transceiver connection carries submits and receipts.
+    Transceiver,
+    /// A bind_transmitter connection for submits plus a bind_receiver one for receipts.
+    TransmitterReceiver,
+}
+
+/// One carrier SMSC and how we talk to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarrierConfig {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub system_id: String,
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    #[serde(default = "default_bind")]
+    pub bind: BindType,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default)]
+    pub max_tps: u32,
+    #[serde(default = "default_enquire_link", deserialize_with = "duration")]
+    pub enquire_link_interval: Duration,
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    pub source_addr: String,
+    /// Submits in a row that time out or get an SMSC fault before the carrier is taken out.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long it stays out before one probe submit is let through.
+    #[serde(default = "default_circuit_open", deserialize_with = "duration")]
+    pub circuit_open: Duration,
+    /// The receipt text's layout: `key_value` (SMPP 3.4 Appendix B and its variants) or
+    /// `csv:` and column names, for SMSCs that write keyless comma-separated receipts.
+    #[serde(default = "default_receipt_text")]
+    pub receipt_text: String,
+    /// The SMSC's own receipt state codes and the Appendix B state each means.
+    #[serde(default)]
+    pub receipt_states: std::collections::BTreeMap<String, String>,
+    /// How its receipt ids relate to its submit_sm_resp ids: `auto` (learned), `same`,
+    /// `hex_to_dec` or `dec_to_hex`.
+    #[serde(default)]
+    pub receipt_id: super::receipt::IdRelation,
+}
+
+fn default_receipt_text() -> String {
+    "key_value".into()
+}
+
+impl CarrierConfig {
+    /// How this carrier's receipts are read (validated at load, so never an error here).
+    pub fn receipt_format(&self) -> super::receipt::ReceiptFormat {
+        super::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states).unwrap_or_default()
+    }
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_open() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_port() -> u16 {
+    2775
+}
+fn default_bind() -> BindType {
+    BindType::Transceiver
+}
+fn default_sessions() -> usize {
+    1
+}
+fn default_window() -> usize {
+    64
+}
+fn default_enquire_link() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// SMPP 3.4 §4.1: the bind fields' maximum lengths, without the terminating NUL.
+const MAX_SYSTEM_ID: usize = 15;
+const MAX_PASSWORD: usize = 8;
+const MAX_SYSTEM_TYPE: usize = 12;
+/// Upper bounds that catch typos (a window of 64000 is never meant).
+const MAX_WINDOW: usize = 10_000;
+const MAX_TPS: u32 = 1_000_000;
+const MAX_SESSIONS: usize = 64;
+
+impl CarrierConfig {
+    /// The first thing wrong with this carrier, as (field, message).
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            // Names become metric labels and log fields: keep them short and plain.
+            return Some(("name", format!("{} is not a valid carrier name: use 1-32 characters a-z, 0-9, '-' or '_'", shown(&self.name))));
+        }
+        if self.host.trim().is_empty() || self.host.len() > 253 {
+            return Some(("host", "must be a host name or address of 1-253 characters".into()));
+        }
+        if self.receipt_text.len() > 256
+            || self.receipt_states.len() > 64
+            || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32)
+        {
+            return Some(("receipt_text", "receipt layouts hold at most 256 characters, 64 states of 32".into()));
+        }
+        if self.source_addr.len() > 21 {
+            return Some(("source_addr", "must be at most 21 characters (SMPP 3.4)".into()));
+        }
+        if self.port == 0 {
+            return Some(("port", "must be 1-65535".into()));
+        }
+        let smpp_string = |value: &str, max: usize| -> Option<String> {
+            if !value.is_ascii() || value.bytes().any(|b| b == 0) {
+                Some("must be plain ASCII without NUL bytes".into())
+            } else if value.len() > max {
+                Some(format!("is {} characters; SMPP 3.4 allows at most {max}", value.len()))
+            } else {
+                None
+            }
+        };
+        if self.system_id.is_empty() {
+            return Some(("system_id", "must not be empty".into()));
+        }
+        if let Some(m) = smpp_string(&self.system_id, MAX_SYSTEM_ID) {
+            return Some(("system_id", m));
+        }
+        if let Some(m) = smpp_string(&self.password, MAX_PASSWORD) {
+            // Never echo the password itself.
+            return Some(("password", m));
+        }
+        if let Some(m) = smpp_string(&self.system_type, MAX_SYSTEM_TYPE) {
+            return Some(("system_type", m));
+        }
+        if let Err(e) = super::receipt::ReceiptFormat::new(&self.receipt_text, &self.receipt_states) {
+            let key = match e {
+                super::receipt::ReceiptFormatError::Layout(_) => "receipt_text",
+                super::receipt::ReceiptFormatError::States(_) => "receipt_states",
+            };
+            return Some((key, e.to_string()));
+        }
+        if self.sessions == 0 || self.sessions > MAX_SESSIONS {
+            return Some(("sessions", format!("must be 1-{MAX_SESSIONS}, got {}", self.sessions)));
+        }
+        if self.window == 0 || self.window > MAX_WINDOW {
+            return Some(("window", format!("must be 1-{MAX_WINDOW}, got {}", self.window)));
+        }
+        if !(Duration::from_millis(100)..=HOUR).contains(&self.enquire_link_interval) {
+            return Some(("enquire_link_interval", "must be between 100ms and 1h".into()));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&self.response_timeout) {
+            return Some(("response_timeout", "must be between 10ms and 10m".into()));
+        }
+        if !(Duration::from_millis(10)..=HOUR).contains(&self.reconnect_min) {
+            return Some(("reconnect_min", "must be between 10ms and 1h".into()));
+        }
+        if self.reconnect_max > HOUR {
+            return Some(("reconnect_max", "must be at most 1h".into()));
+        }
+        if self.max_tps > MAX_TPS {
+            return Some(("max_tps", format!("must be 0-{MAX_TPS} (0 = unlimited)")));
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Some((
+                "reconnect_max",
+                format!(
+                    "{} is below reconnect_min {}",
+                    humantime::format_duration(self.reconnect_max),
+                    humantime::format_duration(self.reconnect_min)
+                ),
+            ));
+        }
+        if self.circuit_failures == 0 || self.circuit_failures > 1000 {
+            return Some(("circuit_failures", "must be 1-1000".into()));
+        }
+        if self.circuit_open < Duration::from_millis(100) || self.circuit_open > Duration::from_secs(600) {
+            return Some(("circuit_open", "must be between 100ms and 10m".into()));
+        }
+        if let Err(e) = super::address::Address::source(&self.source_addr) {
+            return Some(("source_addr", e.to_string()));
+        }
+        None
+    }
+
+    /// How the sender address will be sent, for the summary.
+    pub(crate) fn source_kind(&self) -> &'static str {
+        match super::address::Address::source(&self.source_addr).map(|a| a.ton) {
+            Ok(rusmpp::values::Ton::Alphanumeric) => "alphanumeric, TON 5/NPI 0",
+            Ok(rusmpp::values::Ton::NetworkSpecific) => "short code, TON 3/NPI 0",
+            Ok(_) => "E.164, TON 1/NPI 1",
+            Err(_) => "invalid",
+        }
+    }
+
+    /// `host:port`, as given to the resolver.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
