@@ -14,6 +14,7 @@ use crate::dispatch::{SPILL_MAX, SPILL_MIN};
 use crate::duration::DAY;
 use crate::echo::shown;
 pub use crate::otp::settings::OtpConfig;
+pub use crate::route::{RouteConfig, Strategy};
 pub use crate::smpp::settings::{BindType, CarrierConfig};
 
 /// Why a configuration could not be used.
@@ -46,34 +47,6 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
-}
-
-/// How a route spreads messages over its carriers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// The first usable carrier in the list, the next ones only when it is not.
-    Failover,
-    /// Each message starts at the next carrier in turn.
-    RoundRobin,
-    /// Shares proportional to `weights`.
-    Weighted,
-}
-
-/// Which carriers serve which destinations. Longest prefix wins; `"*"` catches the rest.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub prefixes: Vec<String>,
-    pub carriers: Vec<String>,
-    #[serde(default = "default_strategy")]
-    pub strategy: Strategy,
-    #[serde(default)]
-    pub weights: Vec<u32>,
-}
-
-fn default_strategy() -> Strategy {
-    Strategy::Failover
 }
 
 /// The sled store's tuning.

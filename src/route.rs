@@ -8,8 +8,37 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{RouteConfig, Strategy};
+use serde::Deserialize;
+
 use crate::smpp::Carrier;
+
+/// How a route spreads messages over its carriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first usable carrier in the list, the next ones only when it is not.
+    Failover,
+    /// Each message starts at the next carrier in turn.
+    RoundRobin,
+    /// Shares proportional to `weights`.
+    Weighted,
+}
+
+/// Which carriers serve which destinations. Longest prefix wins; `"*"` catches the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefixes: Vec<String>,
+    pub carriers: Vec<String>,
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub weights: Vec<u32>,
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Failover
+}
 
 /// One route's carriers and how to spread over them.
 pub struct Route {
