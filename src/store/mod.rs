@@ -201,6 +201,9 @@ fn queue_key(id: &MessageId) -> Vec<u8> {
     key(b'q', &[&id.0])
 }
 
+/// How many times (50 ms apart) opening waits for a data_dir lock that is being released.
+const LOCK_WAITS: u32 = 20;
+
 /// A queue row's value while a submit of its message is under way (its result not recorded
 /// yet): seen at startup, the previous process died mid-submit and the SMSC may have the message.
 const IN_FLIGHT: &[u8] = &[1];
@@ -264,14 +267,22 @@ impl Store {
         let path = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
         private(dir).map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make it private (0700): {e}") })?;
-        let db = sled::Config::new().path(dir.join("db")).cache_capacity(options.cache_capacity_bytes).open().map_err(|e| {
-            let message = e.to_string();
-            if message.contains("could not acquire lock") {
-                StoreError::Locked { path: path.clone() }
-            } else {
-                StoreError::Open { path: path.clone(), message }
+        // A store closed a moment ago (a restart in the same process) may still hold its file
+        // lock while sled's own threads wind down: wait a little before calling it taken.
+        let mut lock_waits = 0;
+        let db = loop {
+            match sled::Config::new().path(dir.join("db")).cache_capacity(options.cache_capacity_bytes).open() {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if lock_waits == LOCK_WAITS {
+                        return Err(StoreError::Locked { path });
+                    }
+                    lock_waits += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(StoreError::Open { path, message: e.to_string() }),
             }
-        })?;
+        };
         // sled's own files, including those an earlier version created with the umask's modes.
         private(&dir.join("db"))
             .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make its files private (0600): {e}") })?;
