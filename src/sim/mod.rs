@@ -662,10 +662,7 @@ fn receipt(message_id: &str, number: u64, sm: &SubmitSm, stat: &str) -> Pdu {
 /// The receipted_message_id of a receipt we sent.
 fn receipted_id(pdu: &Pdu) -> Option<String> {
     let Pdu::DeliverSm(sm) = pdu else { return None };
-    sm.tlvs().iter().filter_map(|t| t.value()).find_map(|v| match v {
-        rusmpp::tlvs::TlvValue::ReceiptedMessageId(id) => Some(id.as_str().to_string()),
-        _ => None,
-    })
+    crate::smpp::receipt::ReceiptFields::from(sm).receipted_message_id
 }
 
 async fn write(
