@@ -23,17 +23,9 @@ use crate::dispatch::{Dispatch, Dispatcher, Job, Policy};
 use crate::http::{self, AppState};
 use crate::otp::Otp;
 use crate::route::Network;
-use crate::smpp::receipt::{IdReading, IdRelation};
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::store::{MessageId, MessageStatus, ReceiptMatch, Store, StoreError, StoreOptions};
-use crate::telemetry;
-
-/// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
-/// is answered only once its receipt is on disk.
-const RECEIPT_QUEUE: usize = 4096;
-
-/// Receipts applied before one group commit covers them all.
-const RECEIPT_BATCH: usize = 256;
+use crate::store::{MessageId, MessageStatus, Store, StoreError, StoreOptions};
+use crate::{telemetry, track};
 
 /// Recovery reads the queue this many messages at a time ...
 const RECOVERY_PAGE: usize = 1024;
@@ -101,7 +93,7 @@ impl Daemon {
         metrics::gauge!("otpgate_spill_after_seconds").set(config.messages.spill_after.as_secs_f64());
         metrics::counter!("otpgate_resend_limit_total").increment(0);
 
-        let (receipts, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
+        let (receipts, receipts_rx) = mpsc::channel(track::RECEIPT_QUEUE);
         let carriers_stop = CancellationToken::new();
         let mut carrier_stops = HashMap::new();
         let carriers: Vec<Arc<Carrier>> = config
@@ -136,7 +128,7 @@ impl Daemon {
         let failover_stop = CancellationToken::new();
         let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
 
-        let receipts_task = tokio::spawn(track_receipts(store.clone(), receipts_rx, otp_failed));
+        let receipts_task = tokio::spawn(track::track_receipts(store.clone(), receipts_rx, otp_failed));
         let sweep_task = tokio::spawn(sweep(store.clone(), otp.clone(), config.store.retention));
 
         let state = Arc::new(AppState::new(
@@ -427,113 +419,6 @@ impl Handover<'_> {
             Ok(Some(job)) => self.dispatch.enqueue(job),
             Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
             Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
-        }
-    }
-}
-
-/// Applies receipts to their messages, a batch at a time, and answers the SMSC for each only
-/// once the batch is on disk (one group commit per batch, so the receipt rate does not fall).
-/// Failed ones are reported for OTP receipt failover.
-async fn track_receipts(store: Arc<Store>, mut receipts: mpsc::Receiver<ReceiptEvent>, failed: mpsc::UnboundedSender<MessageId>) {
-    let mut batch = Vec::with_capacity(RECEIPT_BATCH);
-    let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
-    while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
-        let applied: Vec<bool> =
-            batch.iter().map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed)).collect();
-        let durable = match store.durable().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "receipts not flushed; the SMSC is asked to send them again");
-                false
-            }
-        };
-        for (mut event, applied) in batch.drain(..).zip(applied) {
-            event.recorded(applied && durable);
-        }
-    }
-}
-
-/// What `receipt_id = "auto"` has learned of one carrier's receipt ids.
-#[derive(Default)]
-struct IdLearner {
-    learned: Option<IdReading>,
-    /// The reading of the last unambiguous matches, and how many in a row.
-    streak: Option<(IdReading, u32)>,
-}
-
-/// Unambiguous matches in a row under one reading before `auto` settles on it.
-const LEARN_AFTER: u32 = 5;
-
-impl IdLearner {
-    fn observe(&mut self, carrier: &str, reading: IdReading) {
-        if self.learned.is_some() {
-            return;
-        }
-        let run = match self.streak {
-            Some((r, n)) if r == reading => n + 1,
-            _ => 1,
-        };
-        self.streak = Some((reading, run));
-        if run >= LEARN_AFTER {
-            tracing::info!(carrier, reading = reading.as_str(), "receipt ids learned: matched this way {LEARN_AFTER} times in a row");
-            self.learned = Some(reading);
-        }
-    }
-}
-
-/// Applies one receipt; false when the store could not record it.
-fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
-    let carrier = event.carrier.to_string();
-    let receipt = match &event.receipt {
-        Ok(receipt) => receipt,
-        Err(e) => {
-            // Nothing in it to keep: counted, and answered like any other.
-            tracing::warn!(%carrier, error = %e, "unreadable receipt counted as unmatched");
-            metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
-            return true;
-        }
-    };
-    metrics::counter!("otpgate_receipts_total", "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
-    let readings = event.id_relation.readings(ids.learned);
-    match store.apply_receipt(&carrier, receipt, readings, SystemTime::now()) {
-        Ok(ReceiptMatch::Matched { id, status, latency, finished, reading }) => {
-            tracing::debug!(%carrier, message_id = %id, status = status.as_str(), "receipt matched");
-            if let (IdRelation::Auto, Some(reading)) = (event.id_relation, reading) {
-                ids.observe(&carrier, reading);
-            }
-            if let Some(latency) = latency {
-                metrics::histogram!("otpgate_receipt_latency_seconds", "carrier" => carrier.clone()).record(latency.as_secs_f64());
-            }
-            if finished {
-                metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
-                if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
-                    let _ = failed.send(id);
-                }
-            }
-            true
-        }
-        Ok(ReceiptMatch::Late { id }) => {
-            tracing::debug!(%carrier, message_id = %id, "receipt after the final one; counted, not applied");
-            metrics::counter!("otpgate_receipts_late_total", "carrier" => carrier).increment(1);
-            true
-        }
-        Ok(ReceiptMatch::Ambiguous) => {
-            tracing::warn!(%carrier, smsc_id = %receipt.message_id, "receipt id names different messages under different readings; not applied (set receipt_id for this carrier)");
-            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => carrier).increment(1);
-            true
-        }
-        Ok(ReceiptMatch::Held) => {
-            tracing::debug!(%carrier, smsc_id = %receipt.message_id, "receipt arrived before its submit_sm_resp; held");
-            true
-        }
-        Ok(ReceiptMatch::Dropped) => {
-            // Logged by count, not per receipt: a flood of them is the case this guards.
-            metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "held_full").increment(1);
-            true
-        }
-        Err(e) => {
-            tracing::error!(%carrier, error = %e, "could not record receipt");
-            false
         }
     }
 }

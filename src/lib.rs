@@ -40,6 +40,8 @@ pub mod otp;
 pub mod route;
 pub mod sim;
 pub mod smpp;
+pub mod smsc_id;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+mod track;

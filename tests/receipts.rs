@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::{API_KEY, Gateway, ReceiptFixture, carrier_config, post_message, receipt_fixtures, sim, start_bound, wait_status};
 use otpgate::sim::SimConfig;
-use otpgate::smpp::receipt::{IdReading, ReceiptFields, canonical_id};
+use otpgate::smpp::receipt::{IdReading, ReceiptFields};
 use otpgate::smpp::{Receipt, SubmitOutcome};
+use otpgate::smsc_id::canonical;
 use rusmpp::pdus::DeliverSm;
 use rusmpp::tlvs::MessageDeliveryRequestTlvValue as Tlv;
 use rusmpp::types::{AnyOctetString, COctetString, OctetString};
@@ -64,7 +65,7 @@ fn check(fixture: &ReceiptFixture, parsed: &Result<Receipt, otpgate::smpp::recei
     assert_eq!(net, field("net"), "sample {n}: net");
     if let Some(alt) = &r.alternate_id {
         // The TLV and the text name the same message, in whatever bases: they must match.
-        let ours = canonical_id(&r.message_id);
+        let ours = canonical(&r.message_id);
         assert!(
             IdReading::ALL.iter().any(|reading| reading.response_id(alt) == Some(ours.clone())),
             "sample {n}: {} and {alt} do not match",

@@ -18,6 +18,8 @@ use std::fmt;
 use rusmpp::pdus::{DataSm, DeliverSm};
 use rusmpp::tlvs::{Tlv, TlvValue};
 
+use crate::smsc_id::canonical;
+
 /// What the receipt says happened to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
@@ -547,10 +549,10 @@ impl IdReading {
         }
     }
 
-    /// The canonical submit_sm_resp id (see [`canonical_id`]) that receipt id `id` names under
+    /// The canonical submit_sm_resp id (see [`canonical`]) that receipt id `id` names under
     /// this reading, if it can be read so.
     pub fn response_id(self, id: &str) -> Option<String> {
-        let id = canonical_id(id);
+        let id = canonical(id);
         let digits = !id.is_empty() && id.len() <= 38;
         match self {
             IdReading::Same => Some(id),
@@ -581,14 +583,6 @@ impl IdRelation {
             (IdRelation::Auto, None) => &IdReading::ALL,
         }
     }
-}
-
-/// An SMSC id as the receipt index keys it: trimmed, lower case, without leading zeros.
-pub fn canonical_id(id: &str) -> String {
-    let trimmed = id.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    let lower = trimmed.to_ascii_lowercase();
-    let stripped = lower.trim_start_matches('0');
-    if stripped.is_empty() && !lower.is_empty() { "0".to_string() } else { stripped.to_string() }
 }
 
 #[cfg(test)]
@@ -681,7 +675,6 @@ mod tests {
         assert_eq!(read(IdReading::DecToHex, "38601FA"), Some("59113978".into()));
         assert_eq!(read(IdReading::HexToDec, "C87C2273-7EDB"), None, "not a number");
         assert_eq!(read(IdReading::Same, "64567564356765435676"), Some("64567564356765435676".into()));
-        assert_eq!(canonical_id("000"), "0");
         // The readings a carrier's setting allows.
         assert_eq!(IdRelation::Auto.readings(None), &IdReading::ALL);
         assert_eq!(IdRelation::Auto.readings(Some(IdReading::DecToHex)), &[IdReading::DecToHex]);

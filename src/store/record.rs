@@ -6,8 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::smpp::DeliveryState;
-
 /// A message's id: 8 bytes of a microsecond timestamp (so ids sort in arrival order without
 /// telling anyone how many messages other clients sent: a counter did) and 8 random bytes (so ids
 /// cannot be guessed). Shown as 32 hex digits.
@@ -80,17 +78,6 @@ impl MessageStatus {
             MessageStatus::Rejected => "rejected",
             MessageStatus::Failed => "failed",
         }
-    }
-
-    /// The status a final receipt puts a message in; `None` for progress reports.
-    pub fn from_receipt(state: DeliveryState) -> Option<MessageStatus> {
-        Some(match state {
-            DeliveryState::Delivered => MessageStatus::Delivered,
-            DeliveryState::Undeliverable | DeliveryState::Deleted => MessageStatus::Undeliverable,
-            DeliveryState::Expired => MessageStatus::Expired,
-            DeliveryState::Rejected => MessageStatus::Rejected,
-            _ => return None,
-        })
     }
 }
 

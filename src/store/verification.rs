@@ -1,20 +1,15 @@
 //! Verification rows: the verification itself, the "pending for this number" index and the
-//! per-number counters that rate rules need. Policy lives in `otp`; this file only makes each
-//! change atomic and durable.
-//!
-//! | prefix | key | value |
-//! |---|---|---|
-//! | `v` | verification id | [`VerificationRecord`] (JSON; the code only as an HMAC) |
-//! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
-//! | `n` | number | [`NumberStats`]: recent sends and failed checks |
-//! | `w` | done time (ms, BE), verification id | empty: finished verifications for the sweep |
+//! per-number counters that rate rules need ([`keys`](super::keys): `v`, `o`, `n`, `w`). Policy
+//! lives in `otp`; this file only makes each change atomic and durable.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{self, MessageId};
-use super::{IdempotencyEntry, NewMessage, Store, StoreError, done_key, encode, key, lock, message_key, queue_key};
+use super::messages::queued_rows;
+use super::record::MessageId;
+use super::sweep::cutoff;
+use super::{NewMessage, Store, StoreError, encode, idempotency, keys, lock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,8 +90,7 @@ pub struct Recent {
 impl NumberStats {
     /// Drops entries older than their window before `now`, and keys with nothing left.
     pub fn prune(&mut self, sends_window: Duration, failures_window: Duration, now: SystemTime) {
-        let cutoff = |w: Duration| record::to_ms(now.checked_sub(w).unwrap_or(std::time::UNIX_EPOCH));
-        let (s, f) = (cutoff(sends_window), cutoff(failures_window));
+        let (s, f) = (cutoff(sends_window, now), cutoff(failures_window, now));
         self.sends_ms.retain(|&t| t > s);
         self.failed_checks_ms.retain(|&t| t > f);
         for recent in self.by_owner.values_mut() {
@@ -122,24 +116,9 @@ pub struct VerificationSend {
     pub idempotency: Option<(String, String, String)>,
 }
 
-fn verification_key(id: &MessageId) -> Vec<u8> {
-    key(b'v', &[&id.0])
-}
-
-fn pending_key(owner: &str, to: &str) -> Vec<u8> {
-    key(b'o', &[owner.as_bytes(), to.as_bytes()])
-}
-
-fn number_key(to: &str) -> Vec<u8> {
-    key(b'n', &[to.as_bytes()])
-}
-
-/// The index of finished verifications.
-const DONE: u8 = b'w';
-
 impl Store {
     pub fn verification(&self, id: &MessageId) -> Result<Option<VerificationRecord>, StoreError> {
-        self.read(&verification_key(id), || format!("verification {id}"))
+        self.read(&keys::verification(id), || format!("verification {id}"))
     }
 
     /// Decides and writes a verification send in one step: `decide` sees the owner's pending
@@ -154,14 +133,14 @@ impl Store {
     ) -> Result<Result<VerificationSend, E>, StoreError> {
         let send = {
             let _guard = lock(&self.writes);
-            let pending = match self.db.get(pending_key(owner, to))? {
-                Some(bytes) => match <[u8; 16]>::try_from(&bytes[..]).ok().map(MessageId) {
+            let pending = match self.db.get(keys::pending(owner, to))? {
+                Some(bytes) => match keys::id_from(&bytes) {
                     Some(id) => self.verification(&id)?.map(|r| (id, r)),
                     None => None,
                 },
                 None => None,
             };
-            let mut stats: NumberStats = self.read(&number_key(to), || "number stats".to_string())?.unwrap_or_default();
+            let mut stats: NumberStats = self.read(&keys::number(to), || "number stats".to_string())?.unwrap_or_default();
             let previous = pending.as_ref().map(|(id, _)| *id);
             let send = match decide(pending, &mut stats) {
                 Ok(send) => send,
@@ -173,24 +152,20 @@ impl Store {
                 if let Some(mut old) = self.verification(&previous)? {
                     old.status = VerificationStatus::Expired;
                     old.done_ms = Some(send.record.created_ms);
-                    batch.insert(done_key(DONE, send.record.created_ms, &previous), &[][..]);
-                    batch.insert(verification_key(&previous), encode(&old));
+                    batch.insert(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous), &[][..]);
+                    batch.insert(keys::verification(&previous), encode(&old));
                 }
             }
-            batch.insert(verification_key(&send.id), encode(&send.record));
-            batch.insert(pending_key(owner, to), &send.id.0[..]);
-            batch.insert(number_key(to), encode(&stats));
+            batch.insert(keys::verification(&send.id), encode(&send.record));
+            batch.insert(keys::pending(owner, to), &send.id.0[..]);
+            batch.insert(keys::number(to), encode(&stats));
             let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id.to_string()));
-            batch.insert(message_key(&send.message_id), encode(&message));
-            batch.insert(queue_key(&send.message_id), &[][..]);
+            for (k, v) in queued_rows(&send.message_id, &message) {
+                batch.insert(k, v);
+            }
             if let Some((key, body_sha256, response)) = &send.idempotency {
-                let entry = IdempotencyEntry {
-                    body_sha256: body_sha256.clone(),
-                    id: send.id.to_string(),
-                    created_ms: send.record.last_send_ms,
-                    response: Some(response.clone()),
-                };
-                batch.insert(Self::idempotency_key(owner, key), encode(&entry));
+                let (k, v) = idempotency::row(owner, key, body_sha256, &send.id, send.record.last_send_ms, Some(response));
+                batch.insert(k, v);
             }
             self.db.apply_batch(batch)?;
             self.queue_changed(1);
@@ -212,22 +187,22 @@ impl Store {
             let Some(mut record) = self.verification(id)? else {
                 return Ok(None);
             };
-            let mut stats: NumberStats = self.read(&number_key(&record.to), || "number stats".to_string())?.unwrap_or_default();
+            let mut stats: NumberStats = self.read(&keys::number(&record.to), || "number stats".to_string())?.unwrap_or_default();
             let was_pending = record.status == VerificationStatus::Pending;
             let out = change(&mut record, &mut stats);
             let mut batch = sled::Batch::default();
             if was_pending && record.status != VerificationStatus::Pending {
                 let done = record.done_ms.unwrap_or(record.last_send_ms);
                 record.done_ms = Some(done);
-                batch.insert(done_key(DONE, done, id), &[][..]);
+                batch.insert(keys::done(keys::VERIFICATION_DONE, done, id), &[][..]);
                 // Only drop the index if it still points here.
-                let index = pending_key(&record.owner, &record.to);
+                let index = keys::pending(&record.owner, &record.to);
                 if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
                     batch.remove(index);
                 }
             }
-            batch.insert(verification_key(id), encode(&record));
-            batch.insert(number_key(&record.to), encode(&stats));
+            batch.insert(keys::verification(id), encode(&record));
+            batch.insert(keys::number(&record.to), encode(&stats));
             self.db.apply_batch(batch)?;
             (record, out)
         };
@@ -238,16 +213,15 @@ impl Store {
     /// Deletes verifications finished more than `retention` ago and number stats with nothing
     /// recent. Returns how many verifications went.
     pub fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
-        let cutoff = record::to_ms(now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH));
         let mut deleted = 0;
-        for entry in self.finished_by(DONE, cutoff) {
+        for entry in self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)) {
             let (k, id) = entry?;
-            self.db.remove(verification_key(&id))?;
+            self.db.remove(keys::verification(&id))?;
             self.db.remove(k)?;
             deleted += 1;
         }
-        let stale_before = record::to_ms(now.checked_sub(stats_window).unwrap_or(std::time::UNIX_EPOCH));
-        for entry in self.db.scan_prefix([b'n']) {
+        let stale_before = cutoff(stats_window, now);
+        for entry in self.db.scan_prefix([keys::NUMBER]) {
             let (k, v) = entry?;
             let stale = serde_json::from_slice::<NumberStats>(&v)
                 .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
@@ -263,11 +237,9 @@ impl Store {
     /// Ids of pending verifications (for the sweep to expire the ones past their time).
     pub fn pending_verifications(&self) -> Result<Vec<MessageId>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([b'o']) {
+        for entry in self.db.scan_prefix([keys::PENDING]) {
             let (_, v) = entry?;
-            if let Ok(bytes) = <[u8; 16]>::try_from(&v[..]) {
-                out.push(MessageId(bytes));
-            }
+            out.extend(keys::id_from(&v));
         }
         Ok(out)
     }

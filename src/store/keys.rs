@@ -1,0 +1,92 @@
+//! The one sled tree's row kinds: each key starts with one prefix byte, named here and nowhere
+//! else.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (JSON) |
+//! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
+//! | `r` | carrier, NUL, canonical SMSC id | message id: receipt correlation |
+//! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
+//! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
+//! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
+//! | `c` | (none) | the queue depth, written by a clean close and consumed by the next open |
+//! | `v` | verification id | the verification record (JSON; the code only as an HMAC) |
+//! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
+//! | `n` | number | recent sends and failed checks of the number |
+//! | `w` | done time (ms, BE), verification id | empty: finished verifications, for the sweep |
+
+use super::record::MessageId;
+
+pub(super) const MESSAGE: u8 = b'm';
+pub(super) const QUEUE: u8 = b'q';
+pub(super) const RECEIPT_INDEX: u8 = b'r';
+pub(super) const HELD_RECEIPT: u8 = b'e';
+pub(super) const IDEMPOTENCY: u8 = b'k';
+pub(super) const MESSAGE_DONE: u8 = b'd';
+pub(super) const VERIFICATION: u8 = b'v';
+pub(super) const PENDING: u8 = b'o';
+pub(super) const NUMBER: u8 = b'n';
+pub(super) const VERIFICATION_DONE: u8 = b'w';
+
+/// The queue depth at the last clean close: a whole key of its own.
+pub(super) const CLEAN_CLOSE: &[u8] = b"c";
+
+/// A queue row's value while a submit of its message is under way (its result not recorded
+/// yet): seen at startup, the previous process died mid-submit and the SMSC may have the message.
+pub(super) const IN_FLIGHT: &[u8] = &[1];
+
+/// `prefix`, then `parts` separated by NUL.
+pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(prefix);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+pub(super) fn message(id: &MessageId) -> Vec<u8> {
+    key(MESSAGE, &[&id.0])
+}
+
+pub(super) fn queue(id: &MessageId) -> Vec<u8> {
+    key(QUEUE, &[&id.0])
+}
+
+pub(super) fn receipt_index(carrier: &str, smsc_id: &str) -> Vec<u8> {
+    key(RECEIPT_INDEX, &[carrier.as_bytes(), smsc_id.as_bytes()])
+}
+
+/// The prefix of every held-receipt row of `carrier` for `candidate`.
+pub(super) fn held_receipts(carrier: &str, candidate: &str) -> Vec<u8> {
+    key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), b""])
+}
+
+pub(super) fn verification(id: &MessageId) -> Vec<u8> {
+    key(VERIFICATION, &[&id.0])
+}
+
+pub(super) fn pending(owner: &str, to: &str) -> Vec<u8> {
+    key(PENDING, &[owner.as_bytes(), to.as_bytes()])
+}
+
+pub(super) fn number(to: &str) -> Vec<u8> {
+    key(NUMBER, &[to.as_bytes()])
+}
+
+/// A row of a "finished at" index ([`MESSAGE_DONE`], [`VERIFICATION_DONE`]): prefix, done
+/// time (ms, big-endian so rows sort oldest first), id.
+pub(super) fn done(prefix: u8, done_ms: u64, id: &MessageId) -> Vec<u8> {
+    let mut k = vec![prefix];
+    k.extend_from_slice(&done_ms.to_be_bytes());
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// The id in a row key or value that is exactly one.
+pub(super) fn id_from(bytes: &[u8]) -> Option<MessageId> {
+    <[u8; 16]>::try_from(bytes).ok().map(MessageId)
+}

@@ -1,0 +1,302 @@
+//! Message rows: intake, the queue (with its in-flight mark), submit results and endings.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus};
+use super::{Change, Store, StoreError, encode, idempotency, keys, lock};
+
+/// A message about to be taken in.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub owner: String,
+    pub to: String,
+    pub from: Option<String>,
+    pub text: String,
+    pub deadline: SystemTime,
+}
+
+/// The rows that queue a message, record first: the one way every intake (API message,
+/// verification, failover resend) writes a queued message, whether row by row or in a batch.
+pub(super) fn queued_rows(id: &MessageId, record: &MessageRecord) -> [(Vec<u8>, Vec<u8>); 2] {
+    [(keys::message(id), encode(record)), (keys::queue(id), Vec::new())]
+}
+
+impl Store {
+    pub(super) fn get_record(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.read(&keys::message(id), || format!("message {id}"))
+    }
+
+    pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_record(id)
+    }
+
+    /// Takes a message in: record, queue entry and (optionally) idempotency entry, written in
+    /// that order, then waits for the group commit. When this returns `Ok`, the message is on
+    /// disk.
+    pub async fn insert_message(
+        &self,
+        message: NewMessage,
+        idempotency: Option<(&str, &str)>,
+        now: SystemTime,
+    ) -> Result<(MessageId, MessageRecord), StoreError> {
+        let result = self.insert_message_unchecked(message, idempotency, now).await;
+        self.note(result)
+    }
+
+    async fn insert_message_unchecked(
+        &self,
+        message: NewMessage,
+        idempotency: Option<(&str, &str)>,
+        now: SystemTime,
+    ) -> Result<(MessageId, MessageRecord), StoreError> {
+        let id = self.new_id();
+        let record = MessageRecord::queued(message, record::to_ms(now), None);
+        // Record, queue row, then the key that replays it: in this order (module doc).
+        self.write_queued(&id, &record)?;
+        if let Some((key, body_sha256)) = idempotency {
+            let (k, v) = idempotency::row(&record.owner, key, body_sha256, &id, record.created_ms, None);
+            self.db.insert(k, v)?;
+        }
+        self.commit.durable().await?;
+        Ok((id, record))
+    }
+
+    /// Takes in a message under a given id for a verification (receipt failover), durably.
+    pub async fn insert_otp_message(
+        &self,
+        id: MessageId,
+        message: NewMessage,
+        verification: &MessageId,
+        now: SystemTime,
+    ) -> Result<MessageRecord, StoreError> {
+        let record = MessageRecord::queued(message, record::to_ms(now), Some(verification.to_string()));
+        self.write_queued(&id, &record)?;
+        self.commit.durable().await?;
+        Ok(record)
+    }
+
+    /// Writes a queued message's rows in order and counts it.
+    fn write_queued(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
+        for (k, v) in queued_rows(id, record) {
+            self.db.insert(k, v)?;
+        }
+        self.queue_changed(1);
+        Ok(())
+    }
+
+    pub(super) fn queue_changed(&self, by: i64) {
+        self.queued.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// How many messages wait to be submitted, and how long the oldest has waited.
+    pub fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
+        let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
+        let oldest = self
+            .db
+            .scan_prefix([keys::QUEUE])
+            .next()
+            .and_then(Result::ok)
+            .and_then(|(k, _)| keys::id_from(&k[1..]))
+            .and_then(|id| self.get_record(&id).ok().flatten())
+            .map(|r| now.duration_since(record::from_ms(r.created_ms)).unwrap_or_default())
+            .unwrap_or_default();
+        (depth, oldest)
+    }
+
+    /// Every message waiting to be sent, oldest first (tests; recovery pages with
+    /// [`Store::queued_page`]).
+    pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(last) = self.last_queued()? else { return Ok(out) };
+        let mut after = None;
+        loop {
+            let page = self.queued_page(after.as_ref(), &last, 1024)?;
+            let Some((id, _)) = page.last() else { return Ok(out) };
+            after = Some(*id);
+            out.extend(page);
+        }
+    }
+
+    /// Up to `limit` of the oldest queued messages, read only (no recovery bookkeeping).
+    pub fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix([keys::QUEUE]).take(limit) {
+            let (k, _) = entry?;
+            let Some(id) = keys::id_from(&k[1..]) else { continue };
+            if let Some(record) = self.get_record(&id)?.filter(|r| r.status == MessageStatus::Queued) {
+                out.push((id, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest queued message now: recovery stops there, so messages taken in while it runs
+    /// are not queued twice.
+    pub fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
+        match self.db.scan_prefix([keys::QUEUE]).next_back() {
+            Some(entry) => Ok(keys::id_from(&entry?.0[1..])),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
+    /// that were mid-submit when the last process died (`in_flight`), for the resubmit count.
+    pub fn queued_page(
+        &self,
+        after: Option<&MessageId>,
+        until: &MessageId,
+        limit: usize,
+    ) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = keys::queue(id);
+                k.push(0);
+                k
+            }
+            None => vec![keys::QUEUE],
+        };
+        let mut out = Vec::new();
+        for entry in self.db.range(start..=keys::queue(until)) {
+            let (k, v) = entry?;
+            let Some(id) = keys::id_from(&k[1..]) else { continue };
+            match self.get_record(&id)? {
+                Some(mut record) if record.status == MessageStatus::Queued => {
+                    record.in_flight = v.as_ref() == keys::IN_FLIGHT;
+                    if record.in_flight {
+                        // The last process died mid-submit: counted once, on disk.
+                        let _guard = lock(&self.writes);
+                        record.unconfirmed += 1;
+                        self.db.insert(keys::message(&id), encode(&record))?;
+                        self.db.insert(&k, &[][..])?;
+                    }
+                    out.push((id, record));
+                }
+                // Left by a change a crash cut short (module doc): the record moved on, or
+                // never made it to disk (and was never acknowledged).
+                _ => {
+                    let _guard = lock(&self.writes);
+                    if self.db.remove(&k)?.is_some() {
+                        self.queue_changed(-1);
+                    }
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Changes one record under the write lock. `change` returns false to leave it untouched.
+    fn update(
+        &self,
+        id: &MessageId,
+        change: impl FnOnce(&mut MessageRecord, &mut Change) -> bool,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let _guard = lock(&self.writes);
+        let Some(mut record) = self.get_record(id)? else {
+            return Ok(None);
+        };
+        let mut rows = Change::default();
+        if !change(&mut record, &mut rows) {
+            return Ok(Some(record));
+        }
+        self.apply(rows, keys::message(id), encode(&record))?;
+        Ok(Some(record))
+    }
+
+    /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
+    pub fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+        // The queue row's value, not a record rewrite or a row of its own: this runs once per
+        // submit, and the queue row goes anyway when the submit is recorded. Only a row that is
+        // still there is marked (a message finished meanwhile is not queued again).
+        let _ = self.db.compare_and_swap(keys::queue(id), Some(&[][..]), Some(keys::IN_FLIGHT))?;
+        Ok(())
+    }
+
+    /// Takes the mark back when the submit never went out (no carrier had room in time).
+    pub fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+        let _ = self.db.compare_and_swap(keys::queue(id), Some(keys::IN_FLIGHT), Some(&[][..]))?;
+        Ok(())
+    }
+
+    /// Records a failed or deferred attempt; the message stays queued. `unconfirmed`: the
+    /// submit went out and got no readable answer. Returns the unconfirmed submits so far.
+    pub fn record_attempt(&self, id: &MessageId, attempt: Attempt, unconfirmed: bool) -> Result<u32, StoreError> {
+        let record = self.update(id, |r, rows| {
+            if r.status == MessageStatus::Queued {
+                rows.add(keys::queue(id), []);
+            }
+            r.unconfirmed += u32::from(unconfirmed);
+            r.push_attempt(attempt);
+            true
+        })?;
+        Ok(record.map_or(0, |r| r.unconfirmed))
+    }
+
+    /// Ends a message without a submit (expired, failed): leaves the queue.
+    pub fn finish(
+        &self,
+        id: &MessageId,
+        status: MessageStatus,
+        error: Option<String>,
+        attempt: Option<Attempt>,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let done = record::to_ms(now);
+        self.update(id, |r, rows| {
+            if r.status.is_final() {
+                return false;
+            }
+            if r.status == MessageStatus::Queued {
+                self.queue_changed(-1);
+            }
+            r.status = status;
+            r.error = error;
+            r.done_ms = Some(done);
+            if let Some(a) = attempt {
+                r.push_attempt(a);
+            }
+            rows.add(keys::done(keys::MESSAGE_DONE, done, id), []);
+            rows.remove(keys::queue(id));
+            true
+        })?;
+        Ok(())
+    }
+
+    /// Records an accepted submit: status, SMSC id and the receipt index in one change, then
+    /// applies any receipt that arrived before this response. Returns the status afterwards.
+    pub fn mark_submitted(
+        &self,
+        id: &MessageId,
+        carrier: &str,
+        smsc_id: &str,
+        attempt: Attempt,
+        now: SystemTime,
+    ) -> Result<Option<MessageStatus>, StoreError> {
+        let now_ms = record::to_ms(now);
+        let _guard = lock(&self.writes);
+        let Some(mut record) = self.get_record(id)? else {
+            return Ok(None);
+        };
+        let mut rows = Change::default();
+        record.push_attempt(attempt);
+        if record.status.is_final() {
+            // A late response for a message already finished (e.g. expired meanwhile).
+            self.apply(rows, keys::message(id), encode(&record))?;
+            return Ok(Some(record.status));
+        }
+        if record.status == MessageStatus::Queued {
+            self.queue_changed(-1);
+        }
+        record.status = MessageStatus::Submitted;
+        record.submitted_ms = Some(now_ms);
+        record.carrier = Some(carrier.to_string());
+        record.smsc_message_id = Some(smsc_id.to_string());
+        self.index_submit(&mut record, id, carrier, smsc_id, now_ms, &mut rows)?;
+        rows.remove(keys::queue(id));
+        self.apply(rows, keys::message(id), encode(&record))?;
+        Ok(Some(record.status))
+    }
+}

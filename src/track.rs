@@ -1,0 +1,160 @@
+//! Receipt tracking: receipts from every carrier session to their messages in the store, a
+//! batch per group commit, each answered to its SMSC only once it is on disk. Reads each
+//! receipt's ids the ways its carrier allows (learning the one way under `receipt_id = "auto"`),
+//! counts what matched and reports failed OTP messages for receipt failover.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use crate::smpp::receipt::{IdReading, IdRelation};
+use crate::smpp::{DeliveryState, Receipt, ReceiptEvent};
+use crate::smsc_id;
+use crate::store::{IncomingReceipt, MessageId, MessageStatus, ReceiptMatch, Store};
+
+/// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
+/// is answered only once its receipt is on disk.
+pub(crate) const RECEIPT_QUEUE: usize = 4096;
+
+/// Receipts applied before one group commit covers them all.
+const RECEIPT_BATCH: usize = 256;
+
+/// Applies receipts to their messages, a batch at a time, and answers the SMSC for each only
+/// once the batch is on disk (one group commit per batch, so the receipt rate does not fall).
+/// Failed ones are reported for OTP receipt failover.
+pub(crate) async fn track_receipts(
+    store: Arc<Store>,
+    mut receipts: mpsc::Receiver<ReceiptEvent>,
+    failed: mpsc::UnboundedSender<MessageId>,
+) {
+    let mut batch = Vec::with_capacity(RECEIPT_BATCH);
+    let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
+    while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
+        let applied: Vec<bool> =
+            batch.iter().map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed)).collect();
+        let durable = match store.durable().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "receipts not flushed; the SMSC is asked to send them again");
+                false
+            }
+        };
+        for (mut event, applied) in batch.drain(..).zip(applied) {
+            event.recorded(applied && durable);
+        }
+    }
+}
+
+/// What `receipt_id = "auto"` has learned of one carrier's receipt ids.
+#[derive(Default)]
+struct IdLearner {
+    learned: Option<IdReading>,
+    /// The reading of the last unambiguous matches, and how many in a row.
+    streak: Option<(IdReading, u32)>,
+}
+
+/// Unambiguous matches in a row under one reading before `auto` settles on it.
+const LEARN_AFTER: u32 = 5;
+
+impl IdLearner {
+    fn observe(&mut self, carrier: &str, reading: IdReading) {
+        if self.learned.is_some() {
+            return;
+        }
+        let run = match self.streak {
+            Some((r, n)) if r == reading => n + 1,
+            _ => 1,
+        };
+        self.streak = Some((reading, run));
+        if run >= LEARN_AFTER {
+            tracing::info!(carrier, reading = reading.as_str(), "receipt ids learned: matched this way {LEARN_AFTER} times in a row");
+            self.learned = Some(reading);
+        }
+    }
+}
+
+/// Applies one receipt; false when the store could not record it.
+fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
+    let carrier = event.carrier.to_string();
+    let receipt = match &event.receipt {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            // Nothing in it to keep: counted, and answered like any other.
+            tracing::warn!(%carrier, error = %e, "unreadable receipt counted as unmatched");
+            metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
+            return true;
+        }
+    };
+    metrics::counter!("otpgate_receipts_total", "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
+    let readings = event.id_relation.readings(ids.learned);
+    match store.apply_receipt(&carrier, incoming(receipt, readings), SystemTime::now()) {
+        Ok(ReceiptMatch::Matched { id, status, latency, finished, reading }) => {
+            tracing::debug!(%carrier, message_id = %id, status = status.as_str(), "receipt matched");
+            if let (IdRelation::Auto, Some(reading)) = (event.id_relation, reading) {
+                ids.observe(&carrier, reading);
+            }
+            if let Some(latency) = latency {
+                metrics::histogram!("otpgate_receipt_latency_seconds", "carrier" => carrier.clone()).record(latency.as_secs_f64());
+            }
+            if finished {
+                metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
+                if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
+                    let _ = failed.send(id);
+                }
+            }
+            true
+        }
+        Ok(ReceiptMatch::Late { id }) => {
+            tracing::debug!(%carrier, message_id = %id, "receipt after the final one; counted, not applied");
+            metrics::counter!("otpgate_receipts_late_total", "carrier" => carrier).increment(1);
+            true
+        }
+        Ok(ReceiptMatch::Ambiguous) => {
+            tracing::warn!(%carrier, smsc_id = %receipt.message_id, "receipt id names different messages under different readings; not applied (set receipt_id for this carrier)");
+            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => carrier).increment(1);
+            true
+        }
+        Ok(ReceiptMatch::Held) => {
+            tracing::debug!(%carrier, smsc_id = %receipt.message_id, "receipt arrived before its submit_sm_resp; held");
+            true
+        }
+        Ok(ReceiptMatch::Dropped) => {
+            // Logged by count, not per receipt: a flood of them is the case this guards.
+            metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "held_full").increment(1);
+            true
+        }
+        Err(e) => {
+            tracing::error!(%carrier, error = %e, "could not record receipt");
+            false
+        }
+    }
+}
+
+/// The status a final receipt puts a message in; `None` for progress reports.
+pub(crate) fn final_status(state: DeliveryState) -> Option<MessageStatus> {
+    Some(match state {
+        DeliveryState::Delivered => MessageStatus::Delivered,
+        DeliveryState::Undeliverable | DeliveryState::Deleted => MessageStatus::Undeliverable,
+        DeliveryState::Expired => MessageStatus::Expired,
+        DeliveryState::Rejected => MessageStatus::Rejected,
+        _ => return None,
+    })
+}
+
+/// A receipt as the store matches it: the TLV id as the response's id itself, the text id
+/// under each of `readings`.
+pub(crate) fn incoming(receipt: &Receipt, readings: &[IdReading]) -> IncomingReceipt<IdReading> {
+    let read_ids = match receipt.text_id() {
+        Some(text) => readings.iter().filter_map(|&r| r.response_id(text).map(|k| (r, k))).collect(),
+        None => Vec::new(),
+    };
+    IncomingReceipt {
+        exact_id: receipt.tlv_id().map(smsc_id::canonical),
+        read_ids,
+        stat: receipt.stat.clone().unwrap_or_else(|| receipt.state.as_str().to_string()),
+        err: receipt.err.clone(),
+        final_status: final_status(receipt.state),
+    }
+}
