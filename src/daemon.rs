@@ -10,30 +10,22 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Dispatch, Dispatcher, Job, Policy};
+use crate::dispatch::{Dispatcher, Policy};
 use crate::http::{self, AppState};
 use crate::otp::Otp;
 use crate::route::Network;
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::store::{MessageId, MessageStatus, Store, StoreError, StoreOptions};
-use crate::{telemetry, track};
-
-/// Recovery reads the queue this many messages at a time ...
-const RECOVERY_PAGE: usize = 1024;
-/// ... while the dispatcher holds fewer than this many unfinished jobs.
-const RECOVERY_BACKLOG: usize = 8192;
-
-/// How often the retention sweep runs.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::tasks::TaskGroup;
+use crate::{recovery, retention, telemetry, track};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -58,19 +50,17 @@ pub struct Daemon {
     receipts: Mutex<Option<mpsc::Sender<ReceiptEvent>>>,
     store: Arc<Store>,
     metrics_addr: SocketAddr,
-    /// Stops the metrics server and the gauge sampler.
-    telemetry_stop: CancellationToken,
     state: Arc<AppState>,
     dispatcher: Dispatcher,
     http_addr: SocketAddr,
-    http_stop: CancellationToken,
-    http_task: JoinHandle<()>,
     carriers_stop: CancellationToken,
-    receipts_task: JoinHandle<()>,
-    sweep_task: JoinHandle<()>,
-    failover_stop: CancellationToken,
-    failover_task: JoinHandle<()>,
-    recovery_stop: CancellationToken,
+    /// Background tasks by shutdown stage (see [`Daemon::shutdown`]): what feeds the dispatcher
+    /// (recovery, receipt failover) and the retention sweep; receipt tracking; the HTTP
+    /// intake; the metrics server and gauge sampler.
+    feeders: TaskGroup,
+    receipt_tracking: TaskGroup,
+    intake: TaskGroup,
+    telemetry: TaskGroup,
 }
 
 impl Daemon {
@@ -122,14 +112,14 @@ impl Daemon {
         let key_file = config.otp.hmac_key_file.clone().unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
         let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
-        let recovery_stop = CancellationToken::new();
+        let feeders = TaskGroup::new();
         let max_resends = config.messages.max_unconfirmed_resends;
-        tokio::spawn(recover(store.clone(), otp.clone(), dispatch.clone(), max_resends, recovery_stop.clone()));
-        let failover_stop = CancellationToken::new();
-        let failover_task = tokio::spawn(otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, failover_stop.clone()));
-
-        let receipts_task = tokio::spawn(track::track_receipts(store.clone(), receipts_rx, otp_failed));
-        let sweep_task = tokio::spawn(sweep(store.clone(), otp.clone(), config.store.retention));
+        feeders.spawn(|stop| recovery::recover(store.clone(), otp.clone(), dispatch.clone(), max_resends, stop));
+        feeders.spawn(|stop| otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, stop));
+        feeders.spawn(|stop| retention::sweep(store.clone(), otp.clone(), config.store.retention, stop));
+        let receipt_tracking = TaskGroup::new();
+        // Ends when every session is gone and the channel is drained, not on a stop.
+        receipt_tracking.spawn(|_| track::track_receipts(store.clone(), receipts_rx, otp_failed));
 
         let state = Arc::new(AppState::new(
             store.clone(),
@@ -140,19 +130,18 @@ impl Daemon {
             config.messages.clone(),
             config.server.http_body_timeout,
         ));
-        let telemetry_stop = CancellationToken::new();
-        tokio::spawn(telemetry::serve(metrics_listener, telemetry_stop.clone()));
+        let telemetry = TaskGroup::new();
+        telemetry.spawn(|stop| telemetry::serve(metrics_listener, stop));
         let sampled = network.clone();
         let carriers_now = Arc::new(move || sampled.current().carriers.clone());
-        tokio::spawn(telemetry::sample_gauges(carriers_now, store.clone(), telemetry_stop.clone()));
-        let http_stop = CancellationToken::new();
+        telemetry.spawn(|stop| telemetry::sample_gauges(carriers_now, store.clone(), stop));
+        let intake = TaskGroup::new();
         let app = http::router(state.clone());
-        let stop = http_stop.clone();
         let limits = http::serve::Limits {
             max_connections: http::serve::connections_that_fit(config.server.http_max_connections),
             header_timeout: config.server.http_header_timeout,
         };
-        let http_task = tokio::spawn(http::serve::serve(listener, app, limits, stop));
+        intake.spawn(|stop| http::serve::serve(listener, app, limits, stop));
         tracing::info!(%http_addr, %metrics_addr, "HTTP intake and metrics listening");
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");
@@ -165,18 +154,14 @@ impl Daemon {
             receipts: Mutex::new(Some(receipts)),
             store,
             metrics_addr,
-            telemetry_stop,
             state,
             dispatcher,
             http_addr,
-            http_stop,
-            http_task,
             carriers_stop,
-            receipts_task,
-            sweep_task,
-            failover_stop,
-            failover_task,
-            recovery_stop,
+            feeders,
+            receipt_tracking,
+            intake,
+            telemetry,
         })
     }
 
@@ -276,24 +261,19 @@ impl Daemon {
         // New requests get 503 shutting_down from here on; the listener stays open until the
         // drain ends, so clients read a clear answer instead of "connection refused".
         self.state.accepting.store(false, Ordering::Release);
-        self.recovery_stop.cancel();
-        self.failover_stop.cancel();
-        let mut clean = tokio::time::timeout(left(), self.failover_task).await.is_ok();
+        let mut clean = self.feeders.stop(left()).await;
         clean &= self.dispatcher.shutdown(left()).await;
         self.carriers_stop.cancel();
         lock(&self.receipts).take();
         let unbound = futures::future::join_all(carriers.iter().map(|c| c.stopped()));
         clean &= tokio::time::timeout(left(), unbound).await.is_ok();
         // The sessions are gone, so the receipt channel closes once drained.
-        clean &= tokio::time::timeout(left(), self.receipts_task).await.is_ok();
-        self.http_stop.cancel();
-        clean &= tokio::time::timeout(left(), self.http_task).await.is_ok();
+        clean &= self.receipt_tracking.drain(left()).await;
+        clean &= self.intake.stop(left()).await;
         // Requests whose client hung up still finish (their hand-off to the dispatcher included).
         self.state.requests.close();
         clean &= tokio::time::timeout(left(), self.state.requests.wait()).await.is_ok();
-        self.sweep_task.abort();
-        let _ = self.sweep_task.await;
-        self.telemetry_stop.cancel();
+        clean &= self.telemetry.stop(left()).await;
         match self.store.close().await {
             Ok(()) => clean,
             Err(e) => {
@@ -314,147 +294,4 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), DaemonErr
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Re-queues what the previous run left: every queued message, in order, in the background and
-/// only as fast as the dispatcher drains (a million queued messages never sit in memory at once).
-/// OTP messages get a fresh code (the old one only ever existed in the dead process's memory).
-/// Then it keeps looking: a message queued in the store but not handed to the dispatcher (a hand-off
-/// lost on the way) is found within [`ORPHAN_SCAN_EVERY`] and handed over.
-async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, max_resends: u32, stop: CancellationToken) {
-    metrics::counter!("otpgate_resubmits_total").increment(0);
-    metrics::counter!("otpgate_recovered_total").increment(0);
-    metrics::counter!("otpgate_orphans_found_total").increment(0);
-    let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
-    if let Ok(Some(last)) = store.last_queued() {
-        let started = std::time::Instant::now();
-        let (mut requeued, mut resubmits) = (0usize, 0usize);
-        let mut after = None;
-        loop {
-            // Feed the dispatcher only as fast as it drains.
-            while dispatch.backlog() > RECOVERY_BACKLOG {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE) {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(error = %e, "recovery could not read the queue; the rest waits for the next start");
-                    return;
-                }
-            };
-            let Some((id, _)) = page.last() else { break };
-            after = Some(*id);
-            for (id, record) in page {
-                requeued += 1;
-                resubmits += usize::from(record.in_flight);
-                handover.hand(id, &record).await;
-            }
-            metrics::counter!("otpgate_recovered_total").absolute(requeued as u64);
-        }
-        metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
-        tracing::info!(requeued, resubmits, seconds = started.elapsed().as_secs_f64(), "re-queued every message left by the previous run");
-    }
-    let mut tick = tokio::time::interval(ORPHAN_SCAN_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        let oldest = match store.oldest_queued(ORPHAN_SCAN_ROWS) {
-            Ok(oldest) => oldest,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the queue to look for lost hand-offs");
-                continue;
-            }
-        };
-        let settled = crate::store::record::to_ms(SystemTime::now().checked_sub(ORPHAN_AFTER).unwrap_or(std::time::UNIX_EPOCH));
-        for (id, record) in oldest {
-            if record.created_ms > settled || dispatch.knows(&id) {
-                continue;
-            }
-            tracing::warn!(message_id = %id, "queued but not known to the dispatcher; handed over");
-            metrics::counter!("otpgate_orphans_found_total").increment(1);
-            handover.hand(id, &record).await;
-        }
-    }
-}
-
-/// How often the queue's oldest messages are checked against what the dispatcher knows ...
-const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);
-/// ... how many of them ...
-const ORPHAN_SCAN_ROWS: usize = 1024;
-/// ... and how old a message must be before a missing hand-off is not just one still under way.
-const ORPHAN_AFTER: Duration = Duration::from_secs(5);
-
-/// Hands a queued message from the store to the dispatcher.
-struct Handover<'a> {
-    store: &'a Store,
-    otp: &'a Otp,
-    dispatch: &'a Dispatch,
-    max_resends: u32,
-}
-
-impl Handover<'_> {
-    async fn hand(&self, id: MessageId, record: &crate::store::MessageRecord) {
-        if record.unconfirmed > self.max_resends {
-            tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
-            metrics::counter!("otpgate_resend_limit_total").increment(1);
-            let error = format!(
-                "{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset",
-                record.unconfirmed
-            );
-            if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()) {
-                tracing::error!(message_id = %id, error = %e, "store update failed");
-            }
-            return;
-        }
-        if record.verification.is_none() {
-            self.dispatch.enqueue(Job::from_record(id, record));
-            return;
-        }
-        match self.otp.reissue(id, record).await {
-            Ok(Some(job)) => self.dispatch.enqueue(job),
-            Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
-            Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
-        }
-    }
-}
-
-/// Deletes finished messages and verifications past retention, expires stale verifications and
-/// reports receipts that never matched.
-async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration) {
-    let mut ticker = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        ticker.tick().await;
-        if let Err(e) = otp.expire_stale().await {
-            tracing::error!(error = %e, "expiring verifications failed");
-        }
-        let store = store.clone();
-        let stats_window = otp.stats_window();
-        let now = otp.now();
-        let swept = tokio::task::spawn_blocking(move || {
-            store.sweep_verifications(retention, stats_window, now)?;
-            store.sweep(retention, now)
-        })
-        .await;
-        match swept {
-            Ok(Ok((deleted, unmatched))) => {
-                if deleted > 0 {
-                    tracing::info!(deleted, "retention sweep");
-                }
-                if !unmatched.is_empty() {
-                    tracing::warn!(count = unmatched.len(), "receipts matched no message in time; dropped");
-                }
-                for carrier in unmatched {
-                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier.clone()).increment(1);
-                    metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "unmatched").increment(1);
-                }
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
-        }
-    }
 }

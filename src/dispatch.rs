@@ -198,7 +198,7 @@ impl Dispatcher {
         } else if wanted < *capacity {
             let excess = u32::try_from(*capacity - wanted).unwrap_or(u32::MAX);
             let (permits, stop) = (self.permits.clone(), self.stop.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 tokio::select! {
                     withdrawn = permits.acquire_many_owned(excess) => {
                         if let Ok(withdrawn) = withdrawn {

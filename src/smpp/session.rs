@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::codec::{Frame, FrameCodec};
 use super::message::c_octet;
@@ -249,6 +250,8 @@ struct Inner {
     closed: CancellationToken,
     close_reason: Mutex<Option<CloseReason>>,
     last_received: Mutex<Instant>,
+    /// The session's reader, writer, keepalive and answerer: [`Session::closed`] waits for them.
+    tasks: TaskTracker,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -295,12 +298,14 @@ impl Session {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             last_received: Mutex::new(Instant::now()),
+            tasks: TaskTracker::new(),
         });
         let (sink, stream) = framed.split();
-        tokio::spawn(write_loop(sink, outbound_rx, replies_rx, inner.clone()));
-        tokio::spawn(read_loop(stream, inner.clone(), receipts));
-        tokio::spawn(keepalive_loop(inner.clone()));
-        tokio::spawn(answer_when_recorded(awaited_rx, inner.clone()));
+        inner.tasks.spawn(write_loop(sink, outbound_rx, replies_rx, inner.clone()));
+        inner.tasks.spawn(read_loop(stream, inner.clone(), receipts));
+        inner.tasks.spawn(keepalive_loop(inner.clone()));
+        inner.tasks.spawn(answer_when_recorded(awaited_rx, inner.clone()));
+        inner.tasks.close();
         Ok(Session { inner })
     }
 
@@ -369,9 +374,10 @@ impl Session {
         self.inner.closed.is_cancelled()
     }
 
-    /// Waits until the session has closed, and says why.
+    /// Waits until the session has closed and its tasks have ended, and says why.
     pub async fn closed(&self) -> CloseReason {
         self.inner.closed.cancelled().await;
+        self.inner.tasks.wait().await;
         lock(&self.inner.close_reason).clone().unwrap_or(CloseReason::Unbound)
     }
 

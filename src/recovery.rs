@@ -1,0 +1,124 @@
+//! Recovery: what the previous process left queued (or mid-submit) goes back to the dispatcher
+//! at start, only as fast as it drains; then a scan finds messages queued in the store whose
+//! hand-off to the dispatcher was lost.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{Dispatch, Job};
+use crate::otp::Otp;
+use crate::store::{MessageId, MessageRecord, MessageStatus, Store};
+
+/// Recovery reads the queue this many messages at a time ...
+const RECOVERY_PAGE: usize = 1024;
+/// ... while the dispatcher holds fewer than this many unfinished jobs.
+const RECOVERY_BACKLOG: usize = 8192;
+
+/// Re-queues what the previous run left: every queued message, in order, in the background and
+/// only as fast as the dispatcher drains (a million queued messages never sit in memory at once).
+/// OTP messages get a fresh code (the old one only ever existed in the dead process's memory).
+/// Then it keeps looking: a message queued in the store but not handed to the dispatcher (a hand-off
+/// lost on the way) is found within [`ORPHAN_SCAN_EVERY`] and handed over.
+pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, max_resends: u32, stop: CancellationToken) {
+    metrics::counter!("otpgate_resubmits_total").increment(0);
+    metrics::counter!("otpgate_recovered_total").increment(0);
+    metrics::counter!("otpgate_orphans_found_total").increment(0);
+    let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
+    if let Ok(Some(last)) = store.last_queued() {
+        let started = std::time::Instant::now();
+        let (mut requeued, mut resubmits) = (0usize, 0usize);
+        let mut after = None;
+        loop {
+            // Feed the dispatcher only as fast as it drains.
+            while dispatch.backlog() > RECOVERY_BACKLOG {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "recovery could not read the queue; the rest waits for the next start");
+                    return;
+                }
+            };
+            let Some((id, _)) = page.last() else { break };
+            after = Some(*id);
+            for (id, record) in page {
+                requeued += 1;
+                resubmits += usize::from(record.in_flight);
+                handover.hand(id, &record).await;
+            }
+            metrics::counter!("otpgate_recovered_total").absolute(requeued as u64);
+        }
+        metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
+        tracing::info!(requeued, resubmits, seconds = started.elapsed().as_secs_f64(), "re-queued every message left by the previous run");
+    }
+    let mut tick = tokio::time::interval(ORPHAN_SCAN_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let oldest = match store.oldest_queued(ORPHAN_SCAN_ROWS) {
+            Ok(oldest) => oldest,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the queue to look for lost hand-offs");
+                continue;
+            }
+        };
+        let settled = crate::store::record::to_ms(SystemTime::now().checked_sub(ORPHAN_AFTER).unwrap_or(std::time::UNIX_EPOCH));
+        for (id, record) in oldest {
+            if record.created_ms > settled || dispatch.knows(&id) {
+                continue;
+            }
+            tracing::warn!(message_id = %id, "queued but not known to the dispatcher; handed over");
+            metrics::counter!("otpgate_orphans_found_total").increment(1);
+            handover.hand(id, &record).await;
+        }
+    }
+}
+
+/// How often the queue's oldest messages are checked against what the dispatcher knows ...
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);
+/// ... how many of them ...
+const ORPHAN_SCAN_ROWS: usize = 1024;
+/// ... and how old a message must be before a missing hand-off is not just one still under way.
+const ORPHAN_AFTER: Duration = Duration::from_secs(5);
+
+/// Hands a queued message from the store to the dispatcher.
+struct Handover<'a> {
+    store: &'a Store,
+    otp: &'a Otp,
+    dispatch: &'a Dispatch,
+    max_resends: u32,
+}
+
+impl Handover<'_> {
+    async fn hand(&self, id: MessageId, record: &MessageRecord) {
+        if record.unconfirmed > self.max_resends {
+            tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
+            metrics::counter!("otpgate_resend_limit_total").increment(1);
+            let error = format!(
+                "{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset",
+                record.unconfirmed
+            );
+            if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()) {
+                tracing::error!(message_id = %id, error = %e, "store update failed");
+            }
+            return;
+        }
+        if record.verification.is_none() {
+            self.dispatch.enqueue(Job::from_record(id, record));
+            return;
+        }
+        match self.otp.reissue(id, record).await {
+            Ok(Some(job)) => self.dispatch.enqueue(job),
+            Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
+            Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
+        }
+    }
+}

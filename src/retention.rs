@@ -1,0 +1,53 @@
+//! The retention loop: every minute, expire verifications past their time, delete finished
+//! messages and verifications past `retention`, and report receipts that never matched. A stop
+//! lets a sweep under way finish (it is never aborted between two writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::otp::Otp;
+use crate::store::Store;
+
+/// How often the retention sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes finished messages and verifications past retention, expires stale verifications and
+/// reports receipts that never matched.
+pub(crate) async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = otp.expire_stale().await {
+            tracing::error!(error = %e, "expiring verifications failed");
+        }
+        let store = store.clone();
+        let stats_window = otp.stats_window();
+        let now = otp.now();
+        let swept = tokio::task::spawn_blocking(move || {
+            store.sweep_verifications(retention, stats_window, now)?;
+            store.sweep(retention, now)
+        })
+        .await;
+        match swept {
+            Ok(Ok((deleted, unmatched))) => {
+                if deleted > 0 {
+                    tracing::info!(deleted, "retention sweep");
+                }
+                if !unmatched.is_empty() {
+                    tracing::warn!(count = unmatched.len(), "receipts matched no message in time; dropped");
+                }
+                for carrier in unmatched {
+                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier.clone()).increment(1);
+                    metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "unmatched").increment(1);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+        }
+    }
+}
