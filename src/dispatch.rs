@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::route::Network;
 use crate::smpp::message::MessageError;
 use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, SubmitOutcome};
-use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, record::to_ms};
+use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, VerificationId, record::to_ms};
 
 /// A message to send.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct Job {
     /// Carriers not to use (a receipt failover avoids the carriers that already failed).
     pub avoid: Vec<String>,
     /// Set for OTP messages: their submits are reported for receipt failover.
-    pub verification: Option<MessageId>,
+    pub verification: Option<VerificationId>,
 }
 
 impl Job {

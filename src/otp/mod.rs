@@ -8,9 +8,11 @@
 //! ([`Otp::reissue`]) rather than losing the send.
 
 pub mod code;
+mod failover;
 pub mod ratelimit;
 pub mod settings;
 pub mod template;
+pub mod view;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -18,21 +20,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::clock::Clock;
-use crate::dispatch::{Dispatch, Job, OtpSubmitted};
+use crate::dispatch::{Dispatch, Job};
 use crate::route::Network;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
-use crate::store::record::{rfc3339, to_ms};
-use crate::store::verification::{Failover, NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
-use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError};
+use crate::store::record::{from_ms, to_ms};
+use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
+use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError, VerificationId};
 use code::CodeKey;
 use ratelimit::RateLimiter;
 pub use settings::OtpConfig;
 use template::{Autofill, Fill};
+use view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
 
 /// Longest context a verification may be bound to.
 pub const MAX_CONTEXT_CHARS: usize = 64;
@@ -145,38 +147,13 @@ pub fn load_or_create_key(path: &Path) -> Result<CodeKey, KeyFileError> {
     }
 }
 
-/// OTP SMS sent before a restart whose receipt the watch must still act on.
-struct Unsettled {
-    /// Submitted, no final receipt yet: with the instant their `receipt_timeout` runs out (now,
-    /// if it already has).
-    waiting: Vec<(MessageId, Instant)>,
-    /// Failed by a receipt whose failover had not happened yet.
-    failed: Vec<MessageId>,
+/// The answer to a create.
+fn created(id: VerificationId, record: &VerificationRecord, now: SystemTime) -> Created {
+    Created { summary: Summary::of(id, record, now), message_id: record.message_ids.last().copied() }
 }
 
 fn retry_after(oldest_ms: Option<u64>, window: Duration, now: SystemTime) -> Duration {
-    oldest_ms
-        .map(|t| crate::store::record::from_ms(t) + window)
-        .and_then(|free| free.duration_since(now).ok())
-        .unwrap_or(Duration::from_secs(1))
-}
-
-/// The JSON the API returns for a verification.
-pub fn verification_json(id: &MessageId, r: &VerificationRecord, now: SystemTime) -> serde_json::Value {
-    json!({
-        "id": id.to_string(),
-        "to": r.to,
-        "status": shown_status(r, now).as_str(),
-        "expires_at": rfc3339(r.expires_ms),
-        "checks_left": r.checks_left,
-        "sends": r.sends,
-        "message_id": r.message_ids.last(),
-    })
-}
-
-/// A pending verification past its time reads as expired even before anything wrote that.
-fn shown_status(r: &VerificationRecord, now: SystemTime) -> VerificationStatus {
-    if r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms { VerificationStatus::Expired } else { r.status }
+    oldest_ms.map(|t| from_ms(t) + window).and_then(|free| free.duration_since(now).ok()).unwrap_or(Duration::from_secs(1))
 }
 
 impl Otp {
@@ -209,7 +186,7 @@ impl Otp {
     }
 
     /// What the store keeps of a code: its HMAC, bound to the verification and context, in hex.
-    fn sealed(&self, verification: &MessageId, context: &str, code: &code::Code) -> String {
+    fn sealed(&self, verification: &VerificationId, context: &str, code: &code::Code) -> String {
         crate::hex::encode(&self.key.seal(&verification.to_string(), context, code.expose()))
     }
 
@@ -231,7 +208,7 @@ impl Otp {
         ip: IpAddr,
         request: CreateRequest,
         idempotency: Option<(String, String)>,
-    ) -> Result<serde_json::Value, OtpError> {
+    ) -> Result<Created, OtpError> {
         Address::destination(&request.to).map_err(|_| OtpError::InvalidTo)?;
         let allowed =
             self.policy.allowed_prefixes.is_empty() || self.policy.allowed_prefixes.iter().any(|p| request.to.starts_with(p.as_str()));
@@ -269,10 +246,10 @@ impl Otp {
 
         let now = self.now();
         let now_ms = to_ms(now);
-        let fresh_id = self.store.new_id();
+        let fresh_id = VerificationId(self.store.new_id());
         let message_id = self.store.new_id();
         let policy = &self.policy;
-        let decide = |pending: Option<(MessageId, VerificationRecord)>, stats: &mut NumberStats| {
+        let decide = |pending: Option<(VerificationId, VerificationRecord)>, stats: &mut NumberStats| {
             stats.prune(policy.send_window, policy.failed_checks_window, now);
             let live = pending.filter(|(_, r)| r.status == VerificationStatus::Pending && r.expires_ms > now_ms);
             // The cooldown follows this key's last send to the number unless that verification
@@ -324,8 +301,8 @@ impl Otp {
             record.expires_ms = expires_ms;
             record.sends += 1;
             record.last_send_ms = now_ms;
-            record.message_ids.push(message_id.to_string());
-            let response = verification_json(&id, &record, now);
+            record.message_ids.push(message_id);
+            let response = serde_json::to_string(&created(id, &record, now)).unwrap_or_default();
             Ok(VerificationSend {
                 id,
                 message: NewMessage {
@@ -333,11 +310,11 @@ impl Otp {
                     to: record.to.clone(),
                     from: None,
                     text: template::mask(&text, code.expose()),
-                    deadline: crate::store::record::from_ms(expires_ms),
+                    deadline: from_ms(expires_ms),
                 },
                 record,
                 message_id,
-                idempotency: idempotency.map(|(key, hash)| (key, hash, response.to_string())),
+                idempotency: idempotency.map(|(key, hash)| (key, hash, response)),
             })
         };
         let send = match self.store.send_verification(owner, &request.to, decide).await? {
@@ -354,20 +331,15 @@ impl Otp {
         metrics::counter!("otpgate_messages_total", "state" => "queued").increment(1);
         self.dispatch.enqueue(Job {
             id: send.message_id,
-            sms: OutboundSms {
-                to: send.record.to.clone(),
-                from: None,
-                text,
-                deadline: Some(crate::store::record::from_ms(send.record.expires_ms)),
-            },
+            sms: OutboundSms { to: send.record.to.clone(), from: None, text, deadline: Some(from_ms(send.record.expires_ms)) },
             avoid: Vec::new(),
             verification: Some(send.id),
         });
-        Ok(verification_json(&send.id, &send.record, now))
+        Ok(created(send.id, &send.record, now))
     }
 
-    fn owned(&self, owner: &str, id: &str) -> Result<(MessageId, VerificationRecord), OtpError> {
-        let id: MessageId = id.parse().map_err(|_| OtpError::NotFound)?;
+    fn owned(&self, owner: &str, id: &str) -> Result<(VerificationId, VerificationRecord), OtpError> {
+        let id: VerificationId = id.parse().map_err(|_| OtpError::NotFound)?;
         let record = self.store.verification(&id)?.filter(|r| r.owner == owner).ok_or(OtpError::NotFound)?;
         Ok((id, record))
     }
@@ -380,7 +352,7 @@ impl Otp {
         id: &str,
         code: &str,
         context: Option<&str>,
-    ) -> Result<(MessageId, CheckOutcome), OtpError> {
+    ) -> Result<(VerificationId, CheckOutcome), OtpError> {
         Self::limit(&self.checks_per_key, "for this API key", owner)?;
         Self::limit(&self.checks_per_ip, "from this address", &ip.to_string())?;
         let (id, record) = self.owned(owner, id)?;
@@ -436,8 +408,7 @@ impl Otp {
             let carrier = record
                 .message_ids
                 .last()
-                .and_then(|m| m.parse::<MessageId>().ok())
-                .and_then(|m| self.store.message(&m).ok().flatten())
+                .and_then(|m| self.store.message(m).ok().flatten())
                 .and_then(|m| m.carrier)
                 .unwrap_or_else(|| "unknown".into());
             metrics::counter!("otpgate_otp_approved_total", "carrier" => carrier).increment(1);
@@ -446,27 +417,18 @@ impl Otp {
     }
 
     /// A verification with its latest message, for `GET`.
-    pub fn get(&self, owner: &str, id: &str) -> Result<serde_json::Value, OtpError> {
+    pub fn get(&self, owner: &str, id: &str) -> Result<Detail, OtpError> {
         let (id, record) = self.owned(owner, id)?;
-        let message = match record.message_ids.last().and_then(|m| m.parse::<MessageId>().ok()) {
-            Some(mid) => self.store.message(&mid)?,
+        let latest = record.message_ids.last().copied();
+        let message = match &latest {
+            Some(mid) => self.store.message(mid)?,
             None => None,
         };
-        let mut body = verification_json(&id, &record, self.now());
-        body["delivery"] = json!({
-            "message_id": record.message_ids.last(),
-            "status": message.as_ref().map(|m| m.status.as_str()),
-            "carrier": message.as_ref().and_then(|m| m.carrier.clone()),
-            "receipt": message.as_ref().and_then(|m| m.receipt.as_ref()).map(|r| json!({"stat": r.stat, "err": r.err})),
-        });
-        if let Some(map) = body.as_object_mut() {
-            map.remove("message_id");
-        }
-        Ok(body)
+        Ok(Detail { summary: Summary::of(id, &record, self.now()), delivery: Delivery::of(latest, message.as_ref()) })
     }
 
     /// Cancels a pending verification: its code stops working.
-    pub async fn cancel(&self, owner: &str, id: &str) -> Result<serde_json::Value, OtpError> {
+    pub async fn cancel(&self, owner: &str, id: &str) -> Result<Canceled, OtpError> {
         let (id, _) = self.owned(owner, id)?;
         let now = self.now();
         let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
@@ -480,7 +442,7 @@ impl Otp {
         let (record, result) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
         result?;
         metrics::counter!("otpgate_verifications_total", "outcome" => "canceled").increment(1);
-        Ok(json!({"id": id.to_string(), "status": record.status.as_str()}))
+        Ok(Canceled { id, status: record.status })
     }
 
     /// Marks pending verifications past their expiry as expired (the sweep calls this; reads
@@ -514,13 +476,12 @@ impl Otp {
     /// process's memory, so a fresh code replaces it (the old one stops working). Returns the
     /// job to dispatch, or `None` when the verification is over (the message is then finished).
     pub async fn reissue(&self, message_id: MessageId, message: &MessageRecord) -> Result<Option<Job>, OtpError> {
-        let Some(vid) = message.verification.as_deref().and_then(|v| v.parse::<MessageId>().ok()) else {
+        let Some(vid) = message.verification else {
             return Ok(None);
         };
         let now = self.now();
-        let latest = message_id.to_string();
         let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
-            let is_latest = r.message_ids.last() == Some(&latest);
+            let is_latest = r.message_ids.last() == Some(&message_id);
             if shown_status(r, now) != VerificationStatus::Pending || !is_latest {
                 return None;
             }
@@ -546,162 +507,10 @@ impl Otp {
                 to: record.to.clone(),
                 from: None,
                 text: self.render(&locale, code.expose(), &context),
-                deadline: Some(crate::store::record::from_ms(record.expires_ms)),
+                deadline: Some(from_ms(record.expires_ms)),
             },
             avoid: Vec::new(),
             verification: Some(vid),
         }))
-    }
-
-    /// Receipt failover: the SMS of a pending verification failed (`timed_out` false: an
-    /// UNDELIV/REJECTD receipt; true: no receipt within `receipt_timeout`). While the code's
-    /// life lasts, a fresh code goes out through a carrier of the route not yet used for this
-    /// verification (at most once per carrier). Returns whether a resend was queued.
-    pub async fn failover(&self, message_id: MessageId, timed_out: bool) -> Result<bool, OtpError> {
-        let Some(message) = self.store.message(&message_id)? else { return Ok(false) };
-        let still_failing = match timed_out {
-            true => message.status == MessageStatus::Submitted,
-            false => matches!(message.status, MessageStatus::Undeliverable | MessageStatus::Rejected),
-        };
-        let Some(vid) = message.verification.as_deref().and_then(|v| v.parse::<MessageId>().ok()) else {
-            return Ok(false);
-        };
-        let Some(verification) = self.store.verification(&vid)? else { return Ok(false) };
-        let now = self.now();
-        let latest = verification.message_ids.last() == Some(&message_id.to_string());
-        if !still_failing || !latest || shown_status(&verification, now) != VerificationStatus::Pending {
-            return Ok(false);
-        }
-        let fabric = self.network.current();
-        let Some(route) = fabric.routes.route(&verification.to) else { return Ok(false) };
-        let mut used: Vec<String> = Vec::new();
-        for mid in verification.message_ids.iter().filter_map(|m| m.parse::<MessageId>().ok()) {
-            if let Some(carrier) = self.store.message(&mid)?.and_then(|m| m.carrier) {
-                used.push(carrier);
-            }
-        }
-        if route.carriers().iter().all(|c| used.iter().any(|u| u == c.name())) {
-            tracing::info!(verification = %vid, "receipt failover: every carrier of the route was tried");
-            return Ok(false);
-        }
-        let from_carrier = message.carrier.clone().unwrap_or_default();
-        let reason = if timed_out { "no receipt in time".to_string() } else { format!("receipt {}", message.status.as_str()) };
-        let code = code::generate(verification.code_length)?;
-        let text = self.render(&verification.locale, code.expose(), &verification.context);
-        let new_id = self.store.new_id();
-        let deadline = crate::store::record::from_ms(verification.expires_ms);
-        let new_message = NewMessage {
-            owner: verification.owner.clone(),
-            to: verification.to.clone(),
-            from: None,
-            text: template::mask(&text, code.expose()),
-            deadline,
-        };
-        // The message first: a crash before the verification points at it leaves a message the
-        // recovery recognises as stale (it is not the verification's latest) and drops.
-        self.store.insert_otp_message(new_id, new_message, &vid, now).await?;
-        let sealed = self.sealed(&vid, &verification.context, &code);
-        let expected_latest = message_id.to_string();
-        let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
-            let still = shown_status(r, now) == VerificationStatus::Pending && r.message_ids.last() == Some(&expected_latest);
-            if still {
-                r.code_hmac = sealed.clone();
-                r.message_ids.push(new_id.to_string());
-                r.failovers.push(Failover { at_ms: to_ms(now), from_carrier: from_carrier.clone(), reason: reason.clone() });
-            }
-            still
-        };
-        if !matches!(self.store.update_verification(&vid, change).await?, Some((_, true))) {
-            self.store.finish(&new_id, MessageStatus::Expired, Some("its verification moved on".into()), None, now)?;
-            return Ok(false);
-        }
-        tracing::info!(verification = %vid, from = %from_carrier, %reason, "OTP resent through another carrier");
-        metrics::counter!("otpgate_verifications_total", "outcome" => "failover").increment(1);
-        self.dispatch.enqueue(Job {
-            id: new_id,
-            sms: OutboundSms { to: verification.to.clone(), from: None, text, deadline: Some(deadline) },
-            avoid: used,
-            verification: Some(vid),
-        });
-        Ok(true)
-    }
-
-    /// The latest SMS of each pending verification that the receipt watch must still follow:
-    /// the watch lives in memory, so after a restart it is re-armed from the store.
-    fn unsettled(&self) -> Result<Unsettled, OtpError> {
-        let now = self.now();
-        let (mut waiting, mut failed) = (Vec::new(), Vec::new());
-        for vid in self.store.pending_verifications()? {
-            let Some(verification) = self.store.verification(&vid)? else { continue };
-            if shown_status(&verification, now) != VerificationStatus::Pending {
-                continue;
-            }
-            let Some(mid) = verification.message_ids.last().and_then(|m| m.parse::<MessageId>().ok()) else { continue };
-            let Some(message) = self.store.message(&mid)? else { continue };
-            match message.status {
-                MessageStatus::Submitted => {
-                    let submitted = crate::store::record::from_ms(message.submitted_ms.unwrap_or(message.created_ms));
-                    let due = submitted + self.policy.receipt_timeout;
-                    waiting.push((mid, Instant::now() + due.duration_since(now).unwrap_or_default()));
-                }
-                MessageStatus::Undeliverable | MessageStatus::Rejected => failed.push(mid),
-                _ => {}
-            }
-        }
-        Ok(Unsettled { waiting, failed })
-    }
-
-    /// Watches submitted OTP SMS for their receipts: `failed` carries messages whose receipt
-    /// came back UNDELIV/REJECTD; those with no receipt within `receipt_timeout` count too.
-    pub async fn watch_receipts(
-        self: Arc<Self>,
-        mut submitted: tokio::sync::mpsc::UnboundedReceiver<OtpSubmitted>,
-        mut failed: tokio::sync::mpsc::UnboundedReceiver<MessageId>,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        let mut deadlines: std::collections::HashMap<MessageId, Instant> = std::collections::HashMap::new();
-        match self.unsettled() {
-            Ok(Unsettled { waiting, failed }) => {
-                if !waiting.is_empty() || !failed.is_empty() {
-                    tracing::info!(
-                        waiting = waiting.len(),
-                        failed = failed.len(),
-                        "receipt watch re-armed for OTP SMS sent before the restart"
-                    );
-                }
-                deadlines.extend(waiting);
-                for id in failed {
-                    if let Err(e) = self.failover(id, false).await {
-                        tracing::error!(message_id = %id, error = %e, "receipt failover failed");
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot re-arm the receipt watch after a restart"),
-        }
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                Some(s) = submitted.recv() => {
-                    deadlines.insert(s.message, Instant::now() + self.policy.receipt_timeout);
-                }
-                Some(id) = failed.recv() => {
-                    deadlines.remove(&id);
-                    if let Err(e) = self.failover(id, false).await {
-                        tracing::error!(message_id = %id, error = %e, "receipt failover failed");
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    let due: Vec<MessageId> = deadlines.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
-                    for id in due {
-                        deadlines.remove(&id);
-                        if let Err(e) = self.failover(id, true).await {
-                            tracing::error!(message_id = %id, error = %e, "receipt-timeout failover failed");
-                        }
-                    }
-                }
-                _ = stop.cancelled() => break,
-            }
-        }
     }
 }

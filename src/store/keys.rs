@@ -15,7 +15,7 @@
 //! | `n` | number | recent sends and failed checks of the number |
 //! | `w` | done time (ms, BE), verification id | empty: finished verifications, for the sweep |
 
-use super::record::MessageId;
+use super::record::{MessageId, VerificationId};
 
 pub(super) const MESSAGE: u8 = b'm';
 pub(super) const QUEUE: u8 = b'q';
@@ -65,8 +65,8 @@ pub(super) fn held_receipts(carrier: &str, candidate: &str) -> Vec<u8> {
     key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), b""])
 }
 
-pub(super) fn verification(id: &MessageId) -> Vec<u8> {
-    key(VERIFICATION, &[&id.0])
+pub(super) fn verification(id: &VerificationId) -> Vec<u8> {
+    key(VERIFICATION, &[&id.0.0])
 }
 
 pub(super) fn pending(owner: &str, to: &str) -> Vec<u8> {

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus};
+use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
 use super::{Change, Store, StoreError, encode, idempotency, keys, lock};
 
 /// A message about to be taken in.
@@ -67,10 +67,10 @@ impl Store {
         &self,
         id: MessageId,
         message: NewMessage,
-        verification: &MessageId,
+        verification: VerificationId,
         now: SystemTime,
     ) -> Result<MessageRecord, StoreError> {
-        let record = MessageRecord::queued(message, record::to_ms(now), Some(verification.to_string()));
+        let record = MessageRecord::queued(message, record::to_ms(now), Some(verification));
         self.write_queued(&id, &record)?;
         self.commit.durable().await?;
         Ok(record)

@@ -45,7 +45,7 @@ use commit::GroupCommit;
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
 pub use messages::NewMessage;
 pub use receipts::{IncomingReceipt, ReceiptMatch};
-pub use record::{Attempt, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
+pub use record::{Attempt, MessageId, MessageRecord, MessageStatus, ReceiptSummary, VerificationId};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]

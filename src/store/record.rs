@@ -45,6 +45,39 @@ impl FromStr for MessageId {
     }
 }
 
+/// Ids are stored and shown as their 32 hex digits.
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MessageId, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(|()| serde::de::Error::custom("an id is 32 hex digits"))
+    }
+}
+
+/// A verification's id: made like a message id, never mistaken for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VerificationId(pub MessageId);
+
+impl fmt::Display for VerificationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for VerificationId {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<VerificationId, ()> {
+        text.parse().map(VerificationId)
+    }
+}
+
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,7 +169,7 @@ pub struct MessageRecord {
     /// The verification this message carries a code for. Its `text` then has the code masked;
     /// the real text lives only in memory until submitted.
     #[serde(default)]
-    pub verification: Option<String>,
+    pub verification: Option<VerificationId>,
 }
 
 /// Attempts beyond this are dropped oldest first: a message retried for an hour must not grow
@@ -145,7 +178,7 @@ pub const MAX_ATTEMPTS_KEPT: usize = 20;
 
 impl MessageRecord {
     /// A message just taken in.
-    pub fn queued(message: super::NewMessage, created_ms: u64, verification: Option<String>) -> MessageRecord {
+    pub fn queued(message: super::NewMessage, created_ms: u64, verification: Option<VerificationId>) -> MessageRecord {
         MessageRecord {
             owner: message.owner,
             to: message.to,
@@ -208,5 +241,14 @@ mod tests {
         assert_eq!(a.to_string().parse::<MessageId>(), Ok(a));
         assert!("xyz".parse::<MessageId>().is_err());
         assert!("zz".repeat(16).parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn ids_are_stored_as_the_hex_they_are_shown_as() {
+        let id = MessageId::new(7);
+        let json = serde_json::to_string(&VerificationId(id)).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<MessageId>("\"not-an-id\"").is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::messages::queued_rows;
-use super::record::MessageId;
+use super::record::{MessageId, VerificationId};
 use super::sweep::cutoff;
 use super::{NewMessage, Store, StoreError, encode, idempotency, keys, lock};
 
@@ -49,7 +49,7 @@ pub struct VerificationRecord {
     pub sends: u32,
     pub last_send_ms: u64,
     /// Messages sent for it, oldest first.
-    pub message_ids: Vec<String>,
+    pub message_ids: Vec<MessageId>,
     pub done_ms: Option<u64>,
     /// Resends through another carrier after a failed or missing receipt.
     #[serde(default)]
@@ -108,7 +108,7 @@ impl NumberStats {
 
 /// A send (first or resend) decided by the policy, to be written atomically.
 pub struct VerificationSend {
-    pub id: MessageId,
+    pub id: VerificationId,
     pub record: VerificationRecord,
     pub message_id: MessageId,
     pub message: NewMessage,
@@ -117,7 +117,7 @@ pub struct VerificationSend {
 }
 
 impl Store {
-    pub fn verification(&self, id: &MessageId) -> Result<Option<VerificationRecord>, StoreError> {
+    pub fn verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
         self.read(&keys::verification(id), || format!("verification {id}"))
     }
 
@@ -129,12 +129,12 @@ impl Store {
         &self,
         owner: &str,
         to: &str,
-        decide: impl FnOnce(Option<(MessageId, VerificationRecord)>, &mut NumberStats) -> Result<VerificationSend, E>,
+        decide: impl FnOnce(Option<(VerificationId, VerificationRecord)>, &mut NumberStats) -> Result<VerificationSend, E>,
     ) -> Result<Result<VerificationSend, E>, StoreError> {
         let send = {
             let _guard = lock(&self.writes);
             let pending = match self.db.get(keys::pending(owner, to))? {
-                Some(bytes) => match keys::id_from(&bytes) {
+                Some(bytes) => match keys::id_from(&bytes).map(VerificationId) {
                     Some(id) => self.verification(&id)?.map(|r| (id, r)),
                     None => None,
                 },
@@ -152,19 +152,19 @@ impl Store {
                 if let Some(mut old) = self.verification(&previous)? {
                     old.status = VerificationStatus::Expired;
                     old.done_ms = Some(send.record.created_ms);
-                    batch.insert(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous), &[][..]);
+                    batch.insert(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous.0), &[][..]);
                     batch.insert(keys::verification(&previous), encode(&old));
                 }
             }
             batch.insert(keys::verification(&send.id), encode(&send.record));
-            batch.insert(keys::pending(owner, to), &send.id.0[..]);
+            batch.insert(keys::pending(owner, to), &send.id.0.0[..]);
             batch.insert(keys::number(to), encode(&stats));
-            let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id.to_string()));
+            let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id));
             for (k, v) in queued_rows(&send.message_id, &message) {
                 batch.insert(k, v);
             }
             if let Some((key, body_sha256, response)) = &send.idempotency {
-                let (k, v) = idempotency::row(owner, key, body_sha256, &send.id, send.record.last_send_ms, Some(response));
+                let (k, v) = idempotency::row(owner, key, body_sha256, &send.id.0, send.record.last_send_ms, Some(response));
                 batch.insert(k, v);
             }
             self.db.apply_batch(batch)?;
@@ -179,7 +179,7 @@ impl Store {
     /// a value for the caller; the pending index follows the status.
     pub async fn update_verification<T>(
         &self,
-        id: &MessageId,
+        id: &VerificationId,
         change: impl FnOnce(&mut VerificationRecord, &mut NumberStats) -> T,
     ) -> Result<Option<(VerificationRecord, T)>, StoreError> {
         let result = {
@@ -194,10 +194,10 @@ impl Store {
             if was_pending && record.status != VerificationStatus::Pending {
                 let done = record.done_ms.unwrap_or(record.last_send_ms);
                 record.done_ms = Some(done);
-                batch.insert(keys::done(keys::VERIFICATION_DONE, done, id), &[][..]);
+                batch.insert(keys::done(keys::VERIFICATION_DONE, done, &id.0), &[][..]);
                 // Only drop the index if it still points here.
                 let index = keys::pending(&record.owner, &record.to);
-                if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
+                if self.db.get(&index)?.as_deref() == Some(&id.0.0[..]) {
                     batch.remove(index);
                 }
             }
@@ -216,7 +216,7 @@ impl Store {
         let mut deleted = 0;
         for entry in self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)) {
             let (k, id) = entry?;
-            self.db.remove(keys::verification(&id))?;
+            self.db.remove(keys::verification(&VerificationId(id)))?;
             self.db.remove(k)?;
             deleted += 1;
         }
@@ -235,11 +235,11 @@ impl Store {
     }
 
     /// Ids of pending verifications (for the sweep to expire the ones past their time).
-    pub fn pending_verifications(&self) -> Result<Vec<MessageId>, StoreError> {
+    pub fn pending_verifications(&self) -> Result<Vec<VerificationId>, StoreError> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix([keys::PENDING]) {
             let (_, v) = entry?;
-            out.extend(keys::id_from(&v));
+            out.extend(keys::id_from(&v).map(VerificationId));
         }
         Ok(out)
     }
