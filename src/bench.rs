@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::http::client::Client;
 use crate::sim::{SimConfig, SmscSim};
 use crate::store::{NewMessage, Store, StoreOptions};
+use crate::telemetry;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -144,7 +145,7 @@ fn dir_size(path: &Path) -> u64 {
 
 /// A sample of otpgate_messages_total{state="..."} from the daemon's /metrics.
 async fn messages_in_state(metrics: SocketAddr, state: &str) -> u64 {
-    counter(metrics, &format!("otpgate_messages_total{{state=\"{state}\"}}")).await
+    counter(metrics, &format!("{}{{state=\"{state}\"}}", telemetry::MESSAGES_TOTAL)).await
 }
 
 /// One sample (by its full name with labels) from the daemon's /metrics.
@@ -532,7 +533,7 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
         let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
         let serving = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let recovered = counter(metrics, "otpgate_recovered_total").await;
+        let recovered = counter(metrics, telemetry::RECOVERED_TOTAL).await;
         let (_, peak_rss) = usage(child.id());
         (child, ready.map(|_| Restart { serving, recovered, peak_rss }))
     };

@@ -25,7 +25,7 @@ use crate::route::Network;
 use crate::smpp::{Carrier, ReceiptEvent};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tasks::TaskGroup;
-use crate::{recovery, retention, telemetry, track};
+use crate::{gauges, recovery, retention, telemetry, track};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -80,8 +80,8 @@ impl Daemon {
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();
-        metrics::gauge!("otpgate_spill_after_seconds").set(config.messages.spill_after.as_secs_f64());
-        metrics::counter!("otpgate_resend_limit_total").increment(0);
+        metrics::gauge!(telemetry::SPILL_AFTER_SECONDS).set(config.messages.spill_after.as_secs_f64());
+        metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(0);
 
         let (receipts, receipts_rx) = mpsc::channel(track::RECEIPT_QUEUE);
         let carriers_stop = CancellationToken::new();
@@ -134,7 +134,7 @@ impl Daemon {
         telemetry.spawn(|stop| telemetry::serve(metrics_listener, stop));
         let sampled = network.clone();
         let carriers_now = Arc::new(move || sampled.current().carriers.clone());
-        telemetry.spawn(|stop| telemetry::sample_gauges(carriers_now, store.clone(), stop));
+        telemetry.spawn(|stop| gauges::sample_gauges(carriers_now, store.clone(), stop));
         let intake = TaskGroup::new();
         let app = http::router(state.clone());
         let limits = http::serve::Limits {

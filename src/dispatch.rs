@@ -29,6 +29,7 @@ use crate::route::Network;
 use crate::smpp::message::MessageError;
 use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, SubmitOutcome};
 use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, VerificationId, record::to_ms};
+use crate::telemetry;
 
 /// A message to send.
 #[derive(Debug, Clone)]
@@ -268,7 +269,7 @@ async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks:
 
 /// Moves a message off a carrier that could not take it within its spill bound.
 fn spill(carrier: &Carrier, tried: &mut HashSet<String>) {
-    metrics::counter!("otpgate_spillovers_total", "carrier" => carrier.name().to_string()).increment(1);
+    metrics::counter!(telemetry::SPILLOVERS_TOTAL, "carrier" => carrier.name().to_string()).increment(1);
     tried.insert(carrier.name().to_string());
 }
 
@@ -347,7 +348,6 @@ impl Shared {
     }
 
     fn finish(&self, id: &MessageId, status: MessageStatus, error: String, attempt: Option<Attempt>) {
-        metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
         let r = self.store.finish(id, status, Some(error), attempt, SystemTime::now());
         self.log_store_error(id, r);
     }
@@ -426,22 +426,16 @@ impl Shared {
             }
             if !matches!(outcome, SubmitOutcome::Permanent { reason: Permanent::Message(_) }) {
                 // A message that could not be encoded, or expired while it waited, never went out.
-                metrics::counter!("otpgate_submit_total", "carrier" => carrier.name().to_string(), "result" => outcome.label())
+                metrics::counter!(telemetry::SUBMIT_TOTAL, "carrier" => carrier.name().to_string(), "result" => outcome.label())
                     .increment(1);
             }
             let record = attempt(carrier.name(), session.as_deref(), &outcome);
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
-                    metrics::counter!("otpgate_messages_total", "state" => "submitted").increment(1);
-                    match self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now()) {
-                        // A receipt that beat this response was applied just now.
-                        Ok(Some(status)) if status.is_final() => {
-                            metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
-                        }
-                        other => self.log_store_error(&id, other),
-                    }
+                    let marked = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now());
+                    self.log_store_error(&id, marked);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
-                        metrics::counter!("otpgate_otp_sent_total", "carrier" => carrier.name().to_string()).increment(1);
+                        metrics::counter!(telemetry::OTP_SENT_TOTAL, "carrier" => carrier.name().to_string()).increment(1);
                         let _ = tx.send(OtpSubmitted { message: id });
                     }
                     return;
@@ -470,7 +464,7 @@ impl Shared {
                     };
                     if sent_blind > self.policy.max_unconfirmed_resends {
                         tracing::warn!(message_id = %id, carrier = carrier.name(), unconfirmed = sent_blind, "submits went out without an answer; not sent again");
-                        metrics::counter!("otpgate_resend_limit_total").increment(1);
+                        metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(1);
                         let error = format!(
                             "{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset"
                         );
@@ -478,7 +472,7 @@ impl Shared {
                         return;
                     }
                     tracing::info!(message_id = %id, carrier = carrier.name(), %reason, "submit unanswered; sending again (possible duplicate)");
-                    metrics::counter!("otpgate_resubmits_total").increment(1);
+                    metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(1);
                     tried.insert(carrier.name().to_string());
                 }
                 SubmitOutcome::RetryElsewhere { reason } => {

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod duration;
 pub mod echo;
+mod gauges;
 pub mod hex;
 pub mod http;
 pub mod otp;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::{Dispatch, Job};
 use crate::otp::Otp;
 use crate::store::{MessageId, MessageRecord, MessageStatus, Store};
+use crate::telemetry;
 
 /// Recovery reads the queue this many messages at a time ...
 const RECOVERY_PAGE: usize = 1024;
@@ -22,9 +23,9 @@ const RECOVERY_BACKLOG: usize = 8192;
 /// Then it keeps looking: a message queued in the store but not handed to the dispatcher (a hand-off
 /// lost on the way) is found within [`ORPHAN_SCAN_EVERY`] and handed over.
 pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch, max_resends: u32, stop: CancellationToken) {
-    metrics::counter!("otpgate_resubmits_total").increment(0);
-    metrics::counter!("otpgate_recovered_total").increment(0);
-    metrics::counter!("otpgate_orphans_found_total").increment(0);
+    metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(0);
+    metrics::counter!(telemetry::RECOVERED_TOTAL).increment(0);
+    metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(0);
     let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
     if let Ok(Some(last)) = store.last_queued() {
         let started = std::time::Instant::now();
@@ -52,9 +53,9 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
                 resubmits += usize::from(record.in_flight);
                 handover.hand(id, &record).await;
             }
-            metrics::counter!("otpgate_recovered_total").absolute(requeued as u64);
+            metrics::counter!(telemetry::RECOVERED_TOTAL).absolute(requeued as u64);
         }
-        metrics::counter!("otpgate_resubmits_total").increment(resubmits as u64);
+        metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(resubmits as u64);
         tracing::info!(requeued, resubmits, seconds = started.elapsed().as_secs_f64(), "re-queued every message left by the previous run");
     }
     let mut tick = tokio::time::interval(ORPHAN_SCAN_EVERY);
@@ -76,7 +77,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
                 continue;
             }
             tracing::warn!(message_id = %id, "queued but not known to the dispatcher; handed over");
-            metrics::counter!("otpgate_orphans_found_total").increment(1);
+            metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(1);
             handover.hand(id, &record).await;
         }
     }
@@ -101,7 +102,7 @@ impl Handover<'_> {
     async fn hand(&self, id: MessageId, record: &MessageRecord) {
         if record.unconfirmed > self.max_resends {
             tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
-            metrics::counter!("otpgate_resend_limit_total").increment(1);
+            metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(1);
             let error = format!(
                 "{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset",
                 record.unconfirmed

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::otp::Otp;
 use crate::store::Store;
+use crate::telemetry;
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -42,8 +43,8 @@ pub(crate) async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration,
                     tracing::warn!(count = unmatched.len(), "receipts matched no message in time; dropped");
                 }
                 for carrier in unmatched {
-                    metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier.clone()).increment(1);
-                    metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "unmatched").increment(1);
+                    metrics::counter!(telemetry::RECEIPTS_UNMATCHED_TOTAL, "carrier" => carrier.clone()).increment(1);
+                    metrics::counter!(telemetry::RECEIPTS_DROPPED_TOTAL, "carrier" => carrier, "reason" => "unmatched").increment(1);
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),

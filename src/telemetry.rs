@@ -1,11 +1,13 @@
-//! Prometheus metrics: the recorder, the `/metrics` endpoint and the gauges sampled each second.
+//! Prometheus metrics: every metric's name (a constant here, nowhere spelled twice), the
+//! recorder and the `/metrics` endpoint. A leaf: it imports nothing of the crate, so every module
+//! may count.
 //!
 //! Names follow Prometheus conventions (`otpgate_` prefix, `_total` counters, `_seconds`
 //! histograms). No label ever carries user input: labels are carrier names (from config),
 //! route templates, status classes and fixed outcome names, so cardinality stays bounded.
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -15,8 +17,40 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::smpp::Carrier;
-use crate::store::Store;
+// Metric names.
+pub const CARRIER_CIRCUIT_OPEN: &str = "otpgate_carrier_circuit_open";
+pub const CARRIER_RATE_LIMIT: &str = "otpgate_carrier_rate_limit";
+pub const CARRIER_TAKING_TRAFFIC: &str = "otpgate_carrier_taking_traffic";
+pub const CARRIER_UP: &str = "otpgate_carrier_up";
+pub const HTTP_CONNECTIONS: &str = "otpgate_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "otpgate_http_connections_refused_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "otpgate_http_request_duration_seconds";
+pub const HTTP_REQUESTS_TOTAL: &str = "otpgate_http_requests_total";
+pub const LONG_MESSAGE_IDS_TOTAL: &str = "otpgate_long_message_ids_total";
+pub const MESSAGES_TOTAL: &str = "otpgate_messages_total";
+pub const MOBILE_ORIGINATED_TOTAL: &str = "otpgate_mobile_originated_total";
+pub const ORPHANS_FOUND_TOTAL: &str = "otpgate_orphans_found_total";
+pub const OTP_APPROVED_TOTAL: &str = "otpgate_otp_approved_total";
+pub const OTP_SENT_TOTAL: &str = "otpgate_otp_sent_total";
+pub const QUEUE_DEPTH: &str = "otpgate_queue_depth";
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "otpgate_queue_oldest_age_seconds";
+pub const RECEIPT_LATENCY_SECONDS: &str = "otpgate_receipt_latency_seconds";
+pub const RECEIPTS_AMBIGUOUS_TOTAL: &str = "otpgate_receipts_ambiguous_total";
+pub const RECEIPTS_DROPPED_TOTAL: &str = "otpgate_receipts_dropped_total";
+pub const RECEIPTS_LATE_TOTAL: &str = "otpgate_receipts_late_total";
+pub const RECEIPTS_TOTAL: &str = "otpgate_receipts_total";
+pub const RECEIPTS_UNMATCHED_TOTAL: &str = "otpgate_receipts_unmatched_total";
+pub const RECONNECTS_TOTAL: &str = "otpgate_reconnects_total";
+pub const RECOVERED_TOTAL: &str = "otpgate_recovered_total";
+pub const RESEND_LIMIT_TOTAL: &str = "otpgate_resend_limit_total";
+pub const RESUBMITS_TOTAL: &str = "otpgate_resubmits_total";
+pub const SESSIONS_BOUND: &str = "otpgate_sessions_bound";
+pub const SPILL_AFTER_SECONDS: &str = "otpgate_spill_after_seconds";
+pub const SPILLOVERS_TOTAL: &str = "otpgate_spillovers_total";
+pub const SUBMIT_RESPONSE_SECONDS: &str = "otpgate_submit_response_seconds";
+pub const SUBMIT_TOTAL: &str = "otpgate_submit_total";
+pub const VERIFICATIONS_TOTAL: &str = "otpgate_verifications_total";
+pub const WINDOW_IN_USE: &str = "otpgate_window_in_use";
 
 /// Latency buckets in seconds: sub-millisecond HTTP up to minute-long receipts.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -39,48 +73,45 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("otpgate_http_requests_total", "HTTP requests by route template and status code");
-    describe_histogram!("otpgate_http_request_duration_seconds", "HTTP request latency by route template");
-    describe_counter!("otpgate_messages_total", "Messages entering each state");
-    describe_gauge!("otpgate_queue_depth", "Messages waiting to be submitted");
-    describe_gauge!("otpgate_queue_oldest_age_seconds", "Age of the oldest message waiting to be submitted");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route template and status code");
+    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency by route template");
+    describe_counter!(MESSAGES_TOTAL, "Messages entering each state");
+    describe_gauge!(QUEUE_DEPTH, "Messages waiting to be submitted");
+    describe_gauge!(QUEUE_OLDEST_AGE_SECONDS, "Age of the oldest message waiting to be submitted");
     describe_counter!(
-        "otpgate_resubmits_total",
+        RESUBMITS_TOTAL,
         "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates"
     );
     describe_counter!(
-        "otpgate_resend_limit_total",
+        RESEND_LIMIT_TOTAL,
         "Messages failed because their submits kept going out unanswered (messages.max_unconfirmed_resends)"
     );
-    describe_counter!("otpgate_spillovers_total", "Messages moved off a carrier that could not take them within the spill bound");
-    describe_gauge!("otpgate_spill_after_seconds", "messages.spill_after: the longest a message should wait on one carrier");
-    describe_counter!("otpgate_recovered_total", "Queued messages re-queued at start-up from the store");
-    describe_gauge!("otpgate_carrier_up", "1 while at least one session of the carrier is bound");
-    describe_gauge!("otpgate_carrier_circuit_open", "1 while the carrier's circuit breaker keeps traffic away");
-    describe_gauge!("otpgate_carrier_taking_traffic", "1 while the carrier is bound, its circuit closed and its sessions answering");
-    describe_gauge!("otpgate_carrier_rate_limit", "The carrier's submit rate cap now, after throttling (0 = unpaced)");
-    describe_gauge!("otpgate_sessions_bound", "Bound submit sessions per carrier");
-    describe_counter!("otpgate_submit_total", "submit_sm results per carrier and class");
-    describe_histogram!("otpgate_submit_response_seconds", "submit_sm to submit_sm_resp time per carrier");
-    describe_gauge!("otpgate_window_in_use", "submit_sm awaiting a response per carrier");
-    describe_counter!("otpgate_reconnects_total", "Sessions lost or binds failed, by reason");
-    describe_counter!("otpgate_receipts_total", "Delivery receipts per carrier and state");
-    describe_histogram!("otpgate_receipt_latency_seconds", "Submit to receipt time per carrier");
-    describe_counter!("otpgate_receipts_unmatched_total", "Receipts that matched no message (or could not be read)");
-    describe_counter!("otpgate_receipts_late_total", "Receipts for a message that already had its final receipt: counted, not applied");
+    describe_counter!(SPILLOVERS_TOTAL, "Messages moved off a carrier that could not take them within the spill bound");
+    describe_gauge!(SPILL_AFTER_SECONDS, "messages.spill_after: the longest a message should wait on one carrier");
+    describe_counter!(RECOVERED_TOTAL, "Queued messages re-queued at start-up from the store");
+    describe_gauge!(CARRIER_UP, "1 while at least one session of the carrier is bound");
+    describe_gauge!(CARRIER_CIRCUIT_OPEN, "1 while the carrier's circuit breaker keeps traffic away");
+    describe_gauge!(CARRIER_TAKING_TRAFFIC, "1 while the carrier is bound, its circuit closed and its sessions answering");
+    describe_gauge!(CARRIER_RATE_LIMIT, "The carrier's submit rate cap now, after throttling (0 = unpaced)");
+    describe_gauge!(SESSIONS_BOUND, "Bound submit sessions per carrier");
+    describe_counter!(SUBMIT_TOTAL, "submit_sm results per carrier and class");
+    describe_histogram!(SUBMIT_RESPONSE_SECONDS, "submit_sm to submit_sm_resp time per carrier");
+    describe_gauge!(WINDOW_IN_USE, "submit_sm awaiting a response per carrier");
+    describe_counter!(RECONNECTS_TOTAL, "Sessions lost or binds failed, by reason");
+    describe_counter!(RECEIPTS_TOTAL, "Delivery receipts per carrier and state");
+    describe_histogram!(RECEIPT_LATENCY_SECONDS, "Submit to receipt time per carrier");
+    describe_counter!(RECEIPTS_UNMATCHED_TOTAL, "Receipts that matched no message (or could not be read)");
+    describe_counter!(RECEIPTS_LATE_TOTAL, "Receipts for a message that already had its final receipt: counted, not applied");
+    describe_counter!(RECEIPTS_AMBIGUOUS_TOTAL, "Receipts whose id names different waiting messages under different readings: not applied");
     describe_counter!(
-        "otpgate_receipts_ambiguous_total",
-        "Receipts whose id names different waiting messages under different readings: not applied"
-    );
-    describe_counter!(
-        "otpgate_receipts_dropped_total",
+        RECEIPTS_DROPPED_TOTAL,
         "Receipts not kept: held_full (max_held_receipts reached) or unmatched (held past hold_receipts_for)"
     );
-    describe_counter!("otpgate_mobile_originated_total", "Mobile-originated SMS received and ignored (otpgate takes no inbound SMS)");
-    describe_counter!("otpgate_long_message_ids_total", "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
-    describe_counter!("otpgate_verifications_total", "Verification events by outcome");
-    describe_counter!("otpgate_otp_sent_total", "OTP SMS accepted by each carrier");
-    describe_counter!("otpgate_otp_approved_total", "Verifications approved, by the carrier of their last SMS");
+    describe_counter!(MOBILE_ORIGINATED_TOTAL, "Mobile-originated SMS received and ignored (otpgate takes no inbound SMS)");
+    describe_counter!(LONG_MESSAGE_IDS_TOTAL, "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
+    describe_counter!(VERIFICATIONS_TOTAL, "Verification events by outcome");
+    describe_counter!(OTP_SENT_TOTAL, "OTP SMS accepted by each carrier");
+    describe_counter!(OTP_APPROVED_TOTAL, "Verifications approved, by the carrier of their last SMS");
 }
 
 /// Serves `/metrics` until `stop`.
@@ -99,38 +130,6 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
     }
 }
 
-/// Samples the gauges every second until `stop`.
-pub async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + Send + Sync>, store: Arc<Store>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => break,
-        }
-        for carrier in carriers() {
-            let name = carrier.name().to_string();
-            let bound = carrier.bound_sessions();
-            metrics::gauge!("otpgate_carrier_up", "carrier" => name.clone()).set(if bound > 0 { 1.0 } else { 0.0 });
-            metrics::gauge!("otpgate_sessions_bound", "carrier" => name.clone()).set(bound as f64);
-            metrics::gauge!("otpgate_window_in_use", "carrier" => name.clone()).set(carrier.in_flight() as f64);
-            metrics::gauge!("otpgate_carrier_circuit_open", "carrier" => name.clone()).set(f64::from(u8::from(carrier.circuit_open())));
-            metrics::gauge!("otpgate_carrier_taking_traffic", "carrier" => name.clone()).set(f64::from(u8::from(carrier.taking_traffic())));
-            metrics::gauge!("otpgate_carrier_rate_limit", "carrier" => name.clone()).set(carrier.limits().1.unwrap_or(0.0));
-            // Counters an alert or panel reads exist from the start, not from their first event.
-            metrics::counter!("otpgate_spillovers_total", "carrier" => name.clone()).increment(0);
-            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => name.clone()).increment(0);
-            metrics::counter!("otpgate_receipts_late_total", "carrier" => name.clone()).increment(0);
-            for reason in ["held_full", "unmatched"] {
-                metrics::counter!("otpgate_receipts_dropped_total", "carrier" => name.clone(), "reason" => reason).increment(0);
-            }
-        }
-        let (depth, oldest) = store.queue_stats(std::time::SystemTime::now());
-        metrics::gauge!("otpgate_queue_depth").set(depth as f64);
-        metrics::gauge!("otpgate_queue_oldest_age_seconds").set(oldest.as_secs_f64());
-        handle().run_upkeep();
-    }
-}
-
 /// axum middleware: counts requests and times them by route template (never the raw path,
 /// which holds ids).
 pub async fn track_http(request: Request, next: Next) -> Response {
@@ -138,7 +137,7 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("otpgate_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("otpgate_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
     response
 }

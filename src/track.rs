@@ -13,6 +13,7 @@ use crate::smpp::receipt::{IdReading, IdRelation};
 use crate::smpp::{DeliveryState, Receipt, ReceiptEvent};
 use crate::smsc_id;
 use crate::store::{IncomingReceipt, MessageId, MessageStatus, ReceiptMatch, Store};
+use crate::telemetry;
 
 /// Receipts wait here when the store is slow; sessions then slow down too, since a deliver_sm
 /// is answered only once its receipt is on disk.
@@ -83,11 +84,11 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, faile
         Err(e) => {
             // Nothing in it to keep: counted, and answered like any other.
             tracing::warn!(%carrier, error = %e, "unreadable receipt counted as unmatched");
-            metrics::counter!("otpgate_receipts_unmatched_total", "carrier" => carrier).increment(1);
+            metrics::counter!(telemetry::RECEIPTS_UNMATCHED_TOTAL, "carrier" => carrier).increment(1);
             return true;
         }
     };
-    metrics::counter!("otpgate_receipts_total", "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
+    metrics::counter!(telemetry::RECEIPTS_TOTAL, "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
     let readings = event.id_relation.readings(ids.learned);
     match store.apply_receipt(&carrier, incoming(receipt, readings), SystemTime::now()) {
         Ok(ReceiptMatch::Matched { id, status, latency, finished, reading }) => {
@@ -96,24 +97,21 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, faile
                 ids.observe(&carrier, reading);
             }
             if let Some(latency) = latency {
-                metrics::histogram!("otpgate_receipt_latency_seconds", "carrier" => carrier.clone()).record(latency.as_secs_f64());
+                metrics::histogram!(telemetry::RECEIPT_LATENCY_SECONDS, "carrier" => carrier.clone()).record(latency.as_secs_f64());
             }
-            if finished {
-                metrics::counter!("otpgate_messages_total", "state" => status.as_str()).increment(1);
-                if matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
-                    let _ = failed.send(id);
-                }
+            if finished && matches!(status, MessageStatus::Undeliverable | MessageStatus::Rejected) {
+                let _ = failed.send(id);
             }
             true
         }
         Ok(ReceiptMatch::Late { id }) => {
             tracing::debug!(%carrier, message_id = %id, "receipt after the final one; counted, not applied");
-            metrics::counter!("otpgate_receipts_late_total", "carrier" => carrier).increment(1);
+            metrics::counter!(telemetry::RECEIPTS_LATE_TOTAL, "carrier" => carrier).increment(1);
             true
         }
         Ok(ReceiptMatch::Ambiguous) => {
             tracing::warn!(%carrier, smsc_id = %receipt.message_id, "receipt id names different messages under different readings; not applied (set receipt_id for this carrier)");
-            metrics::counter!("otpgate_receipts_ambiguous_total", "carrier" => carrier).increment(1);
+            metrics::counter!(telemetry::RECEIPTS_AMBIGUOUS_TOTAL, "carrier" => carrier).increment(1);
             true
         }
         Ok(ReceiptMatch::Held) => {
@@ -122,7 +120,7 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, faile
         }
         Ok(ReceiptMatch::Dropped) => {
             // Logged by count, not per receipt: a flood of them is the case this guards.
-            metrics::counter!("otpgate_receipts_dropped_total", "carrier" => carrier, "reason" => "held_full").increment(1);
+            metrics::counter!(telemetry::RECEIPTS_DROPPED_TOTAL, "carrier" => carrier, "reason" => "held_full").increment(1);
             true
         }
         Err(e) => {
@@ -156,5 +154,63 @@ pub(crate) fn incoming(receipt: &Receipt, readings: &[IdReading]) -> IncomingRec
         stat: receipt.stat.clone().unwrap_or_else(|| receipt.state.as_str().to_string()),
         err: receipt.err.clone(),
         final_status: final_status(receipt.state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Attempt, NewMessage, StoreOptions};
+
+    fn receipt(id: &str) -> Receipt {
+        Receipt {
+            message_id: id.into(),
+            alternate_id: None,
+            id_from_tlv: false,
+            state: DeliveryState::Delivered,
+            stat: Some("DELIVRD".into()),
+            err: Some("000".into()),
+            submitted: None,
+            delivered: None,
+            submit_date: None,
+            done_date: None,
+            network_error: None,
+        }
+    }
+
+    /// Receipt ids in another base than their submit_sm_resp find their message, and the one
+    /// reading that matched is reported for `receipt_id = "auto"` to learn.
+    #[tokio::test]
+    async fn receipts_match_their_submit_in_any_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let now = SystemTime::now();
+        let pairs = [
+            ("70BA8A69", "1891273321", Some(IdReading::HexToDec)),
+            ("1891273321", "70ba8a69", Some(IdReading::DecToHex)),
+            ("38601FA", "0059113978", Some(IdReading::HexToDec)),
+            ("a29f6845", "A29F6845", Some(IdReading::Same)),
+        ];
+        for (i, (response, receipt_id, learned)) in pairs.into_iter().enumerate() {
+            let message = NewMessage { owner: "t".into(), to: "+447700900123".into(), from: None, text: "hi".into(), deadline: now };
+            let (id, _) = store.insert_message(message, None, now).await.unwrap();
+            let carrier = format!("c{i}");
+            let attempt = Attempt { at_ms: 0, carrier: carrier.clone(), session: None, result: "ok".into(), detail: String::new() };
+            store.mark_submitted(&id, &carrier, response, attempt, now).unwrap();
+            match store.apply_receipt(&carrier, incoming(&receipt(receipt_id), &IdReading::ALL), now).unwrap() {
+                ReceiptMatch::Matched { id: matched, reading, .. } => {
+                    assert_eq!(matched, id, "{response} / {receipt_id}");
+                    assert_eq!(reading, learned, "{response} / {receipt_id}");
+                }
+                other => panic!("{response} / {receipt_id}: {other:?}"),
+            }
+        }
+        store.close().await.unwrap();
+    }
+
+    #[test]
+    fn progress_reports_are_not_final() {
+        assert_eq!(final_status(DeliveryState::Enroute), None);
+        assert_eq!(final_status(DeliveryState::Deleted), Some(MessageStatus::Undeliverable));
     }
 }

@@ -290,7 +290,6 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         .insert_message(message, idempotency.as_ref().map(|(k, h)| (k.as_str(), h.as_str())), now)
         .await
         .map_err(store_unavailable)?;
-    metrics::counter!("otpgate_messages_total", "state" => "queued").increment(1);
     state.dispatch.enqueue(Job::from_record(id, &record));
     Ok(accepted(&id))
 }

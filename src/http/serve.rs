@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::telemetry;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -82,15 +83,15 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("otpgate_http_connections_refused_total").increment(1);
+            metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED_TOTAL).increment(1);
             connections.spawn(refuse(stream));
             continue;
         };
         let (router, stop) = (router.clone(), stop.clone());
         connections.spawn(async move {
-            metrics::gauge!("otpgate_http_connections").increment(1.0);
+            metrics::gauge!(telemetry::HTTP_CONNECTIONS).increment(1.0);
             connection(stream, peer, router, limits, stop).await;
-            metrics::gauge!("otpgate_http_connections").decrement(1.0);
+            metrics::gauge!(telemetry::HTTP_CONNECTIONS).decrement(1.0);
             drop(permit);
         });
     }

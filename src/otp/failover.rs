@@ -16,6 +16,7 @@ use crate::smpp::OutboundSms;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{Failover, NumberStats, VerificationRecord, VerificationStatus};
 use crate::store::{MessageId, MessageStatus, NewMessage};
+use crate::telemetry;
 
 /// OTP SMS sent before a restart whose receipt the watch must still act on.
 struct Unsettled {
@@ -89,7 +90,7 @@ impl Otp {
             return Ok(false);
         }
         tracing::info!(verification = %vid, from = %from_carrier, %reason, "OTP resent through another carrier");
-        metrics::counter!("otpgate_verifications_total", "outcome" => "failover").increment(1);
+        metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "failover").increment(1);
         self.dispatch.enqueue(Job {
             id: new_id,
             sms: OutboundSms { to: verification.to.clone(), from: None, text, deadline: Some(deadline) },

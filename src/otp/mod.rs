@@ -30,6 +30,7 @@ use crate::smpp::message::encode_text;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
 use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError, VerificationId};
+use crate::telemetry;
 use code::CodeKey;
 use ratelimit::RateLimiter;
 pub use settings::OtpConfig;
@@ -213,7 +214,7 @@ impl Otp {
         let allowed =
             self.policy.allowed_prefixes.is_empty() || self.policy.allowed_prefixes.iter().any(|p| request.to.starts_with(p.as_str()));
         if !allowed {
-            metrics::counter!("otpgate_verifications_total", "outcome" => "blocked").increment(1);
+            metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "blocked").increment(1);
             return Err(OtpError::DestinationBlocked);
         }
         if self.network.current().routes.route(&request.to).is_none() {
@@ -222,7 +223,7 @@ impl Otp {
         let limited = Self::limit(&self.creates_per_key, "for this API key", owner)
             .and_then(|_| Self::limit(&self.creates_per_ip, "from this address", &ip.to_string()));
         if let Err(e) = limited {
-            metrics::counter!("otpgate_verifications_total", "outcome" => "rate_limited").increment(1);
+            metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "rate_limited").increment(1);
             return Err(e);
         }
         let code_length = request.code_length.unwrap_or(self.policy.code_length);
@@ -321,14 +322,13 @@ impl Otp {
             Ok(send) => send,
             Err(e) => {
                 if matches!(e, OtpError::Cooldown(_) | OtpError::SendLimit(_)) {
-                    metrics::counter!("otpgate_verifications_total", "outcome" => "rate_limited").increment(1);
+                    metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "rate_limited").increment(1);
                 }
                 return Err(e);
             }
         };
         let outcome = if send.record.sends > 1 { "resent" } else { "created" };
-        metrics::counter!("otpgate_verifications_total", "outcome" => outcome).increment(1);
-        metrics::counter!("otpgate_messages_total", "state" => "queued").increment(1);
+        metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
         self.dispatch.enqueue(Job {
             id: send.message_id,
             sms: OutboundSms { to: send.record.to.clone(), from: None, text, deadline: Some(from_ms(send.record.expires_ms)) },
@@ -370,7 +370,7 @@ impl Otp {
             if r.status == VerificationStatus::Pending && now_ms >= r.expires_ms {
                 r.status = VerificationStatus::Expired;
                 r.done_ms = Some(r.expires_ms);
-                metrics::counter!("otpgate_verifications_total", "outcome" => "expired").increment(1);
+                metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "expired").increment(1);
             }
             if r.status != VerificationStatus::Pending {
                 return Err(OtpError::NotPending(r.status));
@@ -387,7 +387,7 @@ impl Otp {
                 r.status = VerificationStatus::Approved;
                 r.done_ms = Some(now_ms);
                 stats.of(&r.owner).approved_ms = Some(now_ms);
-                metrics::counter!("otpgate_verifications_total", "outcome" => "approved").increment(1);
+                metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "approved").increment(1);
                 return Ok(CheckOutcome::Approved);
             }
             stats.failed_checks_ms.push(now_ms);
@@ -396,7 +396,7 @@ impl Otp {
             if r.checks_left == 0 {
                 r.status = VerificationStatus::MaxAttemptsReached;
                 r.done_ms = Some(now_ms);
-                metrics::counter!("otpgate_verifications_total", "outcome" => "max_attempts").increment(1);
+                metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "max_attempts").increment(1);
                 return Ok(CheckOutcome::MaxAttemptsReached);
             }
             Ok(CheckOutcome::Wrong { checks_left: r.checks_left })
@@ -411,7 +411,7 @@ impl Otp {
                 .and_then(|m| self.store.message(m).ok().flatten())
                 .and_then(|m| m.carrier)
                 .unwrap_or_else(|| "unknown".into());
-            metrics::counter!("otpgate_otp_approved_total", "carrier" => carrier).increment(1);
+            metrics::counter!(telemetry::OTP_APPROVED_TOTAL, "carrier" => carrier).increment(1);
         }
         Ok((id, outcome))
     }
@@ -441,7 +441,7 @@ impl Otp {
         };
         let (record, result) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
         result?;
-        metrics::counter!("otpgate_verifications_total", "outcome" => "canceled").increment(1);
+        metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "canceled").increment(1);
         Ok(Canceled { id, status: record.status })
     }
 
@@ -461,7 +461,7 @@ impl Otp {
             };
             if let Some((_, true)) = self.store.update_verification(&id, change).await? {
                 expired += 1;
-                metrics::counter!("otpgate_verifications_total", "outcome" => "expired").increment(1);
+                metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "expired").increment(1);
             }
         }
         Ok(expired)

@@ -20,6 +20,7 @@ use super::message::OutboundSms;
 use super::outcome::{NotSubmitted, Permanent, SubmitOutcome};
 use super::session::{BindMode, ReceiptSender, Session, SessionError, SessionSettings};
 use super::settings::{BindType, CarrierConfig};
+use crate::telemetry;
 
 /// A carrier SMSC and its sessions.
 pub struct Carrier {
@@ -257,7 +258,7 @@ impl Carrier {
                 let started = std::time::Instant::now();
                 let outcome = session.submit(pdu).await;
                 if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
-                    metrics::histogram!("otpgate_submit_response_seconds", "carrier" => self.name.to_string())
+                    metrics::histogram!(telemetry::SUBMIT_RESPONSE_SECONDS, "carrier" => self.name.to_string())
                         .record(started.elapsed().as_secs_f64());
                 }
                 (outcome, Some(session.label().clone()))
@@ -316,7 +317,7 @@ impl Link {
                     match ended {
                         Some(reason) => {
                             tracing::warn!(carrier = %self.carrier.name, link = %self.settings.label, %reason, "session closed; will reconnect");
-                            metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason.label())
+                            metrics::counter!(telemetry::RECONNECTS_TOTAL, "carrier" => self.carrier.name.to_string(), "reason" => reason.label())
                                 .increment(1);
                         }
                         None => {
@@ -333,7 +334,7 @@ impl Link {
                         SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => "connect_failed",
                         _ => "bind_failed",
                     };
-                    metrics::counter!("otpgate_reconnects_total", "carrier" => self.carrier.name.to_string(), "reason" => reason)
+                    metrics::counter!(telemetry::RECONNECTS_TOTAL, "carrier" => self.carrier.name.to_string(), "reason" => reason)
                         .increment(1);
                 }
             }

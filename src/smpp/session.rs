@@ -32,6 +32,7 @@ use super::codec::{Frame, FrameCodec};
 use super::message::c_octet;
 use super::outcome::{NotSubmitted, SubmitOutcome};
 use super::receipt::{IdRelation, Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
+use crate::telemetry;
 
 /// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
 /// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
@@ -480,7 +481,7 @@ impl Inner {
             Frame::Command(command) => command,
             Frame::LongSubmitSmResp { sequence, status, message_id } => {
                 tracing::warn!(carrier = %self.carrier, length = message_id.len(), "submit_sm_resp with a message_id longer than SMPP allows; kept as sent");
-                metrics::counter!("otpgate_long_message_ids_total", "carrier" => self.carrier.to_string()).increment(1);
+                metrics::counter!(telemetry::LONG_MESSAGE_IDS_TOTAL, "carrier" => self.carrier.to_string()).increment(1);
                 let answer = Answer { id: CommandId::SubmitSmResp, status, message_id, undecodable: false };
                 self.answer(sequence, answer);
                 return None;
@@ -542,7 +543,7 @@ impl Inner {
             if let Some(count) = self.mobile_originated.due() {
                 tracing::info!(carrier = %self.carrier, count, "mobile-originated SMS ignored (counted; one line per 10 s at most)");
             }
-            metrics::counter!("otpgate_mobile_originated_total", "carrier" => self.carrier.to_string()).increment(1);
+            metrics::counter!(telemetry::MOBILE_ORIGINATED_TOTAL, "carrier" => self.carrier.to_string()).increment(1);
             self.reply(sequence, CommandStatus::EsmeRok, response);
             return;
         }

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
 use super::{Change, Store, StoreError, encode, idempotency, keys, lock};
+use crate::telemetry;
 
 /// A message about to be taken in.
 #[derive(Debug, Clone)]
@@ -59,6 +60,7 @@ impl Store {
             self.db.insert(k, v)?;
         }
         self.commit.durable().await?;
+        entered(MessageStatus::Queued);
         Ok((id, record))
     }
 
@@ -73,6 +75,7 @@ impl Store {
         let record = MessageRecord::queued(message, record::to_ms(now), Some(verification));
         self.write_queued(&id, &record)?;
         self.commit.durable().await?;
+        entered(MessageStatus::Queued);
         Ok(record)
     }
 
@@ -245,6 +248,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         let done = record::to_ms(now);
+        let mut changed = false;
         self.update(id, |r, rows| {
             if r.status.is_final() {
                 return false;
@@ -260,8 +264,12 @@ impl Store {
             }
             rows.add(keys::done(keys::MESSAGE_DONE, done, id), []);
             rows.remove(keys::queue(id));
+            changed = true;
             true
         })?;
+        if changed {
+            entered(status);
+        }
         Ok(())
     }
 
@@ -297,6 +305,17 @@ impl Store {
         self.index_submit(&mut record, id, carrier, smsc_id, now_ms, &mut rows)?;
         rows.remove(keys::queue(id));
         self.apply(rows, keys::message(id), encode(&record))?;
+        entered(MessageStatus::Submitted);
+        if record.status.is_final() {
+            // A receipt that beat this response was applied just now.
+            entered(record.status);
+        }
         Ok(Some(record.status))
     }
+}
+
+/// Counts a message entering `status`: the one place `otpgate_messages_total` moves, called
+/// once the change is written.
+pub(super) fn entered(status: MessageStatus) {
+    metrics::counter!(telemetry::MESSAGES_TOTAL, "state" => status.as_str()).increment(1);
 }

@@ -285,8 +285,6 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smpp::receipt::IdReading;
-    use crate::smpp::{DeliveryState, Receipt};
 
     fn options() -> StoreOptions {
         StoreOptions { cache_capacity_bytes: 8 * 1024 * 1024, ..StoreOptions::default() }
@@ -312,25 +310,16 @@ mod tests {
         }
     }
 
-    /// A receipt with text id `id`, read every way.
-    fn receipt(id: &str, state: DeliveryState) -> IncomingReceipt<IdReading> {
-        let receipt = Receipt {
-            message_id: id.into(),
-            alternate_id: None,
-            id_from_tlv: false,
-            state,
-            stat: Some(state.as_str().into()),
+    /// A receipt whose text id reads as each of `ids` (the reading named by its position).
+    fn received(ids: &[&str], status: MessageStatus) -> IncomingReceipt<usize> {
+        IncomingReceipt {
+            exact_id: None,
+            read_ids: ids.iter().map(|id| crate::smsc_id::canonical(id)).enumerate().collect(),
+            stat: status.as_str().to_ascii_uppercase(),
             err: Some("000".into()),
-            submitted: None,
-            delivered: None,
-            submit_date: None,
-            done_date: None,
-            network_error: None,
-        };
-        crate::track::incoming(&receipt, ALL)
+            final_status: Some(status),
+        }
     }
-
-    const ALL: &[IdReading] = &IdReading::ALL;
 
     /// A store in a fresh directory (kept alive by the returned guard) and the time now.
     fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
@@ -353,7 +342,7 @@ mod tests {
         let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).unwrap();
-        let matched = store.apply_receipt("alpha", receipt("ab12", DeliveryState::Delivered), now).unwrap();
+        let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).unwrap();
         assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
 
         // Not old enough yet.
@@ -363,29 +352,29 @@ mod tests {
         assert!(store.message(&done_id).unwrap().is_none());
         assert!(store.message(&queued_id).unwrap().is_some(), "queued messages are never swept");
         // Its receipt index went with it: a late duplicate receipt is held, not applied.
-        let late = store.apply_receipt("alpha", receipt("AB12", DeliveryState::Delivered), later).unwrap();
+        let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).unwrap();
         assert_eq!(late, ReceiptMatch::Held);
         store.close().await.unwrap();
     }
 
     #[tokio::test]
-    async fn receipts_match_their_submit_in_any_base_through_one_index_row() {
+    async fn a_receipt_matches_through_the_one_index_row_of_its_submit() {
         let (_dir, store, now) = fresh();
-        let pairs = [
-            ("70BA8A69", "1891273321"),
-            ("1891273321", "70ba8a69"),
-            ("0059113978", "38601fa"),
-            ("38601FA", "0059113978"),
-            ("a29f6845", "A29F6845"),
-        ];
-        for (i, (response, receipt_id)) in pairs.into_iter().enumerate() {
+        // (submit_sm_resp id, the receipt's id as each reading reads it)
+        let pairs: [(&str, &[&str]); 3] =
+            [("70BA8A69", &["1891273321", "70ba8a69"]), ("0059113978", &["38601fa", "59113978"]), ("a29f6845", &["A29F6845"])];
+        for (i, (response, read_as)) in pairs.into_iter().enumerate() {
             let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
             let carrier = format!("c{i}");
             store.mark_submitted(&id, &carrier, response, attempt(), now).unwrap();
             let rows = store.db.scan_prefix(keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).count();
             assert_eq!(rows, 1, "{response}: one index row");
-            let matched = store.apply_receipt(&carrier, receipt(receipt_id, DeliveryState::Delivered), now).unwrap();
-            assert!(matches!(matched, ReceiptMatch::Matched { id: m, .. } if m == id), "{response} / {receipt_id}: {matched:?}");
+            let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).unwrap();
+            let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
+            assert_eq!(
+                matched,
+                ReceiptMatch::Matched { id, status: MessageStatus::Delivered, latency: Some(Duration::ZERO), finished: true, reading }
+            );
         }
         store.close().await.unwrap();
     }
@@ -394,13 +383,16 @@ mod tests {
     async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_dropped_and_reported_once() {
         let (_dir, store, now) = fresh();
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        // Receipt in decimal before the submit_sm_resp names the id in hex.
-        assert_eq!(store.apply_receipt("alpha", receipt("1891273321", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Held);
+        // Receipt in decimal (read also as hex) before the submit_sm_resp names the id in hex.
+        assert_eq!(
+            store.apply_receipt("alpha", received(&["1891273321", "70ba8a69"], MessageStatus::Delivered), now).unwrap(),
+            ReceiptMatch::Held
+        );
         assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).unwrap(), Some(MessageStatus::Delivered));
         assert_eq!(store.counts().2, 0);
 
         // A receipt for nothing on another carrier: held, then dropped and reported once.
-        store.apply_receipt("beta", receipt("77", DeliveryState::Undeliverable), now).unwrap();
+        store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).unwrap();
         assert_eq!(store.held_receipts(), 1);
         let retention = Duration::from_secs(7 * 24 * 3600);
         assert!(store.sweep(retention, now).unwrap().1.is_empty(), "too young to call unmatched");
@@ -421,7 +413,7 @@ mod tests {
             for n in 0..5 {
                 let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
                 assert_eq!(
-                    store.apply_receipt("alpha", receipt(&format!("{}", 100 + n), DeliveryState::Delivered), now).unwrap(),
+                    store.apply_receipt("alpha", received(&[&format!("{}", 100 + n)], MessageStatus::Delivered), now).unwrap(),
                     expected
                 );
             }
@@ -429,7 +421,7 @@ mod tests {
         }
         let store = Store::open(dir.path(), &capped).unwrap();
         assert_eq!(store.held_receipts(), 3, "counted at open");
-        assert_eq!(store.apply_receipt("alpha", receipt("999", DeliveryState::Delivered), now).unwrap(), ReceiptMatch::Dropped);
+        assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).unwrap(), ReceiptMatch::Dropped);
         // One held receipt meets its submit: room for another.
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&id, "alpha", "100", attempt(), now).unwrap();

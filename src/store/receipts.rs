@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
 use super::{Change, Store, StoreError, encode, keys, lock};
 
@@ -144,6 +145,9 @@ impl Store {
             self.apply(rows, keys::message(&id), encode(&record))?;
             if was_queued && finished {
                 self.queue_changed(-1);
+            }
+            if finished {
+                entered(record.status);
             }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
             return Ok(ReceiptMatch::Matched { id, status: record.status, latency, finished, reading });

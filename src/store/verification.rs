@@ -172,6 +172,7 @@ impl Store {
             send
         };
         self.commit.durable().await?;
+        super::messages::entered(super::MessageStatus::Queued);
         Ok(Ok(send))
     }
 
