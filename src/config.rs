@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dispatch::{SPILL_MAX, SPILL_MIN};
-use crate::duration::DAY;
 use crate::echo::shown;
+pub use crate::http::settings::{ApiKeyConfig, MessagesConfig};
 pub use crate::otp::settings::OtpConfig;
 pub use crate::route::{RouteConfig, Strategy};
 pub use crate::smpp::settings::{BindType, CarrierConfig};
+pub use crate::store::settings::StoreConfig;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,85 +47,6 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
-}
-
-/// The sled store's tuning.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Finished messages are deleted this long after they finished.
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub retention: Duration,
-    /// sled's page cache in MiB (its own default, 1 GiB, is too much for most hosts).
-    pub cache_capacity_mb: u64,
-    /// Receipts kept while they wait for their submit_sm_resp, at most (more are dropped and
-    /// counted): receipts for unknown ids must not fill the disk.
-    pub max_held_receipts: usize,
-    /// How long such a receipt waits before it is dropped as unmatched.
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub hold_receipts_for: Duration,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            retention: Duration::from_secs(7 * 24 * 3600),
-            cache_capacity_mb: 4,
-            max_held_receipts: 10_000,
-            hold_receipts_for: Duration::from_secs(600),
-        }
-    }
-}
-
-/// Limits for messages taken in over HTTP.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MessagesConfig {
-    /// Validity of a message whose request names none.
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub default_validity: Duration,
-    /// The longest validity a request may ask for ...
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub max_validity: Duration,
-    /// ... and the shortest: below it a message would mostly expire unsent.
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub min_validity: Duration,
-    /// The longest a message waits on one carrier (its rate cap, window or throttling) before
-    /// it moves to the next carrier of its route that has room.
-    #[serde(deserialize_with = "crate::duration::human")]
-    pub spill_after: Duration,
-    /// Sends again after a submit went out and got no readable answer (connection lost,
-    /// response timeout, unreadable response, crash mid-submit); each may be a duplicate at the
-    /// handset. Past it the message fails.
-    pub max_unconfirmed_resends: u32,
-}
-
-impl Default for MessagesConfig {
-    fn default() -> Self {
-        MessagesConfig {
-            default_validity: Duration::from_secs(3600),
-            max_validity: Duration::from_secs(72 * 3600),
-            min_validity: Duration::from_secs(30),
-            spill_after: Duration::from_secs(5),
-            max_unconfirmed_resends: 2,
-        }
-    }
-}
-
-/// A client allowed to call the HTTP API. Only the key's SHA-256 is configured, never the key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyConfig {
-    pub name: String,
-    /// 64 hex digits: `echo -n KEY | otpgate hash-key`.
-    pub key_sha256: String,
-}
-
-impl ApiKeyConfig {
-    /// The configured hash as bytes (validated at load).
-    pub fn hash(&self) -> [u8; 32] {
-        crate::hex::decode32(&self.key_sha256)
-    }
 }
 
 /// Listeners and the data directory.
@@ -225,88 +146,40 @@ impl Config {
             }
         }
         for (i, api_key) in self.api_keys.iter().enumerate() {
-            let key = |field: &str| format!("api_keys[{i}].{field}");
-            if api_key.name.is_empty() || api_key.name.len() > 64 {
-                return Err(invalid(key("name"), "must be 1-64 characters".into()));
+            if let Some((field, message)) = api_key.problem() {
+                return Err(invalid(format!("api_keys[{i}].{field}"), message));
             }
             if self.api_keys[..i].iter().any(|k| k.name == api_key.name) {
-                return Err(invalid(key("name"), format!("{:?} is used twice", api_key.name)));
-            }
-            let hex_ok = api_key.key_sha256.len() == 64 && api_key.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex_ok {
-                return Err(invalid(
-                    key("key_sha256"),
-                    "must be the 64-hex-digit SHA-256 of the key (otpgate hash-key prints it), not the key".into(),
-                ));
+                return Err(invalid(format!("api_keys[{i}].name"), format!("{:?} is used twice", api_key.name)));
             }
         }
-        let m = &self.messages;
-        if m.min_validity < Duration::from_secs(1) || m.min_validity > m.max_validity {
-            return Err(invalid("messages.min_validity".into(), "must be at least 1s and at most messages.max_validity".into()));
+        if let Some((field, message)) = self.messages.problem() {
+            return Err(invalid(format!("messages.{field}"), message));
         }
-        if m.default_validity < m.min_validity || m.max_validity < m.default_validity {
-            return Err(invalid(
-                "messages.default_validity".into(),
-                "must be between messages.min_validity and messages.max_validity".into(),
-            ));
-        }
-        if !(SPILL_MIN..=SPILL_MAX).contains(&m.spill_after) {
-            return Err(invalid("messages.spill_after".into(), "must be between 100ms and 10m".into()));
-        }
-        if m.max_unconfirmed_resends > 10 {
-            return Err(invalid("messages.max_unconfirmed_resends".into(), "must be 0-10: each resend may be a duplicate SMS".into()));
-        }
-        // SMPP relative validity counts at most 99 days in our encoding.
-        if m.max_validity > Duration::from_secs(99 * 24 * 3600) {
-            return Err(invalid("messages.max_validity".into(), "must be at most 99 days".into()));
-        }
+        // Each route on its own, then across sections: prefixes routed once, carriers that exist.
         let mut seen_prefixes: Vec<&str> = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             let key = |field: &str| format!("routes[{i}].{field}");
-            if route.prefixes.is_empty() {
-                return Err(invalid(key("prefixes"), "list at least one E.164 prefix (or \"*\")".into()));
+            if let Some((field, message)) = route.problem() {
+                return Err(invalid(key(field), message));
             }
             for prefix in &route.prefixes {
-                let ok = prefix == "*" || (prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit()));
-                if !ok {
-                    return Err(invalid(key("prefixes"), format!("{} is neither \"*\" nor '+' followed by digits", shown(prefix))));
-                }
                 if seen_prefixes.contains(&prefix.as_str()) {
                     return Err(invalid(key("prefixes"), format!("{} is routed twice", shown(prefix))));
                 }
                 seen_prefixes.push(prefix);
-            }
-            if route.carriers.is_empty() {
-                return Err(invalid(key("carriers"), "list at least one carrier".into()));
             }
             for name in &route.carriers {
                 if !self.carriers.iter().any(|c| &c.name == name) {
                     return Err(invalid(key("carriers"), format!("no carrier named {}", shown(name))));
                 }
             }
-            match route.strategy {
-                Strategy::Weighted => {
-                    if route.weights.len() != route.carriers.len() {
-                        return Err(invalid(
-                            key("weights"),
-                            format!("has {} weights for {} carriers", route.weights.len(), route.carriers.len()),
-                        ));
-                    }
-                    if route.weights.iter().all(|&w| w == 0) || route.weights.iter().sum::<u32>() > 1000 {
-                        return Err(invalid(key("weights"), "weights must add up to 1-1000".into()));
-                    }
-                }
-                _ if !route.weights.is_empty() => {
-                    return Err(invalid(key("weights"), "weights only go with strategy = \"weighted\"".into()));
-                }
-                _ => {}
-            }
         }
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));
         }
-        if !(1..=1_048_576).contains(&self.store.cache_capacity_mb) {
-            return Err(invalid("store.cache_capacity_mb".into(), "must be 1-1048576 (1 MiB to 1 TiB)".into()));
+        if let Some((field, message)) = self.store.problem() {
+            return Err(invalid(format!("store.{field}"), message));
         }
         let sv = &self.server;
         if sv.data_dir.as_os_str().len() > 4096 {
@@ -322,15 +195,6 @@ impl Config {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&sv.shutdown_timeout) {
             return Err(invalid("server.shutdown_timeout".into(), "must be between 1s and 1h".into()));
-        }
-        if !(Duration::from_secs(60)..=3650 * DAY).contains(&self.store.retention) {
-            return Err(invalid("store.retention".into(), "must be between 1m and 3650d".into()));
-        }
-        if !(1..=1_000_000).contains(&self.store.max_held_receipts) {
-            return Err(invalid("store.max_held_receipts".into(), "must be 1-1000000".into()));
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.store.hold_receipts_for) {
-            return Err(invalid("store.hold_receipts_for".into(), "must be between 1s and 24h".into()));
         }
         Ok(())
     }

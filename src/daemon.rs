@@ -23,7 +23,7 @@ use crate::http::{self, AppState};
 use crate::otp::Otp;
 use crate::route::Network;
 use crate::smpp::{Carrier, ReceiptEvent};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError};
 use crate::tasks::TaskGroup;
 use crate::{gauges, recovery, retention, telemetry, track};
 
@@ -71,12 +71,7 @@ impl Daemon {
 
     /// As [`Daemon::start`], with the clock the OTP rules read (tests move it forward).
     pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
-        let options = StoreOptions {
-            cache_capacity_bytes: config.store.cache_capacity_mb * 1024 * 1024,
-            max_held_receipts: config.store.max_held_receipts,
-            hold_receipts_for: config.store.hold_receipts_for,
-        };
-        let store = Store::open(&config.server.data_dir, &options)?;
+        let store = Store::open(&config.server.data_dir, &config.store.options())?;
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 
+use crate::echo::shown;
 use crate::smpp::Carrier;
 
 /// How a route spreads messages over its carriers.
@@ -34,6 +35,36 @@ pub struct RouteConfig {
     pub strategy: Strategy,
     #[serde(default)]
     pub weights: Vec<u32>,
+}
+
+impl RouteConfig {
+    /// The first problem with this route on its own: (field, why). Whether its carriers exist
+    /// is checked with the whole file.
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if self.prefixes.is_empty() {
+            return Some(("prefixes", "list at least one E.164 prefix (or \"*\")".into()));
+        }
+        for prefix in &self.prefixes {
+            let ok = prefix == "*" || (prefix.len() >= 2 && prefix.starts_with('+') && prefix[1..].bytes().all(|b| b.is_ascii_digit()));
+            if !ok {
+                return Some(("prefixes", format!("{} is neither \"*\" nor '+' followed by digits", shown(prefix))));
+            }
+        }
+        if self.carriers.is_empty() {
+            return Some(("carriers", "list at least one carrier".into()));
+        }
+        match self.strategy {
+            Strategy::Weighted if self.weights.len() != self.carriers.len() => {
+                Some(("weights", format!("has {} weights for {} carriers", self.weights.len(), self.carriers.len())))
+            }
+            Strategy::Weighted if self.weights.iter().all(|&w| w == 0) || self.weights.iter().sum::<u32>() > 1000 => {
+                Some(("weights", "weights must add up to 1-1000".into()))
+            }
+            Strategy::Weighted => None,
+            _ if !self.weights.is_empty() => Some(("weights", "weights only go with strategy = \"weighted\"".into())),
+            _ => None,
+        }
+    }
 }
 
 fn default_strategy() -> Strategy {

@@ -6,6 +6,7 @@
 pub mod client;
 mod error;
 pub mod serve;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub use error::ApiError;
 
-use crate::config::{ApiKeyConfig, MessagesConfig};
 use crate::dispatch::{Dispatch, Job};
 use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
 use crate::route::Network;
@@ -34,6 +34,7 @@ use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::rfc3339;
 use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
+use settings::{ApiKeyConfig, MessagesConfig};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -29,6 +29,7 @@ mod keys;
 mod messages;
 pub mod receipts;
 pub mod record;
+pub mod settings;
 mod sweep;
 pub mod verification;
 

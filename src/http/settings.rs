@@ -1,0 +1,94 @@
+//! What the HTTP intake is configured with: `[[api_keys]]` and `[messages]` (the validity a
+//! message may ask for; its dispatch bounds are read from the same section), with their checks.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::dispatch::{SPILL_MAX, SPILL_MIN};
+
+/// A client allowed to call the HTTP API. Only the key's SHA-256 is configured, never the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// 64 hex digits: `echo -n KEY | otpgate hash-key`.
+    pub key_sha256: String,
+}
+
+impl ApiKeyConfig {
+    /// The configured hash as bytes (validated at load).
+    pub fn hash(&self) -> [u8; 32] {
+        crate::hex::decode32(&self.key_sha256)
+    }
+
+    /// The first problem with this key: (field, why).
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Some(("name", "must be 1-64 characters".into()));
+        }
+        let hex_ok = self.key_sha256.len() == 64 && self.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok {
+            return Some(("key_sha256", "must be the 64-hex-digit SHA-256 of the key (otpgate hash-key prints it), not the key".into()));
+        }
+        None
+    }
+}
+
+/// Limits for messages taken in over HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// Validity of a message whose request names none.
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub default_validity: Duration,
+    /// The longest validity a request may ask for ...
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub max_validity: Duration,
+    /// ... and the shortest: below it a message would mostly expire unsent.
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub min_validity: Duration,
+    /// The longest a message waits on one carrier (its rate cap, window or throttling) before
+    /// it moves to the next carrier of its route that has room.
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub spill_after: Duration,
+    /// Sends again after a submit went out and got no readable answer (connection lost,
+    /// response timeout, unreadable response, crash mid-submit); each may be a duplicate at the
+    /// handset. Past it the message fails.
+    pub max_unconfirmed_resends: u32,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            default_validity: Duration::from_secs(3600),
+            max_validity: Duration::from_secs(72 * 3600),
+            min_validity: Duration::from_secs(30),
+            spill_after: Duration::from_secs(5),
+            max_unconfirmed_resends: 2,
+        }
+    }
+}
+
+impl MessagesConfig {
+    /// The first setting out of bounds: (key under `messages.`, why).
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        if self.min_validity < Duration::from_secs(1) || self.min_validity > self.max_validity {
+            return Some(("min_validity", "must be at least 1s and at most messages.max_validity".into()));
+        }
+        if self.default_validity < self.min_validity || self.max_validity < self.default_validity {
+            return Some(("default_validity", "must be between messages.min_validity and messages.max_validity".into()));
+        }
+        if !(SPILL_MIN..=SPILL_MAX).contains(&self.spill_after) {
+            return Some(("spill_after", "must be between 100ms and 10m".into()));
+        }
+        if self.max_unconfirmed_resends > 10 {
+            return Some(("max_unconfirmed_resends", "must be 0-10: each resend may be a duplicate SMS".into()));
+        }
+        // SMPP relative validity counts at most 99 days in our encoding.
+        if self.max_validity > Duration::from_secs(99 * 24 * 3600) {
+            return Some(("max_validity", "must be at most 99 days".into()));
+        }
+        None
+    }
+}
