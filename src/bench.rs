@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::ConfigBuilder;
 use crate::http::client::Client;
+use crate::sim::accounting::Accounting;
 use crate::sim::{SimConfig, SmscSim};
 use crate::store::{NewMessage, Store, StoreOptions};
 use crate::telemetry;
@@ -55,26 +57,24 @@ fn free_addr() -> Result<SocketAddr, BenchError> {
 }
 
 fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_dir: &Path) -> String {
-    let mut text = format!(
-        "[server]\nhttp_listen = \"{http}\"\nmetrics_listen = \"{metrics}\"\ndata_dir = {:?}\nshutdown_timeout = \"30s\"\n\n\
-         [otp]\nbrand = \"Bench\"\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\n\
-         checks_per_minute_per_key = 0\nchecks_per_minute_per_ip = 0\nchecks_per_minute_per_number = 0\n\
-         max_sends_per_number = 1000\nresend_cooldown = \"0s\"\n\n\
-         [[api_keys]]\nname = \"bench\"\nkey_sha256 = \"{}\"\n\n",
-        data_dir.display().to_string(),
-        crate::http::sha256_hex(API_KEY.as_bytes())
-    );
+    let mut config = ConfigBuilder::new(data_dir)
+        .server(&format!("http_listen = \"{http}\"\nmetrics_listen = \"{metrics}\"\nshutdown_timeout = \"30s\""))
+        .api_key("bench", API_KEY)
+        .sections(
+            "[otp]\nbrand = \"Bench\"\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\n\
+             checks_per_minute_per_key = 0\nchecks_per_minute_per_ip = 0\nchecks_per_minute_per_number = 0\n\
+             max_sends_per_number = 1000\nresend_cooldown = \"0s\"",
+        )
+        .carrier_defaults(
+            "system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"Bench\"\nwindow = 64\nsessions = 2\n\
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"",
+        );
     let names: Vec<String> = (0..sims.len()).map(|i| format!("smsc{i}")).collect();
     for (addr, name) in sims.iter().zip(&names) {
-        text.push_str(&format!(
-            "[[carriers]]\nname = \"{name}\"\nhost = \"{}\"\nport = {}\nsystem_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"Bench\"\nwindow = 64\nsessions = 2\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\n",
-            addr.ip(),
-            addr.port()
-        ));
+        config = config.carrier(name, *addr, "");
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
-    text.push_str(&format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [{}]\nstrategy = \"round_robin\"\n", quoted.join(", ")));
-    text
+    config.sections(&format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [{}]\nstrategy = \"round_robin\"", quoted.join(", "))).to_toml()
 }
 
 fn spawn(config: &Path) -> Result<Child, BenchError> {
@@ -337,14 +337,8 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
 
     // Accounting over everything sent as plain messages.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let all_submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).collect();
-    let mut at_smsc: HashMap<&str, usize> = HashMap::new();
-    for s in &all_submits {
-        *at_smsc.entry(s.text.as_str()).or_default() += 1;
-    }
-    let acknowledged: HashSet<&str> = closed.accepted.iter().chain(open.accepted.iter()).map(|(t, _)| t.as_str()).collect();
-    let lost = acknowledged.iter().filter(|t| !at_smsc.contains_key(*t)).count();
-    let duplicates: usize = at_smsc.iter().filter(|(t, _)| acknowledged.contains(*t)).map(|(_, c)| c - 1).sum();
+    let acknowledged: Vec<String> = closed.accepted.iter().chain(open.accepted.iter()).map(|(t, _)| t.clone()).collect();
+    let accounting = Accounting::at(&sims.iter().collect::<Vec<_>>(), &acknowledged);
     let (_, peak_rss) = usage(pid);
     row("peak RSS of otpgate (after the runs above)", format!("{:.1} MB", peak_rss as f64 / 1e6));
     let stored = accepted + open.accepted.len() + 2 * options.verifications;
@@ -383,17 +377,13 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     }
 
     println!();
-    let accounting = format!(
-        "accounting: accepted {} = submitted (distinct) {} = receipts matched {}, duplicates {duplicates}, lost {lost}{}",
-        acknowledged.len(),
-        acknowledged.iter().filter(|t| at_smsc.contains_key(*t)).count(),
-        matched_plain,
+    println!(
+        "accounting: {accounting}; receipts matched {matched_plain}{}",
         if closed.errors + open.errors > 0 { format!(" ({} requests refused)", closed.errors + open.errors) } else { String::new() }
     );
-    println!("{accounting}");
     let _ = std::fs::remove_dir_all(&work);
-    if lost > 0 {
-        return Err(BenchError::Lost(format!("LOST {lost} acknowledged messages")));
+    if !accounting.nothing_lost() {
+        return Err(BenchError::Lost(format!("LOST {} acknowledged messages", accounting.lost.len())));
     }
     if lost_after_restart > 0 {
         return Err(BenchError::Lost(format!("LOST {lost_after_restart} queued messages across the restarts")));

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::ConfigBuilder;
 use crate::daemon::Daemon;
 use crate::http::client::Client;
 use crate::sim::{SimConfig, SmscSim};
@@ -21,48 +21,23 @@ const ALPHA_PASSWORD: &str = "demo1234";
 pub const DEMO_API_KEY: &str = "otpgate-demo-key";
 
 /// The demo's config, with the simulators' ports and the HTTP address filled in.
-pub fn demo_config(alpha: SocketAddr, beta: SocketAddr, http: SocketAddr, data_dir: &Path) -> String {
-    format!(
-        r#"
-[server]
-http_listen = "{http}"
-metrics_listen = "127.0.0.1:0"
-data_dir = {data_dir:?}
-
-[[api_keys]]
-name = "demo"
-key_sha256 = "{key_hash}"
-
-[[carriers]]
-name = "alpha"
-host = "{alpha_ip}"
-port = {alpha_port}
-system_id = "{ALPHA_SYSTEM_ID}"
-password = "{ALPHA_PASSWORD}"
-window = 64
-enquire_link_interval = "30s"
-response_timeout = "5s"
-reconnect_min = "500ms"
-reconnect_max = "10s"
-source_addr = "Acme"
-
-[[carriers]]
-name = "beta"
-host = "{beta_ip}"
-port = {beta_port}
-system_id = "otpgate"
-password = "beta"
-bind = "transmitter_receiver"
-sessions = 2
-source_addr = "12345"
-"#,
-        data_dir = data_dir.display().to_string(),
-        key_hash = crate::http::sha256_hex(DEMO_API_KEY.as_bytes()),
-        alpha_ip = alpha.ip(),
-        alpha_port = alpha.port(),
-        beta_ip = beta.ip(),
-        beta_port = beta.port(),
-    )
+fn demo_config(alpha: SocketAddr, beta: SocketAddr, http: SocketAddr, data_dir: &Path) -> ConfigBuilder {
+    ConfigBuilder::new(data_dir)
+        .server(&format!("http_listen = \"{http}\""))
+        .api_key("demo", DEMO_API_KEY)
+        .carrier(
+            "alpha",
+            alpha,
+            &format!(
+                "system_id = \"{ALPHA_SYSTEM_ID}\"\npassword = \"{ALPHA_PASSWORD}\"\nwindow = 64\nenquire_link_interval = \"30s\"\n\
+                 response_timeout = \"5s\"\nreconnect_min = \"500ms\"\nreconnect_max = \"10s\"\nsource_addr = \"Acme\""
+            ),
+        )
+        .carrier(
+            "beta",
+            beta,
+            "system_id = \"otpgate\"\npassword = \"beta\"\nbind = \"transmitter_receiver\"\nsessions = 2\nsource_addr = \"12345\"",
+        )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +86,7 @@ async fn start_simulators() -> Result<(SmscSim, SmscSim), DemoError> {
 pub async fn run(once: bool, http: SocketAddr) -> Result<(), DemoError> {
     let (alpha, beta) = start_simulators().await?;
     let data_dir = std::env::temp_dir().join(format!("otpgate-demo-{}", std::process::id()));
-    let text = demo_config(alpha.addr(), beta.addr(), http, &data_dir);
-    let config = Config::from_toml(&text, Path::new("<built-in demo config>"))?;
+    let config = demo_config(alpha.addr(), beta.addr(), http, &data_dir).build()?;
     print!("{}", config.summary());
 
     let daemon = Daemon::start(&config).await?;

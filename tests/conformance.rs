@@ -94,9 +94,7 @@ async fn submit_sm_octets_on_the_wire_follow_smpp_3_4() {
 #[tokio::test]
 async fn node_smpp_reads_our_submit_sm_as_a_normal_message_and_its_receipt_reaches_us() {
     let Some(node) = NodeSmsc::start("{}") else { return };
-    let gw = Gateway::start(&[node.addr], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[node.addr], "").await;
     let reply =
         post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "Your code is 123456", "validity": "10m"}"#, None).await;
     assert_eq!(reply.status, 202, "{}", reply.body);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{API_KEY, DaemonFiles, post_message, signal, sim, spawn_daemon, wait_ready};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
+use otpgate::sim::accounting::Accounting;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
@@ -68,26 +69,11 @@ async fn every_acknowledged_message_survives_kill_9_and_a_restart() {
     let before_restart = sim.stats().submits.len();
 
     let daemon = spawn_daemon(&config, None, &[]);
-    let all_arrived = sim
-        .wait_until(Duration::from_secs(30), |s| {
-            let seen: HashSet<&str> = s.submits.iter().map(|m| m.text.as_str()).collect();
-            acknowledged.iter().all(|t| seen.contains(t.as_str()))
-        })
-        .await;
-    let submits = sim.stats().submits;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for m in &submits {
-        *counts.entry(m.text.as_str()).or_default() += 1;
-    }
-    let lost: Vec<_> = acknowledged.iter().filter(|t| !counts.contains_key(t.as_str())).collect();
-    let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    println!(
-        "acknowledged {}, submitted before kill {before_restart}, distinct at SMSC {}, duplicates {duplicates}, lost {}",
-        acknowledged.len(),
-        counts.len(),
-        lost.len()
-    );
-    assert!(all_arrived && lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    let acknowledged: Vec<String> = acknowledged.into_iter().collect();
+    let accounting = Accounting::settle(&[&sim], &acknowledged, Duration::from_secs(30)).await;
+    println!("{accounting}; submitted before the kill {before_restart}");
+    assert!(accounting.nothing_lost(), "{accounting}");
+    let duplicates = accounting.duplicates;
     // Duplicates are the submits in flight at the kill (at most the window of 16) plus accepted
     // ones whose new status was not yet flushed; under load the group commit flushes every few
     // milliseconds, so they stay a small multiple of the window.

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
 use common::{API_KEY, DaemonFiles, bearer, signal, sim, spawn_daemon, wait_ready};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
+use otpgate::sim::accounting::Accounting;
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -91,14 +91,9 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers() {
     let reply = client.request("POST", "/v1/messages", &headers, Some(body)).await.unwrap();
     assert_eq!(reply.status, 202, "the intake did not recover: {}", reply.body);
     acknowledged.push("after".to_string());
-    let all = sim
-        .wait_until(Duration::from_secs(60), |s| {
-            let seen: HashSet<&str> = s.submits.iter().map(|m| m.text.as_str()).collect();
-            acknowledged.iter().all(|t| seen.contains(t.as_str()))
-        })
-        .await;
-    assert!(all, "an acknowledged message was lost on the full disk");
-    println!("acknowledged {}, refused {refused} while full, all delivered to the SMSC", acknowledged.len());
+    let accounting = Accounting::settle(&[&sim], &acknowledged, Duration::from_secs(60)).await;
+    println!("{accounting}; refused {refused} while full");
+    assert!(accounting.nothing_lost(), "an acknowledged message was lost on the full disk: {accounting}");
     signal(&daemon, "TERM");
     let mut daemon = daemon;
     let exit = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();

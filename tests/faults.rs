@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{API_KEY, Gateway, post_message, sim};
-use otpgate::clock::SystemClock;
 use otpgate::http::client::Client;
+use otpgate::sim::accounting::Accounting;
 use otpgate::sim::{Behaviour, SimConfig, SmscSim};
 use rusmpp::CommandStatus;
 
@@ -21,9 +19,7 @@ const WINDOW: usize = 16;
 
 async fn two_carriers(a: SimConfig, b: SimConfig) -> (SmscSim, SmscSim, Gateway, Client) {
     let (a, b) = (sim(a).await, sim(b).await);
-    let gw = Gateway::start_with(&[a.addr(), b.addr()], &format!("window = {WINDOW}"), ROUTE, Arc::new(SystemClock)).await;
-    gw.wait_bound().await;
-    let client = gw.client().await;
+    let (gw, client) = Gateway::setup(&[a.addr(), b.addr()], &format!("window = {WINDOW}")).sections(ROUTE).bound().await;
     (a, b, gw, client)
 }
 
@@ -48,27 +44,10 @@ async fn load(client: &mut Client, tag: &str, count: usize, mut fault: impl FnMu
 
 /// Waits until every acknowledged text reached one of the SMSCs; returns the duplicates.
 async fn account(sims: &[&SmscSim], acknowledged: &[String], limit: Duration) -> usize {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for sim in sims {
-            for m in sim.stats().submits {
-                *counts.entry(m.text).or_default() += 1;
-            }
-        }
-        let lost: Vec<&String> = acknowledged.iter().filter(|t| !counts.contains_key(*t)).collect();
-        if lost.is_empty() {
-            let duplicates = acknowledged.iter().map(|t| counts[t] - 1).sum();
-            println!(
-                "accounting: accepted {} = submitted (distinct) {}, duplicates {duplicates}, lost 0",
-                acknowledged.len(),
-                acknowledged.len()
-            );
-            return duplicates;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "lost {} acknowledged messages, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let accounting = Accounting::settle(sims, acknowledged, limit).await;
+    println!("accounting: {accounting}");
+    assert!(accounting.nothing_lost(), "{accounting}");
+    accounting.duplicates
 }
 
 #[tokio::test]
@@ -127,9 +106,7 @@ async fn receipts_early_duplicated_and_on_another_session() {
     let sim_b = sim(SimConfig::default()).await;
     sim_b.set_duplicate_receipts(true);
     // Two sessions per carrier: receipts come back on whichever session the SMSC picks.
-    let gw = Gateway::start_with(&[sim_a.addr(), sim_b.addr()], "sessions = 2", ROUTE, Arc::new(SystemClock)).await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::setup(&[sim_a.addr(), sim_b.addr()], "sessions = 2").sections(ROUTE).bound().await;
     let mut ids = Vec::new();
     for i in 0..100 {
         let body = format!(r#"{{"to": "+4477{:08}", "text": "r-{i}"}}"#, i);

@@ -160,9 +160,7 @@ async fn health_and_readiness_follow_the_binds() {
 #[tokio::test]
 async fn a_receipt_that_beats_its_submit_response_is_matched() {
     let sim = sim(SimConfig { receipt_first: true, response_delay: Duration::from_millis(150), ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
     let id = post_message(&mut client, API_KEY, BODY, None).await.json()["id"].as_str().unwrap().to_string();
     // The receipt is held first: the status is still `queued` while it waits.
     let held = async {
@@ -207,7 +205,7 @@ const SHORT_VALIDITY: &str = "[messages]\nmin_validity = \"1s\"\n";
 #[tokio::test]
 async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent() {
     let addr = common::free_addr();
-    let gw = Gateway::start_with(&[addr], "", SHORT_VALIDITY, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
+    let gw = Gateway::setup(&[addr], "").sections(SHORT_VALIDITY).start().await;
     let mut client = gw.client().await;
     let body = r#"{"to": "+447700900123", "text": "code 1234", "validity": "1s"}"#;
     let reply = post_message(&mut client, API_KEY, body, None).await;
@@ -227,9 +225,7 @@ async fn a_message_whose_validity_passes_while_no_carrier_is_up_expires_unsent()
 #[tokio::test]
 async fn a_message_expiring_while_it_waits_for_a_slot_is_not_counted_as_a_submit() {
     let sim = sim(SimConfig::default()).await;
-    let gw = Gateway::start_with(&[sim.addr()], "max_tps = 1", SHORT_VALIDITY, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "max_tps = 1").sections(SHORT_VALIDITY).bound().await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let body = format!(r#"{{"to": "+4477009001{i:02}", "text": "slot {i}", "validity": "2s"}}"#);
@@ -275,9 +271,7 @@ async fn a_clean_shutdown_keeps_unsent_messages_queued_for_the_next_start() {
 #[tokio::test]
 async fn a_receipt_arriving_after_a_restart_still_finds_its_message() {
     let sim = sim(SimConfig { receipt_delay: Duration::from_millis(700), ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
     let id = post_message(&mut client, API_KEY, BODY, None).await.json()["id"].as_str().unwrap().to_string();
     wait_status(&mut client, &id, "submitted", Duration::from_secs(3)).await;
     // The SMSC keeps the receipt until a receiver binds again: the restarted daemon.

@@ -78,7 +78,7 @@ async fn a_queued_message_the_dispatcher_never_got_is_found_and_sent() {
 
 async fn limited_gateway(server: &str) -> (otpgate::sim::SmscSim, common::Gateway) {
     let sim = common::sim(SimConfig::default()).await;
-    let gw = common::Gateway::start_with_server(&[sim.addr()], "", "", server, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
+    let gw = common::Gateway::setup(&[sim.addr()], "").server(server).start().await;
     gw.wait_bound().await;
     (sim, gw)
 }

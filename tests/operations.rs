@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{API_KEY, DaemonFiles, bearer, bound_gateway, post_message, signal, sim, spawn_daemon, wait_ready, wait_status};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
+use otpgate::sim::accounting::Accounting;
 
 /// `# TYPE name kind` lines of a Prometheus text exposition.
 fn metric_types(text: &str) -> HashMap<String, String> {
@@ -186,17 +187,10 @@ async fn sigterm_under_load_loses_nothing_and_exits_0_in_time() {
 
     // Whatever was acknowledged and not yet sent goes out after a restart.
     let daemon = spawn_daemon(&files.config, None, &[]);
-    let arrived = sim
-        .wait_until(Duration::from_secs(20), |s| {
-            let seen: HashSet<&str> = s.submits.iter().map(|m| m.text.as_str()).collect();
-            acknowledged.iter().all(|t| seen.contains(t.as_str()))
-        })
-        .await;
-    let submits = sim.stats().submits;
-    let distinct: HashSet<&str> = submits.iter().map(|m| m.text.as_str()).collect();
-    println!("acknowledged {}, at SMSC {} ({} distinct)", acknowledged.len(), submits.len(), distinct.len());
-    assert!(arrived, "a message acknowledged before SIGTERM was lost");
-    assert_eq!(submits.len(), distinct.len(), "a graceful shutdown must not cause duplicates");
+    let accounting = Accounting::settle(&[&sim], &acknowledged, Duration::from_secs(20)).await;
+    println!("{accounting}");
+    assert!(accounting.nothing_lost(), "a message acknowledged before SIGTERM was lost: {accounting}");
+    assert_eq!(accounting.duplicates, 0, "a graceful shutdown must not cause duplicates");
     signal(&daemon, "TERM");
     let mut daemon = daemon;
     tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();

@@ -140,7 +140,7 @@ async fn a_receipt_is_answered_only_once_it_is_recorded() {
 async fn receipts_for_unknown_ids_are_held_up_to_a_cap_and_the_rest_counted() {
     let sim = sim(SimConfig::default()).await;
     let extra = "[store]\nmax_held_receipts = 100\n";
-    let gw = Gateway::start_with(&[sim.addr()], "", extra, std::sync::Arc::new(otpgate::clock::SystemClock)).await;
+    let gw = Gateway::setup(&[sim.addr()], "").sections(extra).start().await;
     gw.wait_bound().await;
     for n in 0..500u32 {
         let mut pdu = DeliverSm::builder()
@@ -174,9 +174,7 @@ fn receipt_text_never_reaches_the_parsed_receipt() {
 async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
     let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
     let layout = "receipt_text = \"csv:stat,done,submit,err,-,-,-\"\nreceipt_states = { \"00\" = \"DELIVRD\", \"01\" = \"ENROUTE\" }";
-    let gw = Gateway::start(&[sim.addr()], layout).await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], layout).await;
     let reply = post_message(&mut client, API_KEY, r#"{"to": "+447887123456", "text": "hello"}"#, None).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let id = reply.json()["id"].as_str().unwrap().to_string();
@@ -204,9 +202,7 @@ async fn a_carrier_with_its_own_receipt_layout_gets_its_receipts_matched() {
 /// A bound gateway whose simulator sends no receipts of its own: the test delivers them.
 async fn receipts_by_hand(carrier_extra: &str) -> (otpgate::sim::SmscSim, Gateway, otpgate::http::client::Client) {
     let sim = sim(SimConfig { receipts: false, ..SimConfig::default() }).await;
-    let gw = Gateway::start(&[sim.addr()], carrier_extra).await;
-    gw.wait_bound().await;
-    let client = gw.client().await;
+    let (gw, client) = Gateway::bound(&[sim.addr()], carrier_extra).await;
     (sim, gw, client)
 }
 
@@ -303,9 +299,7 @@ async fn the_receipt_state_agrees_with_itself_and_later_receipts_do_not_rewrite_
 async fn duplicate_receipts_count_one_delivery_each() {
     let sim = sim(SimConfig::default()).await;
     sim.set_duplicate_receipts(true);
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
     for i in 0..10 {
         let body = format!(r#"{{"to": "+4477009000{i:02}", "text": "hello"}}"#);
         let id = post_message(&mut client, API_KEY, &body, None).await.json()["id"].as_str().unwrap().to_string();

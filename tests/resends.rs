@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{API_KEY, Gateway, NodeSmsc, metric, post_message, sim, wait_status};
@@ -14,9 +13,7 @@ use otpgate::sim::SimConfig;
 #[tokio::test]
 async fn an_over_long_message_id_from_node_smpp_is_kept_and_the_sms_goes_out_once() {
     let Some(node) = NodeSmsc::start(r#"{"id_length": 65}"#) else { return };
-    let gw = Gateway::start(&[node.addr], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[node.addr], "").await;
     let reply = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "once only"}"#, None).await;
     let id = reply.json()["id"].as_str().unwrap().to_string();
     // The receipt names the same 65-character id: it matches.
@@ -35,9 +32,7 @@ async fn a_message_whose_submits_keep_going_unanswered_is_sent_a_bounded_number_
     let sim = sim(SimConfig::default()).await;
     // Every submit_sm closes the connection unanswered.
     sim.set_drop_every(1);
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
     let reply = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "hello"}"#, None).await;
     let id = reply.json()["id"].as_str().unwrap().to_string();
     let message = wait_status(&mut client, &id, "failed", Duration::from_secs(15)).await;
@@ -57,9 +52,7 @@ async fn unreadable_answers_open_the_circuit_and_the_messages_go_through_another
     garbling.set_garbled_responses(true);
     let healthy = sim(SimConfig::default()).await;
     let extra = "circuit_failures = 2\ncircuit_open = \"30s\"";
-    let gw = Gateway::start_with(&[garbling.addr(), healthy.addr()], extra, "", Arc::new(otpgate::clock::SystemClock)).await;
-    gw.wait_bound().await;
-    let mut client = gw.client().await;
+    let (gw, mut client) = Gateway::setup(&[garbling.addr(), healthy.addr()], extra).bound().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         // The garbling carrier's session closes on each unreadable answer: let it bind again, so

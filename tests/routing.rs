@@ -4,20 +4,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{API_KEY, Gateway, bearer, post_message, sim, wait_status};
-use otpgate::clock::SystemClock;
 use otpgate::http::client::Client;
 use otpgate::sim::{Behaviour, SimConfig, SmscSim};
 use rusmpp::CommandStatus;
 
 async fn gateway(sims: &[&SmscSim], carrier_extra: &str, extra: &str) -> (Gateway, Client) {
     let addrs: Vec<_> = sims.iter().map(|s| s.addr()).collect();
-    let gw = Gateway::start_with(&addrs, carrier_extra, extra, Arc::new(SystemClock)).await;
-    gw.wait_bound().await;
-    let client = gw.client().await;
+    let (gw, client) = Gateway::setup(&addrs, carrier_extra).sections(extra).bound().await;
     (gw, client)
 }
 

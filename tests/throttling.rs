@@ -68,7 +68,7 @@ async fn delays(sims: &[&SmscSim], accepted: &HashMap<String, Instant>) -> (Vec<
 async fn three_carriers() -> (SmscSim, SmscSim, SmscSim, Gateway) {
     let (alpha, beta, gamma) = (sim(SimConfig::default()).await, sim(SimConfig::default()).await, sim(SimConfig::default()).await);
     let extra = format!("[messages]\nspill_after = \"{}ms\"\n", SPILL_AFTER.as_millis());
-    let gw = Gateway::start_with(&[alpha.addr(), beta.addr(), gamma.addr()], "", &extra, Arc::new(otpgate::clock::SystemClock)).await;
+    let gw = Gateway::setup(&[alpha.addr(), beta.addr(), gamma.addr()], "").sections(&extra).start().await;
     gw.wait_bound().await;
     (alpha, beta, gamma, gw)
 }

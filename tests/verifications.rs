@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{API_KEY, Gateway, OTHER_KEY, bearer, sim};
-use otpgate::clock::{Clock, ShiftedClock, SystemClock};
+use otpgate::clock::{Clock, ShiftedClock};
 use otpgate::http::client::{Client, Reply};
 use otpgate::sim::{SimConfig, SmscSim};
 use serde_json::Value;
@@ -26,9 +26,7 @@ async fn setup(otp: &str) -> Setup {
     let sim = sim(SimConfig::default()).await;
     let clock = Arc::new(ShiftedClock::default());
     let extra = format!("[otp]\nbrand = \"Acme\"\n{otp}\n");
-    let gw = Gateway::start_with(&[sim.addr()], "", &extra, clock.clone()).await;
-    gw.wait_bound().await;
-    let client = gw.client().await;
+    let (gw, client) = Gateway::setup(&[sim.addr()], "").sections(&extra).clock(clock.clone()).bound().await;
     Setup { sim, gw, client, clock }
 }
 
@@ -423,7 +421,7 @@ async fn request_options_are_validated() {
 async fn an_unsent_code_lost_with_its_process_is_replaced_by_a_fresh_one() {
     // The carrier is down: the OTP message stays queued when the daemon stops.
     let addr = common::free_addr();
-    let gw = Gateway::start_with(&[addr], "", "", Arc::new(SystemClock)).await;
+    let gw = Gateway::setup(&[addr], "").start().await;
     let mut client = gw.client().await;
     let id = id_of(&create(&mut client, API_KEY, &to(NUMBER)).await);
     let sim = otpgate::sim::SmscSim::start(addr, SimConfig::default()).await.unwrap();

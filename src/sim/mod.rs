@@ -10,6 +10,7 @@
 //! arbitrary bytes for malformed-PDU tests. It is a test peer, not a production SMSC: it keeps
 //! what it receives in memory.
 
+pub mod accounting;
 pub mod fuzz;
 pub mod text;
 

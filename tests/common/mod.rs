@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use otpgate::config::{CarrierConfig, Config};
+use otpgate::config::{CarrierConfig, ConfigBuilder};
 use otpgate::sim::{SimConfig, SmscSim};
 use otpgate::smpp::{Carrier, OutboundSms, ReceiptEvent};
 use tokio::sync::mpsc;
@@ -25,32 +25,14 @@ pub async fn sim(config: SimConfig) -> SmscSim {
     SmscSim::start(SocketAddr::from(LOOPBACK), config).await.expect("simulator listens on loopback")
 }
 
-/// A `[[carriers]]` section named `name` pointing at `addr`, with fast timers; `extra` lines
-/// override the defaults (a key given twice would be a TOML error).
-fn carrier_section(name: &str, addr: SocketAddr, extra: &str) -> String {
-    let defaults = [
-        format!("name = \"{name}\""),
-        format!("host = \"{}\"", addr.ip()),
-        format!("port = {}", addr.port()),
-        "system_id = \"otpgate\"".to_string(),
-        "password = \"secret\"".to_string(),
-        "source_addr = \"Acme\"".to_string(),
-        "response_timeout = \"1s\"".to_string(),
-        "reconnect_min = \"50ms\"".to_string(),
-        "reconnect_max = \"500ms\"".to_string(),
-    ];
-    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
-    let overridden: Vec<String> = extra.lines().map(key).collect();
-    let kept = defaults.iter().filter(|line| !overridden.contains(&key(line)));
-    let body: Vec<String> = kept.cloned().chain(extra.lines().map(str::to_string)).collect();
-    format!("[[carriers]]\n{}\n", body.join("\n"))
-}
+/// Carrier keys every test carrier gets: credentials the simulator takes, and fast timers.
+const TEST_CARRIER: &str = "system_id = \"otpgate\"\npassword = \"secret\"\nsource_addr = \"Acme\"\nresponse_timeout = \"1s\"\n\
+                            reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"";
 
 /// A carrier section pointing at `addr`, with fast timers; `extra` lines override the defaults.
 pub fn carrier_config(addr: SocketAddr, extra: &str) -> CarrierConfig {
-    let text = carrier_section("alpha", addr, extra);
-    let mut config = Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
-    config.carriers.remove(0)
+    let config = ConfigBuilder::new(Path::new("/nonexistent")).carrier_defaults(TEST_CARRIER).carrier("alpha", addr, extra);
+    config.build().expect("test config is valid").carriers.remove(0)
 }
 
 pub struct Running {
@@ -140,29 +122,29 @@ pub fn receipt_fixtures() -> Vec<ReceiptFixture> {
 pub const API_KEY: &str = "test-key-0123456789";
 pub const OTHER_KEY: &str = "other-key-0123456789";
 
-/// A whole gateway config: one carrier per address (named alpha, beta, ...), two API keys,
-/// HTTP on a free loopback port. `carrier_extra` lines go into every carrier section.
-pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &str) -> String {
-    let names = ["alpha", "beta", "gamma", "delta"];
-    let named: Vec<(&str, SocketAddr)> = names.iter().copied().zip(carriers.iter().copied()).collect();
-    named_gateway_toml(&named, data_dir, carrier_extra)
+/// Carriers named alpha, beta, ... in order.
+pub fn named(carriers: &[SocketAddr]) -> Vec<(&'static str, SocketAddr)> {
+    ["alpha", "beta", "gamma", "delta"].into_iter().zip(carriers.iter().copied()).collect()
 }
 
-/// As [`gateway_toml`], with the carriers' names given.
-pub fn named_gateway_toml(carriers: &[(&str, SocketAddr)], data_dir: &Path, carrier_extra: &str) -> String {
-    let mut text = format!(
-        "[server]\nhttp_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\n",
-        data_dir.display().to_string()
-    );
-    for (name, key) in [("test", API_KEY), ("other", OTHER_KEY)] {
-        let hash = otpgate::http::sha256_hex(key.as_bytes());
-        text.push_str(&format!("[[api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n\n"));
-    }
+/// A whole gateway config: the named carriers, two API keys, HTTP and metrics on free loopback
+/// ports. `carrier_extra` lines go into every carrier section.
+pub fn gateway_config(carriers: &[(&str, SocketAddr)], data_dir: &Path, carrier_extra: &str) -> ConfigBuilder {
+    let mut config = ConfigBuilder::new(data_dir)
+        .server("shutdown_timeout = \"5s\"")
+        .api_key("test", API_KEY)
+        .api_key("other", OTHER_KEY)
+        .carrier_defaults(TEST_CARRIER)
+        .carrier_defaults(carrier_extra);
     for (name, addr) in carriers {
-        text.push_str(&carrier_section(name, *addr, carrier_extra));
-        text.push('\n');
+        config = config.carrier(name, *addr, "");
     }
-    text
+    config
+}
+
+/// [`gateway_config`]'s text, carriers named alpha, beta, ...
+pub fn gateway_toml(carriers: &[SocketAddr], data_dir: &Path, carrier_extra: &str) -> String {
+    gateway_config(&named(carriers), data_dir, carrier_extra).to_toml()
 }
 
 pub struct Gateway {
@@ -170,33 +152,62 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
 }
 
+/// How a test gateway is set up, before it starts.
+pub struct Setup {
+    config: ConfigBuilder,
+    clock: Arc<dyn otpgate::clock::Clock>,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Extra top-level TOML (an `[otp]` section, `[[routes]]`...).
+    pub fn sections(mut self, toml: &str) -> Setup {
+        self.config = self.config.sections(toml);
+        self
+    }
+
+    /// Extra `[server]` keys.
+    pub fn server(mut self, lines: &str) -> Setup {
+        self.config = self.config.server(lines);
+        self
+    }
+
+    /// The clock the OTP rules read.
+    pub fn clock(mut self, clock: Arc<dyn otpgate::clock::Clock>) -> Setup {
+        self.clock = clock;
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let config = self.config.build().expect("valid config");
+        let daemon = otpgate::daemon::Daemon::start_with_clock(&config, self.clock).await.expect("daemon starts");
+        Gateway { daemon, dir: self.dir }
+    }
+
+    /// Started, every carrier bound, and a client connected.
+    pub async fn bound(self) -> (Gateway, otpgate::http::client::Client) {
+        let gw = self.start().await;
+        gw.wait_bound().await;
+        let client = gw.client().await;
+        (gw, client)
+    }
+}
+
 impl Gateway {
-    pub async fn start(carriers: &[SocketAddr], carrier_extra: &str) -> Gateway {
-        Gateway::start_with(carriers, carrier_extra, "", Arc::new(otpgate::clock::SystemClock)).await
-    }
-
-    /// With extra top-level TOML (e.g. an `[otp]` section) and the clock the OTP rules read.
-    pub async fn start_with(carriers: &[SocketAddr], carrier_extra: &str, extra: &str, clock: Arc<dyn otpgate::clock::Clock>) -> Gateway {
-        Gateway::start_with_server(carriers, carrier_extra, extra, "", clock).await
-    }
-
-    /// As [`Gateway::start_with`], with extra `[server]` keys.
-    pub async fn start_with_server(
-        carriers: &[SocketAddr],
-        carrier_extra: &str,
-        extra: &str,
-        server: &str,
-        clock: Arc<dyn otpgate::clock::Clock>,
-    ) -> Gateway {
+    /// A gateway on `carriers` (alpha, beta, ...), each with `carrier_extra`.
+    pub fn setup(carriers: &[SocketAddr], carrier_extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), carrier_extra)).replacen(
-            "[server]\n",
-            &format!("[server]\n{server}\n"),
-            1,
-        );
-        let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
-        let daemon = otpgate::daemon::Daemon::start_with_clock(&config, clock).await.expect("daemon starts");
-        Gateway { daemon, dir }
+        let config = gateway_config(&named(carriers), dir.path(), carrier_extra);
+        Setup { config, clock: Arc::new(otpgate::clock::SystemClock), dir }
+    }
+
+    pub async fn start(carriers: &[SocketAddr], carrier_extra: &str) -> Gateway {
+        Gateway::setup(carriers, carrier_extra).start().await
+    }
+
+    /// Started, every carrier bound, and a client connected.
+    pub async fn bound(carriers: &[SocketAddr], carrier_extra: &str) -> (Gateway, otpgate::http::client::Client) {
+        Gateway::setup(carriers, carrier_extra).bound().await
     }
 
     pub async fn client(&self) -> otpgate::http::client::Client {
@@ -211,8 +222,7 @@ impl Gateway {
     pub async fn restart_with(self, carriers: &[SocketAddr], extra: &str) -> Gateway {
         let Gateway { daemon, dir } = self;
         assert!(daemon.shutdown(Duration::from_secs(5)).await, "clean shutdown");
-        let text = format!("{}\n{extra}\n", gateway_toml(carriers, dir.path(), ""));
-        let config = Config::from_toml(&text, Path::new("gateway.toml")).expect("valid config");
+        let config = gateway_config(&named(carriers), dir.path(), "").sections(extra).build().expect("valid config");
         let daemon = otpgate::daemon::Daemon::start(&config).await.expect("daemon restarts");
         Gateway { daemon, dir }
     }
@@ -227,9 +237,7 @@ impl Gateway {
 /// A simulator, a gateway bound to it, and a client of the gateway.
 pub async fn bound_gateway(config: SimConfig) -> (SmscSim, Gateway, otpgate::http::client::Client) {
     let sim = sim(config).await;
-    let gw = Gateway::start(&[sim.addr()], "").await;
-    gw.wait_bound().await;
-    let client = gw.client().await;
+    let (gw, client) = Gateway::bound(&[sim.addr()], "").await;
     (sim, gw, client)
 }
 
@@ -291,16 +299,14 @@ impl DaemonFiles {
 
     /// Rewrites the config file (for reload tests); carriers are named alpha, beta, ... in order.
     pub fn write(&self, carriers: &[SocketAddr], carrier_extra: &str, extra: &str) {
-        let names = ["alpha", "beta", "gamma", "delta"];
-        let named: Vec<(&str, SocketAddr)> = names.iter().copied().zip(carriers.iter().copied()).collect();
-        self.write_named(&named, carrier_extra, extra);
+        self.write_named(&named(carriers), carrier_extra, extra);
     }
 
     pub fn write_named(&self, carriers: &[(&str, SocketAddr)], carrier_extra: &str, extra: &str) {
-        let text = named_gateway_toml(carriers, &self.dir.path().join("data"), carrier_extra)
-            .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{}\"", self.http))
-            .replace("metrics_listen = \"127.0.0.1:0\"", &format!("metrics_listen = \"{}\"", self.metrics));
-        std::fs::write(&self.config, format!("{text}\n{extra}\n")).expect("config written");
+        let config = gateway_config(carriers, &self.data_dir(), carrier_extra)
+            .server(&format!("http_listen = \"{}\"\nmetrics_listen = \"{}\"", self.http, self.metrics))
+            .sections(extra);
+        std::fs::write(&self.config, config.to_toml()).expect("config written");
     }
 
     pub fn data_dir(&self) -> std::path::PathBuf {

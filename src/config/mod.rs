@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod builder;
+
 use crate::echo::shown;
 pub use crate::http::settings::{ApiKeyConfig, MessagesConfig};
 pub use crate::otp::settings::OtpConfig;
 pub use crate::route::{RouteConfig, Strategy};
 pub use crate::smpp::settings::{BindType, CarrierConfig};
 pub use crate::store::settings::StoreConfig;
+pub use builder::ConfigBuilder;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -363,7 +366,7 @@ source_addr = "Acme"
 
     #[test]
     fn shipped_example_config_is_valid() {
-        let text = include_str!("../config/otpgate.toml");
+        let text = include_str!("../../config/otpgate.toml");
         let config = parse(text).expect("config/otpgate.toml must stay valid");
         assert!(config.carriers.len() >= 2);
     }
