@@ -1,7 +1,6 @@
 //! Wall-clock time behind a trait, so expiry rules are tested by moving a clock, not by sleeping.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
@@ -18,18 +17,21 @@ impl Clock for SystemClock {
 }
 
 /// Real time plus an offset that tests move forward.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]
 pub struct ShiftedClock {
-    offset: Mutex<Duration>,
+    offset: std::sync::Mutex<std::time::Duration>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl ShiftedClock {
-    pub fn advance(&self, by: Duration) {
+    pub fn advance(&self, by: std::time::Duration) {
         let mut offset = self.offset.lock().unwrap_or_else(|p| p.into_inner());
         *offset += by;
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for ShiftedClock {
     fn now(&self) -> SystemTime {
         SystemTime::now() + *self.offset.lock().unwrap_or_else(|p| p.into_inner())

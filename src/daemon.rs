@@ -66,11 +66,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts everything; returns once the store is open and the HTTP listener bound.
     pub async fn start(config: &Config) -> Result<Daemon, DaemonError> {
-        Daemon::start_with_clock(config, Arc::new(SystemClock)).await
+        Daemon::start_on(config, Arc::new(SystemClock)).await
     }
 
     /// As [`Daemon::start`], with the clock the OTP rules read (tests move it forward).
+    #[cfg(feature = "test-util")]
     pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
+        Daemon::start_on(config, clock).await
+    }
+
+    async fn start_on(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
         let store = Store::open(&config.server.data_dir, &config.store.options())?;
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
@@ -169,6 +174,7 @@ impl Daemon {
     }
 
     /// Deliveries that may start now: the carriers' total window less those under way.
+    #[cfg(feature = "test-util")]
     pub fn delivery_slots(&self) -> usize {
         self.dispatcher.available()
     }

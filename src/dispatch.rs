@@ -213,7 +213,8 @@ impl Dispatcher {
         *capacity = wanted;
     }
 
-    /// Deliveries that may start now (tests and diagnostics).
+    /// Deliveries that may start now (tests).
+    #[cfg(feature = "test-util")]
     pub fn available(&self) -> usize {
         self.permits.available_permits()
     }

@@ -5,8 +5,8 @@
 
 pub mod client;
 mod error;
-pub mod serve;
-pub mod settings;
+pub(crate) mod serve;
+pub(crate) mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,14 +37,14 @@ use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
 use settings::{ApiKeyConfig, MessagesConfig};
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Idempotency keys are hashed onto this many locks, so two requests with the same key never
 /// both pass the "not seen yet" check.
 const IDEMPOTENCY_LOCKS: usize = 64;
 
 /// What the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub network: Arc<Network>,
     pub otp: Arc<Otp>,
@@ -98,7 +98,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/messages", post(create_message))
         .route("/v1/messages/{id}", get(get_message))

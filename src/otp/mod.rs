@@ -10,7 +10,7 @@
 pub mod code;
 mod failover;
 pub mod ratelimit;
-pub mod settings;
+pub(crate) mod settings;
 pub mod template;
 pub mod view;
 

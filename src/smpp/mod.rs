@@ -19,7 +19,7 @@ pub mod message;
 pub mod outcome;
 pub mod receipt;
 pub mod session;
-pub mod settings;
+pub(crate) mod settings;
 
 pub use carrier::Carrier;
 pub use message::OutboundSms;

@@ -109,6 +109,7 @@ impl Store {
 
     /// Every message waiting to be sent, oldest first (tests; recovery pages with
     /// [`Store::queued_page`]).
+    #[cfg(test)]
     pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
         let Some(last) = self.last_queued()? else { return Ok(out) };

@@ -29,7 +29,7 @@ mod keys;
 mod messages;
 pub mod receipts;
 pub mod record;
-pub mod settings;
+pub(crate) mod settings;
 mod sweep;
 pub mod verification;
 
@@ -271,7 +271,8 @@ impl Store {
         MessageId::new(now.max(last + 1))
     }
 
-    /// Counts rows by kind (tests and metrics): (messages, queued, held receipt rows).
+    /// Counts rows by kind, for tests: (messages, queued, held receipt rows).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn counts(&self) -> (usize, usize, usize) {
         let count = |p: u8| self.db.scan_prefix([p]).count();
         (count(keys::MESSAGE), count(keys::QUEUE), count(keys::HELD_RECEIPT))
