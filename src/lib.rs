@@ -3,28 +3,36 @@
 //! A business backend asks otpgate over HTTP to send a one-time code; otpgate queues the SMS
 //! durably, submits it over persistent SMPP binds to carrier SMSCs, tracks the delivery receipt and
 //! checks the code the user types back. Data flows one way:
-//! intake → store → router → carrier session → store.
+//! intake ([`http`], `otp`) → [`store`] → `dispatch` (`route`) → carrier session ([`smpp`])
+//! → receipt tracking (`track`) → [`store`]. No module imports one that imports it back.
 //!
 //! Layout, one concept per module:
-//! - [`config`]: the TOML configuration and its validation;
+//! - [`config`]: composes the TOML file from each component's settings and runs the checks that
+//!   span sections; [`config::ConfigBuilder`] writes configs from code;
 //! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
-//!   cap) and a minimal client for the demo and tests;
-//! - [`otp`]: verifications: codes and their HMAC, templates, rate rules, receipt failover;
-//! - [`store`]: the durable message store (sled), group commit, receipt correlation;
-//! - [`dispatch`]: takes queued messages to a carrier, retries, spills over, expires;
-//! - [`route`]: prefix routes and their strategies;
+//!   cap), its settings, and a minimal client for the demo and tests;
+//! - `otp`: verifications: codes and their HMAC, templates, rate rules, receipt failover, API views;
+//! - [`store`]: the durable store (sled), one file per row kind, group commit, retention;
+//! - `dispatch`: takes queued messages to a carrier, retries, spills over, expires;
+//! - `route`: prefix routes and their strategies;
 //! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect), PDU framing, health and
 //!   receipt parsing;
-//! - [`daemon`]: wires the pieces together and runs them until shutdown;
-//! - [`telemetry`]: the Prometheus recorder, `/metrics` and the sampled gauges;
+//! - [`smsc_id`]: SMSC message ids in the one form receipts and the store compare;
+//! - `track`: receipt tracking, carrier receipts to the store, a group commit per batch;
+//! - `recovery`: re-queues what the last process left, finds lost hand-offs;
+//! - `retention`: the periodic sweep (expired verifications, finished rows, unmatched receipts);
+//! - `gauges`: the gauges sampled each second;
+//! - `tasks`: one lifecycle for background tasks (stop token, tracked, awaited in order);
+//! - [`daemon`]: wires the pieces together and shuts them down in the order that loses nothing;
+//! - `telemetry`: every metric name, the Prometheus recorder and `/metrics`;
 //! - [`systemd`]: sd_notify (ready, watchdog, reloading, stopping);
 //! - [`clock`]: the wall clock behind a trait, so tests can move it;
-//! - [`echo`]: untrusted values in error messages, bounded;
-//! - [`duration`]: human-written durations in the config, and the bounds timers share;
-//! - [`hex`]: hex for key hashes and code HMACs;
-//! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer, for the demo, operators and
-//!   the tests;
-//! - [`demo`] and [`bench`]: `otpgate demo` and `otpgate bench`.
+//! - `echo`: untrusted values in error messages, bounded;
+//! - `duration`: human-written durations in the config, and the bounds timers share;
+//! - `hex`: hex for key hashes and code HMACs;
+//! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer and the delivery
+//!   accounting, for the demo, operators, the bench and the tests;
+//! - [`demo`] and [`bench`](mod@bench): `otpgate demo` and `otpgate bench`.
 
 pub mod bench;
 pub mod clock;

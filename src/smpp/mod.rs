@@ -8,7 +8,7 @@
 //! - [`receipt`]: delivery receipts, TLV and text;
 //! - [`health`]: circuit breaker and AIMD pacing per carrier;
 //! - [`backoff`]: reconnect delays;
-//! - [`settings`]: a carrier's `[[carriers]]` settings and their checks.
+//! - `settings`: a carrier's `[[carriers]]` settings and their checks.
 
 pub mod address;
 pub mod backoff;

@@ -1,10 +1,10 @@
 //! The message store: sled 0.34 on disk, behind an API that knows nothing of sled's types and
 //! nothing of SMPP's.
 //!
-//! One tree, with a one-byte prefix per kind of row ([`keys`] has the table). One file per
-//! concept: [`messages`] (intake, queue, submits), [`receipts`] (the correlation index and
-//! receipts held for their submit), [`idempotency`], [`verification`], [`sweep`] (retention)
-//! and [`commit`] (group commit).
+//! One tree, with a one-byte prefix per kind of row (`keys.rs` has the table). One file per
+//! concept: `messages` (intake, queue, submits), [`receipts`] (the correlation index and
+//! receipts held for their submit), `idempotency`, [`verification`], `sweep` (retention),
+//! `commit` (group commit) and `settings` (`[store]`).
 //!
 //! Durability: [`Store::insert_message`] returns only after a group commit covered it, so an
 //! HTTP 2xx means "on disk". Later transitions (submitted, delivered) are flushed by the same
@@ -16,7 +16,7 @@
 //! each; with three batches per message that was six disk writes per message and the largest
 //! cost of the whole daemon. sled recovers its log as a prefix in write order, so rows written
 //! one after another survive a crash as a prefix of that order. Each change is therefore
-//! written as [`Change`]: new index rows first, then the record, then removals; every prefix of
+//! written as `Change`: new index rows first, then the record, then removals; every prefix of
 //! that is a state the readers tolerate (a queue row whose record is missing or no longer
 //! queued is dropped by recovery; a done row whose record is not final is skipped by the sweep;
 //! an index row pointing at a message that never got its record is never reached). An intake

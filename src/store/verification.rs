@@ -1,5 +1,5 @@
 //! Verification rows: the verification itself, the "pending for this number" index and the
-//! per-number counters that rate rules need ([`keys`](super::keys): `v`, `o`, `n`, `w`). Policy
+//! per-number counters that rate rules need (`keys.rs`: `v`, `o`, `n`, `w`). Policy
 //! lives in `otp`; this file only makes each change atomic and durable.
 
 use std::time::{Duration, SystemTime};
