@@ -9,6 +9,9 @@
 //! A session never heals itself: on a response timeout, a missed enquire_link, a malformed PDU or
 //! a dropped socket it closes, fails everything in flight back to the callers as "not submitted",
 //! and the carrier's supervisor (see `carrier.rs`) opens a new one after a backoff.
+//!
+//! Files: `bind.rs` (the bind exchange), `io.rs` (writer, reader and keepalive tasks),
+//! `inbound.rs` (what the SMSC sends: responses, its requests, receipts answered once on disk).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,23 +19,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, DataSmResp, DeliverSmResp, SubmitSm};
-use rusmpp::values::{InterfaceVersion, Npi, Ton};
+use futures::StreamExt;
+use rusmpp::pdus::SubmitSm;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::codec::{Frame, FrameCodec};
-use super::message::c_octet;
+mod bind;
+mod inbound;
+mod io;
+
+use super::codec::FrameCodec;
 use super::outcome::{NotSubmitted, SubmitOutcome};
-use super::receipt::{IdRelation, Receipt, ReceiptError, ReceiptFields, ReceiptFormat};
-use crate::telemetry;
+use super::receipt::{IdRelation, ReceiptFormat};
+use inbound::{AwaitedAnswer, LogEvery, answer_when_recorded};
+pub use inbound::{ReceiptEvent, ReceiptSender};
+use io::{keepalive_loop, read_loop, write_loop};
 
 /// PDUs larger than this close the session. SMPP PDUs are small (a submit_sm is < 500 octets; a
 /// message_payload may reach 64 KiB): anything bigger is garbage, not a message.
@@ -84,39 +90,6 @@ pub struct SessionSettings {
     /// ... and how its receipt ids relate to its submit_sm_resp ids.
     pub receipt_ids: IdRelation,
 }
-
-/// A delivery receipt read off a session, for whoever tracks messages.
-///
-/// The SMSC forgets a receipt once we answer its deliver_sm, so the answer waits for
-/// [`ReceiptEvent::recorded`]: whoever takes the event says when the receipt is on disk.
-#[derive(Debug)]
-pub struct ReceiptEvent {
-    pub carrier: Arc<str>,
-    pub receipt: Result<Receipt, ReceiptError>,
-    /// The carrier's `receipt_id` setting.
-    pub id_relation: IdRelation,
-    recorded: Option<oneshot::Sender<bool>>,
-}
-
-impl ReceiptEvent {
-    /// Answers the SMSC: ESME_ROK once `durable` (the receipt is on disk, or there was nothing
-    /// worth keeping), else ESME_RX_T_APPN so that it sends the receipt again later. An event
-    /// dropped unanswered counts as not durable.
-    pub fn recorded(&mut self, durable: bool) {
-        if let Some(answer) = self.recorded.take() {
-            let _ = answer.send(durable);
-        }
-    }
-}
-
-/// A deliver_sm/data_sm answered once its receipt is recorded.
-struct AwaitedAnswer {
-    sequence: u32,
-    response: Pdu,
-    recorded: oneshot::Receiver<bool>,
-}
-
-pub type ReceiptSender = mpsc::Sender<ReceiptEvent>;
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +245,7 @@ impl Session {
         // Submits are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::new(MAX_PDU_LENGTH));
-        bind(&mut framed, settings).await?;
+        bind::bind(&mut framed, settings).await?;
 
         let (outbound, outbound_rx) = mpsc::channel(settings.window + 64);
         let (replies, replies_rx) = mpsc::unbounded_channel();
@@ -450,320 +423,5 @@ impl Inner {
         // Dropping the senders wakes every waiting request with "closed".
         let stranded: Vec<_> = lock(&self.pending).drain().collect();
         drop(stranded);
-    }
-
-    fn reply(&self, sequence: u32, status: CommandStatus, pdu: Pdu) {
-        if self.queued_replies.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_REPLIES {
-            tracing::warn!(carrier = %self.carrier, queued = MAX_QUEUED_REPLIES, "the SMSC sends requests but reads none of our answers; closing");
-            self.close(CloseReason::NotReading);
-            return;
-        }
-        // Fails only once the writer is gone, i.e. the session is closing anyway.
-        let _ = self.replies.send(Command::new(status, sequence, pdu));
-    }
-
-    /// Hands a response to the request waiting on it.
-    fn answer(&self, sequence: u32, answer: Answer) {
-        match lock(&self.pending).remove(&sequence) {
-            Some((_, waiter)) => {
-                let _ = waiter.send(answer);
-            }
-            None => tracing::debug!(
-                carrier = %self.carrier, sequence, command_id = ?answer.id,
-                "response to no pending request (late after a timeout?)"
-            ),
-        }
-    }
-
-    /// Handles one PDU from the SMSC. Returns a reason when the session must end.
-    async fn handle(&self, frame: Frame, receipts: &ReceiptSender) -> Option<CloseReason> {
-        let command = match frame {
-            Frame::Command(command) => command,
-            Frame::LongSubmitSmResp { sequence, status, message_id } => {
-                tracing::warn!(carrier = %self.carrier, length = message_id.len(), "submit_sm_resp with a message_id longer than SMPP allows; kept as sent");
-                metrics::counter!(telemetry::LONG_MESSAGE_IDS_TOTAL, "carrier" => self.carrier.to_string()).increment(1);
-                let answer = Answer { id: CommandId::SubmitSmResp, status, message_id, undecodable: false };
-                self.answer(sequence, answer);
-                return None;
-            }
-            Frame::LenientDeliverSm { sequence, pdu } => {
-                let response = DeliverSmResp::default().into();
-                self.deliver(sequence, ReceiptFields::from(&pdu), response, receipts).await;
-                return None;
-            }
-            Frame::Undecodable { command_id, sequence, status, error } => {
-                if command_id & 0x8000_0000 != 0 {
-                    let answer = Answer { id: CommandId::from(command_id), status, message_id: String::new(), undecodable: true };
-                    self.answer(sequence, answer);
-                }
-                return Some(CloseReason::Malformed(error));
-            }
-        };
-        let sequence = command.sequence_number();
-        if command.id().is_response() {
-            // Includes generic_nack, which answers whichever request it names.
-            self.answer(sequence, Answer::from(&command));
-            return None;
-        }
-        match command.pdu() {
-            Some(Pdu::EnquireLink) => self.reply(sequence, CommandStatus::EsmeRok, Pdu::EnquireLinkResp),
-            Some(Pdu::Unbind) => {
-                self.reply(sequence, CommandStatus::EsmeRok, Pdu::UnbindResp);
-                return Some(CloseReason::PeerUnbind);
-            }
-            Some(Pdu::DeliverSm(pdu)) => {
-                self.deliver(sequence, ReceiptFields::from(pdu), DeliverSmResp::default().into(), receipts).await;
-            }
-            Some(Pdu::DataSm(pdu)) => {
-                self.deliver(sequence, ReceiptFields::from(pdu), DataSmResp::default().into(), receipts).await;
-            }
-            // No response exists for these (§4.12.1, §4.1.7); we are already bound.
-            Some(Pdu::AlertNotification(_) | Pdu::Outbind(_)) => {
-                tracing::debug!(carrier = %self.carrier, command_id = ?command.id(), "ignored");
-            }
-            // rusmpp leaves the PDU empty when the body does not fit the command (a body on an
-            // enquire_link, none on a bind ...).
-            None => {
-                tracing::warn!(carrier = %self.carrier, command_id = ?command.id(), "request with an invalid body; answered generic_nack");
-                self.reply(sequence, CommandStatus::EsmeRinvcmdlen, Pdu::GenericNack);
-            }
-            Some(_) => {
-                tracing::warn!(carrier = %self.carrier, command_id = ?command.id(), "unsupported request from SMSC; answered generic_nack");
-                self.reply(sequence, CommandStatus::EsmeRinvcmdid, Pdu::GenericNack);
-            }
-        }
-        None
-    }
-
-    /// Hands a receipt over and answers the SMSC once it is recorded; anything else at once.
-    async fn deliver(&self, sequence: u32, fields: ReceiptFields<'_>, response: Pdu, receipts: &ReceiptSender) {
-        if !fields.is_receipt_as(&self.receipt_format) {
-            // Mobile-originated text; otpgate does not take inbound SMS. Its content is the
-            // subscriber's business and is not logged.
-            if let Some(count) = self.mobile_originated.due() {
-                tracing::info!(carrier = %self.carrier, count, "mobile-originated SMS ignored (counted; one line per 10 s at most)");
-            }
-            metrics::counter!(telemetry::MOBILE_ORIGINATED_TOTAL, "carrier" => self.carrier.to_string()).increment(1);
-            self.reply(sequence, CommandStatus::EsmeRok, response);
-            return;
-        }
-        let receipt = fields.parse_as(&self.receipt_format);
-        if let Err(e) = &receipt {
-            tracing::warn!(carrier = %self.carrier, error = %e, "unreadable delivery receipt");
-        }
-        let (recorded, awaited) = oneshot::channel();
-        let event = ReceiptEvent { carrier: self.carrier.clone(), receipt, id_relation: self.receipt_ids, recorded: Some(recorded) };
-        // A full channel makes the reader wait: the store sets the pace.
-        if receipts.send(event).await.is_err() {
-            tracing::debug!(carrier = %self.carrier, "receipt consumer gone");
-        }
-        let _ = self.awaited.send(AwaitedAnswer { sequence, response, recorded: awaited });
-    }
-}
-
-async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(), SessionError> {
-    let system_id = c_octet(&settings.system_id);
-    let password = c_octet(&settings.password);
-    let system_type = c_octet(&settings.system_type);
-    let version = InterfaceVersion::Smpp3_4;
-    let pdu: Pdu = match settings.mode {
-        BindMode::Transceiver => {
-            BindTransceiver::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
-        }
-        BindMode::Transmitter => {
-            BindTransmitter::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
-        }
-        BindMode::Receiver => {
-            BindReceiver::new(system_id, password, system_type, version, Ton::Unknown, Npi::Unknown, Default::default()).into()
-        }
-    };
-    const BIND_SEQUENCE: u32 = 1;
-    let deadline = Instant::now() + settings.response_timeout;
-    let sent = timeout_at(deadline, framed.send(Command::new(CommandStatus::EsmeRok, BIND_SEQUENCE, pdu))).await;
-    match sent {
-        Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
-        Ok(Err(e)) => return Err(SessionError::Protocol(e.to_string())),
-        Ok(Ok(())) => {}
-    }
-    loop {
-        let command = match timeout_at(deadline, framed.next()).await {
-            Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
-            Ok(None) => return Err(SessionError::ClosedDuringBind),
-            Ok(Some(Err(e))) => return Err(SessionError::Protocol(e.to_string())),
-            Ok(Some(Ok(Frame::Command(command)))) => command,
-            Ok(Some(Ok(Frame::Undecodable { error, .. }))) => return Err(SessionError::Protocol(error)),
-            // Nothing else is due before the bind is answered; a real SMSC sends none of it.
-            Ok(Some(Ok(_))) => continue,
-        };
-        if command.sequence_number() == BIND_SEQUENCE && command.id().is_response() {
-            return match command.status() {
-                CommandStatus::EsmeRok if command.id() != CommandId::GenericNack => Ok(()),
-                CommandStatus::EsmeRok => Err(SessionError::BindRefused { status: CommandStatus::EsmeRinvcmdid }),
-                status => Err(SessionError::BindRefused { status }),
-            };
-        }
-        if command.id() == CommandId::EnquireLink {
-            let resp = Command::new(CommandStatus::EsmeRok, command.sequence_number(), Pdu::EnquireLinkResp);
-            framed.send(resp).await.map_err(|e| SessionError::Protocol(e.to_string()))?;
-        }
-    }
-}
-
-/// Drains replies (first) and requests into the socket, one flush per batch. A batch that
-/// cannot be written within `response_timeout` means the SMSC has stopped reading: close.
-async fn write_loop(
-    mut sink: SplitSink<FramedSmpp, Command>,
-    mut outbound: mpsc::Receiver<Command>,
-    mut replies: mpsc::UnboundedReceiver<Command>,
-    inner: Arc<Inner>,
-) {
-    const MAX_BATCH: usize = 256;
-    let take_reply = |reply: Command| {
-        inner.queued_replies.fetch_sub(1, Ordering::AcqRel);
-        reply
-    };
-    loop {
-        let first = tokio::select! {
-            biased;
-            reply = replies.recv() => match reply {
-                Some(command) => take_reply(command),
-                None => break,
-            },
-            command = outbound.recv() => match command {
-                Some(command) => command,
-                None => break,
-            },
-            _ = inner.closed.cancelled() => break,
-        };
-        let batch = async {
-            sink.feed(first).await?;
-            let mut batched = 1;
-            while batched < MAX_BATCH {
-                let next = match replies.try_recv() {
-                    Ok(command) => take_reply(command),
-                    Err(_) => match outbound.try_recv() {
-                        Ok(command) => command,
-                        Err(_) => break,
-                    },
-                };
-                sink.feed(next).await?;
-                batched += 1;
-            }
-            SinkExt::<Command>::flush(&mut sink).await
-        };
-        let reason = tokio::select! {
-            written = timeout(inner.response_timeout, batch) => match written {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => CloseReason::Io(e.to_string()),
-                Err(_) => CloseReason::NotReading,
-            },
-            _ = inner.closed.cancelled() => break,
-        };
-        if reason == CloseReason::NotReading {
-            tracing::warn!(carrier = %inner.carrier, timeout = ?inner.response_timeout, "writes to the SMSC stalled; closing");
-        }
-        inner.close(reason);
-        break;
-    }
-}
-
-/// Reads PDUs until the session closes.
-async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<Inner>, receipts: ReceiptSender) {
-    use rusmpp::tokio_codec::DecodeError;
-    loop {
-        let item = tokio::select! {
-            _ = inner.closed.cancelled() => break,
-            item = stream.next() => item,
-        };
-        let reason = match item {
-            None => Some(CloseReason::PeerClosed),
-            Some(Err(DecodeError::Io(e))) => Some(CloseReason::Io(e.to_string())),
-            Some(Err(e)) => Some(CloseReason::Malformed(e.to_string())),
-            Some(Ok(frame)) => {
-                *lock(&inner.last_received) = Instant::now();
-                inner.handle(frame, &receipts).await
-            }
-        };
-        if let Some(reason) = reason {
-            if matches!(reason, CloseReason::Malformed(_)) {
-                tracing::warn!(carrier = %inner.carrier, %reason, "closing session");
-            }
-            inner.close(reason);
-            break;
-        }
-    }
-}
-
-/// A log line that may repeat thousands of times a second, written at most once per `interval`
-/// with the number of occurrences it stands for (20,000 mobile-originated SMS once wrote 20,000
-/// lines in 2 s).
-struct LogEvery {
-    interval: Duration,
-    /// When the last line went out, and the occurrences since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl LogEvery {
-    fn new(interval: Duration) -> LogEvery {
-        LogEvery { interval, state: Mutex::new((None, 0)) }
-    }
-
-    /// Counts one occurrence; `Some(count)` when a line is due now, for that many.
-    fn due(&self) -> Option<u64> {
-        let mut state = lock(&self.state);
-        state.1 += 1;
-        let due = state.0.is_none_or(|last| last.elapsed() >= self.interval);
-        if !due {
-            return None;
-        }
-        let count = state.1;
-        *state = (Some(Instant::now()), 0);
-        Some(count)
-    }
-}
-
-/// Answers each receipt's deliver_sm once it is recorded, in arrival order (the tracker records
-/// them in that order). A receipt that could not be recorded gets ESME_RX_T_APPN: the SMSC keeps
-/// it and tries again, instead of forgetting a receipt we never stored.
-async fn answer_when_recorded(mut awaited: mpsc::UnboundedReceiver<AwaitedAnswer>, inner: Arc<Inner>) {
-    loop {
-        let next = tokio::select! {
-            _ = inner.closed.cancelled() => break,
-            next = awaited.recv() => next,
-        };
-        let Some(AwaitedAnswer { sequence, response, recorded }) = next else { break };
-        let durable = tokio::select! {
-            // Closed unanswered: the SMSC resends what it never saw answered.
-            _ = inner.closed.cancelled() => break,
-            durable = recorded => durable.unwrap_or(false),
-        };
-        let status = if durable { CommandStatus::EsmeRok } else { CommandStatus::EsmeRxTAppn };
-        inner.reply(sequence, status, response);
-    }
-}
-
-/// Sends enquire_link when the link has been quiet for `enquire_link_interval`; an unanswered
-/// one means the SMSC (or a middlebox) is gone even though TCP looks open.
-async fn keepalive_loop(inner: Arc<Inner>) {
-    let mut ticker = tokio::time::interval(inner.enquire_link_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = inner.closed.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let quiet_for = lock(&inner.last_received).elapsed();
-        if quiet_for < inner.enquire_link_interval {
-            continue;
-        }
-        match inner.request(Pdu::EnquireLink).await {
-            Ok(_) => {}
-            Err(RequestError::Timeout) => {
-                inner.close(CloseReason::EnquireLinkTimeout);
-                break;
-            }
-            Err(RequestError::Closed | RequestError::NotSent) => break,
-        }
     }
 }
