@@ -56,4 +56,5 @@ pub mod store;
 pub mod systemd;
 mod tasks;
 pub(crate) mod telemetry;
+pub mod throwaway_pg;
 mod track;
