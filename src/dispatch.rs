@@ -348,8 +348,8 @@ impl Shared {
         }
     }
 
-    fn finish(&self, id: &MessageId, status: MessageStatus, error: String, attempt: Option<Attempt>) {
-        let r = self.store.finish(id, status, Some(error), attempt, SystemTime::now());
+    async fn finish(&self, id: &MessageId, status: MessageStatus, error: String, attempt: Option<Attempt>) {
+        let r = self.store.finish(id, status, Some(error), attempt, SystemTime::now()).await;
         self.log_store_error(id, r);
     }
 
@@ -370,7 +370,7 @@ impl Shared {
             }
             if SystemTime::now() >= deadline {
                 tracing::info!(message_id = %id, "validity passed before the message could be sent");
-                self.finish(&id, MessageStatus::Expired, "validity passed before it could be sent".into(), None);
+                self.finish(&id, MessageStatus::Expired, "validity passed before it could be sent".into(), None).await;
                 return;
             }
             let next = match pinned.take() {
@@ -378,7 +378,7 @@ impl Shared {
                 _ => match self.choose(&job, &tried, spill_after) {
                     Some(next) => next,
                     None => {
-                        self.finish(&id, MessageStatus::Failed, "no route for this destination".into(), None);
+                        self.finish(&id, MessageStatus::Failed, "no route for this destination".into(), None).await;
                         return;
                     }
                 },
@@ -416,12 +416,12 @@ impl Shared {
             };
             // On disk before the submit goes out: after a crash, a submit that may have reached
             // the SMSC is known for what it is (a possible duplicate), never resent blind.
-            self.log_store_error(&id, self.store.mark_in_flight(&id));
+            self.log_store_error(&id, self.store.mark_in_flight(&id).await);
             self.log_store_error(&id, self.store.durable().await);
             let (outcome, session) = carrier.submit_via(&job.sms, max_wait).await;
             if outcome == (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy }) {
                 // Nothing went out: not an attempt.
-                self.log_store_error(&id, self.store.clear_in_flight(&id));
+                self.log_store_error(&id, self.store.clear_in_flight(&id).await);
                 spill(&carrier, &mut tried);
                 continue;
             }
@@ -433,7 +433,7 @@ impl Shared {
             let record = attempt(carrier.name(), session.as_deref(), &outcome);
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
-                    let marked = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now());
+                    let marked = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now()).await;
                     self.log_store_error(&id, marked);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
                         metrics::counter!(telemetry::OTP_SENT_TOTAL, "carrier" => carrier.name().to_string()).increment(1);
@@ -442,7 +442,7 @@ impl Shared {
                     return;
                 }
                 SubmitOutcome::RetryLater { .. } => {
-                    self.log_store_error(&id, self.store.record_attempt(&id, record, false));
+                    self.log_store_error(&id, self.store.record_attempt(&id, record, false).await);
                     let waited = since.elapsed();
                     if !alone && waited + retry_later >= spill_after {
                         spill(&carrier, &mut tried);
@@ -456,7 +456,7 @@ impl Shared {
                 }
                 SubmitOutcome::RetryElsewhere { reason } if reason.unconfirmed() => {
                     let detail = record.detail.clone();
-                    let sent_blind = match self.store.record_attempt(&id, record, true) {
+                    let sent_blind = match self.store.record_attempt(&id, record, true).await {
                         Ok(unconfirmed) => unconfirmed,
                         Err(e) => {
                             tracing::error!(message_id = %id, error = %e, "store update failed");
@@ -469,7 +469,7 @@ impl Shared {
                         let error = format!(
                             "{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset"
                         );
-                        self.finish(&id, MessageStatus::Failed, error, None);
+                        self.finish(&id, MessageStatus::Failed, error, None).await;
                         return;
                     }
                     tracing::info!(message_id = %id, carrier = carrier.name(), %reason, "submit unanswered; sending again (possible duplicate)");
@@ -478,7 +478,7 @@ impl Shared {
                 }
                 SubmitOutcome::RetryElsewhere { reason } => {
                     tracing::debug!(message_id = %id, carrier = carrier.name(), %reason, "trying elsewhere");
-                    self.log_store_error(&id, self.store.record_attempt(&id, record, false));
+                    self.log_store_error(&id, self.store.record_attempt(&id, record, false).await);
                     tried.insert(carrier.name().to_string());
                 }
                 SubmitOutcome::Permanent { reason } => {
@@ -487,7 +487,7 @@ impl Shared {
                         _ => MessageStatus::Failed,
                     };
                     tracing::warn!(message_id = %id, carrier = carrier.name(), %reason, "message failed permanently");
-                    self.finish(&id, status, reason.to_string(), Some(record));
+                    self.finish(&id, status, reason.to_string(), Some(record)).await;
                     return;
                 }
             }

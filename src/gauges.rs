@@ -37,7 +37,7 @@ pub(crate) async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + 
                 metrics::counter!(telemetry::RECEIPTS_DROPPED_TOTAL, "carrier" => name.clone(), "reason" => reason).increment(0);
             }
         }
-        let (depth, oldest) = store.queue_stats(std::time::SystemTime::now());
+        let (depth, oldest) = store.queue_stats(std::time::SystemTime::now()).await;
         metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
         metrics::gauge!(telemetry::QUEUE_OLDEST_AGE_SECONDS).set(oldest.as_secs_f64());
         telemetry::handle().run_upkeep();

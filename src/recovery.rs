@@ -27,7 +27,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
     metrics::counter!(telemetry::RECOVERED_TOTAL).increment(0);
     metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(0);
     let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
-    if let Ok(Some(last)) = store.last_queued() {
+    if let Ok(Some(last)) = store.last_queued().await {
         let started = std::time::Instant::now();
         let (mut requeued, mut resubmits) = (0usize, 0usize);
         let mut after = None;
@@ -39,7 +39,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
                     _ = stop.cancelled() => return,
                 }
             }
-            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE) {
+            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::error!(error = %e, "recovery could not read the queue; the rest waits for the next start");
@@ -64,7 +64,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let oldest = match store.oldest_queued(ORPHAN_SCAN_ROWS) {
+        let oldest = match store.oldest_queued(ORPHAN_SCAN_ROWS).await {
             Ok(oldest) => oldest,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the queue to look for lost hand-offs");
@@ -107,7 +107,7 @@ impl Handover<'_> {
                 "{} submits went out without an answer (the last cut short by a restart); not sent again, since each may already have reached the handset",
                 record.unconfirmed
             );
-            if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()) {
+            if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()).await {
                 tracing::error!(message_id = %id, error = %e, "store update failed");
             }
             return;

@@ -26,16 +26,13 @@ pub(crate) async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration,
         if let Err(e) = otp.expire_stale().await {
             tracing::error!(error = %e, "expiring verifications failed");
         }
-        let store = store.clone();
-        let stats_window = otp.stats_window();
         let now = otp.now();
-        let swept = tokio::task::spawn_blocking(move || {
-            store.sweep_verifications(retention, stats_window, now)?;
-            store.sweep(retention, now)
-        })
-        .await;
+        let swept = match store.sweep_verifications(retention, otp.stats_window(), now).await {
+            Ok(_) => store.sweep(retention, now).await,
+            Err(e) => Err(e),
+        };
         match swept {
-            Ok(Ok((deleted, unmatched))) => {
+            Ok((deleted, unmatched)) => {
                 if deleted > 0 {
                     tracing::info!(deleted, "retention sweep");
                 }
@@ -47,8 +44,7 @@ pub(crate) async fn sweep(store: Arc<Store>, otp: Arc<Otp>, retention: Duration,
                     metrics::counter!(telemetry::RECEIPTS_DROPPED_TOTAL, "carrier" => carrier, "reason" => "unmatched").increment(1);
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+            Err(e) => tracing::error!(error = %e, "retention sweep failed"),
         }
     }
 }

@@ -33,8 +33,10 @@ pub(crate) async fn track_receipts(
     let mut batch = Vec::with_capacity(RECEIPT_BATCH);
     let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
     while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
-        let applied: Vec<bool> =
-            batch.iter().map(|event| apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed)).collect();
+        let mut applied = Vec::with_capacity(batch.len());
+        for event in &batch {
+            applied.push(apply_receipt(&store, event, learned.entry(event.carrier.clone()).or_default(), &failed).await);
+        }
         let durable = match store.durable().await {
             Ok(()) => true,
             Err(e) => {
@@ -77,7 +79,7 @@ impl IdLearner {
 }
 
 /// Applies one receipt; false when the store could not record it.
-fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
+async fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, failed: &mpsc::UnboundedSender<MessageId>) -> bool {
     let carrier = event.carrier.to_string();
     let receipt = match &event.receipt {
         Ok(receipt) => receipt,
@@ -90,7 +92,7 @@ fn apply_receipt(store: &Store, event: &ReceiptEvent, ids: &mut IdLearner, faile
     };
     metrics::counter!(telemetry::RECEIPTS_TOTAL, "carrier" => carrier.clone(), "stat" => receipt.state.as_str()).increment(1);
     let readings = event.id_relation.readings(ids.learned);
-    match store.apply_receipt(&carrier, incoming(receipt, readings), SystemTime::now()) {
+    match store.apply_receipt(&carrier, incoming(receipt, readings), SystemTime::now()).await {
         Ok(ReceiptMatch::Matched { id, status, latency, finished, reading }) => {
             tracing::debug!(%carrier, message_id = %id, status = status.as_str(), "receipt matched");
             if let (IdRelation::Auto, Some(reading)) = (event.id_relation, reading) {
@@ -196,8 +198,8 @@ mod tests {
             let (id, _) = store.insert_message(message, None, now).await.unwrap();
             let carrier = format!("c{i}");
             let attempt = Attempt { at_ms: 0, carrier: carrier.clone(), session: None, result: "ok".into(), detail: String::new() };
-            store.mark_submitted(&id, &carrier, response, attempt, now).unwrap();
-            match store.apply_receipt(&carrier, incoming(&receipt(receipt_id), &IdReading::ALL), now).unwrap() {
+            store.mark_submitted(&id, &carrier, response, attempt, now).await.unwrap();
+            match store.apply_receipt(&carrier, incoming(&receipt(receipt_id), &IdReading::ALL), now).await.unwrap() {
                 ReceiptMatch::Matched { id: matched, reading, .. } => {
                     assert_eq!(matched, id, "{response} / {receipt_id}");
                     assert_eq!(reading, learned, "{response} / {receipt_id}");

@@ -221,7 +221,7 @@ async fn idempotent<'a>(
     let body_hash = sha256_hex(body);
     let slot = Sha256::digest(scoped.as_bytes())[0] as usize % IDEMPOTENCY_LOCKS;
     let guard = state.idempotency_locks[slot].lock().await;
-    match state.store.check_idempotency(owner, &scoped, &body_hash, now).map_err(store_unavailable)? {
+    match state.store.check_idempotency(owner, &scoped, &body_hash, now).await.map_err(store_unavailable)? {
         Idempotency::New => Ok(Idempotent::Proceed(Some((scoped, body_hash)), Some(guard))),
         Idempotency::Replay(id, answer) => Ok(Idempotent::Replay(id, answer)),
         Idempotency::Conflict => {
@@ -324,6 +324,7 @@ async fn get_message(State(state): State<Arc<AppState>>, headers: HeaderMap, Pat
     let record = state
         .store
         .message(&id)
+        .await
         .map_err(|e| ApiError::unavailable("store_unavailable", e.to_string()))?
         .filter(|r| r.owner == owner)
         .ok_or_else(|| ApiError::not_found("message"))?;
@@ -432,7 +433,7 @@ async fn check_code(state: Arc<AppState>, peer: SocketAddr, headers: HeaderMap, 
 
 async fn get_verification(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let owner = authenticate(&state, &headers)?;
-    Ok(axum::Json(state.otp.get(&owner, &id)?).into_response())
+    Ok(axum::Json(state.otp.get(&owner, &id).await?).into_response())
 }
 
 async fn cancel_verification(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {

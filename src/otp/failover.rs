@@ -33,7 +33,7 @@ impl Otp {
     /// life lasts, a fresh code goes out through a carrier of the route not yet used for this
     /// verification (at most once per carrier). Returns whether a resend was queued.
     pub async fn failover(&self, message_id: MessageId, timed_out: bool) -> Result<bool, OtpError> {
-        let Some(message) = self.store.message(&message_id)? else { return Ok(false) };
+        let Some(message) = self.store.message(&message_id).await? else { return Ok(false) };
         let still_failing = match timed_out {
             true => message.status == MessageStatus::Submitted,
             false => matches!(message.status, MessageStatus::Undeliverable | MessageStatus::Rejected),
@@ -41,7 +41,7 @@ impl Otp {
         let Some(vid) = message.verification else {
             return Ok(false);
         };
-        let Some(verification) = self.store.verification(&vid)? else { return Ok(false) };
+        let Some(verification) = self.store.verification(&vid).await? else { return Ok(false) };
         let now = self.now();
         let latest = verification.message_ids.last() == Some(&message_id);
         if !still_failing || !latest || shown_status(&verification, now) != VerificationStatus::Pending {
@@ -51,7 +51,7 @@ impl Otp {
         let Some(route) = fabric.routes.route(&verification.to) else { return Ok(false) };
         let mut used: Vec<String> = Vec::new();
         for mid in &verification.message_ids {
-            if let Some(carrier) = self.store.message(mid)?.and_then(|m| m.carrier) {
+            if let Some(carrier) = self.store.message(mid).await?.and_then(|m| m.carrier) {
                 used.push(carrier);
             }
         }
@@ -86,7 +86,7 @@ impl Otp {
             still
         };
         if !matches!(self.store.update_verification(&vid, change).await?, Some((_, true))) {
-            self.store.finish(&new_id, MessageStatus::Expired, Some("its verification moved on".into()), None, now)?;
+            self.store.finish(&new_id, MessageStatus::Expired, Some("its verification moved on".into()), None, now).await?;
             return Ok(false);
         }
         tracing::info!(verification = %vid, from = %from_carrier, %reason, "OTP resent through another carrier");
@@ -102,16 +102,16 @@ impl Otp {
 
     /// The latest SMS of each pending verification that the receipt watch must still follow:
     /// the watch lives in memory, so after a restart it is re-armed from the store.
-    fn unsettled(&self) -> Result<Unsettled, OtpError> {
+    async fn unsettled(&self) -> Result<Unsettled, OtpError> {
         let now = self.now();
         let (mut waiting, mut failed) = (Vec::new(), Vec::new());
-        for vid in self.store.pending_verifications()? {
-            let Some(verification) = self.store.verification(&vid)? else { continue };
+        for vid in self.store.pending_verifications().await? {
+            let Some(verification) = self.store.verification(&vid).await? else { continue };
             if shown_status(&verification, now) != VerificationStatus::Pending {
                 continue;
             }
             let Some(&mid) = verification.message_ids.last() else { continue };
-            let Some(message) = self.store.message(&mid)? else { continue };
+            let Some(message) = self.store.message(&mid).await? else { continue };
             match message.status {
                 MessageStatus::Submitted => {
                     let submitted = from_ms(message.submitted_ms.unwrap_or(message.created_ms));
@@ -134,7 +134,7 @@ impl Otp {
         stop: CancellationToken,
     ) {
         let mut deadlines: HashMap<MessageId, Instant> = HashMap::new();
-        match self.unsettled() {
+        match self.unsettled().await {
             Ok(Unsettled { waiting, failed }) => {
                 if !waiting.is_empty() || !failed.is_empty() {
                     tracing::info!(

@@ -338,9 +338,9 @@ impl Otp {
         Ok(created(send.id, &send.record, now))
     }
 
-    fn owned(&self, owner: &str, id: &str) -> Result<(VerificationId, VerificationRecord), OtpError> {
+    async fn owned(&self, owner: &str, id: &str) -> Result<(VerificationId, VerificationRecord), OtpError> {
         let id: VerificationId = id.parse().map_err(|_| OtpError::NotFound)?;
-        let record = self.store.verification(&id)?.filter(|r| r.owner == owner).ok_or(OtpError::NotFound)?;
+        let record = self.store.verification(&id).await?.filter(|r| r.owner == owner).ok_or(OtpError::NotFound)?;
         Ok((id, record))
     }
 
@@ -355,7 +355,7 @@ impl Otp {
     ) -> Result<(VerificationId, CheckOutcome), OtpError> {
         Self::limit(&self.checks_per_key, "for this API key", owner)?;
         Self::limit(&self.checks_per_ip, "from this address", &ip.to_string())?;
-        let (id, record) = self.owned(owner, id)?;
+        let (id, record) = self.owned(owner, id).await?;
         if !(4..=10).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(OtpError::InvalidCode);
         }
@@ -405,23 +405,22 @@ impl Otp {
         let outcome = outcome?;
         if outcome == CheckOutcome::Approved {
             // Conversion per carrier: credit the carrier that delivered the last SMS.
-            let carrier = record
-                .message_ids
-                .last()
-                .and_then(|m| self.store.message(m).ok().flatten())
-                .and_then(|m| m.carrier)
-                .unwrap_or_else(|| "unknown".into());
+            let latest = match record.message_ids.last() {
+                Some(m) => self.store.message(m).await.ok().flatten(),
+                None => None,
+            };
+            let carrier = latest.and_then(|m| m.carrier).unwrap_or_else(|| "unknown".into());
             metrics::counter!(telemetry::OTP_APPROVED_TOTAL, "carrier" => carrier).increment(1);
         }
         Ok((id, outcome))
     }
 
     /// A verification with its latest message, for `GET`.
-    pub fn get(&self, owner: &str, id: &str) -> Result<Detail, OtpError> {
-        let (id, record) = self.owned(owner, id)?;
+    pub async fn get(&self, owner: &str, id: &str) -> Result<Detail, OtpError> {
+        let (id, record) = self.owned(owner, id).await?;
         let latest = record.message_ids.last().copied();
         let message = match &latest {
-            Some(mid) => self.store.message(mid)?,
+            Some(mid) => self.store.message(mid).await?,
             None => None,
         };
         Ok(Detail { summary: Summary::of(id, &record, self.now()), delivery: Delivery::of(latest, message.as_ref()) })
@@ -429,7 +428,7 @@ impl Otp {
 
     /// Cancels a pending verification: its code stops working.
     pub async fn cancel(&self, owner: &str, id: &str) -> Result<Canceled, OtpError> {
-        let (id, _) = self.owned(owner, id)?;
+        let (id, _) = self.owned(owner, id).await?;
         let now = self.now();
         let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
             if shown_status(r, now) != VerificationStatus::Pending {
@@ -450,7 +449,7 @@ impl Otp {
     pub async fn expire_stale(&self) -> Result<usize, OtpError> {
         let now = self.now();
         let mut expired = 0;
-        for id in self.store.pending_verifications()? {
+        for id in self.store.pending_verifications().await? {
             let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
                 let stale = r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms;
                 if stale {
@@ -497,7 +496,7 @@ impl Otp {
             Some((record, Some(result))) => (record, result?),
             _ => {
                 let reason = "its verification ended before it was sent".to_string();
-                self.store.finish(&message_id, MessageStatus::Expired, Some(reason), None, now)?;
+                self.store.finish(&message_id, MessageStatus::Expired, Some(reason), None, now).await?;
                 return Ok(None);
             }
         };

@@ -56,7 +56,7 @@ pub(super) fn row(
 
 impl Store {
     /// Looks up an Idempotency-Key of `owner`; `body_sha256` identifies the request body.
-    pub fn check_idempotency(&self, owner: &str, key: &str, body_sha256: &str, now: SystemTime) -> Result<Idempotency, StoreError> {
+    pub async fn check_idempotency(&self, owner: &str, key: &str, body_sha256: &str, now: SystemTime) -> Result<Idempotency, StoreError> {
         let Some(bytes) = self.db.get(row_key(owner, key))? else {
             return Ok(Idempotency::New);
         };

@@ -28,7 +28,7 @@ impl Store {
         self.read(&keys::message(id), || format!("message {id}"))
     }
 
-    pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+    pub async fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         self.get_record(id)
     }
 
@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// How many messages wait to be submitted, and how long the oldest has waited.
-    pub fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
+    pub async fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
         let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
         let oldest = self
             .db
@@ -110,12 +110,12 @@ impl Store {
     /// Every message waiting to be sent, oldest first (tests; recovery pages with
     /// [`Store::queued_page`]).
     #[cfg(test)]
-    pub fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+    pub async fn queued(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
-        let Some(last) = self.last_queued()? else { return Ok(out) };
+        let Some(last) = self.last_queued().await? else { return Ok(out) };
         let mut after = None;
         loop {
-            let page = self.queued_page(after.as_ref(), &last, 1024)?;
+            let page = self.queued_page(after.as_ref(), &last, 1024).await?;
             let Some((id, _)) = page.last() else { return Ok(out) };
             after = Some(*id);
             out.extend(page);
@@ -123,7 +123,7 @@ impl Store {
     }
 
     /// Up to `limit` of the oldest queued messages, read only (no recovery bookkeeping).
-    pub fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
+    pub async fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix([keys::QUEUE]).take(limit) {
             let (k, _) = entry?;
@@ -137,7 +137,7 @@ impl Store {
 
     /// The newest queued message now: recovery stops there, so messages taken in while it runs
     /// are not queued twice.
-    pub fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
+    pub async fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
         match self.db.scan_prefix([keys::QUEUE]).next_back() {
             Some(entry) => Ok(keys::id_from(&entry?.0[1..])),
             None => Ok(None),
@@ -146,7 +146,7 @@ impl Store {
 
     /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
     /// that were mid-submit when the last process died (`in_flight`), for the resubmit count.
-    pub fn queued_page(
+    pub async fn queued_page(
         &self,
         after: Option<&MessageId>,
         until: &MessageId,
@@ -211,7 +211,7 @@ impl Store {
     }
 
     /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
-    pub fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+    pub async fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
         // The queue row's value, not a record rewrite or a row of its own: this runs once per
         // submit, and the queue row goes anyway when the submit is recorded. Only a row that is
         // still there is marked (a message finished meanwhile is not queued again).
@@ -220,14 +220,14 @@ impl Store {
     }
 
     /// Takes the mark back when the submit never went out (no carrier had room in time).
-    pub fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
+    pub async fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
         let _ = self.db.compare_and_swap(keys::queue(id), Some(keys::IN_FLIGHT), Some(&[][..]))?;
         Ok(())
     }
 
     /// Records a failed or deferred attempt; the message stays queued. `unconfirmed`: the
     /// submit went out and got no readable answer. Returns the unconfirmed submits so far.
-    pub fn record_attempt(&self, id: &MessageId, attempt: Attempt, unconfirmed: bool) -> Result<u32, StoreError> {
+    pub async fn record_attempt(&self, id: &MessageId, attempt: Attempt, unconfirmed: bool) -> Result<u32, StoreError> {
         let record = self.update(id, |r, rows| {
             if r.status == MessageStatus::Queued {
                 rows.add(keys::queue(id), []);
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// Ends a message without a submit (expired, failed): leaves the queue.
-    pub fn finish(
+    pub async fn finish(
         &self,
         id: &MessageId,
         status: MessageStatus,
@@ -276,7 +276,7 @@ impl Store {
 
     /// Records an accepted submit: status, SMSC id and the receipt index in one change, then
     /// applies any receipt that arrived before this response. Returns the status afterwards.
-    pub fn mark_submitted(
+    pub async fn mark_submitted(
         &self,
         id: &MessageId,
         carrier: &str,

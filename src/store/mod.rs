@@ -343,18 +343,18 @@ mod tests {
         let (_dir, store, now) = fresh();
         let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).unwrap();
-        let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).unwrap();
+        store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).await.unwrap();
+        let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).await.unwrap();
         assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
 
         // Not old enough yet.
-        assert_eq!(store.sweep(Duration::from_secs(3600), now).unwrap().0, 0);
+        assert_eq!(store.sweep(Duration::from_secs(3600), now).await.unwrap().0, 0);
         let later = now + Duration::from_secs(3601);
-        assert_eq!(store.sweep(Duration::from_secs(3600), later).unwrap().0, 1);
-        assert!(store.message(&done_id).unwrap().is_none());
-        assert!(store.message(&queued_id).unwrap().is_some(), "queued messages are never swept");
+        assert_eq!(store.sweep(Duration::from_secs(3600), later).await.unwrap().0, 1);
+        assert!(store.message(&done_id).await.unwrap().is_none());
+        assert!(store.message(&queued_id).await.unwrap().is_some(), "queued messages are never swept");
         // Its receipt index went with it: a late duplicate receipt is held, not applied.
-        let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).unwrap();
+        let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).await.unwrap();
         assert_eq!(late, ReceiptMatch::Held);
         store.close().await.unwrap();
     }
@@ -368,10 +368,10 @@ mod tests {
         for (i, (response, read_as)) in pairs.into_iter().enumerate() {
             let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
             let carrier = format!("c{i}");
-            store.mark_submitted(&id, &carrier, response, attempt(), now).unwrap();
+            store.mark_submitted(&id, &carrier, response, attempt(), now).await.unwrap();
             let rows = store.db.scan_prefix(keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).count();
             assert_eq!(rows, 1, "{response}: one index row");
-            let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).unwrap();
+            let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).await.unwrap();
             let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
             assert_eq!(
                 matched,
@@ -387,21 +387,21 @@ mod tests {
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         // Receipt in decimal (read also as hex) before the submit_sm_resp names the id in hex.
         assert_eq!(
-            store.apply_receipt("alpha", received(&["1891273321", "70ba8a69"], MessageStatus::Delivered), now).unwrap(),
+            store.apply_receipt("alpha", received(&["1891273321", "70ba8a69"], MessageStatus::Delivered), now).await.unwrap(),
             ReceiptMatch::Held
         );
-        assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).unwrap(), Some(MessageStatus::Delivered));
+        assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).await.unwrap(), Some(MessageStatus::Delivered));
         assert_eq!(store.counts().2, 0);
 
         // A receipt for nothing on another carrier: held, then dropped and reported once.
-        store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).unwrap();
+        store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).await.unwrap();
         assert_eq!(store.held_receipts(), 1);
         let retention = Duration::from_secs(7 * 24 * 3600);
-        assert!(store.sweep(retention, now).unwrap().1.is_empty(), "too young to call unmatched");
+        assert!(store.sweep(retention, now).await.unwrap().1.is_empty(), "too young to call unmatched");
         let later = now + StoreOptions::default().hold_receipts_for + Duration::from_secs(1);
-        assert_eq!(store.sweep(retention, later).unwrap().1, vec!["beta".to_string()]);
+        assert_eq!(store.sweep(retention, later).await.unwrap().1, vec!["beta".to_string()]);
         assert_eq!((store.counts().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
-        assert!(store.sweep(retention, later).unwrap().1.is_empty(), "reported once");
+        assert!(store.sweep(retention, later).await.unwrap().1.is_empty(), "reported once");
         store.close().await.unwrap();
     }
 
@@ -415,7 +415,7 @@ mod tests {
             for n in 0..5 {
                 let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
                 assert_eq!(
-                    store.apply_receipt("alpha", received(&[&format!("{}", 100 + n)], MessageStatus::Delivered), now).unwrap(),
+                    store.apply_receipt("alpha", received(&[&format!("{}", 100 + n)], MessageStatus::Delivered), now).await.unwrap(),
                     expected
                 );
             }
@@ -423,10 +423,10 @@ mod tests {
         }
         let store = Store::open(dir.path(), &capped).unwrap();
         assert_eq!(store.held_receipts(), 3, "counted at open");
-        assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).unwrap(), ReceiptMatch::Dropped);
+        assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).await.unwrap(), ReceiptMatch::Dropped);
         // One held receipt meets its submit: room for another.
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        store.mark_submitted(&id, "alpha", "100", attempt(), now).unwrap();
+        store.mark_submitted(&id, "alpha", "100", attempt(), now).await.unwrap();
         assert_eq!(store.held_receipts(), 2);
         store.close().await.unwrap();
     }
@@ -441,14 +441,14 @@ mod tests {
             for _ in 0..50 {
                 ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
             }
-            store.mark_in_flight(&ids[0]).unwrap();
+            store.mark_in_flight(&ids[0]).await.unwrap();
             // A submit that failed and was recorded is no longer in flight.
-            store.mark_in_flight(&ids[1]).unwrap();
-            store.record_attempt(&ids[1], attempt(), false).unwrap();
+            store.mark_in_flight(&ids[1]).await.unwrap();
+            store.record_attempt(&ids[1], attempt(), false).await.unwrap();
             store.close().await.unwrap();
         }
         let store = Store::open(dir.path(), &options()).unwrap();
-        let queued = store.queued().unwrap();
+        let queued = store.queued().await.unwrap();
         assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
         assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
         assert!(!queued[1].1.in_flight);
@@ -466,7 +466,7 @@ mod tests {
             let store = Store::open(dir.path(), &options()).unwrap();
             submitted = store.insert_message(new_message(now), None, now).await.unwrap().0;
             queued = store.insert_message(new_message(now), None, now).await.unwrap().0;
-            store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).unwrap();
+            store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).await.unwrap();
             // Cut short after the record: its queue row, marked in flight, is still there.
             store.db.insert(keys::queue(&submitted), keys::IN_FLIGHT).unwrap();
             // Cut short before the record: a queue row with no record behind it.
@@ -476,13 +476,13 @@ mod tests {
             crash(store).await;
         }
         let store = Store::open(dir.path(), &options()).unwrap();
-        let requeued: Vec<MessageId> = store.queued().unwrap().into_iter().map(|(id, _)| id).collect();
+        let requeued: Vec<MessageId> = store.queued().await.unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(requeued, vec![queued], "only the message still waiting is sent again");
         assert_eq!(store.counts().1, 1, "stale queue rows are dropped");
-        assert_eq!(store.queue_stats(now).0, 1);
+        assert_eq!(store.queue_stats(now).await.0, 1);
 
-        assert_eq!(store.sweep(Duration::from_secs(1), now).unwrap().0, 0, "a queued message is never swept");
-        assert!(store.message(&queued).unwrap().is_some());
+        assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
+        assert!(store.message(&queued).await.unwrap().is_some());
         assert!(store.db.scan_prefix([keys::MESSAGE_DONE]).next().is_none(), "the stray done row is gone");
         store.close().await.unwrap();
     }
@@ -502,12 +502,12 @@ mod tests {
         }
         {
             let store = Store::open(dir.path(), &options()).unwrap();
-            assert_eq!(store.queue_stats(now).0, 3, "taken from the clean close, not counted");
+            assert_eq!(store.queue_stats(now).await.0, 3, "taken from the clean close, not counted");
             assert!(!store.db.contains_key(keys::CLEAN_CLOSE).unwrap(), "consumed at open");
             crash(store).await;
         }
         let store = Store::open(dir.path(), &options()).unwrap();
-        assert_eq!(store.queue_stats(now).0, 4, "counted");
+        assert_eq!(store.queue_stats(now).await.0, 4, "counted");
         store.close().await.unwrap();
     }
 
@@ -571,13 +571,13 @@ mod tests {
     #[tokio::test]
     async fn idempotency_entries_replay_conflict_and_expire() {
         let (_dir, store, now) = fresh();
-        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::New);
+        assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::New);
         let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
-        assert_eq!(store.check_idempotency("test", "k1", "h1", now).unwrap(), Idempotency::Replay(id, None));
-        assert_eq!(store.check_idempotency("test", "k1", "h2", now).unwrap(), Idempotency::Conflict);
-        assert_eq!(store.check_idempotency("other", "k1", "h1", now).unwrap(), Idempotency::New);
+        assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::Replay(id, None));
+        assert_eq!(store.check_idempotency("test", "k1", "h2", now).await.unwrap(), Idempotency::Conflict);
+        assert_eq!(store.check_idempotency("other", "k1", "h1", now).await.unwrap(), Idempotency::New);
         let tomorrow = now + IDEMPOTENCY_WINDOW + Duration::from_secs(1);
-        assert_eq!(store.check_idempotency("test", "k1", "h2", tomorrow).unwrap(), Idempotency::New);
+        assert_eq!(store.check_idempotency("test", "k1", "h2", tomorrow).await.unwrap(), Idempotency::New);
         store.close().await.unwrap();
     }
 }

@@ -92,7 +92,7 @@ impl Store {
 
     /// Applies a receipt from `carrier`: to its message when the correlation index knows one
     /// of its ids, else holds it for the submit_sm_resp still to come.
-    pub fn apply_receipt<R: Copy + PartialEq>(
+    pub async fn apply_receipt<R: Copy + PartialEq>(
         &self,
         carrier: &str,
         receipt: IncomingReceipt<R>,

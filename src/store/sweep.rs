@@ -10,7 +10,11 @@ impl Store {
     /// Deletes finished messages older than `retention`, their receipt index rows and expired
     /// idempotency keys, and held receipts older than [`StoreOptions::hold_receipts_for`](super::StoreOptions).
     /// Returns (messages deleted, the carrier of each held receipt dropped unmatched).
-    pub fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
+    pub async fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
+        off_the_scheduler(|| self.sweep_now(retention, now))
+    }
+
+    fn sweep_now(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let mut deleted = 0;
         for entry in self.finished_by(keys::MESSAGE_DONE, cutoff(retention, now)) {
             let (k, id) = entry?;
@@ -49,6 +53,16 @@ impl Store {
                 Ok((None, _)) => None,
                 Err(e) => Some(Err(e)),
             })
+    }
+}
+
+/// Runs a long stretch of blocking store work (a sweep may delete a minute's worth of traffic)
+/// without stalling the tasks that share this worker thread: on a multi-threaded runtime the
+/// thread hands its other tasks over first.
+pub(super) fn off_the_scheduler<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

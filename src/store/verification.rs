@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::queued_rows;
 use super::record::{MessageId, VerificationId};
-use super::sweep::cutoff;
+use super::sweep::{cutoff, off_the_scheduler};
 use super::{NewMessage, Store, StoreError, encode, idempotency, keys, lock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +117,11 @@ pub struct VerificationSend {
 }
 
 impl Store {
-    pub fn verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
+    pub async fn verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
+        self.read_verification(id)
+    }
+
+    fn read_verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
         self.read(&keys::verification(id), || format!("verification {id}"))
     }
 
@@ -135,7 +139,7 @@ impl Store {
             let _guard = lock(&self.writes);
             let pending = match self.db.get(keys::pending(owner, to))? {
                 Some(bytes) => match keys::id_from(&bytes).map(VerificationId) {
-                    Some(id) => self.verification(&id)?.map(|r| (id, r)),
+                    Some(id) => self.read_verification(&id)?.map(|r| (id, r)),
                     None => None,
                 },
                 None => None,
@@ -149,7 +153,7 @@ impl Store {
             let mut batch = sled::Batch::default();
             if let Some(previous) = previous.filter(|p| *p != send.id) {
                 // A new verification replaced an expired pending one: finish that one.
-                if let Some(mut old) = self.verification(&previous)? {
+                if let Some(mut old) = self.read_verification(&previous)? {
                     old.status = VerificationStatus::Expired;
                     old.done_ms = Some(send.record.created_ms);
                     batch.insert(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous.0), &[][..]);
@@ -185,7 +189,7 @@ impl Store {
     ) -> Result<Option<(VerificationRecord, T)>, StoreError> {
         let result = {
             let _guard = lock(&self.writes);
-            let Some(mut record) = self.verification(id)? else {
+            let Some(mut record) = self.read_verification(id)? else {
                 return Ok(None);
             };
             let mut stats: NumberStats = self.read(&keys::number(&record.to), || "number stats".to_string())?.unwrap_or_default();
@@ -213,7 +217,11 @@ impl Store {
 
     /// Deletes verifications finished more than `retention` ago and number stats with nothing
     /// recent. Returns how many verifications went.
-    pub fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
+    pub async fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
+        off_the_scheduler(|| self.sweep_verifications_now(retention, stats_window, now))
+    }
+
+    fn sweep_verifications_now(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
         let mut deleted = 0;
         for entry in self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)) {
             let (k, id) = entry?;
@@ -236,7 +244,7 @@ impl Store {
     }
 
     /// Ids of pending verifications (for the sweep to expire the ones past their time).
-    pub fn pending_verifications(&self) -> Result<Vec<VerificationId>, StoreError> {
+    pub async fn pending_verifications(&self) -> Result<Vec<VerificationId>, StoreError> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix([keys::PENDING]) {
             let (_, v) = entry?;
