@@ -30,12 +30,15 @@
 //! - `echo`: untrusted values in error messages, bounded;
 //! - `duration`: human-written durations in the config, and the bounds timers share;
 //! - `hex`: hex for key hashes and code HMACs;
+//! - [`cluster`]: cluster mode on PostgreSQL (in progress): the dispatch leader's lease;
+//! - [`throwaway_pg`]: a private PostgreSQL server for the tests and the bench;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer and the delivery
 //!   accounting, for the demo, operators, the bench and the tests;
 //! - [`demo`] and [`bench`](mod@bench): `otpgate demo` and `otpgate bench`.
 
 pub mod bench;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;
