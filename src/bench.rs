@@ -488,6 +488,7 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
     let data_dir = work.join("recovery");
     {
         let store = Store::open(&data_dir, &StoreOptions { cache_capacity_bytes: 16 << 20, ..StoreOptions::default() })
+            .await
             .map_err(|e| BenchError::Setup(e.to_string()))?;
         let next = Arc::new(AtomicUsize::new(0));
         let now = SystemTime::now();

@@ -185,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn receipts_match_their_submit_in_any_base() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).await.unwrap();
         let now = SystemTime::now();
         let pairs = [
             ("70BA8A69", "1891273321", Some(IdReading::HexToDec)),

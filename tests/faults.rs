@@ -115,7 +115,7 @@ async fn receipts_early_duplicated_and_on_another_session() {
     for id in &ids {
         common::wait_status(&mut client, id, "delivered", Duration::from_secs(10)).await;
     }
-    assert_eq!(gw.daemon.store().counts().2, 0, "no receipt left unmatched");
+    assert_eq!(gw.daemon.store().counts().await.unwrap().2, 0, "no receipt left unmatched");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -134,7 +134,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     let reply = fresh.request("GET", "/v2/else", &[], None).await.unwrap();
     assert_eq!(reply.status, 404);
     assert_eq!(sim.stats().submits.len(), 0, "no bad request may send anything");
-    assert_eq!(gw.daemon.store().counts().0, 0, "no bad request may store anything");
+    assert_eq!(gw.daemon.store().counts().await.unwrap().0, 0, "no bad request may store anything");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -165,7 +165,7 @@ async fn a_receipt_that_beats_its_submit_response_is_matched() {
     // The receipt is held first: the status is still `queued` while it waits.
     let held = async {
         loop {
-            if gw.daemon.store().counts().2 > 0 {
+            if gw.daemon.store().counts().await.unwrap().2 > 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -174,7 +174,7 @@ async fn a_receipt_that_beats_its_submit_response_is_matched() {
     tokio::time::timeout(Duration::from_secs(2), held).await.expect("receipt was held as early");
     let done = wait_status(&mut client, &id, "delivered", Duration::from_secs(5)).await;
     assert_eq!(done["receipt"]["stat"], "DELIVRD");
-    assert_eq!(gw.daemon.store().counts().2, 0, "the held receipt is consumed");
+    assert_eq!(gw.daemon.store().counts().await.unwrap().2, 0, "the held receipt is consumed");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -45,9 +45,9 @@ async fn a_client_that_hangs_up_after_its_request_still_gets_its_sms_sent() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Every message on disk (plain or a code's SMS) reaches the SMSC at once: well before the
     // dispatcher's scan for lost hand-offs (messages 5 s old, every 5 s) could find it.
-    let committed = gw.daemon.store().counts().0;
+    let committed = gw.daemon.store().counts().await.unwrap().0;
     let all = sim.wait_until(Duration::from_secs(3), |s| s.submits.len() >= committed).await;
-    let (still_queued, sent) = (gw.daemon.store().counts().1, sim.stats().submits.len());
+    let (still_queued, sent) = (gw.daemon.store().counts().await.unwrap().1, sim.stats().submits.len());
     println!("{committed} messages committed with their client gone or going, {sent} sent");
     // How many requests get stored before their client is gone varies run to run (37-80 of 80
     // seen); a handful is enough for the test to mean something.

@@ -154,7 +154,7 @@ async fn receipts_for_unknown_ids_are_held_up_to_a_cap_and_the_rest_counted() {
     }
     assert!(sim.wait_until(Duration::from_secs(10), |s| s.acked_receipts.len() == 500).await, "every receipt is answered");
     assert_eq!(gw.daemon.store().held_receipts(), 100);
-    let (_, _, held_rows) = gw.daemon.store().counts();
+    let (_, _, held_rows) = gw.daemon.store().counts().await.unwrap();
     assert!(held_rows <= 100 * 3, "{held_rows} rows for 100 held receipts");
     let dropped = common::metric(gw.daemon.metrics_addr(), "otpgate_receipts_dropped_total{carrier=\"alpha\",reason=\"held_full\"}").await;
     assert_eq!(dropped, 400.0);

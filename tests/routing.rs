@@ -57,7 +57,7 @@ async fn the_longest_prefix_wins_and_unrouted_destinations_are_refused() {
         .await
         .unwrap();
     assert_eq!(verification.status, 503);
-    assert_eq!(gw.daemon.store().counts().0, 4, "nothing was queued for the unrouted destination");
+    assert_eq!(gw.daemon.store().counts().await.unwrap().0, 4, "nothing was queued for the unrouted destination");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{self, MessageId};
+use super::sweep::PAGE;
 use super::{Store, StoreError, encode, keys};
 
 /// How long an Idempotency-Key is remembered.
@@ -57,7 +58,7 @@ pub(super) fn row(
 impl Store {
     /// Looks up an Idempotency-Key of `owner`; `body_sha256` identifies the request body.
     pub async fn check_idempotency(&self, owner: &str, key: &str, body_sha256: &str, now: SystemTime) -> Result<Idempotency, StoreError> {
-        let Some(bytes) = self.db.get(row_key(owner, key))? else {
+        let Some(bytes) = self.engine.get(&row_key(owner, key)).await? else {
             return Ok(Idempotency::New);
         };
         let entry: Entry = serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt("idempotency".into()))?;
@@ -73,15 +74,20 @@ impl Store {
     }
 
     /// Deletes keys past [`IDEMPOTENCY_WINDOW`] (and rows that do not decode).
-    pub(super) fn sweep_idempotency(&self, now: SystemTime) -> Result<(), StoreError> {
+    pub(super) async fn sweep_idempotency(&self, now: SystemTime) -> Result<(), StoreError> {
         let cutoff = now.checked_sub(IDEMPOTENCY_WINDOW).unwrap_or(std::time::UNIX_EPOCH);
-        for entry in self.db.scan_prefix([keys::IDEMPOTENCY]) {
-            let (k, v) = entry?;
-            let stale = serde_json::from_slice::<Entry>(&v).map(|e| record::from_ms(e.created_ms) < cutoff).unwrap_or(true);
-            if stale {
-                self.db.remove(k)?;
+        let mut after = None;
+        loop {
+            let rows = self.engine.scan(&[keys::IDEMPOTENCY], after.as_deref(), PAGE).await?;
+            let Some((last, _)) = rows.last() else { return Ok(()) };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let stale = serde_json::from_slice::<Entry>(&v).map(|e| record::from_ms(e.created_ms) < cutoff).unwrap_or(true);
+                if stale {
+                    self.engine.delete(&k).await?;
+                }
             }
+            tokio::task::yield_now().await;
         }
-        Ok(())
     }
 }

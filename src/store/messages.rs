@@ -1,10 +1,11 @@
 //! Message rows: intake, the queue (with its in-flight mark), submit results and endings.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
-use super::{Change, Store, StoreError, encode, idempotency, keys, lock};
+use super::{Change, Store, StoreError, encode, idempotency, keys};
 use crate::telemetry;
 
 /// A message about to be taken in.
@@ -24,12 +25,8 @@ pub(super) fn queued_rows(id: &MessageId, record: &MessageRecord) -> [(Vec<u8>, 
 }
 
 impl Store {
-    pub(super) fn get_record(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        self.read(&keys::message(id), || format!("message {id}"))
-    }
-
     pub async fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        self.get_record(id)
+        self.read(&keys::message(id), || format!("message {id}")).await
     }
 
     /// Takes a message in: record, queue entry and (optionally) idempotency entry, written in
@@ -54,10 +51,10 @@ impl Store {
         let id = self.new_id();
         let record = MessageRecord::queued(message, record::to_ms(now), None);
         // Record, queue row, then the key that replays it: in this order (module doc).
-        self.write_queued(&id, &record)?;
+        self.write_queued(&id, &record).await?;
         if let Some((key, body_sha256)) = idempotency {
             let (k, v) = idempotency::row(&record.owner, key, body_sha256, &id, record.created_ms, None);
-            self.db.insert(k, v)?;
+            self.engine.put(&k, &v).await?;
         }
         self.commit.durable().await?;
         entered(MessageStatus::Queued);
@@ -73,16 +70,16 @@ impl Store {
         now: SystemTime,
     ) -> Result<MessageRecord, StoreError> {
         let record = MessageRecord::queued(message, record::to_ms(now), Some(verification));
-        self.write_queued(&id, &record)?;
+        self.write_queued(&id, &record).await?;
         self.commit.durable().await?;
         entered(MessageStatus::Queued);
         Ok(record)
     }
 
     /// Writes a queued message's rows in order and counts it.
-    fn write_queued(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
+    async fn write_queued(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
         for (k, v) in queued_rows(id, record) {
-            self.db.insert(k, v)?;
+            self.engine.put(&k, &v).await?;
         }
         self.queue_changed(1);
         Ok(())
@@ -95,15 +92,12 @@ impl Store {
     /// How many messages wait to be submitted, and how long the oldest has waited.
     pub async fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
         let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
-        let oldest = self
-            .db
-            .scan_prefix([keys::QUEUE])
-            .next()
-            .and_then(Result::ok)
-            .and_then(|(k, _)| keys::id_from(&k[1..]))
-            .and_then(|id| self.get_record(&id).ok().flatten())
-            .map(|r| now.duration_since(record::from_ms(r.created_ms)).unwrap_or_default())
-            .unwrap_or_default();
+        let first = self.engine.scan(&[keys::QUEUE], None, 1).await.ok().and_then(|rows| rows.into_iter().next());
+        let record = match first.and_then(|(k, _)| keys::id_from(&k[1..])) {
+            Some(id) => self.message(&id).await.ok().flatten(),
+            None => None,
+        };
+        let oldest = record.map(|r| now.duration_since(record::from_ms(r.created_ms)).unwrap_or_default()).unwrap_or_default();
         (depth, oldest)
     }
 
@@ -125,10 +119,9 @@ impl Store {
     /// Up to `limit` of the oldest queued messages, read only (no recovery bookkeeping).
     pub async fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix([keys::QUEUE]).take(limit) {
-            let (k, _) = entry?;
+        for (k, _) in self.engine.scan(&[keys::QUEUE], None, limit).await? {
             let Some(id) = keys::id_from(&k[1..]) else { continue };
-            if let Some(record) = self.get_record(&id)?.filter(|r| r.status == MessageStatus::Queued) {
+            if let Some(record) = self.message(&id).await?.filter(|r| r.status == MessageStatus::Queued) {
                 out.push((id, record));
             }
         }
@@ -138,10 +131,7 @@ impl Store {
     /// The newest queued message now: recovery stops there, so messages taken in while it runs
     /// are not queued twice.
     pub async fn last_queued(&self) -> Result<Option<MessageId>, StoreError> {
-        match self.db.scan_prefix([keys::QUEUE]).next_back() {
-            Some(entry) => Ok(keys::id_from(&entry?.0[1..])),
-            None => Ok(None),
-        }
+        Ok(self.engine.last_key(&[keys::QUEUE]).await?.and_then(|k| keys::id_from(&k[1..])))
     }
 
     /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
@@ -152,7 +142,7 @@ impl Store {
         until: &MessageId,
         limit: usize,
     ) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
-        let start = match after {
+        let mut start = match after {
             Some(id) => {
                 let mut k = keys::queue(id);
                 k.push(0);
@@ -160,53 +150,56 @@ impl Store {
             }
             None => vec![keys::QUEUE],
         };
+        let until = keys::queue(until);
         let mut out = Vec::new();
-        for entry in self.db.range(start..=keys::queue(until)) {
-            let (k, v) = entry?;
-            let Some(id) = keys::id_from(&k[1..]) else { continue };
-            match self.get_record(&id)? {
-                Some(mut record) if record.status == MessageStatus::Queued => {
-                    record.in_flight = v.as_ref() == keys::IN_FLIGHT;
-                    if record.in_flight {
-                        // The last process died mid-submit: counted once, on disk.
-                        let _guard = lock(&self.writes);
-                        record.unconfirmed += 1;
-                        self.db.insert(keys::message(&id), encode(&record))?;
-                        self.db.insert(&k, &[][..])?;
+        // Page by page: rows left stale by a crash are dropped on the way and do not count.
+        while out.len() < limit {
+            let rows = self.engine.range(&start, Bound::Included(&until), limit - out.len()).await?;
+            let Some((last, _)) = rows.last() else { break };
+            start = [last.as_slice(), &[0]].concat();
+            for (k, v) in rows {
+                let Some(id) = keys::id_from(&k[1..]) else { continue };
+                match self.message(&id).await? {
+                    Some(mut record) if record.status == MessageStatus::Queued => {
+                        record.in_flight = v.as_slice() == keys::IN_FLIGHT;
+                        if record.in_flight {
+                            // The last process died mid-submit: counted once, on disk.
+                            let _locked = self.locks.message(&id).await;
+                            record.unconfirmed += 1;
+                            self.engine.put(&keys::message(&id), &encode(&record)).await?;
+                            self.engine.put(&k, &[]).await?;
+                        }
+                        out.push((id, record));
                     }
-                    out.push((id, record));
-                }
-                // Left by a change a crash cut short (module doc): the record moved on, or
-                // never made it to disk (and was never acknowledged).
-                _ => {
-                    let _guard = lock(&self.writes);
-                    if self.db.remove(&k)?.is_some() {
-                        self.queue_changed(-1);
+                    // Left by a change a crash cut short (module doc): the record moved on, or
+                    // never made it to disk (and was never acknowledged).
+                    _ => {
+                        let _locked = self.locks.message(&id).await;
+                        if self.engine.delete(&k).await?.is_some() {
+                            self.queue_changed(-1);
+                        }
                     }
                 }
-            }
-            if out.len() >= limit {
-                break;
             }
         }
         Ok(out)
     }
 
     /// Changes one record under the write lock. `change` returns false to leave it untouched.
-    fn update(
+    async fn update(
         &self,
         id: &MessageId,
         change: impl FnOnce(&mut MessageRecord, &mut Change) -> bool,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        let _guard = lock(&self.writes);
-        let Some(mut record) = self.get_record(id)? else {
+        let _locked = self.locks.message(id).await;
+        let Some(mut record) = self.message(id).await? else {
             return Ok(None);
         };
         let mut rows = Change::default();
         if !change(&mut record, &mut rows) {
             return Ok(Some(record));
         }
-        self.apply(rows, keys::message(id), encode(&record))?;
+        self.apply(rows, keys::message(id), encode(&record)).await?;
         Ok(Some(record))
     }
 
@@ -215,27 +208,29 @@ impl Store {
         // The queue row's value, not a record rewrite or a row of its own: this runs once per
         // submit, and the queue row goes anyway when the submit is recorded. Only a row that is
         // still there is marked (a message finished meanwhile is not queued again).
-        let _ = self.db.compare_and_swap(keys::queue(id), Some(&[][..]), Some(keys::IN_FLIGHT))?;
+        self.engine.swap(&keys::queue(id), Some(&[]), Some(keys::IN_FLIGHT)).await?;
         Ok(())
     }
 
     /// Takes the mark back when the submit never went out (no carrier had room in time).
     pub async fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
-        let _ = self.db.compare_and_swap(keys::queue(id), Some(keys::IN_FLIGHT), Some(&[][..]))?;
+        self.engine.swap(&keys::queue(id), Some(keys::IN_FLIGHT), Some(&[])).await?;
         Ok(())
     }
 
     /// Records a failed or deferred attempt; the message stays queued. `unconfirmed`: the
     /// submit went out and got no readable answer. Returns the unconfirmed submits so far.
     pub async fn record_attempt(&self, id: &MessageId, attempt: Attempt, unconfirmed: bool) -> Result<u32, StoreError> {
-        let record = self.update(id, |r, rows| {
-            if r.status == MessageStatus::Queued {
-                rows.add(keys::queue(id), []);
-            }
-            r.unconfirmed += u32::from(unconfirmed);
-            r.push_attempt(attempt);
-            true
-        })?;
+        let record = self
+            .update(id, |r, rows| {
+                if r.status == MessageStatus::Queued {
+                    rows.add(keys::queue(id), []);
+                }
+                r.unconfirmed += u32::from(unconfirmed);
+                r.push_attempt(attempt);
+                true
+            })
+            .await?;
         Ok(record.map_or(0, |r| r.unconfirmed))
     }
 
@@ -267,7 +262,8 @@ impl Store {
             rows.remove(keys::queue(id));
             changed = true;
             true
-        })?;
+        })
+        .await?;
         if changed {
             entered(status);
         }
@@ -285,15 +281,16 @@ impl Store {
         now: SystemTime,
     ) -> Result<Option<MessageStatus>, StoreError> {
         let now_ms = record::to_ms(now);
-        let _guard = lock(&self.writes);
-        let Some(mut record) = self.get_record(id)? else {
+        let canonical = crate::smsc_id::canonical(smsc_id);
+        let _locked = self.locks.take(carrier, &[&canonical], Some(id)).await;
+        let Some(mut record) = self.message(id).await? else {
             return Ok(None);
         };
         let mut rows = Change::default();
         record.push_attempt(attempt);
         if record.status.is_final() {
             // A late response for a message already finished (e.g. expired meanwhile).
-            self.apply(rows, keys::message(id), encode(&record))?;
+            self.apply(rows, keys::message(id), encode(&record)).await?;
             return Ok(Some(record.status));
         }
         if record.status == MessageStatus::Queued {
@@ -303,9 +300,9 @@ impl Store {
         record.submitted_ms = Some(now_ms);
         record.carrier = Some(carrier.to_string());
         record.smsc_message_id = Some(smsc_id.to_string());
-        self.index_submit(&mut record, id, carrier, smsc_id, now_ms, &mut rows)?;
+        self.index_submit(&mut record, id, carrier, smsc_id, now_ms, &mut rows).await?;
         rows.remove(keys::queue(id));
-        self.apply(rows, keys::message(id), encode(&record))?;
+        self.apply(rows, keys::message(id), encode(&record)).await?;
         entered(MessageStatus::Submitted);
         if record.status.is_final() {
             // A receipt that beat this response was applied just now.

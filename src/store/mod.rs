@@ -24,8 +24,10 @@
 //! Verifications keep sled's atomic batches: their rows guard codes, and they are fewer.
 
 mod commit;
+mod engine;
 mod idempotency;
 mod keys;
+mod locks;
 mod messages;
 pub mod receipts;
 pub mod record;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use commit::FlushError;
 use commit::GroupCommit;
+use engine::Engine;
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
 pub use messages::NewMessage;
 pub use receipts::{IncomingReceipt, ReceiptMatch};
@@ -88,10 +91,10 @@ impl Default for StoreOptions {
 
 /// The open store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: sled::Db,
+    engine: Engine,
     commit: Arc<GroupCommit>,
-    /// Serialises read-modify-write of records and receipt correlation (sled has no row locks).
-    writes: Mutex<()>,
+    /// Serialise read-modify-write of records and receipt correlation (sled has no row locks).
+    locks: locks::Locks,
     stop: CancellationToken,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages with a queue row, kept in step with it (counted once at open).
@@ -150,19 +153,19 @@ impl Change {
 
 impl Store {
     /// Writes `change` around the record row `record_key` = `record` in the safe order.
-    fn apply(&self, change: Change, record_key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
+    async fn apply(&self, change: Change, record_key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
         for (k, v) in change.adds {
-            self.db.insert(k, v)?;
+            self.engine.put(&k, &v).await?;
         }
-        self.db.insert(record_key, record)?;
+        self.engine.put(&record_key, &record).await?;
         for k in change.removes {
-            self.db.remove(k)?;
+            self.engine.delete(&k).await?;
         }
         Ok(())
     }
 
     /// Opens (or creates) the store in `dir` and starts its flusher.
-    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
+    pub async fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
         let path = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
         private(dir).map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make it private (0700): {e}") })?;
@@ -186,9 +189,9 @@ impl Store {
         private(&dir.join("db"))
             .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make its files private (0600): {e}") })?;
         let store = Arc::new(Store {
-            db,
+            engine: Engine::Sled(db),
             commit: GroupCommit::new(),
-            writes: Mutex::new(()),
+            locks: locks::Locks::new(),
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
             queued: AtomicI64::new(0),
@@ -202,16 +205,14 @@ impl Store {
         // walks every queue row through sled's cache, which at a million queued messages costs
         // ~150 MB of resident memory for a while. The row goes at once: if this process
         // crashes, the next open must count (sled replays this removal before any later write).
-        let queued = match store.db.remove(keys::CLEAN_CLOSE)? {
-            Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_ref().try_into().unwrap_or_default()) as i64,
-            _ => store.db.scan_prefix([keys::QUEUE]).count() as i64,
+        let queued = match store.engine.delete(keys::CLEAN_CLOSE).await? {
+            Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_slice().try_into().unwrap_or_default()) as i64,
+            _ => store.engine.count(&[keys::QUEUE]).await? as i64,
         };
         store.queued.store(queued, Ordering::Relaxed);
-        let held = receipts::count_held(&store.db);
+        let held = store.count_held().await?;
         store.held.store(held, Ordering::Relaxed);
-        let db = store.db.clone();
-        let flush = move || db.flush().map(|_| ()).map_err(|e| e.to_string());
-        let flusher = tokio::spawn(store.commit.clone().run(flush, store.stop.clone()));
+        let flusher = tokio::spawn(store.commit.clone().run(store.engine.flusher(), store.stop.clone()));
         *lock(&store.flusher) = Some(flusher);
         Ok(store)
     }
@@ -221,7 +222,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         if self.healthy() {
             let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
-            self.db.insert(keys::CLEAN_CLOSE, &depth.to_be_bytes())?;
+            self.engine.put(keys::CLEAN_CLOSE, &depth.to_be_bytes()).await?;
         }
         let result = self.commit.durable().await;
         self.stop.cancel();
@@ -232,12 +233,9 @@ impl Store {
         Ok(result?)
     }
 
-    /// Reads and decodes one JSON row; `what` names it in the error if it does not decode.
-    fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
-        match self.db.get(k)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(what())),
-        }
+    /// Reads and decodes one JSON row.
+    async fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
+        decode(self.engine.get(k).await?, what)
     }
 
     /// Whether the store can still write. False after an I/O failure (a full disk): answer 503,
@@ -273,9 +271,17 @@ impl Store {
 
     /// Counts rows by kind, for tests: (messages, queued, held receipt rows).
     #[cfg(any(test, feature = "test-util"))]
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let count = |p: u8| self.db.scan_prefix([p]).count();
-        (count(keys::MESSAGE), count(keys::QUEUE), count(keys::HELD_RECEIPT))
+    pub async fn counts(&self) -> Result<(usize, usize, usize), StoreError> {
+        let e = &self.engine;
+        Ok((e.count(&[keys::MESSAGE]).await?, e.count(&[keys::QUEUE]).await?, e.count(&[keys::HELD_RECEIPT]).await?))
+    }
+}
+
+/// Decodes a JSON row; `what` names it in the error if it does not decode.
+fn decode<T: for<'de> Deserialize<'de>>(row: Option<Vec<u8>>, what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
+    match row {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(what())),
     }
 }
 
@@ -324,9 +330,9 @@ mod tests {
     }
 
     /// A store in a fresh directory (kept alive by the returned guard) and the time now.
-    fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
+    async fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).unwrap();
+        let store = Store::open(dir.path(), &options()).await.unwrap();
         (dir, store, SystemTime::now())
     }
 
@@ -340,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn retention_sweep_deletes_finished_messages_and_their_index() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).await.unwrap();
@@ -359,9 +365,39 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// Receipts racing their submit_sm_resp from other threads are matched or held, never lost
+    /// between the two: the correlation stripe orders each receipt against its submit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receipts_racing_their_submits_all_end_matched() {
+        let (_dir, store, now) = fresh().await;
+        let mut ids = Vec::new();
+        for _ in 0..400 {
+            ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+        }
+        let mut tasks = Vec::new();
+        for (n, id) in ids.iter().copied().enumerate() {
+            let smsc_id = format!("{:x}", 0x1000 + n);
+            let (submits, receipts) = (store.clone(), store.clone());
+            let receipt_id = smsc_id.clone();
+            tasks.push(tokio::spawn(async move { submits.mark_submitted(&id, "alpha", &smsc_id, attempt(), now).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                receipts.apply_receipt("alpha", received(&[&receipt_id], MessageStatus::Delivered), now).await.unwrap();
+                None
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for id in &ids {
+            assert_eq!(store.message(id).await.unwrap().unwrap().status, MessageStatus::Delivered, "{id}");
+        }
+        assert_eq!((store.held_receipts(), store.counts().await.unwrap().2), (0, 0), "a receipt was left held");
+        store.close().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_receipt_matches_through_the_one_index_row_of_its_submit() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         // (submit_sm_resp id, the receipt's id as each reading reads it)
         let pairs: [(&str, &[&str]); 3] =
             [("70BA8A69", &["1891273321", "70ba8a69"]), ("0059113978", &["38601fa", "59113978"]), ("a29f6845", &["A29F6845"])];
@@ -369,7 +405,7 @@ mod tests {
             let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
             let carrier = format!("c{i}");
             store.mark_submitted(&id, &carrier, response, attempt(), now).await.unwrap();
-            let rows = store.db.scan_prefix(keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).count();
+            let rows = store.engine.count(&keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).await.unwrap();
             assert_eq!(rows, 1, "{response}: one index row");
             let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).await.unwrap();
             let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
@@ -383,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_dropped_and_reported_once() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
         // Receipt in decimal (read also as hex) before the submit_sm_resp names the id in hex.
         assert_eq!(
@@ -391,7 +427,7 @@ mod tests {
             ReceiptMatch::Held
         );
         assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).await.unwrap(), Some(MessageStatus::Delivered));
-        assert_eq!(store.counts().2, 0);
+        assert_eq!(store.counts().await.unwrap().2, 0);
 
         // A receipt for nothing on another carrier: held, then dropped and reported once.
         store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).await.unwrap();
@@ -400,7 +436,7 @@ mod tests {
         assert!(store.sweep(retention, now).await.unwrap().1.is_empty(), "too young to call unmatched");
         let later = now + StoreOptions::default().hold_receipts_for + Duration::from_secs(1);
         assert_eq!(store.sweep(retention, later).await.unwrap().1, vec!["beta".to_string()]);
-        assert_eq!((store.counts().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
+        assert_eq!((store.counts().await.unwrap().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
         assert!(store.sweep(retention, later).await.unwrap().1.is_empty(), "reported once");
         store.close().await.unwrap();
     }
@@ -411,7 +447,7 @@ mod tests {
         let now = SystemTime::now();
         let capped = StoreOptions { max_held_receipts: 3, ..options() };
         {
-            let store = Store::open(dir.path(), &capped).unwrap();
+            let store = Store::open(dir.path(), &capped).await.unwrap();
             for n in 0..5 {
                 let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
                 assert_eq!(
@@ -421,7 +457,7 @@ mod tests {
             }
             store.close().await.unwrap();
         }
-        let store = Store::open(dir.path(), &capped).unwrap();
+        let store = Store::open(dir.path(), &capped).await.unwrap();
         assert_eq!(store.held_receipts(), 3, "counted at open");
         assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).await.unwrap(), ReceiptMatch::Dropped);
         // One held receipt meets its submit: room for another.
@@ -437,7 +473,7 @@ mod tests {
         let now = SystemTime::now();
         let mut ids = Vec::new();
         {
-            let store = Store::open(dir.path(), &options()).unwrap();
+            let store = Store::open(dir.path(), &options()).await.unwrap();
             for _ in 0..50 {
                 ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
             }
@@ -447,7 +483,7 @@ mod tests {
             store.record_attempt(&ids[1], attempt(), false).await.unwrap();
             store.close().await.unwrap();
         }
-        let store = Store::open(dir.path(), &options()).unwrap();
+        let store = Store::open(dir.path(), &options()).await.unwrap();
         let queued = store.queued().await.unwrap();
         assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
         assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
@@ -463,27 +499,27 @@ mod tests {
         let now = SystemTime::now();
         let (submitted, queued);
         {
-            let store = Store::open(dir.path(), &options()).unwrap();
+            let store = Store::open(dir.path(), &options()).await.unwrap();
             submitted = store.insert_message(new_message(now), None, now).await.unwrap().0;
             queued = store.insert_message(new_message(now), None, now).await.unwrap().0;
             store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).await.unwrap();
             // Cut short after the record: its queue row, marked in flight, is still there.
-            store.db.insert(keys::queue(&submitted), keys::IN_FLIGHT).unwrap();
+            store.engine.put(&keys::queue(&submitted), keys::IN_FLIGHT).await.unwrap();
             // Cut short before the record: a queue row with no record behind it.
-            store.db.insert(keys::queue(&MessageId::new(u64::MAX)), &[][..]).unwrap();
+            store.engine.put(&keys::queue(&MessageId::new(u64::MAX)), &[]).await.unwrap();
             // A finished change's done row written, the record not yet final.
-            store.db.insert(keys::done(keys::MESSAGE_DONE, 1, &queued), &[][..]).unwrap();
+            store.engine.put(&keys::done(keys::MESSAGE_DONE, 1, &queued), &[]).await.unwrap();
             crash(store).await;
         }
-        let store = Store::open(dir.path(), &options()).unwrap();
+        let store = Store::open(dir.path(), &options()).await.unwrap();
         let requeued: Vec<MessageId> = store.queued().await.unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(requeued, vec![queued], "only the message still waiting is sent again");
-        assert_eq!(store.counts().1, 1, "stale queue rows are dropped");
+        assert_eq!(store.counts().await.unwrap().1, 1, "stale queue rows are dropped");
         assert_eq!(store.queue_stats(now).await.0, 1);
 
         assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
         assert!(store.message(&queued).await.unwrap().is_some());
-        assert!(store.db.scan_prefix([keys::MESSAGE_DONE]).next().is_none(), "the stray done row is gone");
+        assert!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap() == 0, "the stray done row is gone");
         store.close().await.unwrap();
     }
 
@@ -492,21 +528,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
         {
-            let store = Store::open(dir.path(), &options()).unwrap();
+            let store = Store::open(dir.path(), &options()).await.unwrap();
             for _ in 0..3 {
                 store.insert_message(new_message(now), None, now).await.unwrap();
             }
             // Rows the in-memory depth does not know of: a recount would find them.
-            store.db.insert(keys::queue(&MessageId::new(u64::MAX)), &[][..]).unwrap();
+            store.engine.put(&keys::queue(&MessageId::new(u64::MAX)), &[]).await.unwrap();
             store.close().await.unwrap();
         }
         {
-            let store = Store::open(dir.path(), &options()).unwrap();
+            let store = Store::open(dir.path(), &options()).await.unwrap();
             assert_eq!(store.queue_stats(now).await.0, 3, "taken from the clean close, not counted");
-            assert!(!store.db.contains_key(keys::CLEAN_CLOSE).unwrap(), "consumed at open");
+            assert!(store.engine.get(keys::CLEAN_CLOSE).await.unwrap().is_none(), "consumed at open");
             crash(store).await;
         }
-        let store = Store::open(dir.path(), &options()).unwrap();
+        let store = Store::open(dir.path(), &options()).await.unwrap();
         assert_eq!(store.queue_stats(now).await.0, 4, "counted");
         store.close().await.unwrap();
     }
@@ -518,7 +554,7 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let store = Store::open(&data, &options()).unwrap();
+        let store = Store::open(&data, &options()).await.unwrap();
         let now = SystemTime::now();
         store.insert_message(new_message(now), None, now).await.unwrap();
         store.close().await.unwrap();
@@ -538,7 +574,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_sort_in_arrival_order_and_count_nothing() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         let order = |id: &MessageId| u64::from_be_bytes(id.0[..8].try_into().unwrap());
         let ids: Vec<MessageId> = (0..1000).map(|_| store.new_id()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
@@ -553,7 +589,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writers_share_flushes_without_deadlock() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         let writers = (0..64).map(|_| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -564,13 +600,13 @@ mod tests {
         });
         let all = futures::future::join_all(writers);
         tokio::time::timeout(Duration::from_secs(30), all).await.expect("group commit must not hang");
-        assert_eq!(store.counts().1, 64 * 20);
+        assert_eq!(store.counts().await.unwrap().1, 64 * 20);
         store.close().await.unwrap();
     }
 
     #[tokio::test]
     async fn idempotency_entries_replay_conflict_and_expire() {
-        let (_dir, store, now) = fresh();
+        let (_dir, store, now) = fresh().await;
         assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::New);
         let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
         assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::Replay(id, None));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
-use super::{Change, Store, StoreError, encode, keys, lock};
+use super::{Change, Store, StoreError, encode, keys};
 
 /// A receipt as the store matches it.
 #[derive(Debug, Clone)]
@@ -53,15 +53,26 @@ struct HeldReceipt {
     final_status: Option<MessageStatus>,
 }
 
-/// Held receipts now (counted once at open: each by its first row).
-pub(super) fn count_held(db: &sled::Db) -> usize {
-    db.scan_prefix([keys::HELD_RECEIPT]).filter_map(Result::ok).filter(|(k, v)| is_first_row(k, v)).count()
-}
+/// Held-receipt rows are read this many at a time.
+const PAGE: usize = 1024;
 
 impl Store {
+    /// Held receipts now (counted once at open: each by its first row).
+    pub(super) async fn count_held(&self) -> Result<usize, StoreError> {
+        let (mut held, mut after) = (0, None);
+        loop {
+            let rows = self.engine.scan(&[keys::HELD_RECEIPT], after.as_deref(), PAGE).await?;
+            held += rows.iter().filter(|(k, v)| is_first_row(k, v)).count();
+            match rows.into_iter().last() {
+                Some((k, _)) => after = Some(k),
+                None => return Ok(held),
+            }
+        }
+    }
+
     /// Adds the receipt index row of a message just submitted, and applies a receipt that beat
     /// the response here, if one is held.
-    pub(super) fn index_submit(
+    pub(super) async fn index_submit(
         &self,
         record: &mut MessageRecord,
         id: &MessageId,
@@ -76,18 +87,22 @@ impl Store {
             return Ok(());
         }
         rows.add(keys::receipt_index(carrier, &canonical), &id.0[..]);
-        let Some(entry) = self.db.scan_prefix(keys::held_receipts(carrier, &canonical)).next() else { return Ok(()) };
-        let (_, value) = entry?;
+        let Some((_, value)) = self.first_held(carrier, &canonical).await? else { return Ok(()) };
         if let Ok(held) = serde_json::from_slice::<HeldReceipt>(&value) {
             apply_receipt_to(record, id, &held.summary, held.final_status, now_ms, rows);
             for candidate in &held.candidates {
-                if let Some(entry) = self.db.scan_prefix(keys::held_receipts(carrier, candidate)).next() {
-                    rows.remove(entry?.0.to_vec());
+                if let Some((key, _)) = self.first_held(carrier, candidate).await? {
+                    rows.remove(key);
                 }
             }
             self.held_changed(-1);
         }
         Ok(())
+    }
+
+    /// The first held-receipt row of `carrier` for `candidate`.
+    async fn first_held(&self, carrier: &str, candidate: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self.engine.scan(&keys::held_receipts(carrier, candidate), None, 1).await?.into_iter().next())
     }
 
     /// Applies a receipt from `carrier`: to its message when the correlation index knows one
@@ -105,12 +120,15 @@ impl Store {
         let mut ids: Vec<(Option<R>, String)> = exact_id.map(|k| (None, k)).into_iter().collect();
         ids.extend(read_ids.into_iter().map(|(r, k)| (Some(r), k)));
         ids.retain(|(_, k)| !k.is_empty());
-        let _guard = lock(&self.writes);
+        // Every id's stripe: a submit recording one of them waits, so a receipt is either
+        // matched or held, never missed between the two.
+        let stripes: Vec<&str> = ids.iter().map(|(_, k)| k.as_str()).collect();
+        let locked = self.locks.take(carrier, &stripes, None).await;
         let mut found: Vec<(Option<R>, MessageId, MessageRecord)> = Vec::new();
         for (reading, k) in &ids {
-            let Some(row) = self.db.get(keys::receipt_index(carrier, k))? else { continue };
+            let Some(row) = self.engine.get(&keys::receipt_index(carrier, k)).await? else { continue };
             let Some(id) = keys::id_from(&row) else { continue };
-            if let Some(record) = self.get_record(&id)? {
+            if let Some(record) = self.message(&id).await? {
                 found.push((*reading, id, record));
             }
         }
@@ -131,7 +149,10 @@ impl Store {
                     }
                 }
             };
-            let (_, id, mut record) = found.swap_remove(chosen);
+            let (_, id, _) = found.swap_remove(chosen);
+            // Read again under the message's own stripe: the dispatcher may have changed it.
+            let _locked = self.locks.and_message(locked, &id).await;
+            let Some(mut record) = self.message(&id).await? else { return Ok(ReceiptMatch::Late { id }) };
             if !awaiting(&record) {
                 return Ok(ReceiptMatch::Late { id });
             }
@@ -142,7 +163,7 @@ impl Store {
             let mut rows = Change::default();
             let was_queued = record.status == MessageStatus::Queued;
             let finished = apply_receipt_to(&mut record, &id, &summary, final_status, now_ms, &mut rows);
-            self.apply(rows, keys::message(&id), encode(&record))?;
+            self.apply(rows, keys::message(&id), encode(&record)).await?;
             if was_queued && finished {
                 self.queue_changed(-1);
             }
@@ -163,10 +184,10 @@ impl Store {
         }
         self.held_changed(1);
         let held = HeldReceipt { candidates: candidates.clone(), summary, final_status };
-        let sequence = self.db.generate_id()?.to_be_bytes();
+        let sequence = self.engine.unique().await?.to_be_bytes();
         let value = encode(&held);
         for candidate in &candidates {
-            self.db.insert(keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), value.clone())?;
+            self.engine.put(&keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), &value).await?;
         }
         Ok(ReceiptMatch::Held)
     }
@@ -182,33 +203,39 @@ impl Store {
 
     /// Drops receipts held past [`StoreOptions::hold_receipts_for`](super::StoreOptions),
     /// each reported once (from its first row): the carrier of each.
-    pub(super) fn drop_stale_held(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn drop_stale_held(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
         let mut unmatched = Vec::new();
         let expire_before = record::to_ms(now.checked_sub(self.hold_for).unwrap_or(std::time::UNIX_EPOCH));
-        for entry in self.db.scan_prefix([keys::HELD_RECEIPT]) {
-            let (k, v) = entry?;
-            let at_ms = serde_json::from_slice::<HeldReceipt>(&v).map_or(0, |held| held.summary.at_ms);
-            if at_ms > expire_before {
-                continue;
+        let mut after = None;
+        loop {
+            let rows = self.engine.scan(&[keys::HELD_RECEIPT], after.as_deref(), PAGE).await?;
+            let Some((last, _)) = rows.last() else { return Ok(unmatched) };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let at_ms = serde_json::from_slice::<HeldReceipt>(&v).map_or(0, |held| held.summary.at_ms);
+                if at_ms > expire_before {
+                    continue;
+                }
+                let carrier = String::from_utf8_lossy(&k[1..k.iter().position(|&b| b == 0).unwrap_or(1)]).into_owned();
+                let candidate = held_candidate(&k).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
+                let _locked = self.locks.take(&carrier, &[&candidate], None).await;
+                if is_first_row(&k, &v) {
+                    unmatched.push(carrier);
+                    self.held_changed(-1);
+                }
+                self.engine.delete(&k).await?;
             }
-            let _guard = lock(&self.writes);
-            if is_first_row(&k, &v) {
-                let carrier = &k[1..k.iter().position(|&b| b == 0).unwrap_or(1)];
-                unmatched.push(String::from_utf8_lossy(carrier).into_owned());
-                self.held_changed(-1);
-            }
-            self.db.remove(k)?;
+            tokio::task::yield_now().await;
         }
-        Ok(unmatched)
     }
 
     /// Removes the index row of a message being deleted, if it still points there (a newer
     /// message may reuse the SMSC id).
-    pub(super) fn unindex(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
+    pub(super) async fn unindex(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
         if let (Some(carrier), Some(smsc_id)) = (&record.carrier, &record.smsc_message_id) {
             let index = keys::receipt_index(carrier, &crate::smsc_id::canonical(smsc_id));
-            if self.db.get(&index)?.as_deref() == Some(&id.0[..]) {
-                self.db.remove(index)?;
+            if self.engine.get(&index).await?.as_deref() == Some(&id.0[..]) {
+                self.engine.delete(&index).await?;
             }
         }
         Ok(())

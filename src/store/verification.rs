@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::Tx;
 use super::messages::queued_rows;
 use super::record::{MessageId, VerificationId};
-use super::sweep::{cutoff, off_the_scheduler};
-use super::{NewMessage, Store, StoreError, encode, idempotency, keys, lock};
+use super::sweep::{PAGE, cutoff};
+use super::{NewMessage, Store, StoreError, decode, encode, idempotency, keys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,63 +119,52 @@ pub struct VerificationSend {
 
 impl Store {
     pub async fn verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
-        self.read_verification(id)
-    }
-
-    fn read_verification(&self, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
-        self.read(&keys::verification(id), || format!("verification {id}"))
+        self.read(&keys::verification(id), || format!("verification {id}")).await
     }
 
     /// Decides and writes a verification send in one step: `decide` sees the owner's pending
     /// verification for `to` (if any) and the number's stats, and returns the send to write or
     /// its own error. The verification, the index, the stats, the message, its queue entry and
-    /// the idempotency entry go into one batch; returns after it is durable.
+    /// the idempotency entry go into one atomic change; returns after it is durable.
     pub async fn send_verification<E>(
         &self,
         owner: &str,
         to: &str,
         decide: impl FnOnce(Option<(VerificationId, VerificationRecord)>, &mut NumberStats) -> Result<VerificationSend, E>,
     ) -> Result<Result<VerificationSend, E>, StoreError> {
-        let send = {
-            let _guard = lock(&self.writes);
-            let pending = match self.db.get(keys::pending(owner, to))? {
-                Some(bytes) => match keys::id_from(&bytes).map(VerificationId) {
-                    Some(id) => self.read_verification(&id)?.map(|r| (id, r)),
-                    None => None,
-                },
-                None => None,
-            };
-            let mut stats: NumberStats = self.read(&keys::number(to), || "number stats".to_string())?.unwrap_or_default();
-            let previous = pending.as_ref().map(|(id, _)| *id);
-            let send = match decide(pending, &mut stats) {
-                Ok(send) => send,
-                Err(e) => return Ok(Err(e)),
-            };
-            let mut batch = sled::Batch::default();
-            if let Some(previous) = previous.filter(|p| *p != send.id) {
-                // A new verification replaced an expired pending one: finish that one.
-                if let Some(mut old) = self.read_verification(&previous)? {
-                    old.status = VerificationStatus::Expired;
-                    old.done_ms = Some(send.record.created_ms);
-                    batch.insert(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous.0), &[][..]);
-                    batch.insert(keys::verification(&previous), encode(&old));
-                }
-            }
-            batch.insert(keys::verification(&send.id), encode(&send.record));
-            batch.insert(keys::pending(owner, to), &send.id.0.0[..]);
-            batch.insert(keys::number(to), encode(&stats));
-            let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id));
-            for (k, v) in queued_rows(&send.message_id, &message) {
-                batch.insert(k, v);
-            }
-            if let Some((key, body_sha256, response)) = &send.idempotency {
-                let (k, v) = idempotency::row(owner, key, body_sha256, &send.id.0, send.record.last_send_ms, Some(response));
-                batch.insert(k, v);
-            }
-            self.db.apply_batch(batch)?;
-            self.queue_changed(1);
-            send
+        let mut tx = Tx::begin(&self.engine, &self.locks.verifications).await;
+        let pending = match tx.get(&keys::pending(owner, to)).await?.and_then(|bytes| keys::id_from(&bytes)).map(VerificationId) {
+            Some(id) => verification_in(&tx, &id).await?.map(|r| (id, r)),
+            None => None,
         };
+        let mut stats: NumberStats = decode(tx.get(&keys::number(to)).await?, || "number stats".to_string())?.unwrap_or_default();
+        let previous = pending.as_ref().map(|(id, _)| *id);
+        let send = match decide(pending, &mut stats) {
+            Ok(send) => send,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(previous) = previous.filter(|p| *p != send.id) {
+            // A new verification replaced an expired pending one: finish that one.
+            if let Some(mut old) = verification_in(&tx, &previous).await? {
+                old.status = VerificationStatus::Expired;
+                old.done_ms = Some(send.record.created_ms);
+                tx.put(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous.0), Vec::new());
+                tx.put(keys::verification(&previous), encode(&old));
+            }
+        }
+        tx.put(keys::verification(&send.id), encode(&send.record));
+        tx.put(keys::pending(owner, to), send.id.0.0.to_vec());
+        tx.put(keys::number(to), encode(&stats));
+        let message = super::record::MessageRecord::queued(send.message.clone(), send.record.last_send_ms, Some(send.id));
+        for (k, v) in queued_rows(&send.message_id, &message) {
+            tx.put(k, v);
+        }
+        if let Some((key, body_sha256, response)) = &send.idempotency {
+            let (k, v) = idempotency::row(owner, key, body_sha256, &send.id.0, send.record.last_send_ms, Some(response));
+            tx.put(k, v);
+        }
+        tx.commit().await?;
+        self.queue_changed(1);
         self.commit.durable().await?;
         super::messages::entered(super::MessageStatus::Queued);
         Ok(Ok(send))
@@ -187,69 +177,78 @@ impl Store {
         id: &VerificationId,
         change: impl FnOnce(&mut VerificationRecord, &mut NumberStats) -> T,
     ) -> Result<Option<(VerificationRecord, T)>, StoreError> {
-        let result = {
-            let _guard = lock(&self.writes);
-            let Some(mut record) = self.read_verification(id)? else {
-                return Ok(None);
-            };
-            let mut stats: NumberStats = self.read(&keys::number(&record.to), || "number stats".to_string())?.unwrap_or_default();
-            let was_pending = record.status == VerificationStatus::Pending;
-            let out = change(&mut record, &mut stats);
-            let mut batch = sled::Batch::default();
-            if was_pending && record.status != VerificationStatus::Pending {
-                let done = record.done_ms.unwrap_or(record.last_send_ms);
-                record.done_ms = Some(done);
-                batch.insert(keys::done(keys::VERIFICATION_DONE, done, &id.0), &[][..]);
-                // Only drop the index if it still points here.
-                let index = keys::pending(&record.owner, &record.to);
-                if self.db.get(&index)?.as_deref() == Some(&id.0.0[..]) {
-                    batch.remove(index);
-                }
-            }
-            batch.insert(keys::verification(id), encode(&record));
-            batch.insert(keys::number(&record.to), encode(&stats));
-            self.db.apply_batch(batch)?;
-            (record, out)
+        let mut tx = Tx::begin(&self.engine, &self.locks.verifications).await;
+        let Some(mut record) = verification_in(&tx, id).await? else {
+            return Ok(None);
         };
+        let mut stats: NumberStats = decode(tx.get(&keys::number(&record.to)).await?, || "number stats".to_string())?.unwrap_or_default();
+        let was_pending = record.status == VerificationStatus::Pending;
+        let out = change(&mut record, &mut stats);
+        if was_pending && record.status != VerificationStatus::Pending {
+            let done = record.done_ms.unwrap_or(record.last_send_ms);
+            record.done_ms = Some(done);
+            tx.put(keys::done(keys::VERIFICATION_DONE, done, &id.0), Vec::new());
+            // Only drop the index if it still points here.
+            let index = keys::pending(&record.owner, &record.to);
+            if tx.get(&index).await?.as_deref() == Some(&id.0.0[..]) {
+                tx.delete(index);
+            }
+        }
+        tx.put(keys::verification(id), encode(&record));
+        tx.put(keys::number(&record.to), encode(&stats));
+        tx.commit().await?;
         self.commit.durable().await?;
-        Ok(Some(result))
+        Ok(Some((record, out)))
     }
 
     /// Deletes verifications finished more than `retention` ago and number stats with nothing
     /// recent. Returns how many verifications went.
     pub async fn sweep_verifications(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
-        off_the_scheduler(|| self.sweep_verifications_now(retention, stats_window, now))
-    }
-
-    fn sweep_verifications_now(&self, retention: Duration, stats_window: Duration, now: SystemTime) -> Result<usize, StoreError> {
         let mut deleted = 0;
-        for entry in self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)) {
-            let (k, id) = entry?;
-            self.db.remove(keys::verification(&VerificationId(id)))?;
-            self.db.remove(k)?;
-            deleted += 1;
+        loop {
+            let page = self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)).await?;
+            for (k, id) in &page {
+                self.engine.delete(&keys::verification(&VerificationId(*id))).await?;
+                self.engine.delete(k).await?;
+                deleted += 1;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let stale_before = cutoff(stats_window, now);
-        for entry in self.db.scan_prefix([keys::NUMBER]) {
-            let (k, v) = entry?;
-            let stale = serde_json::from_slice::<NumberStats>(&v)
-                .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
-                .unwrap_or(true);
-            if stale {
-                let _guard = lock(&self.writes);
-                self.db.remove(k)?;
+        let mut after = None;
+        loop {
+            let rows = self.engine.scan(&[keys::NUMBER], after.as_deref(), PAGE).await?;
+            let Some((last, _)) = rows.last() else { return Ok(deleted) };
+            after = Some(last.clone());
+            for (k, v) in rows {
+                let stale = serde_json::from_slice::<NumberStats>(&v)
+                    .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
+                    .unwrap_or(true);
+                if stale {
+                    let _guard = self.locks.verifications.lock().await;
+                    self.engine.delete(&k).await?;
+                }
             }
+            tokio::task::yield_now().await;
         }
-        Ok(deleted)
     }
 
     /// Ids of pending verifications (for the sweep to expire the ones past their time).
     pub async fn pending_verifications(&self) -> Result<Vec<VerificationId>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.db.scan_prefix([keys::PENDING]) {
-            let (_, v) = entry?;
-            out.extend(keys::id_from(&v).map(VerificationId));
+        let (mut out, mut after) = (Vec::new(), None);
+        loop {
+            let rows = self.engine.scan(&[keys::PENDING], after.as_deref(), PAGE).await?;
+            let Some((last, _)) = rows.last() else { return Ok(out) };
+            after = Some(last.clone());
+            out.extend(rows.iter().filter_map(|(_, v)| keys::id_from(v)).map(VerificationId));
         }
-        Ok(out)
     }
+}
+
+/// A verification as a change reads it.
+async fn verification_in(tx: &Tx<'_>, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
+    decode(tx.get(&keys::verification(id)).await?, || format!("verification {id}"))
 }
