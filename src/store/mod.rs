@@ -1,10 +1,11 @@
 //! The message store: sled 0.34 on disk, behind an API that knows nothing of sled's types and
 //! nothing of SMPP's.
 //!
-//! One tree, with a one-byte prefix per kind of row (`keys.rs` has the table). One file per
-//! concept: `messages` (intake, queue, submits), [`receipts`] (the correlation index and
-//! receipts held for their submit), `idempotency`, [`verification`], `sweep` (retention),
-//! `commit` (group commit) and `settings` (`[store]`).
+//! One ordered key space, with a one-byte prefix per kind of row (`keys.rs` has the table), kept
+//! by a storage engine (`engine.rs`: sled today). One file per concept: `messages` (intake,
+//! queue, submits), [`receipts`] (the correlation index and receipts held for their submit),
+//! `idempotency`, [`verification`], `sweep` (retention), `commit` (group commit), `locks`
+//! (striped write locks) and `settings` (`[store]`).
 //!
 //! Durability: [`Store::insert_message`] returns only after a group commit covered it, so an
 //! HTTP 2xx means "on disk". Later transitions (submitted, delivered) are flushed by the same
