@@ -20,6 +20,30 @@ pub(super) enum Engine {
 /// Rows in key order.
 pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Rows read per page when a walk covers a whole kind of row.
+pub(super) const PAGE: usize = 1024;
+
+/// A walk over every row under a prefix, a page at a time, yielding to other tasks between
+/// pages (a sweep may cover a day of traffic). Rows the caller deletes meanwhile are fine.
+pub(super) struct Pages<'a> {
+    engine: &'a Engine,
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+}
+
+impl Pages<'_> {
+    /// The next page, or `None` at the end.
+    pub(super) async fn next(&mut self) -> Result<Option<Rows>, StoreError> {
+        if self.after.is_some() {
+            tokio::task::yield_now().await;
+        }
+        let rows = self.engine.scan(&self.prefix, self.after.as_deref(), PAGE).await?;
+        let Some((last, _)) = rows.last() else { return Ok(None) };
+        self.after = Some(last.clone());
+        Ok(Some(rows))
+    }
+}
+
 /// The first key after every key that starts with `prefix` (`None`: no such key).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -80,6 +104,11 @@ impl Engine {
         };
         let end = prefix_end(prefix);
         self.range(&start, end.as_deref().map_or(Bound::Unbounded, Bound::Excluded), limit).await
+    }
+
+    /// Every row whose key starts with `prefix`, page by page.
+    pub(super) fn pages(&self, prefix: &[u8]) -> Pages<'_> {
+        Pages { engine: self, prefix: prefix.to_vec(), after: None }
     }
 
     /// The last key that starts with `prefix`.

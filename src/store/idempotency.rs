@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::record::{self, MessageId};
-use super::sweep::PAGE;
 use super::{Store, StoreError, encode, keys};
 
 /// How long an Idempotency-Key is remembered.
@@ -76,18 +75,15 @@ impl Store {
     /// Deletes keys past [`IDEMPOTENCY_WINDOW`] (and rows that do not decode).
     pub(super) async fn sweep_idempotency(&self, now: SystemTime) -> Result<(), StoreError> {
         let cutoff = now.checked_sub(IDEMPOTENCY_WINDOW).unwrap_or(std::time::UNIX_EPOCH);
-        let mut after = None;
-        loop {
-            let rows = self.engine.scan(&[keys::IDEMPOTENCY], after.as_deref(), PAGE).await?;
-            let Some((last, _)) = rows.last() else { return Ok(()) };
-            after = Some(last.clone());
+        let mut pages = self.engine.pages(&[keys::IDEMPOTENCY]);
+        while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
                 let stale = serde_json::from_slice::<Entry>(&v).map(|e| record::from_ms(e.created_ms) < cutoff).unwrap_or(true);
                 if stale {
                     self.engine.delete(&k).await?;
                 }
             }
-            tokio::task::yield_now().await;
         }
+        Ok(())
     }
 }

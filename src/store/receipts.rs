@@ -53,21 +53,14 @@ struct HeldReceipt {
     final_status: Option<MessageStatus>,
 }
 
-/// Held-receipt rows are read this many at a time.
-const PAGE: usize = 1024;
-
 impl Store {
     /// Held receipts now (counted once at open: each by its first row).
     pub(super) async fn count_held(&self) -> Result<usize, StoreError> {
-        let (mut held, mut after) = (0, None);
-        loop {
-            let rows = self.engine.scan(&[keys::HELD_RECEIPT], after.as_deref(), PAGE).await?;
+        let (mut held, mut pages) = (0, self.engine.pages(&[keys::HELD_RECEIPT]));
+        while let Some(rows) = pages.next().await? {
             held += rows.iter().filter(|(k, v)| is_first_row(k, v)).count();
-            match rows.into_iter().last() {
-                Some((k, _)) => after = Some(k),
-                None => return Ok(held),
-            }
         }
+        Ok(held)
     }
 
     /// Adds the receipt index row of a message just submitted, and applies a receipt that beat
@@ -206,11 +199,8 @@ impl Store {
     pub(super) async fn drop_stale_held(&self, now: SystemTime) -> Result<Vec<String>, StoreError> {
         let mut unmatched = Vec::new();
         let expire_before = record::to_ms(now.checked_sub(self.hold_for).unwrap_or(std::time::UNIX_EPOCH));
-        let mut after = None;
-        loop {
-            let rows = self.engine.scan(&[keys::HELD_RECEIPT], after.as_deref(), PAGE).await?;
-            let Some((last, _)) = rows.last() else { return Ok(unmatched) };
-            after = Some(last.clone());
+        let mut pages = self.engine.pages(&[keys::HELD_RECEIPT]);
+        while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
                 let at_ms = serde_json::from_slice::<HeldReceipt>(&v).map_or(0, |held| held.summary.at_ms);
                 if at_ms > expire_before {
@@ -225,8 +215,8 @@ impl Store {
                 }
                 self.engine.delete(&k).await?;
             }
-            tokio::task::yield_now().await;
         }
+        Ok(unmatched)
     }
 
     /// Removes the index row of a message being deleted, if it still points there (a newer

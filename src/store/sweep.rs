@@ -4,11 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::engine::PAGE;
 use super::record::{self, MessageId};
 use super::{Store, StoreError, keys};
-
-/// Rows read per page.
-pub(super) const PAGE: usize = 1024;
 
 impl Store {
     /// Deletes finished messages older than `retention`, their receipt index rows and expired

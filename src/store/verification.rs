@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::PAGE;
 use super::engine::Tx;
 use super::messages::queued_rows;
 use super::record::{MessageId, VerificationId};
-use super::sweep::{PAGE, cutoff};
+use super::sweep::cutoff;
 use super::{NewMessage, Store, StoreError, decode, encode, idempotency, keys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,11 +219,8 @@ impl Store {
             tokio::task::yield_now().await;
         }
         let stale_before = cutoff(stats_window, now);
-        let mut after = None;
-        loop {
-            let rows = self.engine.scan(&[keys::NUMBER], after.as_deref(), PAGE).await?;
-            let Some((last, _)) = rows.last() else { return Ok(deleted) };
-            after = Some(last.clone());
+        let mut pages = self.engine.pages(&[keys::NUMBER]);
+        while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
                 let stale = serde_json::from_slice::<NumberStats>(&v)
                     .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
@@ -232,19 +230,17 @@ impl Store {
                     self.engine.delete(&k).await?;
                 }
             }
-            tokio::task::yield_now().await;
         }
+        Ok(deleted)
     }
 
     /// Ids of pending verifications (for the sweep to expire the ones past their time).
     pub async fn pending_verifications(&self) -> Result<Vec<VerificationId>, StoreError> {
-        let (mut out, mut after) = (Vec::new(), None);
-        loop {
-            let rows = self.engine.scan(&[keys::PENDING], after.as_deref(), PAGE).await?;
-            let Some((last, _)) = rows.last() else { return Ok(out) };
-            after = Some(last.clone());
+        let (mut out, mut pages) = (Vec::new(), self.engine.pages(&[keys::PENDING]));
+        while let Some(rows) = pages.next().await? {
             out.extend(rows.iter().filter_map(|(_, v)| keys::id_from(v)).map(VerificationId));
         }
+        Ok(out)
     }
 }
 
