@@ -181,7 +181,7 @@ impl Store {
                         return Err(StoreError::Locked { path });
                     }
                     lock_waits += 1;
-                    std::thread::sleep(Duration::from_millis(50));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(StoreError::Open { path, message: e.to_string() }),
             }
