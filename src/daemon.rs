@@ -76,7 +76,7 @@ impl Daemon {
     }
 
     async fn start_on(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
-        let store = Store::open(&config.server.data_dir, &config.store.options()).await?;
+        let store = Store::open(&config.server.data_dir, &config.store.options(&config.cluster.node_name())?).await?;
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();

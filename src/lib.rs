@@ -12,7 +12,8 @@
 //! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
 //!   cap), its settings, and a minimal client for the demo and tests;
 //! - `otp`: verifications: codes and their HMAC, templates, rate rules, receipt failover, API views;
-//! - [`store`]: the durable store (sled), one file per row kind, group commit, retention;
+//! - [`store`]: the durable store (sled, or PostgreSQL for a cluster), one file per row kind,
+//!   group commit, retention;
 //! - `dispatch`: takes queued messages to a carrier, retries, spills over, expires;
 //! - `route`: prefix routes and their strategies;
 //! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect), PDU framing, health and

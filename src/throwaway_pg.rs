@@ -21,7 +21,9 @@ pub enum ThrowawayError {
 pub struct ThrowawayPostgres {
     dir: PathBuf,
     addr: SocketAddr,
-    server: Child,
+    /// `None` while stopped.
+    server: Option<Child>,
+    bin: PathBuf,
 }
 
 /// The directory of PostgreSQL's server binaries: the newest under /usr/lib/postgresql, else
@@ -83,6 +85,16 @@ impl ThrowawayPostgres {
         bin_dir().is_some()
     }
 
+    /// For tests: a server, or `Ok(None)` with a loud note when PostgreSQL is not installed and
+    /// this is not CI (under `CI`, a missing PostgreSQL is an error).
+    pub async fn for_tests() -> Result<Option<ThrowawayPostgres>, ThrowawayError> {
+        if !ThrowawayPostgres::installed() && std::env::var_os("CI").is_none() {
+            eprintln!("SKIPPED: PostgreSQL is not installed (Debian package `postgresql`); CI installs it");
+            return Ok(None);
+        }
+        ThrowawayPostgres::start().await.map(Some)
+    }
+
     /// initdb, start, and wait (at most 30 s) until it takes connections.
     pub async fn start() -> Result<ThrowawayPostgres, ThrowawayError> {
         let bin = bin_dir().ok_or(ThrowawayError::NotInstalled)?;
@@ -106,26 +118,47 @@ impl ThrowawayPostgres {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| failed("find a free port")(e.to_string()))?;
             probe.local_addr().map_err(|e| failed("find a free port")(e.to_string()))?.port()
         };
-        let port_text = port.to_string();
-        let socket_dir = dir.display().to_string();
-        let server = command(
-            &bin,
-            "postgres",
-            &["-D", &data_text, "-p", &port_text, "-k", &socket_dir, "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
-        )?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| failed("start postgres")(e.to_string()))?;
-        let mut db = ThrowawayPostgres { dir, addr: SocketAddr::from(([127, 0, 0, 1], port)), server };
+        let mut db = ThrowawayPostgres { dir, addr: SocketAddr::from(([127, 0, 0, 1], port)), server: None, bin };
+        db.resume().await?;
+        Ok(db)
+    }
+
+    /// Stops the server (a fast shutdown: sessions are cut), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            // SIGINT is PostgreSQL's "fast" shutdown.
+            if let Ok(pid) = i32::try_from(server.id()) {
+                // SAFETY: signalling our own child process.
+                unsafe {
+                    libc::kill(pid, libc::SIGINT);
+                }
+            }
+            let _ = server.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data, and waits (at most 30 s) until it
+    /// takes connections.
+    pub async fn resume(&mut self) -> Result<(), ThrowawayError> {
+        let data_text = self.dir.join("data").display().to_string();
+        let port_text = self.addr.port().to_string();
+        let socket_dir = self.dir.display().to_string();
+        let args = ["-D", &data_text, "-p", &port_text, "-k", &socket_dir, "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"];
+        let server = command(&self.bin, "postgres", &args)?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| failed("start postgres")(e.to_string()))?;
+        let url = self.url();
+        let server = self.server.insert(server);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await {
-                Ok(_) => return Ok(db),
+            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(failed("wait for postgres")(e.to_string())),
                 Err(_) => {}
             }
-            if let Ok(Some(status)) = db.server.try_wait() {
+            if let Ok(Some(status)) = server.try_wait() {
                 return Err(failed("start postgres")(format!("exited with {status}")));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,14 +177,7 @@ impl ThrowawayPostgres {
 
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
-        // SIGINT is PostgreSQL's "fast" shutdown: sessions are cut, nothing is flushed for show.
-        if let Ok(pid) = i32::try_from(self.server.id()) {
-            // SAFETY: signalling our own child process.
-            unsafe {
-                libc::kill(pid, libc::SIGINT);
-            }
-        }
-        let _ = self.server.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -16,11 +16,7 @@ const LEASE: Duration = Duration::from_secs(1);
 type Node = (watch::Receiver<Option<Term>>, CancellationToken, tokio::task::JoinHandle<()>);
 
 async fn server() -> Option<ThrowawayPostgres> {
-    if !ThrowawayPostgres::installed() && std::env::var_os("CI").is_none() {
-        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package `postgresql`); CI installs it");
-        return None;
-    }
-    Some(ThrowawayPostgres::start().await.expect("a throwaway PostgreSQL server starts"))
+    ThrowawayPostgres::for_tests().await.expect("a throwaway PostgreSQL server starts")
 }
 
 async fn connect(db: &ThrowawayPostgres) -> Client {

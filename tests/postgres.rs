@@ -3,13 +3,8 @@
 
 use otpgate::throwaway_pg::ThrowawayPostgres;
 
-/// A server, or `None` (loudly) when PostgreSQL is not installed outside CI; in CI it must be.
 async fn server() -> Option<ThrowawayPostgres> {
-    if !ThrowawayPostgres::installed() && std::env::var_os("CI").is_none() {
-        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package `postgresql`); CI installs it");
-        return None;
-    }
-    Some(ThrowawayPostgres::start().await.expect("a throwaway PostgreSQL server starts"))
+    ThrowawayPostgres::for_tests().await.expect("a throwaway PostgreSQL server starts")
 }
 
 #[tokio::test]

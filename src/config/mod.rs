@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod builder;
 
+pub use crate::cluster::settings::ClusterConfig;
 use crate::echo::shown;
 pub use crate::http::settings::{ApiKeyConfig, MessagesConfig};
 pub use crate::otp::settings::OtpConfig;
@@ -40,6 +41,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     #[serde(default)]
     pub messages: MessagesConfig,
     #[serde(default)]
@@ -184,6 +187,9 @@ impl Config {
         if let Some((field, message)) = self.store.problem() {
             return Err(invalid(format!("store.{field}"), message));
         }
+        if let Some((field, message)) = self.cluster.problem() {
+            return Err(invalid(format!("cluster.{field}"), message));
+        }
         let sv = &self.server;
         if sv.data_dir.as_os_str().len() > 4096 {
             return Err(invalid("server.data_dir".into(), "must be a path of at most 4096 bytes".into()));
@@ -210,13 +216,28 @@ impl Config {
         let mut out = String::new();
         let s = &self.server;
         let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
-        let _ = writeln!(
-            out,
-            "data_dir:  {}  (retention {}, cache {} MiB)",
-            s.data_dir.display(),
-            humantime::format_duration(self.store.retention),
-            self.store.cache_capacity_mb
-        );
+        let st = &self.store;
+        match (&st.backend, &st.postgres_url) {
+            (crate::store::settings::BackendKind::Postgres, Some(url)) => {
+                // The URL holds no password (validated).
+                let _ = writeln!(
+                    out,
+                    "store:     postgres {url}  (pool {}, node {}, retention {})",
+                    st.pool_size,
+                    self.cluster.node_name(),
+                    humantime::format_duration(st.retention)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "data_dir:  {}  (retention {}, cache {} MiB)",
+                    s.data_dir.display(),
+                    humantime::format_duration(st.retention),
+                    st.cache_capacity_mb
+                );
+            }
+        }
         let names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
         let _ = writeln!(out, "api keys:  {} {:?}", names.len(), names);
         let o = &self.otp;
@@ -293,6 +314,45 @@ source_addr = "Acme"
         Config::from_toml(text, Path::new("test.toml"))
     }
 
+    /// The PostgreSQL backend: its URL is required, checked, and must not carry the password,
+    /// which is read from a file (or PGPASSWORD) and never shown.
+    #[test]
+    fn the_postgres_backend_needs_a_url_without_a_password() {
+        let with = |store: &str| parse(&format!("{MINIMAL}\n[store]\n{store}\n"));
+        let key_of = |r: Result<Config, ConfigError>| match r {
+            Err(ConfigError::Invalid { key, message, .. }) => (key, message),
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        assert_eq!(key_of(with(r#"backend = "postgres""#)).0, "store.postgres_url");
+        assert_eq!(key_of(with(r#"postgres_url = "postgres://a@db/otp""#)).0, "store.postgres_url", "set but unused");
+        let (key, message) = key_of(with("backend = \"postgres\"\npostgres_url = \"postgres://otp:hunter2@db/otp\""));
+        assert_eq!(key, "store.postgres_url");
+        assert!(!message.contains("hunter2"), "never echoed: {message}");
+        let (key, message) =
+            key_of(with("backend = \"postgres\"\npostgres_url = \"postgres://otp@db/otp\"\npostgres_password_file = \"/nonexistent/pw\""));
+        assert_eq!(key, "store.postgres_password_file", "{message}");
+        assert!(parse(&format!("{MINIMAL}\n[store]\nbackend = \"mysql\"\n")).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let config = with(&format!(
+            "backend = \"postgres\"\npostgres_url = \"postgres://otp@db/otp\"\npostgres_password_file = {:?}\npool_size = 4",
+            file
+        ))
+        .unwrap();
+        let options = config.store.options("gw-1").unwrap();
+        let debug = format!("{options:?}");
+        assert!(debug.contains("pool_size: 4") && debug.contains("gw-1"), "{debug}");
+        assert!(!debug.contains("s3cret-pw"), "the password never shows: {debug}");
+        match options.backend {
+            crate::store::settings::Backend::Postgres(pg) => assert_eq!(pg.password.as_deref(), Some("s3cret-pw")),
+            other => panic!("{other:?}"),
+        }
+        assert!(!config.summary().contains("s3cret-pw"));
+        assert!(config.summary().contains("postgres postgres://otp@db/otp"), "{}", config.summary());
+    }
+
     /// Every numeric key has a checked range: an absurd value is a config error naming the key,
     /// never a panic in `run` (`cache_capacity_mb = 2^44` once overflowed at start).
     #[test]
@@ -309,6 +369,8 @@ source_addr = "Acme"
             ("store", "cache_capacity_mb", "0"),
             ("store", "max_held_receipts", huge_int),
             ("store", "hold_receipts_for", huge_duration),
+            ("store", "pool_size", huge_int),
+            ("store", "pool_size", "0"),
             ("messages", "default_validity", huge_duration),
             ("messages", "max_validity", huge_duration),
             ("messages", "min_validity", "\"0s\""),

@@ -56,12 +56,12 @@ impl GroupCommit {
         }
     }
 
-    /// The flusher: runs `flush` (blocking) whenever tickets are waiting, until `stop`.
-    pub async fn run<F>(self: Arc<Self>, flush: F, stop: tokio_util::sync::CancellationToken)
+    /// The flusher: runs `flush` whenever tickets are waiting, until `stop`.
+    pub async fn run<F, Fut>(self: Arc<Self>, flush: F, stop: tokio_util::sync::CancellationToken)
     where
-        F: Fn() -> Result<(), String> + Send + Sync + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send,
     {
-        let flush = Arc::new(flush);
         loop {
             let target = self.issued.load(Ordering::Acquire);
             if target <= self.progress.borrow().durable {
@@ -75,8 +75,7 @@ impl GroupCommit {
             // arrive while the flush runs share the next one.
             tokio::task::yield_now().await;
             let target = self.issued.load(Ordering::Acquire);
-            let f = flush.clone();
-            let outcome = tokio::task::spawn_blocking(move || f()).await.unwrap_or_else(|e| Err(format!("flush task failed: {e}")));
+            let outcome = flush().await;
             self.progress.send_modify(|p| match outcome {
                 Ok(()) => {
                     p.durable = p.durable.max(target);

@@ -1,6 +1,6 @@
 //! The store's storage engine: an ordered map from byte keys to byte values, which is all the
-//! store logic above it uses. sled is the embedded one; PostgreSQL (cluster mode, issue 14) is
-//! to be the second, behind the same calls, so every rule of the store is written once.
+//! store logic above it uses. sled is the embedded one; PostgreSQL (`postgres.rs`, cluster
+//! mode) the shared one, behind the same calls, so every rule of the store is written once.
 //!
 //! Two kinds of write: single rows written one after another (the message path, where order
 //! gives crash safety, see the module doc of `store`), and [`Tx`]: rows read and written as one
@@ -8,13 +8,16 @@
 
 use std::ops::Bound;
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
 
 use super::StoreError;
+use super::locks::Locks;
+use super::postgres::{PgTx, Postgres};
 
 /// A storage engine.
 pub(super) enum Engine {
     Sled(sled::Db),
+    Postgres(Postgres),
 }
 
 /// Rows in key order.
@@ -60,6 +63,7 @@ impl Engine {
     pub(super) async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.get(key)?.map(|v| v.to_vec())),
+            Engine::Postgres(pg) => pg.get(key).await,
         }
     }
 
@@ -69,6 +73,7 @@ impl Engine {
                 db.insert(key, value)?;
                 Ok(())
             }
+            Engine::Postgres(pg) => pg.put(key, value).await,
         }
     }
 
@@ -76,6 +81,7 @@ impl Engine {
     pub(super) async fn delete(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.remove(key)?.map(|v| v.to_vec())),
+            Engine::Postgres(pg) => pg.delete(key).await,
         }
     }
 
@@ -83,6 +89,7 @@ impl Engine {
     pub(super) async fn swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.compare_and_swap(key, old, new)?.is_ok()),
+            Engine::Postgres(pg) => pg.swap(key, old, new).await,
         }
     }
 
@@ -93,6 +100,11 @@ impl Engine {
                 let rows = db.range::<&[u8], _>((Bound::Included(start), end)).take(limit);
                 rows.map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
             }
+            Engine::Postgres(pg) => match end {
+                Bound::Unbounded => pg.range(start, None, false, limit).await,
+                Bound::Excluded(end) => pg.range(start, Some(end), false, limit).await,
+                Bound::Included(end) => pg.range(start, Some(end), true, limit).await,
+            },
         }
     }
 
@@ -115,6 +127,7 @@ impl Engine {
     pub(super) async fn last_key(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.scan_prefix(prefix).next_back().transpose()?.map(|(k, _)| k.to_vec())),
+            Engine::Postgres(pg) => pg.last_key(prefix, prefix_end(prefix).as_deref()).await,
         }
     }
 
@@ -122,6 +135,7 @@ impl Engine {
     pub(super) async fn count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.scan_prefix(prefix).count()),
+            Engine::Postgres(pg) => pg.count(prefix, prefix_end(prefix).as_deref()).await,
         }
     }
 
@@ -129,51 +143,79 @@ impl Engine {
     pub(super) async fn unique(&self) -> Result<u64, StoreError> {
         match self {
             Engine::Sled(db) => Ok(db.generate_id()?),
+            Engine::Postgres(pg) => pg.unique().await,
         }
     }
 
     /// What the group commit calls to make every write so far durable.
-    pub(super) fn flusher(&self) -> impl Fn() -> Result<(), String> + Send + 'static {
-        match self {
+    pub(super) fn flusher(&self) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+        let flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> = match self {
             Engine::Sled(db) => {
                 let db = db.clone();
-                move || db.flush().map(|_| ()).map_err(|e| e.to_string())
+                Box::new(move || {
+                    let db = db.clone();
+                    Box::pin(async move {
+                        let flushed = tokio::task::spawn_blocking(move || db.flush().map(drop).map_err(|e| e.to_string())).await;
+                        flushed.unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
+                    })
+                })
             }
-        }
+            Engine::Postgres(pg) => Box::new(pg.flusher()),
+        };
+        flush
+    }
+
+    /// Whether a failed write leaves the engine failing for good. sled 0.34 does after its first
+    /// I/O error (a full disk); a database comes back by itself.
+    pub(super) fn failures_stick(&self) -> bool {
+        matches!(self, Engine::Sled(_))
     }
 }
 
 /// An atomic change under a lock: reads see the rows as they are, writes land all at once on
 /// [`Tx::commit`] (or not at all).
-pub(super) struct Tx<'a> {
-    engine: &'a Engine,
-    /// sled runs in one process: one lock serialises every transaction.
-    _locked: MutexGuard<'a, ()>,
-    writes: sled::Batch,
+pub(super) enum Tx<'a> {
+    /// sled runs in one process: one lock serialises every change.
+    Sled { db: &'a sled::Db, _locked: MutexGuard<'a, ()>, writes: sled::Batch },
+    /// A database transaction holding an advisory lock: serialises the change across nodes.
+    Postgres { tx: PgTx, writes: Vec<(Vec<u8>, Option<Vec<u8>>)> },
 }
 
 impl<'a> Tx<'a> {
-    /// Starts a change. `lock` serialises changes in this process; the keys a change reads and
-    /// writes are those of one number, which a cluster engine will lock by name.
-    pub(super) async fn begin(engine: &'a Engine, lock: &'a Mutex<()>) -> Tx<'a> {
-        Tx { engine, _locked: lock.lock().await, writes: sled::Batch::default() }
+    /// Starts a change to the rows of `name` (a phone number): changes to one name never
+    /// overlap, in this process or (on PostgreSQL) anywhere in the cluster.
+    pub(super) async fn begin(engine: &'a Engine, locks: &'a Locks, name: &str) -> Result<Tx<'a>, StoreError> {
+        Ok(match engine {
+            Engine::Sled(db) => Tx::Sled { db, _locked: locks.verifications.lock().await, writes: sled::Batch::default() },
+            Engine::Postgres(pg) => Tx::Postgres { tx: pg.begin(name).await?, writes: Vec::new() },
+        })
     }
 
     pub(super) async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.engine.get(key).await
+        match self {
+            Tx::Sled { db, .. } => Ok(db.get(key)?.map(|v| v.to_vec())),
+            Tx::Postgres { tx, .. } => tx.get(key).await,
+        }
     }
 
     pub(super) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, value);
+        match self {
+            Tx::Sled { writes, .. } => writes.insert(key, value),
+            Tx::Postgres { writes, .. } => writes.push((key, Some(value))),
+        }
     }
 
     pub(super) fn delete(&mut self, key: Vec<u8>) {
-        self.writes.remove(key);
+        match self {
+            Tx::Sled { writes, .. } => writes.remove(key),
+            Tx::Postgres { writes, .. } => writes.push((key, None)),
+        }
     }
 
     pub(super) async fn commit(self) -> Result<(), StoreError> {
-        match self.engine {
-            Engine::Sled(db) => Ok(db.apply_batch(self.writes)?),
+        match self {
+            Tx::Sled { db, writes, .. } => Ok(db.apply_batch(writes)?),
+            Tx::Postgres { tx, writes } => tx.commit(writes).await,
         }
     }
 }

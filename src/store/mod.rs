@@ -1,8 +1,8 @@
-//! The message store: sled 0.34 on disk, behind an API that knows nothing of sled's types and
-//! nothing of SMPP's.
+//! The message store: sled 0.34 on disk, or PostgreSQL shared by a cluster, behind an API that
+//! knows nothing of either engine's types and nothing of SMPP's.
 //!
 //! One ordered key space, with a one-byte prefix per kind of row (`keys.rs` has the table), kept
-//! by a storage engine (`engine.rs`: sled today). One file per concept: `messages` (intake,
+//! by a storage engine (`engine.rs`; `postgres.rs` for the database). One file per concept: `messages` (intake,
 //! queue, submits), [`receipts`] (the correlation index and receipts held for their submit),
 //! `idempotency`, [`verification`], `sweep` (retention), `commit` (group commit), `locks`
 //! (striped write locks) and `settings` (`[store]`).
@@ -30,6 +30,7 @@ mod idempotency;
 mod keys;
 mod locks;
 mod messages;
+mod postgres;
 pub mod receipts;
 pub mod record;
 pub(crate) mod settings;
@@ -65,6 +66,8 @@ pub enum StoreError {
     Flush(#[from] FlushError),
     #[error("stored record {0} is corrupt")]
     Corrupt(String),
+    #[error("database: {0}")]
+    Database(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -76,6 +79,8 @@ impl From<sled::Error> for StoreError {
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// Which engine keeps the rows.
+    pub backend: settings::Backend,
     /// sled's page cache; its default of 1 GiB is more than most hosts want to give.
     pub cache_capacity_bytes: u64,
     /// Receipts held for a submit_sm_resp still to come, at most; more are dropped and counted.
@@ -86,7 +91,12 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_capacity_bytes: 4 << 20, max_held_receipts: 10_000, hold_receipts_for: Duration::from_secs(600) }
+        StoreOptions {
+            backend: settings::Backend::Sled,
+            cache_capacity_bytes: 4 << 20,
+            max_held_receipts: 10_000,
+            hold_receipts_for: Duration::from_secs(600),
+        }
     }
 }
 
@@ -165,8 +175,49 @@ impl Store {
         Ok(())
     }
 
-    /// Opens (or creates) the store in `dir` and starts its flusher.
+    /// Opens (or creates) the store, in `dir` for sled or in the database for PostgreSQL, and
+    /// starts its flusher.
     pub async fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
+        let engine = match &options.backend {
+            settings::Backend::Sled => Engine::Sled(Self::open_sled(dir, options).await?),
+            settings::Backend::Postgres(pg) => Engine::Postgres(postgres::Postgres::connect(pg).await?),
+        };
+        let store = Arc::new(Store {
+            engine,
+            commit: GroupCommit::new(),
+            locks: locks::Locks::new(),
+            stop: CancellationToken::new(),
+            flusher: Mutex::new(None),
+            queued: AtomicI64::new(0),
+            held: AtomicUsize::new(0),
+            last_id: AtomicU64::new(0),
+            max_held: options.max_held_receipts,
+            hold_for: options.hold_receipts_for,
+            broken: AtomicBool::new(false),
+        });
+        // After a clean close the depth is on record; after a crash, count the queue. Counting
+        // walks every queue row through sled's cache, which at a million queued messages costs
+        // ~150 MB of resident memory for a while. The row goes at once: if this process
+        // crashes, the next open must count (sled replays this removal before any later write).
+        // On PostgreSQL other nodes write too: always count (an index range, no cache to fill).
+        let clean_close = match store.engine.failures_stick() {
+            true => store.engine.delete(keys::CLEAN_CLOSE).await?,
+            false => None,
+        };
+        let queued = match clean_close {
+            Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_slice().try_into().unwrap_or_default()) as i64,
+            _ => store.engine.count(&[keys::QUEUE]).await? as i64,
+        };
+        store.queued.store(queued, Ordering::Relaxed);
+        let held = store.count_held().await?;
+        store.held.store(held, Ordering::Relaxed);
+        let flusher = tokio::spawn(store.commit.clone().run(store.engine.flusher(), store.stop.clone()));
+        *lock(&store.flusher) = Some(flusher);
+        Ok(store)
+    }
+
+    /// Opens sled's files in `dir`, private to this user.
+    async fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
         let path = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
         private(dir).map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make it private (0700): {e}") })?;
@@ -187,41 +238,14 @@ impl Store {
             }
         };
         // sled's own files, including those an earlier version created with the umask's modes.
-        private(&dir.join("db"))
-            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make its files private (0600): {e}") })?;
-        let store = Arc::new(Store {
-            engine: Engine::Sled(db),
-            commit: GroupCommit::new(),
-            locks: locks::Locks::new(),
-            stop: CancellationToken::new(),
-            flusher: Mutex::new(None),
-            queued: AtomicI64::new(0),
-            held: AtomicUsize::new(0),
-            last_id: AtomicU64::new(0),
-            max_held: options.max_held_receipts,
-            hold_for: options.hold_receipts_for,
-            broken: AtomicBool::new(false),
-        });
-        // After a clean close the depth is on record; after a crash, count the queue. Counting
-        // walks every queue row through sled's cache, which at a million queued messages costs
-        // ~150 MB of resident memory for a while. The row goes at once: if this process
-        // crashes, the next open must count (sled replays this removal before any later write).
-        let queued = match store.engine.delete(keys::CLEAN_CLOSE).await? {
-            Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_slice().try_into().unwrap_or_default()) as i64,
-            _ => store.engine.count(&[keys::QUEUE]).await? as i64,
-        };
-        store.queued.store(queued, Ordering::Relaxed);
-        let held = store.count_held().await?;
-        store.held.store(held, Ordering::Relaxed);
-        let flusher = tokio::spawn(store.commit.clone().run(store.engine.flusher(), store.stop.clone()));
-        *lock(&store.flusher) = Some(flusher);
-        Ok(store)
+        private(&dir.join("db")).map_err(|e| StoreError::Open { path, message: format!("cannot make its files private (0600): {e}") })?;
+        Ok(db)
     }
 
     /// Flushes everything and stops the flusher (which holds a handle on the database: once it
     /// has finished and the last `Arc<Store>` is dropped, the data_dir lock is released).
     pub async fn close(&self) -> Result<(), StoreError> {
-        if self.healthy() {
+        if self.healthy() && self.engine.failures_stick() {
             let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
             self.engine.put(keys::CLEAN_CLOSE, &depth.to_be_bytes()).await?;
         }
@@ -248,7 +272,9 @@ impl Store {
 
     /// Marks the store broken when `result` is an I/O failure (see [`Store::healthy`]).
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(StoreError::Io(_) | StoreError::Flush(_)) = &result {
+        if let Err(StoreError::Io(_) | StoreError::Flush(_)) = &result
+            && self.engine.failures_stick()
+        {
             self.broken.store(true, Ordering::Relaxed);
         }
         result
@@ -295,8 +321,64 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn options() -> StoreOptions {
-        StoreOptions { cache_capacity_bytes: 8 * 1024 * 1024, ..StoreOptions::default() }
+    use crate::throwaway_pg::ThrowawayPostgres;
+
+    /// Where a test's store lives: a directory for sled, a throwaway server for PostgreSQL.
+    pub(super) struct Place {
+        dir: tempfile::TempDir,
+        backend: settings::Backend,
+        _server: Option<ThrowawayPostgres>,
+    }
+
+    impl Place {
+        /// `None` (with a loud note) when PostgreSQL is wanted but not installed outside CI.
+        pub(super) async fn new(kind: settings::BackendKind) -> Option<Place> {
+            let dir = tempfile::tempdir().unwrap();
+            Some(match kind {
+                settings::BackendKind::Sled => Place { dir, backend: settings::Backend::Sled, _server: None },
+                settings::BackendKind::Postgres => {
+                    let server = ThrowawayPostgres::for_tests().await.expect("a throwaway PostgreSQL server starts")?;
+                    let pg = settings::PostgresSettings { url: server.url(), password: None, pool_size: 8, node: "test".into() };
+                    Place { dir, backend: settings::Backend::Postgres(pg), _server: Some(server) }
+                }
+            })
+        }
+
+        pub(super) fn options(&self) -> StoreOptions {
+            StoreOptions { backend: self.backend.clone(), cache_capacity_bytes: 8 * 1024 * 1024, ..StoreOptions::default() }
+        }
+
+        pub(super) async fn open(&self) -> Arc<Store> {
+            self.open_with(self.options()).await
+        }
+
+        pub(super) async fn open_with(&self, options: StoreOptions) -> Arc<Store> {
+            Store::open(self.dir.path(), &options).await.unwrap()
+        }
+    }
+
+    /// A test run once on each engine: `$place` is where its store lives.
+    macro_rules! on_both {
+        ($(#[doc = $doc:literal])* async fn $name:ident($place:ident) $body:block) => {
+            $(#[doc = $doc])*
+            mod $name {
+                use super::*;
+
+                async fn case($place: Place) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sled() {
+                    case(Place::new(settings::BackendKind::Sled).await.unwrap()).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(place) = Place::new(settings::BackendKind::Postgres).await {
+                        case(place).await
+                    }
+                }
+            }
+        };
     }
 
     fn new_message(now: SystemTime) -> NewMessage {
@@ -330,13 +412,6 @@ mod tests {
         }
     }
 
-    /// A store in a fresh directory (kept alive by the returned guard) and the time now.
-    async fn fresh() -> (tempfile::TempDir, Arc<Store>, SystemTime) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &options()).await.unwrap();
-        (dir, store, SystemTime::now())
-    }
-
     /// Ends a store as a crash would after its last flush: no clean close.
     async fn crash(store: Arc<Store>) {
         store.commit.durable().await.unwrap();
@@ -345,191 +420,195 @@ mod tests {
         flusher.unwrap().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn retention_sweep_deletes_finished_messages_and_their_index() {
-        let (_dir, store, now) = fresh().await;
-        let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).await.unwrap();
-        let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).await.unwrap();
-        assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
+    on_both! {
+        async fn retention_sweep_deletes_finished_messages_and_their_index(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            let (queued_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&done_id, "alpha", "AB12", attempt(), now).await.unwrap();
+            let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).await.unwrap();
+            assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
 
-        // Not old enough yet.
-        assert_eq!(store.sweep(Duration::from_secs(3600), now).await.unwrap().0, 0);
-        let later = now + Duration::from_secs(3601);
-        assert_eq!(store.sweep(Duration::from_secs(3600), later).await.unwrap().0, 1);
-        assert!(store.message(&done_id).await.unwrap().is_none());
-        assert!(store.message(&queued_id).await.unwrap().is_some(), "queued messages are never swept");
-        // Its receipt index went with it: a late duplicate receipt is held, not applied.
-        let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).await.unwrap();
-        assert_eq!(late, ReceiptMatch::Held);
-        store.close().await.unwrap();
+            // Not old enough yet.
+            assert_eq!(store.sweep(Duration::from_secs(3600), now).await.unwrap().0, 0);
+            let later = now + Duration::from_secs(3601);
+            assert_eq!(store.sweep(Duration::from_secs(3600), later).await.unwrap().0, 1);
+            assert!(store.message(&done_id).await.unwrap().is_none());
+            assert!(store.message(&queued_id).await.unwrap().is_some(), "queued messages are never swept");
+            // Its receipt index went with it: a late duplicate receipt is held, not applied.
+            let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).await.unwrap();
+            assert_eq!(late, ReceiptMatch::Held);
+            store.close().await.unwrap();
+        }
     }
 
-    /// Receipts racing their submit_sm_resp from other threads are matched or held, never lost
-    /// between the two: the correlation stripe orders each receipt against its submit.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn receipts_racing_their_submits_all_end_matched() {
-        let (_dir, store, now) = fresh().await;
-        let mut ids = Vec::new();
-        for _ in 0..400 {
-            ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+    on_both! {
+        /// Receipts racing their submit_sm_resp from other threads are matched or held, never lost
+        /// between the two: the correlation stripe orders each receipt against its submit.
+        async fn receipts_racing_their_submits_all_end_matched(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let mut ids = Vec::new();
+            for _ in 0..400 {
+                ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+            }
+            let mut tasks = Vec::new();
+            for (n, id) in ids.iter().copied().enumerate() {
+                let smsc_id = format!("{:x}", 0x1000 + n);
+                let (submits, receipts) = (store.clone(), store.clone());
+                let receipt_id = smsc_id.clone();
+                tasks.push(tokio::spawn(async move { submits.mark_submitted(&id, "alpha", &smsc_id, attempt(), now).await.unwrap() }));
+                tasks.push(tokio::spawn(async move {
+                    receipts.apply_receipt("alpha", received(&[&receipt_id], MessageStatus::Delivered), now).await.unwrap();
+                    None
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            for id in &ids {
+                assert_eq!(store.message(id).await.unwrap().unwrap().status, MessageStatus::Delivered, "{id}");
+            }
+            assert_eq!((store.held_receipts(), store.counts().await.unwrap().2), (0, 0), "a receipt was left held");
+            store.close().await.unwrap();
         }
-        let mut tasks = Vec::new();
-        for (n, id) in ids.iter().copied().enumerate() {
-            let smsc_id = format!("{:x}", 0x1000 + n);
-            let (submits, receipts) = (store.clone(), store.clone());
-            let receipt_id = smsc_id.clone();
-            tasks.push(tokio::spawn(async move { submits.mark_submitted(&id, "alpha", &smsc_id, attempt(), now).await.unwrap() }));
-            tasks.push(tokio::spawn(async move {
-                receipts.apply_receipt("alpha", received(&[&receipt_id], MessageStatus::Delivered), now).await.unwrap();
-                None
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        for id in &ids {
-            assert_eq!(store.message(id).await.unwrap().unwrap().status, MessageStatus::Delivered, "{id}");
-        }
-        assert_eq!((store.held_receipts(), store.counts().await.unwrap().2), (0, 0), "a receipt was left held");
-        store.close().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_receipt_matches_through_the_one_index_row_of_its_submit() {
-        let (_dir, store, now) = fresh().await;
-        // (submit_sm_resp id, the receipt's id as each reading reads it)
-        let pairs: [(&str, &[&str]); 3] =
-            [("70BA8A69", &["1891273321", "70ba8a69"]), ("0059113978", &["38601fa", "59113978"]), ("a29f6845", &["A29F6845"])];
-        for (i, (response, read_as)) in pairs.into_iter().enumerate() {
-            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-            let carrier = format!("c{i}");
-            store.mark_submitted(&id, &carrier, response, attempt(), now).await.unwrap();
-            let rows = store.engine.count(&keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).await.unwrap();
-            assert_eq!(rows, 1, "{response}: one index row");
-            let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).await.unwrap();
-            let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
-            assert_eq!(
-                matched,
-                ReceiptMatch::Matched { id, status: MessageStatus::Delivered, latency: Some(Duration::ZERO), finished: true, reading }
-            );
-        }
-        store.close().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_dropped_and_reported_once() {
-        let (_dir, store, now) = fresh().await;
-        let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        // Receipt in decimal (read also as hex) before the submit_sm_resp names the id in hex.
-        assert_eq!(
-            store.apply_receipt("alpha", received(&["1891273321", "70ba8a69"], MessageStatus::Delivered), now).await.unwrap(),
-            ReceiptMatch::Held
-        );
-        assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).await.unwrap(), Some(MessageStatus::Delivered));
-        assert_eq!(store.counts().await.unwrap().2, 0);
-
-        // A receipt for nothing on another carrier: held, then dropped and reported once.
-        store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).await.unwrap();
-        assert_eq!(store.held_receipts(), 1);
-        let retention = Duration::from_secs(7 * 24 * 3600);
-        assert!(store.sweep(retention, now).await.unwrap().1.is_empty(), "too young to call unmatched");
-        let later = now + StoreOptions::default().hold_receipts_for + Duration::from_secs(1);
-        assert_eq!(store.sweep(retention, later).await.unwrap().1, vec!["beta".to_string()]);
-        assert_eq!((store.counts().await.unwrap().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
-        assert!(store.sweep(retention, later).await.unwrap().1.is_empty(), "reported once");
-        store.close().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn held_receipts_are_capped_and_their_count_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let capped = StoreOptions { max_held_receipts: 3, ..options() };
-        {
-            let store = Store::open(dir.path(), &capped).await.unwrap();
-            for n in 0..5 {
-                let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
+    on_both! {
+        async fn a_receipt_matches_through_the_one_index_row_of_its_submit(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            // (submit_sm_resp id, the receipt's id as each reading reads it)
+            let pairs: [(&str, &[&str]); 3] =
+                [("70BA8A69", &["1891273321", "70ba8a69"]), ("0059113978", &["38601fa", "59113978"]), ("a29f6845", &["A29F6845"])];
+            for (i, (response, read_as)) in pairs.into_iter().enumerate() {
+                let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+                let carrier = format!("c{i}");
+                store.mark_submitted(&id, &carrier, response, attempt(), now).await.unwrap();
+                let rows = store.engine.count(&keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).await.unwrap();
+                assert_eq!(rows, 1, "{response}: one index row");
+                let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).await.unwrap();
+                let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
                 assert_eq!(
-                    store.apply_receipt("alpha", received(&[&format!("{}", 100 + n)], MessageStatus::Delivered), now).await.unwrap(),
-                    expected
+                    matched,
+                    ReceiptMatch::Matched { id, status: MessageStatus::Delivered, latency: Some(Duration::ZERO), finished: true, reading }
                 );
             }
             store.close().await.unwrap();
         }
-        let store = Store::open(dir.path(), &capped).await.unwrap();
-        assert_eq!(store.held_receipts(), 3, "counted at open");
-        assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).await.unwrap(), ReceiptMatch::Dropped);
-        // One held receipt meets its submit: room for another.
-        let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
-        store.mark_submitted(&id, "alpha", "100", attempt(), now).await.unwrap();
-        assert_eq!(store.held_receipts(), 2);
-        store.close().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn acknowledged_inserts_survive_reopening_and_are_queued_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let mut ids = Vec::new();
-        {
-            let store = Store::open(dir.path(), &options()).await.unwrap();
-            for _ in 0..50 {
-                ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
-            }
-            store.mark_in_flight(&ids[0]).await.unwrap();
-            // A submit that failed and was recorded is no longer in flight.
-            store.mark_in_flight(&ids[1]).await.unwrap();
-            store.record_attempt(&ids[1], attempt(), false).await.unwrap();
+    on_both! {
+        async fn early_receipts_wait_for_their_submit_and_unmatched_ones_are_dropped_and_reported_once(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            // Receipt in decimal (read also as hex) before the submit_sm_resp names the id in hex.
+            assert_eq!(
+                store.apply_receipt("alpha", received(&["1891273321", "70ba8a69"], MessageStatus::Delivered), now).await.unwrap(),
+                ReceiptMatch::Held
+            );
+            assert_eq!(store.mark_submitted(&id, "alpha", "70BA8A69", attempt(), now).await.unwrap(), Some(MessageStatus::Delivered));
+            assert_eq!(store.counts().await.unwrap().2, 0);
+
+            // A receipt for nothing on another carrier: held, then dropped and reported once.
+            store.apply_receipt("beta", received(&["77"], MessageStatus::Undeliverable), now).await.unwrap();
+            assert_eq!(store.held_receipts(), 1);
+            let retention = Duration::from_secs(7 * 24 * 3600);
+            assert!(store.sweep(retention, now).await.unwrap().1.is_empty(), "too young to call unmatched");
+            let later = now + StoreOptions::default().hold_receipts_for + Duration::from_secs(1);
+            assert_eq!(store.sweep(retention, later).await.unwrap().1, vec!["beta".to_string()]);
+            assert_eq!((store.counts().await.unwrap().2, store.held_receipts()), (0, 0), "dropped, not kept for the retention");
+            assert!(store.sweep(retention, later).await.unwrap().1.is_empty(), "reported once");
             store.close().await.unwrap();
         }
-        let store = Store::open(dir.path(), &options()).await.unwrap();
-        let queued = store.queued().await.unwrap();
-        assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
-        assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
-        assert!(!queued[1].1.in_flight);
-        assert_eq!(queued[1].1.attempts.len(), 1);
-        store.close().await.unwrap();
     }
 
-    /// The states a crash can leave between the ordered writes of one change (module doc).
-    #[tokio::test]
-    async fn changes_cut_short_by_a_crash_are_tolerated() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let (submitted, queued);
-        {
-            let store = Store::open(dir.path(), &options()).await.unwrap();
-            submitted = store.insert_message(new_message(now), None, now).await.unwrap().0;
-            queued = store.insert_message(new_message(now), None, now).await.unwrap().0;
-            store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).await.unwrap();
-            // Cut short after the record: its queue row, marked in flight, is still there.
-            store.engine.put(&keys::queue(&submitted), keys::IN_FLIGHT).await.unwrap();
-            // Cut short before the record: a queue row with no record behind it.
-            store.engine.put(&keys::queue(&MessageId::new(u64::MAX)), &[]).await.unwrap();
-            // A finished change's done row written, the record not yet final.
-            store.engine.put(&keys::done(keys::MESSAGE_DONE, 1, &queued), &[]).await.unwrap();
-            crash(store).await;
+    on_both! {
+        async fn held_receipts_are_capped_and_their_count_survives_a_restart(place) {
+            let now = SystemTime::now();
+            let capped = StoreOptions { max_held_receipts: 3, ..place.options() };
+            {
+                let store = place.open_with(capped.clone()).await;
+                for n in 0..5 {
+                    let expected = if n < 3 { ReceiptMatch::Held } else { ReceiptMatch::Dropped };
+                    assert_eq!(
+                        store.apply_receipt("alpha", received(&[&format!("{}", 100 + n)], MessageStatus::Delivered), now).await.unwrap(),
+                        expected
+                    );
+                }
+                store.close().await.unwrap();
+            }
+            let store = place.open_with(capped.clone()).await;
+            assert_eq!(store.held_receipts(), 3, "counted at open");
+            assert_eq!(store.apply_receipt("alpha", received(&["999"], MessageStatus::Delivered), now).await.unwrap(), ReceiptMatch::Dropped);
+            // One held receipt meets its submit: room for another.
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&id, "alpha", "100", attempt(), now).await.unwrap();
+            assert_eq!(store.held_receipts(), 2);
+            store.close().await.unwrap();
         }
-        let store = Store::open(dir.path(), &options()).await.unwrap();
-        let requeued: Vec<MessageId> = store.queued().await.unwrap().into_iter().map(|(id, _)| id).collect();
-        assert_eq!(requeued, vec![queued], "only the message still waiting is sent again");
-        assert_eq!(store.counts().await.unwrap().1, 1, "stale queue rows are dropped");
-        assert_eq!(store.queue_stats(now).await.0, 1);
+    }
 
-        assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
-        assert!(store.message(&queued).await.unwrap().is_some());
-        assert!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap() == 0, "the stray done row is gone");
-        store.close().await.unwrap();
+    on_both! {
+        async fn acknowledged_inserts_survive_reopening_and_are_queued_again(place) {
+            let now = SystemTime::now();
+            let mut ids = Vec::new();
+            {
+                let store = place.open().await;
+                for _ in 0..50 {
+                    ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+                }
+                store.mark_in_flight(&ids[0]).await.unwrap();
+                // A submit that failed and was recorded is no longer in flight.
+                store.mark_in_flight(&ids[1]).await.unwrap();
+                store.record_attempt(&ids[1], attempt(), false).await.unwrap();
+                store.close().await.unwrap();
+            }
+            let store = place.open().await;
+            let queued = store.queued().await.unwrap();
+            assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
+            assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
+            assert!(!queued[1].1.in_flight);
+            assert_eq!(queued[1].1.attempts.len(), 1);
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// The states a crash can leave between the ordered writes of one change (module doc).
+        async fn changes_cut_short_by_a_crash_are_tolerated(place) {
+            let now = SystemTime::now();
+            let (submitted, queued);
+            {
+                let store = place.open().await;
+                submitted = store.insert_message(new_message(now), None, now).await.unwrap().0;
+                queued = store.insert_message(new_message(now), None, now).await.unwrap().0;
+                store.mark_submitted(&submitted, "alpha", "AB12", attempt(), now).await.unwrap();
+                // Cut short after the record: its queue row, marked in flight, is still there.
+                store.engine.put(&keys::queue(&submitted), keys::IN_FLIGHT).await.unwrap();
+                // Cut short before the record: a queue row with no record behind it.
+                store.engine.put(&keys::queue(&MessageId::new(u64::MAX)), &[]).await.unwrap();
+                // A finished change's done row written, the record not yet final.
+                store.engine.put(&keys::done(keys::MESSAGE_DONE, 1, &queued), &[]).await.unwrap();
+                crash(store).await;
+            }
+            let store = place.open().await;
+            let requeued: Vec<MessageId> = store.queued().await.unwrap().into_iter().map(|(id, _)| id).collect();
+            assert_eq!(requeued, vec![queued], "only the message still waiting is sent again");
+            assert_eq!(store.counts().await.unwrap().1, 1, "stale queue rows are dropped");
+            assert_eq!(store.queue_stats(now).await.0, 1);
+
+            assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
+            assert!(store.message(&queued).await.unwrap().is_some());
+            assert!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap() == 0, "the stray done row is gone");
+            store.close().await.unwrap();
+        }
     }
 
     #[tokio::test]
     async fn a_clean_close_records_the_queue_depth_and_a_crash_makes_the_next_open_count() {
-        let dir = tempfile::tempdir().unwrap();
+        let place = Place::new(settings::BackendKind::Sled).await.unwrap();
         let now = SystemTime::now();
         {
-            let store = Store::open(dir.path(), &options()).await.unwrap();
+            let store = place.open().await;
             for _ in 0..3 {
                 store.insert_message(new_message(now), None, now).await.unwrap();
             }
@@ -538,12 +617,12 @@ mod tests {
             store.close().await.unwrap();
         }
         {
-            let store = Store::open(dir.path(), &options()).await.unwrap();
+            let store = place.open().await;
             assert_eq!(store.queue_stats(now).await.0, 3, "taken from the clean close, not counted");
             assert!(store.engine.get(keys::CLEAN_CLOSE).await.unwrap().is_none(), "consumed at open");
             crash(store).await;
         }
-        let store = Store::open(dir.path(), &options()).await.unwrap();
+        let store = place.open().await;
         assert_eq!(store.queue_stats(now).await.0, 4, "counted");
         store.close().await.unwrap();
     }
@@ -555,7 +634,7 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let store = Store::open(&data, &options()).await.unwrap();
+        let store = Store::open(&data, &StoreOptions::default()).await.unwrap();
         let now = SystemTime::now();
         store.insert_message(new_message(now), None, now).await.unwrap();
         store.close().await.unwrap();
@@ -573,48 +652,51 @@ mod tests {
         assert!(checked >= 3, "the store's files were checked");
     }
 
-    #[tokio::test]
-    async fn ids_sort_in_arrival_order_and_count_nothing() {
-        let (_dir, store, now) = fresh().await;
-        let order = |id: &MessageId| u64::from_be_bytes(id.0[..8].try_into().unwrap());
-        let ids: Vec<MessageId> = (0..1000).map(|_| store.new_id()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
-        let first = order(&ids[0]);
-        let started = record::to_us(now);
-        assert!(first >= started && first < started + 10_000_000, "the order part is the time now, not a count: {first}");
-        std::thread::sleep(Duration::from_millis(20));
-        let later = order(&store.new_id());
-        assert!(later >= order(&ids[999]) + 15_000, "20 ms later is ~20,000 further, whatever was sent meanwhile");
-        store.close().await.unwrap();
+    on_both! {
+        async fn ids_sort_in_arrival_order_and_count_nothing(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let order = |id: &MessageId| u64::from_be_bytes(id.0[..8].try_into().unwrap());
+            let ids: Vec<MessageId> = (0..1000).map(|_| store.new_id()).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+            let first = order(&ids[0]);
+            let started = record::to_us(now);
+            assert!(first >= started && first < started + 10_000_000, "the order part is the time now, not a count: {first}");
+            std::thread::sleep(Duration::from_millis(20));
+            let later = order(&store.new_id());
+            assert!(later >= order(&ids[999]) + 15_000, "20 ms later is ~20,000 further, whatever was sent meanwhile");
+            store.close().await.unwrap();
+        }
     }
 
-    #[tokio::test]
-    async fn concurrent_writers_share_flushes_without_deadlock() {
-        let (_dir, store, now) = fresh().await;
-        let writers = (0..64).map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for _ in 0..20 {
-                    store.insert_message(new_message(now), None, now).await.unwrap();
-                }
-            })
-        });
-        let all = futures::future::join_all(writers);
-        tokio::time::timeout(Duration::from_secs(30), all).await.expect("group commit must not hang");
-        assert_eq!(store.counts().await.unwrap().1, 64 * 20);
-        store.close().await.unwrap();
+    on_both! {
+        async fn concurrent_writers_share_flushes_without_deadlock(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let writers = (0..64).map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        store.insert_message(new_message(now), None, now).await.unwrap();
+                    }
+                })
+            });
+            let all = futures::future::join_all(writers);
+            tokio::time::timeout(Duration::from_secs(30), all).await.expect("group commit must not hang");
+            assert_eq!(store.counts().await.unwrap().1, 64 * 20);
+            store.close().await.unwrap();
+        }
     }
 
-    #[tokio::test]
-    async fn idempotency_entries_replay_conflict_and_expire() {
-        let (_dir, store, now) = fresh().await;
-        assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::New);
-        let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
-        assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::Replay(id, None));
-        assert_eq!(store.check_idempotency("test", "k1", "h2", now).await.unwrap(), Idempotency::Conflict);
-        assert_eq!(store.check_idempotency("other", "k1", "h1", now).await.unwrap(), Idempotency::New);
-        let tomorrow = now + IDEMPOTENCY_WINDOW + Duration::from_secs(1);
-        assert_eq!(store.check_idempotency("test", "k1", "h2", tomorrow).await.unwrap(), Idempotency::New);
-        store.close().await.unwrap();
+    on_both! {
+        async fn idempotency_entries_replay_conflict_and_expire(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::New);
+            let (id, _) = store.insert_message(new_message(now), Some(("k1", "h1")), now).await.unwrap();
+            assert_eq!(store.check_idempotency("test", "k1", "h1", now).await.unwrap(), Idempotency::Replay(id, None));
+            assert_eq!(store.check_idempotency("test", "k1", "h2", now).await.unwrap(), Idempotency::Conflict);
+            assert_eq!(store.check_idempotency("other", "k1", "h1", now).await.unwrap(), Idempotency::New);
+            let tomorrow = now + IDEMPOTENCY_WINDOW + Duration::from_secs(1);
+            assert_eq!(store.check_idempotency("test", "k1", "h2", tomorrow).await.unwrap(), Idempotency::New);
+            store.close().await.unwrap();
+        }
     }
 }

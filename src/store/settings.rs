@@ -1,16 +1,65 @@
-//! `[store]`: retention and sled's tuning, with their checks.
+//! `[store]`: which engine, retention and the engines' tuning, with their checks.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::StoreOptions;
+use super::{StoreError, StoreOptions};
 use crate::duration::DAY;
 
-/// The sled store's tuning.
+/// Where the rows live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Embedded, in `server.data_dir`: one node, nothing to install.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by every node of a cluster.
+    Postgres,
+}
+
+/// How to reach PostgreSQL. The password is never shown (not in `Debug` either).
+#[derive(Clone, PartialEq)]
+pub struct PostgresSettings {
+    pub url: String,
+    pub password: Option<String>,
+    pub pool_size: usize,
+    /// This node's name (`cluster.node_name`): its rows of per-node bookkeeping.
+    pub node: String,
+}
+
+impl fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// The engine a store opens, with its settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Backend {
+    #[default]
+    Sled,
+    Postgres(PostgresSettings),
+}
+
+/// The store's settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub backend: BackendKind,
+    /// `postgres://user@host:port/database`, without a password.
+    pub postgres_url: Option<String>,
+    /// A file holding the database password (else `PGPASSWORD`, else none).
+    pub postgres_password_file: Option<PathBuf>,
+    /// Database connections this node keeps open, at most.
+    pub pool_size: usize,
     /// Finished messages are deleted this long after they finished.
     #[serde(deserialize_with = "crate::duration::human")]
     pub retention: Duration,
@@ -27,6 +76,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: BackendKind::Sled,
+            postgres_url: None,
+            postgres_password_file: None,
+            pool_size: 16,
             retention: Duration::from_secs(7 * 24 * 3600),
             cache_capacity_mb: 4,
             max_held_receipts: 10_000,
@@ -36,17 +89,68 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
-    /// What opening the store needs of these settings.
-    pub fn options(&self) -> StoreOptions {
-        StoreOptions {
+    /// What opening the store needs of these settings; `node` names this node. Reads the
+    /// database password.
+    pub fn options(&self, node: &str) -> Result<StoreOptions, StoreError> {
+        let backend = match self.backend {
+            BackendKind::Sled => Backend::Sled,
+            BackendKind::Postgres => Backend::Postgres(PostgresSettings {
+                url: self.postgres_url.clone().unwrap_or_default(),
+                password: self.password()?,
+                pool_size: self.pool_size,
+                node: node.to_string(),
+            }),
+        };
+        Ok(StoreOptions {
+            backend,
             cache_capacity_bytes: self.cache_capacity_mb * 1024 * 1024,
             max_held_receipts: self.max_held_receipts,
             hold_receipts_for: self.hold_receipts_for,
+        })
+    }
+
+    /// The database password: `postgres_password_file` (its first line), else `PGPASSWORD`.
+    fn password(&self) -> Result<Option<String>, StoreError> {
+        match &self.postgres_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| StoreError::Database(format!("cannot read postgres_password_file {}: {e}", path.display())))?;
+                Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+            }
+            None => Ok(std::env::var("PGPASSWORD").ok()),
         }
     }
 
     /// The first setting out of bounds: (key under `store.`, why).
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
+        match (self.backend, &self.postgres_url) {
+            (BackendKind::Postgres, None) => return Some(("postgres_url", "is required with backend = \"postgres\"".into())),
+            (BackendKind::Sled, Some(_)) => return Some(("postgres_url", "is set but backend is \"sled\"".into())),
+            (BackendKind::Postgres, Some(url)) => {
+                // The driver's parse error never repeats the URL, so no password leaks through it.
+                match url.parse::<tokio_postgres::Config>() {
+                    Err(e) => return Some(("postgres_url", format!("is not a PostgreSQL URL: {e}"))),
+                    Ok(parsed) if parsed.get_password().is_some() => {
+                        return Some((
+                            "postgres_url",
+                            "must not hold a password (it would show wherever the URL does): use postgres_password_file or PGPASSWORD"
+                                .into(),
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            (BackendKind::Sled, None) => {}
+        }
+        if self.backend == BackendKind::Postgres
+            && let Some(path) = &self.postgres_password_file
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Some(("postgres_password_file", format!("cannot read {}: {e}", path.display())));
+        }
+        if !(1..=1000).contains(&self.pool_size) {
+            return Some(("pool_size", "must be 1-1000".into()));
+        }
         if !(1..=1_048_576).contains(&self.cache_capacity_mb) {
             return Some(("cache_capacity_mb", "must be 1-1048576 (1 MiB to 1 TiB)".into()));
         }

@@ -133,7 +133,7 @@ impl Store {
         to: &str,
         decide: impl FnOnce(Option<(VerificationId, VerificationRecord)>, &mut NumberStats) -> Result<VerificationSend, E>,
     ) -> Result<Result<VerificationSend, E>, StoreError> {
-        let mut tx = Tx::begin(&self.engine, &self.locks.verifications).await;
+        let mut tx = Tx::begin(&self.engine, &self.locks, to).await?;
         let pending = match tx.get(&keys::pending(owner, to)).await?.and_then(|bytes| keys::id_from(&bytes)).map(VerificationId) {
             Some(id) => verification_in(&tx, &id).await?.map(|r| (id, r)),
             None => None,
@@ -178,7 +178,12 @@ impl Store {
         id: &VerificationId,
         change: impl FnOnce(&mut VerificationRecord, &mut NumberStats) -> T,
     ) -> Result<Option<(VerificationRecord, T)>, StoreError> {
-        let mut tx = Tx::begin(&self.engine, &self.locks.verifications).await;
+        // A verification's number never changes: read it to know which lock to take, then read
+        // the record again under the lock.
+        let Some(unlocked) = self.verification(id).await? else {
+            return Ok(None);
+        };
+        let mut tx = Tx::begin(&self.engine, &self.locks, &unlocked.to).await?;
         let Some(mut record) = verification_in(&tx, id).await? else {
             return Ok(None);
         };
@@ -226,8 +231,8 @@ impl Store {
                     .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
                     .unwrap_or(true);
                 if stale {
-                    let _guard = self.locks.verifications.lock().await;
-                    self.engine.delete(&k).await?;
+                    // Only if no send or check changed it since it was read.
+                    self.engine.swap(&k, Some(&v), None).await?;
                 }
             }
         }
@@ -247,4 +252,76 @@ impl Store {
 /// A verification as a change reads it.
 async fn verification_in(tx: &Tx<'_>, id: &VerificationId) -> Result<Option<VerificationRecord>, StoreError> {
     decode(tx.get(&keys::verification(id)).await?, || format!("verification {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::store::settings::BackendKind;
+    use crate::store::tests::Place;
+
+    fn send(store: &Store, to: &str, now: SystemTime) -> VerificationSend {
+        let ms = crate::store::record::to_ms(now);
+        let message =
+            NewMessage { owner: "key".into(), to: to.into(), from: None, text: "code".into(), deadline: now + Duration::from_secs(300) };
+        let record = VerificationRecord {
+            owner: "key".into(),
+            to: to.into(),
+            status: VerificationStatus::Pending,
+            code_hmac: "00".into(),
+            context: String::new(),
+            locale: "en".into(),
+            code_length: 6,
+            created_ms: ms,
+            expires_ms: ms + 600_000,
+            checks_left: 5,
+            sends: 1,
+            last_send_ms: ms,
+            message_ids: Vec::new(),
+            done_ms: None,
+            failovers: Vec::new(),
+        };
+        VerificationSend { id: VerificationId(store.new_id()), record, message_id: store.new_id(), message, idempotency: None }
+    }
+
+    /// Two nodes on one database race to start and to approve verifications of one number: the
+    /// number's lock makes each rule hold cluster-wide (one pending verification, one approval).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_racing_on_one_number_change_it_once() {
+        let Some(place) = Place::new(BackendKind::Postgres).await else { return };
+        let nodes = [place.open().await, place.open().await];
+        let now = SystemTime::now();
+        let to = "+447700900123";
+        let wins = |tasks: Vec<tokio::task::JoinHandle<bool>>| async move {
+            futures::future::join_all(tasks).await.into_iter().filter(|won| *won.as_ref().unwrap()).count()
+        };
+        let starts = (0..20).map(|n| {
+            let store = nodes[n % 2].clone();
+            tokio::spawn(async move {
+                let decided = store.send_verification("key", to, |pending, _| match pending {
+                    Some(_) => Err(()),
+                    None => Ok(send(&store, to, now)),
+                });
+                decided.await.unwrap().is_ok()
+            })
+        });
+        assert_eq!(wins(starts.collect()).await, 1, "one pending verification per number");
+        let id = nodes[0].pending_verifications().await.unwrap()[0];
+        let approvals = (0..20).map(|n| {
+            let store = nodes[n % 2].clone();
+            tokio::spawn(async move {
+                let approve = |record: &mut VerificationRecord, _: &mut NumberStats| {
+                    let pending = record.status == VerificationStatus::Pending;
+                    record.status = VerificationStatus::Approved;
+                    pending
+                };
+                store.update_verification(&id, approve).await.unwrap().unwrap().1
+            })
+        });
+        assert_eq!(wins(approvals.collect()).await, 1, "approved once");
+        for node in nodes {
+            node.close().await.unwrap();
+        }
+    }
 }
