@@ -33,6 +33,11 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     KeyFile(#[from] crate::otp::KeyFileError),
+    #[error(
+        "OTP HMAC key file {path} is not the key this store's codes are sealed with (fingerprint {ours}, the store's {theirs}): \
+         every code sent with the other key would fail here. Give every node a copy of the same key file (otp.hmac_key_file)"
+    )]
+    KeyMismatch { path: String, ours: String, theirs: String },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -111,6 +116,11 @@ impl Daemon {
         );
         let key_file = config.otp.hmac_key_file.clone().unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
+        let ours = key.fingerprint();
+        let theirs = store.shared_setting("otp_key_fingerprint", &ours).await?;
+        if theirs != ours {
+            return Err(DaemonError::KeyMismatch { path: key_file.display().to_string(), ours, theirs });
+        }
         let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
         let feeders = TaskGroup::new();
         let max_resends = config.messages.max_unconfirmed_resends;

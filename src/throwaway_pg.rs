@@ -167,7 +167,12 @@ impl ThrowawayPostgres {
 
     /// A connection string for the `postgres` database as the superuser `otpgate`.
     pub fn url(&self) -> String {
-        format!("postgres://otpgate@{}/postgres", self.addr)
+        self.url_of("postgres")
+    }
+
+    /// A connection string for `database` as the superuser `otpgate`.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://otpgate@{}/{database}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {

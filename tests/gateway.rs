@@ -242,6 +242,10 @@ async fn a_message_expiring_while_it_waits_for_a_slot_is_not_counted_as_a_submit
 
 #[tokio::test]
 async fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    if common::on_postgres() {
+        eprintln!("SKIPPED on PostgreSQL: nodes sharing one database is cluster mode (tests/cluster.rs)");
+        return;
+    }
     let sim = sim(SimConfig::default()).await;
     let gw = Gateway::start(&[sim.addr()], "").await;
     let text = common::gateway_toml(&[sim.addr()], gw.dir.path(), "");
@@ -281,4 +285,21 @@ async fn a_receipt_arriving_after_a_restart_still_finds_its_message() {
     assert_eq!(done["receipt"]["stat"], "DELIVRD");
     assert_eq!(sim.stats().submits.len(), 1, "a submitted message is not sent again on restart");
     gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A process whose OTP key is not the one the store's codes were sealed with (a cluster node
+/// given its own key, or a key file replaced by hand) refuses to start, naming both keys by
+/// fingerprint only: otherwise every code the other key sealed would fail on it.
+#[tokio::test]
+async fn a_node_with_another_otp_key_than_the_store_refuses_to_start() {
+    let sim = sim(SimConfig::default()).await;
+    let gw = Gateway::start(&[sim.addr()], "").await;
+    let Gateway { daemon, dir } = gw;
+    assert!(daemon.shutdown(Duration::from_secs(5)).await);
+    let other_key = [7u8; 32];
+    std::fs::write(dir.path().join("otp-hmac.key"), other_key).unwrap();
+    let config = common::gateway_config(&common::named(&[sim.addr()]), dir.path(), "").build().unwrap();
+    let refused = otpgate::daemon::Daemon::start(&config).await.err().expect("a node with another key must not start").to_string();
+    assert!(refused.contains("not the key this store's codes are sealed with") && refused.contains("fingerprint"), "{refused}");
+    assert!(!refused.contains("0707"), "no key bytes in the message: {refused}");
 }

@@ -139,8 +139,7 @@ async fn a_receipt_is_answered_only_once_it_is_recorded() {
 #[tokio::test]
 async fn receipts_for_unknown_ids_are_held_up_to_a_cap_and_the_rest_counted() {
     let sim = sim(SimConfig::default()).await;
-    let extra = "[store]\nmax_held_receipts = 100\n";
-    let gw = Gateway::setup(&[sim.addr()], "").sections(extra).start().await;
+    let gw = Gateway::setup(&[sim.addr()], "").store("max_held_receipts = 100").start().await;
     gw.wait_bound().await;
     for n in 0..500u32 {
         let mut pdu = DeliverSm::builder()

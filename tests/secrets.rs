@@ -4,26 +4,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{API_KEY, DaemonFiles, bearer, sim};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -104,15 +90,14 @@ async fn codes_never_reach_the_store_the_logs_or_the_api() {
 
     let logs = std::fs::read(&log_path).unwrap();
     assert!(contains(&logs, b"DEBUG"), "debug logging was on");
-    let files = files_under(&data_dir);
-    assert!(files.len() >= 2, "the store wrote files: {files:?}");
+    let stored = common::stored(&data_dir);
+    assert!(stored.len() >= 2, "the store wrote: {}", stored.len());
     for code in &codes {
         assert!(!answers.contains(code.as_str()), "an API answer leaked a code");
         assert!(!exposition.contains(code.as_str()), "/metrics leaked a code");
         assert!(!contains(&logs, code.as_bytes()), "the log leaked a code");
-        for file in &files {
-            let bytes = std::fs::read(file).unwrap();
-            assert!(!contains(&bytes, code.as_bytes()), "{} holds a code in plaintext", file.display());
+        for (place, bytes) in &stored {
+            assert!(!contains(bytes, code.as_bytes()), "{place} holds a code in plaintext");
         }
     }
     let key_file = data_dir.join("otp-hmac.key");

@@ -13,6 +13,7 @@ use super::{Config, ConfigError};
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     server: Vec<String>,
+    store: Vec<String>,
     api_keys: Vec<(String, String)>,
     carrier_defaults: Vec<String>,
     carriers: Vec<Vec<String>>,
@@ -36,7 +37,14 @@ impl ConfigBuilder {
             &mut server,
             &format!("http_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = {:?}", data_dir.display().to_string()),
         );
-        ConfigBuilder { server, api_keys: Vec::new(), carrier_defaults: Vec::new(), carriers: Vec::new(), more: String::new() }
+        ConfigBuilder {
+            server,
+            store: Vec::new(),
+            api_keys: Vec::new(),
+            carrier_defaults: Vec::new(),
+            carriers: Vec::new(),
+            more: String::new(),
+        }
     }
 
     /// `[server]` keys.
@@ -46,6 +54,12 @@ impl ConfigBuilder {
     }
 
     /// An `[[api_keys]]` entry for `key` (only its hash is written).
+    /// `[store]` keys; later lines replace earlier ones with the same key.
+    pub fn store(mut self, lines: &str) -> ConfigBuilder {
+        set(&mut self.store, lines);
+        self
+    }
+
     pub fn api_key(mut self, name: &str, key: &str) -> ConfigBuilder {
         self.api_keys.push((name.to_string(), crate::http::sha256_hex(key.as_bytes())));
         self
@@ -76,6 +90,9 @@ impl ConfigBuilder {
     /// The file's text.
     pub fn to_toml(&self) -> String {
         let mut text = format!("[server]\n{}\n\n", self.server.join("\n"));
+        if !self.store.is_empty() {
+            let _ = writeln!(text, "[store]\n{}\n", self.store.join("\n"));
+        }
         for (name, hash) in &self.api_keys {
             let _ = writeln!(text, "[[api_keys]]\nname = {name:?}\nkey_sha256 = \"{hash}\"\n");
         }
@@ -107,6 +124,7 @@ mod tests {
             .carrier_defaults("system_id = \"otpgate\"\npassword = \"pw\"\nsource_addr = \"Acme\"\nwindow = 8")
             .carrier("alpha", addr, "window = 16")
             .carrier("beta", addr, "")
+            .store("retention = \"1d\"\nretention = \"2d\"")
             .sections("[otp]\nbrand = \"Acme\"")
             .build()
             .unwrap();
@@ -115,5 +133,6 @@ mod tests {
         assert_eq!((config.carriers[0].window, config.carriers[1].window), (16, 8));
         assert_eq!(config.api_keys[0].key_sha256, crate::http::sha256_hex(b"0123456789abcdef"));
         assert_eq!(config.otp.brand, "Acme");
+        assert_eq!(config.store.retention, std::time::Duration::from_secs(2 * 86_400));
     }
 }

@@ -52,6 +52,12 @@ impl CodeKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// A short name for this key that reveals nothing of it: nodes sharing a store compare it,
+    /// so a node with another key (which would fail every code the others sent) never starts.
+    pub fn fingerprint(&self) -> String {
+        crate::hex::encode(&self.seal("otpgate key fingerprint", "", "")[..8])
+    }
+
     /// Whether `code` is the one sealed in `expected`, compared in constant time.
     pub fn verify(&self, verification: &str, context: &str, code: &str, expected: &[u8; 32]) -> bool {
         bool::from(self.seal(verification, context, code).ct_eq(expected))

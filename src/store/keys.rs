@@ -14,6 +14,7 @@
 //! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
 //! | `n` | number | recent sends and failed checks of the number |
 //! | `w` | done time (ms, BE), verification id | empty: finished verifications, for the sweep |
+//! | `s` | name | a setting every process on this store must share (the OTP key's fingerprint) |
 
 use super::record::{MessageId, VerificationId};
 
@@ -27,6 +28,7 @@ pub(super) const VERIFICATION: u8 = b'v';
 pub(super) const PENDING: u8 = b'o';
 pub(super) const NUMBER: u8 = b'n';
 pub(super) const VERIFICATION_DONE: u8 = b'w';
+pub(super) const SHARED_SETTING: u8 = b's';
 
 /// The queue depth at the last clean close: a whole key of its own.
 pub(super) const CLEAN_CLOSE: &[u8] = b"c";

@@ -258,6 +258,18 @@ impl Store {
         Ok(result?)
     }
 
+    /// Records `value` as the setting `name` unless one is on record already; returns the one
+    /// on record. For what every process using this store must agree on.
+    pub async fn shared_setting(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let key = keys::key(keys::SHARED_SETTING, &[name.as_bytes()]);
+        if self.engine.swap(&key, None, Some(value.as_bytes())).await? {
+            self.durable().await?;
+            return Ok(value.to_string());
+        }
+        let on_record = self.engine.get(&key).await?.unwrap_or_default();
+        String::from_utf8(on_record).map_err(|_| StoreError::Corrupt(format!("setting {name}")))
+    }
+
     /// Reads and decodes one JSON row.
     async fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
         decode(self.engine.get(k).await?, what)

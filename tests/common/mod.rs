@@ -10,6 +10,7 @@ use std::time::Duration;
 use otpgate::config::{CarrierConfig, ConfigBuilder};
 use otpgate::sim::{SimConfig, SmscSim};
 use otpgate::smpp::{Carrier, OutboundSms, ReceiptEvent};
+use otpgate::throwaway_pg::ThrowawayPostgres;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -127,10 +128,103 @@ pub fn named(carriers: &[SocketAddr]) -> Vec<(&'static str, SocketAddr)> {
     ["alpha", "beta", "gamma", "delta"].into_iter().zip(carriers.iter().copied()).collect()
 }
 
+/// Whether the integration suites run on PostgreSQL (`OTPGATE_TEST_STORE=postgres`; `tests/run`
+/// runs them once on each store) instead of sled.
+pub fn on_postgres() -> bool {
+    std::env::var("OTPGATE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// This test process's PostgreSQL server, started on first use and stopped when the process exits.
+static POSTGRES: std::sync::Mutex<Option<ThrowawayPostgres>> = std::sync::Mutex::new(None);
+
+extern "C" fn stop_postgres() {
+    let server = POSTGRES.lock().map(|mut s| s.take()).unwrap_or_default();
+    drop(server);
+}
+
+/// Runs `work` with this process's PostgreSQL server (started on first use) on a thread of its
+/// own: the callers are sync code inside tests' runtimes.
+fn with_postgres<T: Send + 'static>(work: impl AsyncFnOnce(&ThrowawayPostgres) -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut server = POSTGRES.lock().unwrap_or_else(|p| p.into_inner());
+            if server.is_none() {
+                *server = Some(ThrowawayPostgres::start().await.expect("OTPGATE_TEST_STORE=postgres needs PostgreSQL installed"));
+                // SAFETY: registers a plain function to run at process exit.
+                unsafe { libc::atexit(stop_postgres) };
+            }
+            work(server.as_ref().expect("started above")).await
+        })
+    })
+    .join()
+    .expect("the PostgreSQL thread")
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects");
+    tokio::spawn(connection);
+    client
+}
+
+/// The database of the gateway whose data lives in `data_dir`, named after it so that a restart
+/// (or a second node given the same directory) finds the same rows.
+fn database_of(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    format!("gw_{:016x}", hasher.finish())
+}
+
+/// The `[store]` lines of a gateway whose data lives in `data_dir`: none on sled; on PostgreSQL,
+/// a database of its own on this process's server.
+pub fn store_lines(data_dir: &Path) -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    let database = database_of(data_dir);
+    with_postgres(async move |server| {
+        let client = connect(&server.url()).await;
+        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database]).await.expect("query");
+        if exists.is_none() {
+            client.batch_execute(&format!("CREATE DATABASE {database}")).await.expect("create database");
+        }
+        format!("backend = \"postgres\"\npostgres_url = \"{}\"\npool_size = 8", server.url_of(&database))
+    })
+}
+
+/// Everything the store of the gateway in `data_dir` holds, as (where, bytes): sled's files, or
+/// every row of its database.
+pub fn stored(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    if !on_postgres() {
+        return files_under(data_dir).into_iter().map(|f| (f.display().to_string(), std::fs::read(&f).expect("readable"))).collect();
+    }
+    let database = database_of(data_dir);
+    with_postgres(async move |server| {
+        let client = connect(&server.url_of(&database)).await;
+        let rows = client.query("SELECT key, value FROM otpgate_kv", &[]).await.expect("query");
+        rows.iter().map(|row| (format!("row {:?}", String::from_utf8_lossy(row.get(0))), row.get(1))).collect()
+    })
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// A whole gateway config: the named carriers, two API keys, HTTP and metrics on free loopback
-/// ports. `carrier_extra` lines go into every carrier section.
+/// ports, the store the suites run on. `carrier_extra` lines go into every carrier section.
 pub fn gateway_config(carriers: &[(&str, SocketAddr)], data_dir: &Path, carrier_extra: &str) -> ConfigBuilder {
     let mut config = ConfigBuilder::new(data_dir)
+        .store(&store_lines(data_dir))
         .server("shutdown_timeout = \"5s\"")
         .api_key("test", API_KEY)
         .api_key("other", OTHER_KEY)
@@ -163,6 +257,12 @@ impl Setup {
     /// Extra top-level TOML (an `[otp]` section, `[[routes]]`...).
     pub fn sections(mut self, toml: &str) -> Setup {
         self.config = self.config.sections(toml);
+        self
+    }
+
+    /// Extra `[store]` keys.
+    pub fn store(mut self, lines: &str) -> Setup {
+        self.config = self.config.store(lines);
         self
     }
 
