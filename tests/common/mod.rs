@@ -135,10 +135,10 @@ pub fn on_postgres() -> bool {
 }
 
 /// This test process's PostgreSQL server, started on first use and stopped when the process exits.
-static POSTGRES: std::sync::Mutex<Option<ThrowawayPostgres>> = std::sync::Mutex::new(None);
+static POSTGRES: tokio::sync::Mutex<Option<ThrowawayPostgres>> = tokio::sync::Mutex::const_new(None);
 
 extern "C" fn stop_postgres() {
-    let server = POSTGRES.lock().map(|mut s| s.take()).unwrap_or_default();
+    let server = POSTGRES.try_lock().map(|mut s| s.take()).unwrap_or_default();
     drop(server);
 }
 
@@ -148,7 +148,7 @@ fn with_postgres<T: Send + 'static>(work: impl AsyncFnOnce(&ThrowawayPostgres) -
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let mut server = POSTGRES.lock().unwrap_or_else(|p| p.into_inner());
+            let mut server = POSTGRES.lock().await;
             if server.is_none() {
                 *server = Some(ThrowawayPostgres::start().await.expect("OTPGATE_TEST_STORE=postgres needs PostgreSQL installed"));
                 // SAFETY: registers a plain function to run at process exit.
