@@ -1,31 +1,35 @@
-//! The running gateway: store, carriers, dispatcher, receipt tracking and the HTTP intake, started
-//! together and shut down in the order that loses nothing.
+//! The running gateway: store, dispatch duties (carriers, dispatcher, receipt tracking, recovery:
+//! `duties`) and the HTTP intake, started together and shut down in the order that loses nothing.
 //!
-//! Start: open the store (fails if another process holds it), bind carriers, re-queue every
-//! message the last process left queued or mid-submit, then listen for HTTP.
-//! Shutdown: answer new requests 503, let submits under way finish, unbind every session, apply
-//! the last receipts, then close the HTTP listener and flush the store.
+//! Start: open the store (fails if another process holds a sled store), check the OTP key
+//! against the store's, start the duties (a single node: at once; a cluster node: whenever it
+//! leads a term, see `cluster`), then listen for HTTP.
+//! Shutdown: answer new requests 503, stop the duties (submits under way finish, every session
+//! unbinds, the last receipts are applied), release the lease, then close the HTTP listener and
+//! flush the store.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{self, lease::Term};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Policy};
+use crate::dispatch::Dispatch;
+use crate::duties::{self, Crew, Duties};
 use crate::http::{self, AppState};
 use crate::otp::Otp;
 use crate::route::Network;
-use crate::smpp::{Carrier, ReceiptEvent};
+use crate::smpp::{Carrier, SubmitGate};
+use crate::store::settings::Backend;
 use crate::store::{Store, StoreError};
 use crate::tasks::TaskGroup;
-use crate::{gauges, recovery, retention, telemetry, track};
+use crate::{gauges, telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -44,26 +48,22 @@ pub enum DaemonError {
 
 /// The running gateway.
 pub struct Daemon {
-    network: Arc<Network>,
+    crew: Crew,
     /// The config now in force (reload diffs against it).
-    running: Mutex<Config>,
-    /// One stop token per carrier, so a reload can retire a single carrier.
-    carrier_stops: Mutex<HashMap<String, CancellationToken>>,
-    /// Carriers a reload removed, still draining; shutdown waits for them too.
-    retiring: Mutex<Vec<Arc<Carrier>>>,
-    /// Held for carriers started by a reload; dropped at shutdown so the receipt channel closes.
-    receipts: Mutex<Option<mpsc::Sender<ReceiptEvent>>>,
-    store: Arc<Store>,
+    running: Arc<Mutex<Config>>,
+    /// The dispatch duties while this process has them: always on a single node; during its
+    /// terms as leader in a cluster.
+    duties: Arc<Mutex<Option<Duties>>>,
     metrics_addr: SocketAddr,
     state: Arc<AppState>,
-    dispatcher: Dispatcher,
     http_addr: SocketAddr,
-    carriers_stop: CancellationToken,
-    /// Background tasks by shutdown stage (see [`Daemon::shutdown`]): what feeds the dispatcher
-    /// (recovery, receipt failover) and the retention sweep; receipt tracking; the HTTP
-    /// intake; the metrics server and gauge sampler.
-    feeders: TaskGroup,
-    receipt_tracking: TaskGroup,
+    /// Cluster mode: the task that starts and stops the duties with each term ...
+    leading: TaskGroup,
+    /// ... and this node's part in the election (stopped after it: the lease is released only
+    /// once the duties have stopped, so two nodes never hold the carriers' binds at once).
+    campaign: TaskGroup,
+    /// Background tasks by shutdown stage (see [`Daemon::shutdown`]): the HTTP intake; the
+    /// metrics server and gauge sampler.
     intake: TaskGroup,
     telemetry: TaskGroup,
 }
@@ -81,39 +81,8 @@ impl Daemon {
     }
 
     async fn start_on(config: &Config, clock: Arc<dyn Clock>) -> Result<Daemon, DaemonError> {
-        let store = Store::open(&config.server.data_dir, &config.store.options(&config.cluster.node_name())?).await?;
-        let (listener, http_addr) = listen(config.server.http_listen).await?;
-        let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
-        telemetry::handle();
-        metrics::gauge!(telemetry::SPILL_AFTER_SECONDS).set(config.messages.spill_after.as_secs_f64());
-        metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(0);
-
-        let (receipts, receipts_rx) = mpsc::channel(track::RECEIPT_QUEUE);
-        let carriers_stop = CancellationToken::new();
-        let mut carrier_stops = HashMap::new();
-        let carriers: Vec<Arc<Carrier>> = config
-            .carriers
-            .iter()
-            .map(|c| {
-                let stop = carriers_stop.child_token();
-                carrier_stops.insert(c.name.clone(), stop.clone());
-                Carrier::start(c.clone(), receipts.clone(), stop)
-            })
-            .collect();
-
-        let network = Arc::new(Network::new(carriers, &config.routes));
-        let (otp_submitted, otp_submitted_rx) = mpsc::unbounded_channel();
-        let (otp_failed, otp_failed_rx) = mpsc::unbounded_channel();
-        let (dispatcher, dispatch) = Dispatcher::start(
-            store.clone(),
-            network.clone(),
-            Some(otp_submitted),
-            Policy {
-                spill_after: config.messages.spill_after,
-                otp_spill_after: config.otp.spill_after,
-                max_unconfirmed_resends: config.messages.max_unconfirmed_resends,
-            },
-        );
+        let options = config.store.options(&config.cluster.node_name())?;
+        let store = Store::open(&config.server.data_dir, &options).await?;
         let key_file = config.otp.hmac_key_file.clone().unwrap_or_else(|| config.server.data_dir.join("otp-hmac.key"));
         let key = crate::otp::load_or_create_key(&key_file)?;
         let ours = key.fingerprint();
@@ -121,17 +90,46 @@ impl Daemon {
         if theirs != ours {
             return Err(DaemonError::KeyMismatch { path: key_file.display().to_string(), ours, theirs });
         }
-        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
-        let feeders = TaskGroup::new();
-        let max_resends = config.messages.max_unconfirmed_resends;
-        feeders.spawn(|stop| recovery::recover(store.clone(), otp.clone(), dispatch.clone(), max_resends, stop));
-        feeders.spawn(|stop| otp.clone().watch_receipts(otp_submitted_rx, otp_failed_rx, stop));
-        feeders.spawn(|stop| retention::sweep(store.clone(), otp.clone(), config.store.retention, stop));
-        let receipt_tracking = TaskGroup::new();
-        // Ends when every session is gone and the channel is drained, not on a stop.
-        receipt_tracking.spawn(|_| track::track_receipts(store.clone(), receipts_rx, otp_failed));
+        let (listener, http_addr) = listen(config.server.http_listen).await?;
+        let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
+        telemetry::handle();
+        metrics::gauge!(telemetry::SPILL_AFTER_SECONDS).set(config.messages.spill_after.as_secs_f64());
+        metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(0);
 
-        let state = Arc::new(AppState::new(
+        // Routes hold carriers that never bind until this process dispatches.
+        let network = Arc::new(Network::new(duties::dormant(config), &config.routes));
+        let dispatch = Dispatch::new(store.clone());
+        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
+        let (terms, elected) = watch::channel(None::<Term>);
+        let clustered = matches!(options.backend, Backend::Postgres(_));
+        let gate = match clustered {
+            // Open only while a term holds, measured against its deadline at each submit.
+            true => SubmitGate::new(move || elected.borrow().is_some_and(|term| term.holds())),
+            false => SubmitGate::default(),
+        };
+        let crew = Crew { store: store.clone(), network: network.clone(), otp: otp.clone(), dispatch: dispatch.clone(), gate };
+        let running = Arc::new(Mutex::new(config.clone()));
+        let duties = Arc::new(Mutex::new(None));
+        let role = http::Role::new(clustered);
+        let (leading, campaign) = (TaskGroup::new(), TaskGroup::new());
+        match &options.backend {
+            Backend::Postgres(pg) => {
+                metrics::gauge!(telemetry::CLUSTER_LEADER).set(0.0);
+                metrics::counter!(telemetry::CLUSTER_TAKEOVERS_TOTAL).increment(0);
+                let (pg, lease) = (pg.clone(), config.cluster.lease());
+                let elected = terms.subscribe();
+                campaign.spawn(|stop| cluster::campaign(pg, lease, terms, stop));
+                let leader = Leader { crew: crew.clone(), running: running.clone(), duties: duties.clone(), role: role.clone() };
+                let shutdown_timeout = config.server.shutdown_timeout;
+                leading.spawn(|stop| leader.follow(elected, shutdown_timeout, stop));
+            }
+            Backend::Sled => {
+                *lock(&duties) = Some(Duties::start(&crew, config));
+                role.set_leading(true);
+            }
+        }
+
+        let mut state = AppState::new(
             store.clone(),
             network.clone(),
             otp,
@@ -139,7 +137,9 @@ impl Daemon {
             &config.api_keys,
             config.messages.clone(),
             config.server.http_body_timeout,
-        ));
+        );
+        state.role = role;
+        let state = Arc::new(state);
         let telemetry = TaskGroup::new();
         telemetry.spawn(|stop| telemetry::serve(metrics_listener, stop));
         let sampled = network.clone();
@@ -156,23 +156,7 @@ impl Daemon {
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");
         }
-        Ok(Daemon {
-            network,
-            running: Mutex::new(config.clone()),
-            carrier_stops: Mutex::new(carrier_stops),
-            retiring: Mutex::new(Vec::new()),
-            receipts: Mutex::new(Some(receipts)),
-            store,
-            metrics_addr,
-            state,
-            dispatcher,
-            http_addr,
-            carriers_stop,
-            feeders,
-            receipt_tracking,
-            intake,
-            telemetry,
-        })
+        Ok(Daemon { crew, running, duties, metrics_addr, state, http_addr, leading, campaign, intake, telemetry })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -186,16 +170,21 @@ impl Daemon {
     /// Deliveries that may start now: the carriers' total window less those under way.
     #[cfg(feature = "test-util")]
     pub fn delivery_slots(&self) -> usize {
-        self.dispatcher.available()
+        lock(&self.duties).as_ref().map_or(0, Duties::available)
     }
 
-    /// The carriers in force now.
+    /// The carriers in force now (dormant ones while this node does not dispatch).
     pub fn carriers(&self) -> Vec<Arc<Carrier>> {
-        self.network.current().carriers.clone()
+        self.crew.network.current().carriers.clone()
     }
 
     pub fn carrier(&self, name: &str) -> Option<Arc<Carrier>> {
         self.carriers().into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether this process dispatches now (always on a single node; the leader in a cluster).
+    pub fn dispatching(&self) -> bool {
+        lock(&self.duties).is_some()
     }
 
     /// Applies a new, already validated config (SIGHUP): carriers added are bound, carriers
@@ -204,37 +193,10 @@ impl Daemon {
     /// Returns the settings that changed but need a restart.
     pub fn reload(&self, new: &Config) -> Vec<&'static str> {
         let mut running = lock(&self.running);
-        let mut stops = lock(&self.carrier_stops);
-        let old = self.network.current();
-        let receipts = lock(&self.receipts).clone();
-        let mut carriers = Vec::new();
-        for config in &new.carriers {
-            let unchanged = old.carriers.iter().find(|c| c.name() == config.name && c.config() == config);
-            match (unchanged, &receipts) {
-                (Some(carrier), _) => carriers.push(carrier.clone()),
-                (None, Some(receipts)) => {
-                    if let Some(stop) = stops.remove(&config.name) {
-                        tracing::info!(carrier = %config.name, "carrier changed: draining its old sessions");
-                        stop.cancel();
-                        lock(&self.retiring).extend(old.carriers.iter().filter(|c| c.name() == config.name).cloned());
-                    }
-                    let stop = self.carriers_stop.child_token();
-                    stops.insert(config.name.clone(), stop.clone());
-                    tracing::info!(carrier = %config.name, "starting carrier");
-                    carriers.push(Carrier::start(config.clone(), receipts.clone(), stop));
-                }
-                (None, None) => {}
-            }
+        match lock(&self.duties).as_mut() {
+            Some(duties) => duties.reload(&self.crew, new),
+            None => self.crew.network.replace(duties::dormant(new), &new.routes),
         }
-        for gone in old.carriers.iter().filter(|c| !new.carriers.iter().any(|n| n.name == c.name())) {
-            tracing::info!(carrier = %gone.name(), "carrier removed: draining and unbinding");
-            if let Some(stop) = stops.remove(gone.name()) {
-                stop.cancel();
-            }
-            lock(&self.retiring).push(gone.clone());
-        }
-        self.network.replace(carriers, &new.routes);
-        self.dispatcher.fit(&self.network.current());
         self.state.set_api_keys(&new.api_keys);
         let mut restart = Vec::new();
         if running.server != new.server {
@@ -242,6 +204,9 @@ impl Daemon {
         }
         if running.store != new.store {
             restart.push("store");
+        }
+        if running.cluster != new.cluster {
+            restart.push("cluster");
         }
         if running.messages != new.messages {
             restart.push("messages");
@@ -254,44 +219,99 @@ impl Daemon {
     }
 
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        &self.crew.store
     }
 
     /// Whether the daemon can do its job: the store still writes. Drives the systemd watchdog.
     pub fn healthy(&self) -> bool {
-        self.store.healthy()
+        self.crew.store.healthy()
     }
 
     /// Shuts down in order, within `limit` overall. Returns false if some step ran out of time
-    /// (what was not finished stays queued in the store and is sent by the next start).
+    /// (what was not finished stays queued in the store and is sent by the next start, or by
+    /// the next leader).
     pub async fn shutdown(self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut carriers = self.carriers();
-        carriers.extend(lock(&self.retiring).drain(..));
         // New requests get 503 shutting_down from here on; the listener stays open until the
         // drain ends, so clients read a clear answer instead of "connection refused".
         self.state.accepting.store(false, Ordering::Release);
-        let mut clean = self.feeders.stop(left()).await;
-        clean &= self.dispatcher.shutdown(left()).await;
-        self.carriers_stop.cancel();
-        lock(&self.receipts).take();
-        let unbound = futures::future::join_all(carriers.iter().map(|c| c.stopped()));
-        clean &= tokio::time::timeout(left(), unbound).await.is_ok();
-        // The sessions are gone, so the receipt channel closes once drained.
-        clean &= self.receipt_tracking.drain(left()).await;
+        // In a cluster this ends the term: its duties stop first, then the lease is released.
+        let mut clean = self.leading.stop(left()).await;
+        let duties = lock(&self.duties).take();
+        if let Some(duties) = duties {
+            let config = lock(&self.running).clone();
+            clean &= duties.stop(&self.crew, duties::dormant(&config), &config.routes, left()).await;
+        }
+        clean &= self.campaign.stop(left()).await;
         clean &= self.intake.stop(left()).await;
         // Requests whose client hung up still finish (their hand-off to the dispatcher included).
         self.state.requests.close();
         clean &= tokio::time::timeout(left(), self.state.requests.wait()).await.is_ok();
         clean &= self.telemetry.stop(left()).await;
-        match self.store.close().await {
+        match self.crew.store.close().await {
             Ok(()) => clean,
             Err(e) => {
                 tracing::error!(error = %e, "final flush failed");
                 false
             }
         }
+    }
+}
+
+/// Starts the dispatch duties when this node's term begins and stops them when it ends.
+struct Leader {
+    crew: Crew,
+    running: Arc<Mutex<Config>>,
+    duties: Arc<Mutex<Option<Duties>>>,
+    role: http::Role,
+}
+
+impl Leader {
+    async fn follow(self, mut terms: watch::Receiver<Option<Term>>, stop_within: Duration, stop: CancellationToken) {
+        loop {
+            let term = *terms.borrow_and_update();
+            let leading = term.is_some_and(|t| t.holds());
+            let started = lock(&self.duties).is_some();
+            if leading && !started {
+                let config = lock(&self.running).clone();
+                tracing::info!(token = term.map_or(0, |t| t.token), "leading the cluster's dispatch: binding carriers");
+                metrics::counter!(telemetry::CLUSTER_TAKEOVERS_TOTAL).increment(1);
+                metrics::gauge!(telemetry::CLUSTER_LEADER).set(1.0);
+                *lock(&self.duties) = Some(Duties::start(&self.crew, &config));
+                self.role.set_leading(true);
+            } else if !leading && started {
+                self.step_down(stop_within).await;
+            }
+            let until = term.map(|t| t.until);
+            tokio::select! {
+                changed = terms.changed() => if changed.is_err() { break },
+                // A term ends at its deadline even when no renewal result comes (a stalled database).
+                _ = sleep_until(until), if leading => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        self.step_down(stop_within).await;
+    }
+
+    async fn step_down(&self, within: Duration) {
+        let duties = lock(&self.duties).take();
+        if let Some(duties) = duties {
+            tracing::info!("no longer leading the cluster's dispatch: unbinding carriers");
+            self.role.set_leading(false);
+            metrics::gauge!(telemetry::CLUSTER_LEADER).set(0.0);
+            let config = lock(&self.running).clone();
+            if !duties.stop(&self.crew, duties::dormant(&config), &config.routes, within).await {
+                tracing::warn!("the dispatch duties did not stop in time");
+            }
+        }
+    }
+}
+
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -58,9 +58,18 @@ impl Job {
     }
 }
 
-/// Hands jobs to the dispatcher.
+/// Hands jobs to the dispatcher, for as long as this process has one: from start to shutdown on a
+/// single node; during its terms as dispatch leader in a cluster. Without one, the job is
+/// dropped and the message, durable in the store, is announced to whichever node dispatches.
 #[derive(Clone)]
 pub struct Dispatch {
+    store: Arc<Store>,
+    link: Arc<std::sync::Mutex<Option<Link>>>,
+}
+
+/// The running dispatcher's end of a [`Dispatch`].
+#[derive(Clone)]
+struct Link {
     jobs: mpsc::UnboundedSender<Job>,
     handed: Handed,
 }
@@ -70,32 +79,70 @@ pub struct Dispatch {
 /// is started once, and what is queued in the store but not here has been lost on the way.
 type Handed = Arc<std::sync::Mutex<HashSet<MessageId>>>;
 
-fn lock_handed(handed: &Handed) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
-    handed.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Dispatch {
+    /// A handle with no dispatcher behind it yet.
+    pub fn new(store: Arc<Store>) -> Dispatch {
+        Dispatch { store, link: Arc::default() }
+    }
+
+    fn link(&self) -> Option<Link> {
+        lock(&self.link).clone()
+    }
+
     /// Queues a job; jobs are started in the order they are queued. A message already handed
     /// over and not finished is not queued again.
     pub fn enqueue(&self, job: Job) {
-        let id = job.id;
-        if !lock_handed(&self.handed).insert(id) {
+        if self.link().is_none() {
+            // Another node dispatches (or this one is shutting down): the message is in the store.
+            let (store, id) = (self.store.clone(), job.id);
+            tokio::spawn(async move {
+                if let Err(e) = store.announce(&id).await {
+                    tracing::warn!(message_id = %id, error = %e, "queued message not announced; the dispatching node's scan finds it");
+                }
+            });
             return;
         }
+        if self.claim(&job.id) {
+            self.enqueue_claimed(job);
+        }
+    }
+
+    /// Marks a message as handed over before its job exists (recovery checks the store and may
+    /// issue a fresh code first): false if it already is, or if no dispatcher runs here.
+    pub fn claim(&self, id: &MessageId) -> bool {
+        self.link().is_some_and(|link| lock(&link.handed).insert(*id))
+    }
+
+    /// Gives up a claim that led to no job.
+    pub fn release(&self, id: &MessageId) {
+        if let Some(link) = self.link() {
+            lock(&link.handed).remove(id);
+        }
+    }
+
+    /// Queues the job of a claimed message.
+    pub fn enqueue_claimed(&self, job: Job) {
+        let id = job.id;
         // Fails only after shutdown; the message stays queued in the store for the next start.
-        if self.jobs.send(job).is_err() {
-            lock_handed(&self.handed).remove(&id);
+        if let Some(link) = self.link()
+            && link.jobs.send(job).is_err()
+        {
+            lock(&link.handed).remove(&id);
         }
     }
 
     /// Jobs handed over and not yet finished.
     pub fn backlog(&self) -> usize {
-        lock_handed(&self.handed).len()
+        self.link().map_or(0, |link| lock(&link.handed).len())
     }
 
     /// Whether this message is handed over and not finished.
     pub fn knows(&self, id: &MessageId) -> bool {
-        lock_handed(&self.handed).contains(id)
+        self.link().is_some_and(|link| lock(&link.handed).contains(id))
     }
 }
 
@@ -157,6 +204,8 @@ pub struct Dispatcher {
     permits: Arc<Semaphore>,
     /// The permits the semaphore stands for now (some may be out or being withdrawn).
     capacity: std::sync::Mutex<usize>,
+    /// Detached at shutdown: jobs handed over after it are left to the store.
+    dispatch: Dispatch,
 }
 
 /// Deliveries under way at most: the carriers' total window in flight, and three times as many
@@ -170,13 +219,14 @@ fn capacity_of(fabric: &crate::route::Fabric) -> usize {
 }
 
 impl Dispatcher {
-    /// Starts dispatching; jobs arrive through the returned [`Dispatch`].
+    /// Starts dispatching the jobs handed to `dispatch`.
     pub fn start(
-        store: Arc<Store>,
+        dispatch: &Dispatch,
         network: Arc<Network>,
         otp_submitted: Option<mpsc::UnboundedSender<OtpSubmitted>>,
         policy: Policy,
-    ) -> (Dispatcher, Dispatch) {
+    ) -> Dispatcher {
+        let store = dispatch.store.clone();
         let (jobs, receiver) = mpsc::unbounded_channel::<Job>();
         let stop = CancellationToken::new();
         let capacity = capacity_of(&network.current());
@@ -185,15 +235,15 @@ impl Dispatcher {
         let tasks = TaskTracker::new();
         let handed: Handed = Arc::default();
         tasks.spawn(run(shared, receiver, tasks.clone(), handed.clone()));
-        let dispatcher = Dispatcher { tasks, stop, permits, capacity: std::sync::Mutex::new(capacity) };
-        (dispatcher, Dispatch { jobs, handed })
+        *lock(&dispatch.link) = Some(Link { jobs, handed });
+        Dispatcher { tasks, stop, permits, capacity: std::sync::Mutex::new(capacity), dispatch: dispatch.clone() }
     }
 
     /// Follows a reload: deliveries under way at most follow the new carriers' total window.
     /// Growing adds permits at once; shrinking withdraws them as deliveries finish.
     pub fn fit(&self, fabric: &crate::route::Fabric) {
         let wanted = capacity_of(fabric);
-        let mut capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut capacity = lock(&self.capacity);
         if wanted > *capacity {
             self.permits.add_permits(wanted - *capacity);
         } else if wanted < *capacity {
@@ -221,6 +271,7 @@ impl Dispatcher {
 
     /// Stops starting attempts and waits (at most `limit`) for those under way.
     pub async fn shutdown(self, limit: Duration) -> bool {
+        lock(&self.dispatch.link).take();
         self.stop.cancel();
         self.tasks.close();
         tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
@@ -255,7 +306,7 @@ async fn run(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>, tasks:
                 None => break,
             },
             Some((to, id)) = done.recv() => {
-                lock_handed(&handed).remove(&id);
+                lock(&handed).remove(&id);
                 match waiting.get_mut(&to).and_then(VecDeque::pop_front) {
                     Some(next) if !shared.stop.is_cancelled() => start(next),
                     _ => {
@@ -414,11 +465,19 @@ impl Shared {
                 true => deadline.duration_since(SystemTime::now()).unwrap_or_default(),
                 false => spill_after.saturating_sub(since.elapsed()),
             };
+            if !carrier.may_submit() {
+                // This node's term as the cluster's dispatcher ended: the message is the next
+                // leader's now; write nothing more about it.
+                return;
+            }
             // On disk before the submit goes out: after a crash, a submit that may have reached
             // the SMSC is known for what it is (a possible duplicate), never resent blind.
             self.log_store_error(&id, self.store.mark_in_flight(&id).await);
             self.log_store_error(&id, self.store.durable().await);
             let (outcome, session) = carrier.submit_via(&job.sms, max_wait).await;
+            if outcome == (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Fenced }) {
+                return;
+            }
             if outcome == (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy }) {
                 // Nothing went out: not an attempt.
                 self.log_store_error(&id, self.store.clear_in_flight(&id).await);

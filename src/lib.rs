@@ -45,6 +45,7 @@ pub mod daemon;
 pub mod demo;
 pub(crate) mod dispatch;
 pub(crate) mod duration;
+mod duties;
 pub(crate) mod echo;
 mod gauges;
 pub(crate) mod hex;

@@ -1,6 +1,7 @@
-//! Recovery: what the previous process left queued (or mid-submit) goes back to the dispatcher
-//! at start, only as fast as it drains; then a scan finds messages queued in the store whose
-//! hand-off to the dispatcher was lost.
+//! Recovery: what the previous process (or the previous cluster leader) left queued or
+//! mid-submit goes back to the dispatcher at start, only as fast as it drains; then messages other
+//! nodes announce are handed over as they come, and a scan finds messages queued in the store
+//! whose hand-off (or announcement) was lost.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,8 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
     metrics::counter!(telemetry::RECOVERED_TOTAL).increment(0);
     metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(0);
     let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
+    // Listening before the first pass: nothing announced meanwhile is missed.
+    let mut announced = store.announcements(stop.clone());
     if let Ok(Some(last)) = store.last_queued().await {
         let started = std::time::Instant::now();
         let (mut requeued, mut resubmits) = (0usize, 0usize);
@@ -51,7 +54,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
             for (id, record) in page {
                 requeued += 1;
                 resubmits += usize::from(record.in_flight);
-                handover.hand(id, &record).await;
+                handover.hand(id).await;
             }
             metrics::counter!(telemetry::RECOVERED_TOTAL).absolute(requeued as u64);
         }
@@ -62,6 +65,10 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            Some(id) = next_announced(&mut announced) => {
+                handover.hand(id).await;
+                continue;
+            }
             _ = stop.cancelled() => return,
         }
         let oldest = match store.oldest_queued(ORPHAN_SCAN_ROWS).await {
@@ -78,7 +85,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
             }
             tracing::warn!(message_id = %id, "queued but not known to the dispatcher; handed over");
             metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(1);
-            handover.hand(id, &record).await;
+            handover.hand(id).await;
         }
     }
 }
@@ -98,8 +105,35 @@ struct Handover<'a> {
     max_resends: u32,
 }
 
+/// The next announced id; pending forever where nobody announces.
+async fn next_announced(announced: &mut Option<tokio::sync::mpsc::Receiver<MessageId>>) -> Option<MessageId> {
+    match announced {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Handover<'_> {
-    async fn hand(&self, id: MessageId, record: &MessageRecord) {
+    /// Hands a message over if it still waits in the store and is not handed over already: the
+    /// claim comes first and the store is read after it, so a message that this process's
+    /// intake handed over (and that may even have finished meanwhile) is never sent twice,
+    /// nor an OTP message given a second fresh code.
+    async fn hand(&self, id: MessageId) {
+        if !self.dispatch.claim(&id) {
+            return;
+        }
+        let record = match self.store.message(&id).await {
+            Ok(Some(record)) if record.status == MessageStatus::Queued => record,
+            Ok(_) => return self.dispatch.release(&id),
+            Err(e) => {
+                tracing::error!(message_id = %id, error = %e, "cannot read a queued message; the queue scan retries");
+                return self.dispatch.release(&id);
+            }
+        };
+        self.hand_claimed(id, &record).await;
+    }
+
+    async fn hand_claimed(&self, id: MessageId, record: &MessageRecord) {
         if record.unconfirmed > self.max_resends {
             tracing::warn!(message_id = %id, unconfirmed = record.unconfirmed, "submits went out without an answer; not sent again");
             metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(1);
@@ -110,16 +144,16 @@ impl Handover<'_> {
             if let Err(e) = self.store.finish(&id, MessageStatus::Failed, Some(error), None, SystemTime::now()).await {
                 tracing::error!(message_id = %id, error = %e, "store update failed");
             }
-            return;
+            return self.dispatch.release(&id);
         }
         if record.verification.is_none() {
-            self.dispatch.enqueue(Job::from_record(id, record));
-            return;
+            return self.dispatch.enqueue_claimed(Job::from_record(id, record));
         }
         match self.otp.reissue(id, record).await {
-            Ok(Some(job)) => self.dispatch.enqueue(job),
+            Ok(Some(job)) => return self.dispatch.enqueue_claimed(job),
             Ok(None) => tracing::info!(message_id = %id, "OTP message dropped: its verification is over"),
             Err(e) => tracing::error!(message_id = %id, error = %e, "cannot reissue an OTP message"),
         }
+        self.dispatch.release(&id);
     }
 }

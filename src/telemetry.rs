@@ -22,6 +22,8 @@ pub const CARRIER_CIRCUIT_OPEN: &str = "otpgate_carrier_circuit_open";
 pub const CARRIER_RATE_LIMIT: &str = "otpgate_carrier_rate_limit";
 pub const CARRIER_TAKING_TRAFFIC: &str = "otpgate_carrier_taking_traffic";
 pub const CARRIER_UP: &str = "otpgate_carrier_up";
+pub const CLUSTER_LEADER: &str = "otpgate_cluster_leader";
+pub const CLUSTER_TAKEOVERS_TOTAL: &str = "otpgate_cluster_takeovers_total";
 pub const HTTP_CONNECTIONS: &str = "otpgate_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "otpgate_http_connections_refused_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "otpgate_http_request_duration_seconds";
@@ -82,6 +84,8 @@ fn describe() {
         RESUBMITS_TOTAL,
         "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates"
     );
+    describe_gauge!(CLUSTER_LEADER, "1 while this node leads the cluster's dispatch (binds carriers, submits, tracks receipts), else 0");
+    describe_counter!(CLUSTER_TAKEOVERS_TOTAL, "Terms this node began as the cluster's dispatch leader");
     describe_counter!(
         RESEND_LIMIT_TOTAL,
         "Messages failed because their submits kept going out unanswered (messages.max_unconfirmed_resends)"

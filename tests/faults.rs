@@ -67,8 +67,8 @@ async fn a_carrier_that_drops_its_connection_every_n_submits() {
 #[tokio::test]
 async fn a_share_of_throttled_and_failed_submits() {
     let (a, b, gw, mut client) = two_carriers(SimConfig::default(), SimConfig::default()).await;
-    // alpha polices 50 submits/s: everything beyond is ESME_RTHROTTLED.
-    a.set_max_tps(50);
+    // alpha polices 20 submits/s: everything beyond is ESME_RTHROTTLED.
+    a.set_max_tps(20);
     b.set_submit_status(Some(CommandStatus::EsmeRsyserr));
     b.set_status_every(4);
     let sent = load(&mut client, "mixed", 300, || {}).await;

@@ -59,7 +59,8 @@ async fn codes_never_reach_the_store_the_logs_or_the_api() {
     let submits = sim.stats().submits;
     let codes: Vec<String> = (0..5)
         .map(|n| {
-            let sms = submits.iter().find(|m| m.to == format!("4477009002{n:02}")).expect("an SMS per number");
+            let sms =
+                submits.iter().find(|m| m.to == format!("4477009002{n:02}")).unwrap_or_else(|| panic!("an SMS per number: {submits:?}"));
             let code: String = sms.text.chars().take_while(char::is_ascii_digit).collect();
             assert!(sms.text.ends_with(&format!("@shop.example #{code}")), "{}", sms.text);
             code

@@ -92,8 +92,9 @@ impl Elector {
         Ok(row.map(|row| Term { token: row.get(0), until: sent + self.lease - self.lease / 10 }))
     }
 
-    /// Takes part until `stop`: publishes the term while this node leads, `None` otherwise. A
-    /// term whose renewal fails (database unreachable) lapses at its deadline.
+    /// Takes part until `stop` or until its connection is lost: publishes the term while this
+    /// node leads, `None` otherwise. A term whose renewal fails (database unreachable) lapses at
+    /// its deadline; a lost connection ends it at once.
     pub async fn run(self, terms: watch::Sender<Option<Term>>, stop: CancellationToken) {
         let every = self.lease / 3;
         let mut current: Option<Term> = None;
@@ -101,6 +102,11 @@ impl Elector {
             match self.round(current).await {
                 Ok(term) => current = term,
                 Err(e) => tracing::warn!(node = %self.node, error = %e, "leader lease round failed"),
+            }
+            if self.client.is_closed() {
+                // The connection is gone for good: step down now; the caller reconnects.
+                terms.send_replace(None);
+                return;
             }
             current = current.filter(Term::holds);
             terms.send_if_modified(|published| {

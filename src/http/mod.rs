@@ -49,6 +49,8 @@ pub(crate) struct AppState {
     pub network: Arc<Network>,
     pub otp: Arc<Otp>,
     pub dispatch: Dispatch,
+    /// A single node until the daemon says it is a cluster node.
+    pub role: Role,
     /// (name, SHA-256 of the key); replaced on reload.
     pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32])>>,
     pub messages: MessagesConfig,
@@ -77,12 +79,40 @@ impl AppState {
             network,
             otp,
             dispatch,
+            role: Role::new(false),
             api_keys: std::sync::RwLock::new(hashed_keys(api_keys)),
             messages,
             body_timeout,
             accepting: AtomicBool::new(true),
             requests: tokio_util::task::TaskTracker::new(),
             idempotency_locks: (0..IDEMPOTENCY_LOCKS).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+/// This node's part in dispatching, for readiness.
+#[derive(Clone)]
+pub(crate) struct Role {
+    /// A cluster node: ready to take requests without carriers of its own.
+    clustered: bool,
+    /// Whether this node dispatches now.
+    leading: Arc<AtomicBool>,
+}
+
+impl Role {
+    pub(crate) fn new(clustered: bool) -> Role {
+        Role { clustered, leading: Arc::default() }
+    }
+
+    pub(crate) fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+    }
+
+    fn name(&self) -> &'static str {
+        match (self.clustered, self.leading.load(Ordering::Acquire)) {
+            (false, _) => "single",
+            (true, true) => "leader",
+            (true, false) => "follower",
         }
     }
 }
@@ -339,11 +369,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let fabric = state.network.current();
     let bound: Vec<&str> = fabric.carriers.iter().filter(|c| c.bound_sessions() > 0).map(|c| c.name()).collect();
     let accepting = state.accepting.load(Ordering::Acquire);
-    let store_ok = state.store.healthy();
-    let ready = accepting && store_ok && !bound.is_empty();
+    let store_ok = state.store.healthy() && state.store.reachable().await;
+    let role = state.role.name();
+    // A follower takes requests for the leader to send: it needs the database, not carriers.
+    let ready = accepting && store_ok && (role == "follower" || !bound.is_empty());
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"ready": ready, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok})))
-        .into_response()
+    let body = json!({"ready": ready, "role": role, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok});
+    (status, axum::Json(body)).into_response()
 }
 
 impl From<OtpError> for ApiError {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::SubmitGate;
 use super::backoff::Backoff;
 use super::health::{Admission, Health};
 use super::message::OutboundSms;
@@ -25,6 +26,8 @@ use crate::telemetry;
 /// A carrier SMSC and its sessions.
 pub struct Carrier {
     name: Arc<str>,
+    /// Every submit_sm is checked against it first (cluster fencing).
+    gate: SubmitGate,
     config: CarrierConfig,
     /// One slot per configured session that can submit; `None` while that session is down.
     slots: Vec<Mutex<Option<Session>>>,
@@ -44,7 +47,38 @@ pub struct Carrier {
 impl Carrier {
     /// Starts the carrier's supervisors; they run until `shutdown` is cancelled.
     pub fn start(config: CarrierConfig, receipts: ReceiptSender, shutdown: CancellationToken) -> Arc<Carrier> {
-        let carrier = Arc::new(Carrier {
+        Carrier::start_gated(config, receipts, shutdown, SubmitGate::default())
+    }
+
+    /// A carrier that never binds: what a cluster node that does not dispatch routes by (its
+    /// intake checks destinations against routes; the leader's carriers send).
+    pub fn dormant(config: CarrierConfig) -> Arc<Carrier> {
+        let carrier = Carrier::new(config, SubmitGate::default());
+        carrier.tasks.close();
+        carrier
+    }
+
+    /// As [`Carrier::start`], every submit_sm first checked against `gate`.
+    pub fn start_gated(config: CarrierConfig, receipts: ReceiptSender, shutdown: CancellationToken, gate: SubmitGate) -> Arc<Carrier> {
+        let carrier = Carrier::new(config, gate);
+        let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
+            .flat_map(|slot| match carrier.config.bind {
+                BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
+                BindType::TransmitterReceiver => vec![(slot, BindMode::Transmitter, true), (slot, BindMode::Receiver, false)],
+            })
+            .collect();
+        for (slot, mode, submits) in links {
+            let label = format!("{}#{slot}/{}", carrier.name, mode.as_str());
+            let link = Link { carrier: carrier.clone(), slot: submits.then_some(slot), settings: carrier.session_settings(mode, label) };
+            carrier.tasks.spawn(link.supervise(receipts.clone(), shutdown.clone()));
+        }
+        carrier.tasks.close();
+        carrier
+    }
+
+    fn new(config: CarrierConfig, gate: SubmitGate) -> Arc<Carrier> {
+        Arc::new(Carrier {
+            gate,
             name: Arc::from(config.name.as_str()),
             slots: (0..config.sessions).map(|_| Mutex::new(None)).collect(),
             bound: watch::channel(0).0,
@@ -61,20 +95,7 @@ impl Carrier {
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
             config,
-        });
-        let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
-            .flat_map(|slot| match carrier.config.bind {
-                BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
-                BindType::TransmitterReceiver => vec![(slot, BindMode::Transmitter, true), (slot, BindMode::Receiver, false)],
-            })
-            .collect();
-        for (slot, mode, submits) in links {
-            let label = format!("{}#{slot}/{}", carrier.name, mode.as_str());
-            let link = Link { carrier: carrier.clone(), slot: submits.then_some(slot), settings: carrier.session_settings(mode, label) };
-            carrier.tasks.spawn(link.supervise(receipts.clone(), shutdown.clone()));
-        }
-        carrier.tasks.close();
-        carrier
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -100,7 +121,13 @@ impl Carrier {
             enquire_link_interval: c.enquire_link_interval,
             receipt_format: Arc::new(c.receipt_format()),
             receipt_ids: c.receipt_id,
+            gate: self.gate.clone(),
         }
+    }
+
+    /// Whether this process may submit at all now (see [`SubmitGate`]).
+    pub fn may_submit(&self) -> bool {
+        self.gate.allows()
     }
 
     /// Sessions that can submit right now.

@@ -14,6 +14,7 @@ pub mod address;
 pub mod backoff;
 pub mod carrier;
 pub mod codec;
+pub mod gate;
 pub mod health;
 pub mod message;
 pub mod outcome;
@@ -22,6 +23,7 @@ pub mod session;
 pub(crate) mod settings;
 
 pub use carrier::Carrier;
+pub use gate::SubmitGate;
 pub use message::OutboundSms;
 pub use outcome::{NotSubmitted, Permanent, SubmitOutcome};
 pub use receipt::{DeliveryState, Receipt};

@@ -37,6 +37,8 @@ pub enum NotSubmitted {
     Undecodable,
     /// No session of the carrier is bound.
     NoSession,
+    /// This node's term as dispatch leader ended (cluster mode): it may not submit.
+    Fenced,
     /// The carrier's circuit breaker is open: it has been failing.
     CircuitOpen,
     /// The carrier had no room (rate cap or window) within the time the message may wait on
@@ -61,6 +63,7 @@ impl fmt::Display for NotSubmitted {
             NotSubmitted::ResponseTimeout => f.write_str("response timeout"),
             NotSubmitted::Undecodable => f.write_str("unreadable submit_sm_resp"),
             NotSubmitted::NoSession => f.write_str("no bound session"),
+            NotSubmitted::Fenced => f.write_str("this node no longer leads the cluster's dispatch"),
             NotSubmitted::CircuitOpen => f.write_str("circuit open"),
             NotSubmitted::Busy => f.write_str("no room on this carrier in time"),
         }

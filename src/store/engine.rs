@@ -17,7 +17,7 @@ use super::postgres::{PgTx, Postgres};
 /// A storage engine.
 pub(super) enum Engine {
     Sled(sled::Db),
-    Postgres(Postgres),
+    Postgres(Box<Postgres>),
 }
 
 /// Rows in key order.
@@ -163,6 +163,38 @@ impl Engine {
             Engine::Postgres(pg) => Box::new(pg.flusher()),
         };
         flush
+    }
+
+    /// Tells other processes on this store that `id` is queued; nothing to tell on sled.
+    pub(super) async fn announce(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(_) => Ok(()),
+            Engine::Postgres(pg) => pg.announce(id).await,
+        }
+    }
+
+    /// What other processes announce; `None` on sled, where no other process writes.
+    pub(super) fn listen(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<(tokio::sync::mpsc::Receiver<String>, tokio::task::JoinHandle<()>)> {
+        match self {
+            Engine::Sled(_) => None,
+            Engine::Postgres(pg) => Some(pg.listen(stop)),
+        }
+    }
+
+    /// Whether the engine answers now (a database may be down; sled is in-process).
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(_) => Ok(()),
+            Engine::Postgres(pg) => pg.ping().await,
+        }
+    }
+
+    /// Whether other processes write to this engine too.
+    pub(super) fn shared(&self) -> bool {
+        matches!(self, Engine::Postgres(_))
     }
 
     /// Whether a failed write leaves the engine failing for good. sled 0.34 does after its first

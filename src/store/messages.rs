@@ -91,7 +91,11 @@ impl Store {
 
     /// How many messages wait to be submitted, and how long the oldest has waited.
     pub async fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
-        let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
+        // A shared store's queue also grows through other nodes: count it (an index range).
+        let depth = match self.engine.shared() {
+            true => self.engine.count(&[keys::QUEUE]).await.unwrap_or_default() as u64,
+            false => self.queued.load(Ordering::Relaxed).max(0) as u64,
+        };
         let first = self.engine.scan(&[keys::QUEUE], None, 1).await.ok().and_then(|rows| rows.into_iter().next());
         let record = match first.and_then(|(k, _)| keys::id_from(&k[1..])) {
             Some(id) => self.message(&id).await.ok().flatten(),

@@ -180,7 +180,7 @@ impl Store {
     pub async fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
         let engine = match &options.backend {
             settings::Backend::Sled => Engine::Sled(Self::open_sled(dir, options).await?),
-            settings::Backend::Postgres(pg) => Engine::Postgres(postgres::Postgres::connect(pg).await?),
+            settings::Backend::Postgres(pg) => Engine::Postgres(Box::new(postgres::Postgres::connect(pg).await?)),
         };
         let store = Arc::new(Store {
             engine,
@@ -256,6 +256,33 @@ impl Store {
             let _ = flusher.await;
         }
         Ok(result?)
+    }
+
+    /// Tells the process that dispatches (in a cluster, the leader) that `id` is queued. Not
+    /// durable: a missed announcement is found by the dispatcher's queue scan.
+    pub async fn announce(&self, id: &MessageId) -> Result<(), StoreError> {
+        self.engine.announce(&id.to_string()).await
+    }
+
+    /// Ids other processes announce (until `stop`); `None` where no other process writes.
+    pub fn announcements(&self, stop: CancellationToken) -> Option<tokio::sync::mpsc::Receiver<MessageId>> {
+        let (mut payloads, _task) = self.engine.listen(stop)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(async move {
+            while let Some(payload) = payloads.recv().await {
+                if let Ok(id) = payload.parse()
+                    && tx.send(id).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Some(rx)
+    }
+
+    /// Whether the store answers now: a database that is down makes this node unready.
+    pub async fn reachable(&self) -> bool {
+        matches!(tokio::time::timeout(Duration::from_secs(2), self.engine.ping()).await, Ok(Ok(())))
     }
 
     /// Records `value` as the setting `name` unless one is on record already; returns the one

@@ -35,6 +35,8 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 
 pub(super) struct Postgres {
     pool: Pool,
+    /// For connections of their own (LISTEN).
+    config: tokio_postgres::Config,
     /// This node's row in `otpgate_flush`: nodes never wait on each other's flush row.
     node: String,
 }
@@ -69,7 +71,8 @@ impl Postgres {
             config.password(password.as_bytes());
         }
         config.application_name("otpgate").options("-c synchronous_commit=off").connect_timeout(POOL_WAIT);
-        let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -78,7 +81,7 @@ impl Postgres {
             .recycle_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))?;
-        let postgres = Postgres { pool, node: settings.node.clone() };
+        let postgres = Postgres { pool, config, node: settings.node.clone() };
         postgres.migrate().await?;
         Ok(postgres)
     }
@@ -214,6 +217,42 @@ impl Postgres {
         }
     }
 
+    /// Tells every listening node that a message is queued (not durable: a node that misses it
+    /// finds the message in its next queue scan).
+    pub(super) async fn announce(&self, id: &str) -> Result<(), StoreError> {
+        self.query(&format!("SELECT pg_notify('{QUEUED_CHANNEL}', $1)"), &[&id]).await.map(drop)
+    }
+
+    /// Announcements, as their payloads, on a connection of its own (reconnecting after a
+    /// failure) until `stop` or until the receiver is dropped.
+    pub(super) fn listen(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> (tokio::sync::mpsc::Receiver<String>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let config = self.config.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = listen_once(&config, &tx, &stop).await {
+                    tracing::warn!(error = %e, "listening for queued messages failed; again in a second");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        (rx, task)
+    }
+
+    /// Whether the database answers now.
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.query("SELECT 1", &[]).await.map(drop)
+    }
+
     /// Starts a transaction that holds the advisory lock named `lock` until it ends.
     pub(super) async fn begin(&self, lock: &str) -> Result<PgTx, StoreError> {
         let client = self.client().await?;
@@ -222,6 +261,50 @@ impl Postgres {
         tx.client()?.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_number(lock)]).await.map_err(database)?;
         Ok(tx)
     }
+}
+
+/// The NOTIFY channel of queued messages.
+const QUEUED_CHANNEL: &str = "otpgate_queued";
+
+/// One LISTEN connection's life: forwards payloads until it fails, `stop`, or nobody listens.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tx: &tokio::sync::mpsc::Sender<String>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.map_err(database)?;
+    let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = stream.next().await {
+            if messages_tx.send(message).is_err() {
+                break;
+            }
+        }
+    });
+    let listened = client.batch_execute(&format!("LISTEN {QUEUED_CHANNEL}")).await.map_err(database);
+    let outcome = match listened {
+        Err(e) => Err(e),
+        Ok(()) => loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Err(database(e)),
+                    None => break Err(StoreError::Database("the LISTEN connection closed".into())),
+                },
+                _ = stop.cancelled() => break Ok(()),
+            }
+        },
+    };
+    drop(client);
+    driver.abort();
+    outcome
 }
 
 const UPSERT: &str = "INSERT INTO otpgate_kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";

@@ -328,6 +328,12 @@ impl Gateway {
     }
 
     pub async fn wait_bound(&self) {
+        // On PostgreSQL the daemon is a cluster node: it binds once it leads a term.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.daemon.dispatching() {
+            assert!(tokio::time::Instant::now() < deadline, "the gateway never took up dispatching");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for carrier in self.daemon.carriers() {
             assert!(carrier.wait_bound(1, Duration::from_secs(5)).await, "{} not bound", carrier.name());
         }
@@ -433,13 +439,14 @@ pub fn spawn_daemon(config: &Path, log: Option<&Path>, env: &[(&str, &str)]) -> 
     command.spawn().expect("otpgate starts")
 }
 
-/// Waits for `/readyz` to answer 200.
+/// Waits until the daemon at `addr` is ready and dispatching (bound).
 pub async fn wait_ready(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(mut client) = otpgate::http::client::Client::connect(addr).await {
             if let Ok(reply) = client.request("GET", "/readyz", &[], None).await {
-                if reply.status == 200 {
+                // A cluster node is ready as a follower; the tests want it dispatching.
+                if reply.status == 200 && reply.json()["role"] != "follower" {
                     return;
                 }
             }

@@ -89,6 +89,8 @@ pub struct SessionSettings {
     pub receipt_format: Arc<ReceiptFormat>,
     /// ... and how its receipt ids relate to its submit_sm_resp ids.
     pub receipt_ids: IdRelation,
+    /// Checked right before each submit_sm is written.
+    pub gate: super::SubmitGate,
 }
 
 /// Why a session could not be opened.
@@ -195,6 +197,7 @@ pub struct Session {
 
 struct Inner {
     carrier: Arc<str>,
+    gate: super::SubmitGate,
     label: Arc<str>,
     mode: BindMode,
     window_size: usize,
@@ -259,6 +262,7 @@ impl Session {
             enquire_link_interval: settings.enquire_link_interval,
             receipt_format: settings.receipt_format.clone(),
             receipt_ids: settings.receipt_ids,
+            gate: settings.gate.clone(),
             mobile_originated: LogEvery::new(Duration::from_secs(10)),
             pending: Mutex::new(HashMap::new()),
             // The bind used sequence number 1.
@@ -304,6 +308,9 @@ impl Session {
         };
         if inner.draining.load(Ordering::Acquire) {
             return not_submitted(NotSubmitted::NoSession);
+        }
+        if !inner.gate.allows() {
+            return not_submitted(NotSubmitted::Fenced);
         }
         let outcome = match inner.request(Pdu::SubmitSm(pdu)).await {
             Ok(answer) => {
