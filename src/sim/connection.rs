@@ -47,6 +47,8 @@ struct Connection {
     id: u64,
     state: Arc<State>,
     bound: Option<&'static str>,
+    /// The system_id it bound as (tells apart the ESMEs sharing one simulator).
+    system_id: String,
     next_sequence: AtomicU32,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     /// deliver_sm sent and not yet answered, by sequence number.
@@ -68,6 +70,7 @@ impl Connection {
             id,
             state: state.clone(),
             bound: None,
+            system_id: String::new(),
             next_sequence: AtomicU32::new(1),
             outgoing,
             unanswered: std::collections::HashMap::new(),
@@ -126,14 +129,17 @@ impl Connection {
             Some(Pdu::BindTransceiver(b)) => {
                 let status = self.bind("transceiver", b.system_id.as_str(), b.password.as_str(), behaviour);
                 respond(status, BindTransceiverResp::new(c_octet("otpgate-sim"), None).into());
+                self.receive_after_bind(status);
             }
             Some(Pdu::BindTransmitter(b)) => {
                 let status = self.bind("transmitter", b.system_id.as_str(), b.password.as_str(), behaviour);
                 respond(status, BindTransmitterResp::new(c_octet("otpgate-sim"), None).into());
+                self.receive_after_bind(status);
             }
             Some(Pdu::BindReceiver(b)) => {
                 let status = self.bind("receiver", b.system_id.as_str(), b.password.as_str(), behaviour);
                 respond(status, BindReceiverResp::new(c_octet("otpgate-sim"), None).into());
+                self.receive_after_bind(status);
             }
             Some(Pdu::SubmitSm(sm)) => match self.bound {
                 Some("transmitter" | "transceiver") => {
@@ -188,6 +194,14 @@ impl Connection {
         });
     }
 
+    /// A session bound to receive gets receipts (those kept for it first) only after its
+    /// bind_resp: a real SMSC sends nothing to a session before it is bound.
+    fn receive_after_bind(&self, status: CommandStatus) {
+        if status == CommandStatus::EsmeRok && self.bound != Some("transmitter") {
+            self.state.add_receiver(self.id, self.outgoing.clone());
+        }
+    }
+
     fn bind(&mut self, mode: &'static str, system_id: &str, password: &str, behaviour: Behaviour) -> CommandStatus {
         let config = &self.state.config;
         let status = if self.bound.is_some() {
@@ -204,9 +218,7 @@ impl Connection {
         let accepted = status == CommandStatus::EsmeRok;
         if accepted {
             self.bound = Some(mode);
-            if mode != "transmitter" {
-                self.state.add_receiver(self.id, self.outgoing.clone());
-            }
+            self.system_id = system_id.to_string();
         }
         let attempt = BindAttempt { at: Instant::now(), system_id: system_id.to_string(), mode, accepted };
         self.state.update(|s| s.binds.push(attempt));
@@ -252,6 +264,7 @@ impl Connection {
         let received = ReceivedSms {
             at: Instant::now(),
             carrier: self.state.config.name.clone(),
+            system_id: self.system_id.clone(),
             message_id: message_id.clone(),
             from: sm.source_addr.as_str().to_string(),
             to: sm.destination_addr.as_str().to_string(),

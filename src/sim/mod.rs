@@ -91,6 +91,8 @@ pub struct BindAttempt {
 pub struct ReceivedSms {
     pub at: Instant,
     pub carrier: String,
+    /// The system_id of the session it came over.
+    pub system_id: String,
     pub message_id: String,
     pub from: String,
     pub to: String,
