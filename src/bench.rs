@@ -21,6 +21,7 @@ use crate::sim::accounting::Accounting;
 use crate::sim::{SimConfig, SmscSim};
 use crate::store::{NewMessage, Store, StoreOptions};
 use crate::telemetry;
+use crate::throwaway_pg::ThrowawayPostgres;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -39,6 +40,23 @@ pub struct BenchOptions {
     /// The simulated SMSCs hand out random message ids instead of counting up, so receipt
     /// lookups land all over the store's index instead of on its newest pages.
     pub random_ids: bool,
+    pub store: BenchStore,
+}
+
+/// The store the daemon runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchStore {
+    Sled,
+    /// PostgreSQL at this URL, or a throwaway server started for the run (`None`). Adds a
+    /// takeover phase: a second node, the leader killed under load.
+    Postgres(Option<String>),
+}
+
+/// A PostgreSQL store shared by the bench's nodes.
+struct Database {
+    url: String,
+    /// One OTP key file for every node, as an operator would copy it.
+    key_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +74,20 @@ fn free_addr() -> Result<SocketAddr, BenchError> {
     listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))
 }
 
-fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_dir: &Path) -> String {
-    let mut config = ConfigBuilder::new(data_dir)
+fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_dir: &Path, db: Option<(&Database, &str)>) -> String {
+    let mut config = ConfigBuilder::new(data_dir);
+    if let Some((db, node)) = db {
+        config = config
+            .store(&format!("backend = \"postgres\"\npostgres_url = {:?}\npool_size = 16", db.url))
+            .sections(&format!("[cluster]\nnode_name = \"{node}\"\n\n[otp]\nhmac_key_file = {:?}\n", db.key_file.display().to_string()));
+    } else {
+        config = config.sections("[otp]\n");
+    }
+    let mut config = config
         .server(&format!("http_listen = \"{http}\"\nmetrics_listen = \"{metrics}\"\nshutdown_timeout = \"30s\""))
         .api_key("bench", API_KEY)
         .sections(
-            "[otp]\nbrand = \"Bench\"\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\n\
+            "brand = \"Bench\"\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\n\
              checks_per_minute_per_key = 0\nchecks_per_minute_per_ip = 0\nchecks_per_minute_per_number = 0\n\
              max_sends_per_number = 1000\nresend_cooldown = \"0s\"",
         )
@@ -69,6 +95,10 @@ fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_
             "system_id = \"bench\"\npassword = \"bench\"\nsource_addr = \"Bench\"\nwindow = 64\nsessions = 2\n\
              reconnect_min = \"100ms\"\nreconnect_max = \"1s\"",
         );
+    if let Some((_, node)) = db {
+        // Tells apart at the SMSCs what each node submitted.
+        config = config.carrier_defaults(&format!("system_id = {node:?}"));
+    }
     let names: Vec<String> = (0..sims.len()).map(|i| format!("smsc{i}")).collect();
     for (addr, name) in sims.iter().zip(&names) {
         config = config.carrier(name, *addr, "");
@@ -88,21 +118,35 @@ fn spawn(config: &Path) -> Result<Child, BenchError> {
         .map_err(|e| BenchError::Setup(format!("cannot start otpgate run: {e}")))
 }
 
-/// Starts `otpgate run` on `data_dir` with these carriers, its config written to `work/name`.
-/// Returns the child and its HTTP and metrics addresses.
-fn start_daemon(work: &Path, name: &str, carriers: &[SocketAddr], data_dir: &Path) -> Result<(Child, SocketAddr, SocketAddr), BenchError> {
+/// Starts `otpgate run` on `data_dir` (and, given one, a PostgreSQL store as node `name`) with
+/// these carriers, its config written to `work/name`. Returns the child and its HTTP and
+/// metrics addresses.
+fn start_daemon(
+    work: &Path,
+    name: &str,
+    carriers: &[SocketAddr],
+    data_dir: &Path,
+    db: Option<&Database>,
+) -> Result<(Child, SocketAddr, SocketAddr), BenchError> {
     let (http, metrics) = (free_addr()?, free_addr()?);
     let config = work.join(name);
-    std::fs::write(&config, config_text(carriers, http, metrics, data_dir)).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let node = name.trim_end_matches(".toml");
+    std::fs::write(&config, config_text(carriers, http, metrics, data_dir, db.map(|db| (db, node))))
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok((spawn(&config)?, http, metrics))
 }
 
 async fn wait_http(addr: SocketAddr, path: &str, limit: Duration) -> Result<Duration, BenchError> {
+    wait_role(addr, path, None, limit).await
+}
+
+/// Waits until `path` answers 200 (and, given `role`, names it: a cluster node's `/readyz`).
+async fn wait_role(addr: SocketAddr, path: &str, role: Option<&str>, limit: Duration) -> Result<Duration, BenchError> {
     let started = Instant::now();
     while started.elapsed() < limit {
         if let Ok(mut client) = Client::connect(addr).await {
             if let Ok(reply) = client.request("GET", path, &[], None).await {
-                if reply.status == 200 {
+                if reply.status == 200 && role.is_none_or(|role| reply.json()["role"] == role) {
                     return Ok(started.elapsed());
                 }
             }
@@ -248,13 +292,33 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         sims.push(SmscSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.map_err(|e| BenchError::Setup(e.to_string()))?);
     }
     let sim_addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
-    let (child, http, metrics) = start_daemon(&work, "otpgate.toml", &sim_addrs, &data_dir)?;
-    wait_http(http, "/readyz", Duration::from_secs(20)).await?;
+    let throwaway = match &options.store {
+        BenchStore::Postgres(None) => Some(ThrowawayPostgres::start().await.map_err(|e| BenchError::Setup(e.to_string()))?),
+        _ => None,
+    };
+    let db = match &options.store {
+        BenchStore::Sled => None,
+        BenchStore::Postgres(url) => Some(Database {
+            url: url.clone().or_else(|| throwaway.as_ref().map(ThrowawayPostgres::url)).unwrap_or_default(),
+            key_file: work.join("otp-hmac.key"),
+        }),
+    };
+    let (child, http, metrics) = start_daemon(&work, "otpgate.toml", &sim_addrs, &data_dir, db.as_ref())?;
+    // A cluster node is ready as a follower first: wait until it leads.
+    let role = db.as_ref().map(|_| "leader");
+    wait_role(http, "/readyz", role, Duration::from_secs(20)).await?;
     let pid = child.id();
     let row = |k: &str, v: String| println!("| {k} | {v} |");
     let ids = if options.random_ids { "random" } else { "counting" };
+    let store = match &options.store {
+        BenchStore::Sled => "sled store".to_string(),
+        BenchStore::Postgres(None) => {
+            format!("PostgreSQL store ({}, throwaway server on this machine)", postgres_version(db.as_ref()).await)
+        }
+        BenchStore::Postgres(Some(_)) => format!("PostgreSQL store ({}, --postgres-url)", postgres_version(db.as_ref()).await),
+    };
     println!(
-        "otpgate bench: {} simulated carriers (2 sessions x window 64 each, {ids} message ids), {} cores, {}",
+        "otpgate bench: {} simulated carriers (2 sessions x window 64 each, {ids} message ids), {store}, {} cores, {}",
         sims.len(),
         cores(),
         cpu_model()
@@ -345,11 +409,36 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     let (_, peak_rss) = usage(pid);
     row("peak RSS of otpgate (after the runs above)", format!("{:.1} MB", peak_rss as f64 / 1e6));
     let stored = accepted + open.accepted.len() + 2 * options.verifications;
-    row("store size on disk per 1 M messages", format!("{:.0} MB", dir_size(&data_dir) as f64 / stored.max(1) as f64 * 1e6 / 1e6));
-    stop(child);
-
+    let size = match &db {
+        Some(db) => database_size(&db.url).await,
+        None => dir_size(&data_dir),
+    };
+    row("store size on disk per 1 M messages", format!("{:.0} MB", size as f64 / stored.max(1) as f64 * 1e6 / 1e6));
     let mut lost_after_restart = 0;
-    if options.recovery_messages > 0 {
+    match &db {
+        Some(db) => {
+            let t = takeover(&work, &sims, db, child, options.rate).await?;
+            row(
+                &format!("cluster: follower intake → submit_sm p50 / p99 at {}/s", options.rate),
+                format!("{} / {}", ms(percentile(&t.follower_to_submit, 0.5)), ms(percentile(&t.follower_to_submit, 0.99))),
+            );
+            row(
+                &format!("cluster: kill -9 of the leader under {}/s through the follower: follower leads after", options.rate),
+                format!(
+                    "{:.2} s, its first submit after {:.2} s (cluster.takeover 10 s)",
+                    t.leading.as_secs_f64(),
+                    t.resumed.as_secs_f64()
+                ),
+            );
+            row("cluster: acknowledged during the takeover", format!("{} (lost {}, duplicates {})", t.acknowledged, t.lost, t.duplicates));
+            lost_after_restart += t.lost;
+        }
+        None => stop(child),
+    }
+
+    if options.recovery_messages > 0 && db.is_some() {
+        row("restart recovery", "measured on the sled store only".into());
+    } else if options.recovery_messages > 0 {
         let restarts = recovery(&work, &sim_addrs, options.recovery_messages).await?;
         for (how, r) in ["clean stop", "kill -9"].iter().zip(&restarts) {
             row(
@@ -389,9 +478,76 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         return Err(BenchError::Lost(format!("LOST {} acknowledged messages", accounting.lost.len())));
     }
     if lost_after_restart > 0 {
-        return Err(BenchError::Lost(format!("LOST {lost_after_restart} queued messages across the restarts")));
+        return Err(BenchError::Lost(format!("LOST {lost_after_restart} queued messages across the restarts or the takeover")));
     }
     Ok(())
+}
+
+/// What the takeover phase measured.
+struct Takeover {
+    /// POST to the follower → submit_sm at an SMSC, before the kill.
+    follower_to_submit: Vec<Duration>,
+    /// From the kill until the follower answers `/readyz` as leader ...
+    leading: Duration,
+    /// ... and until its first submit_sm reached an SMSC.
+    resumed: Duration,
+    acknowledged: usize,
+    lost: usize,
+    duplicates: usize,
+}
+
+/// Starts a second node (a follower), offers `rate` messages per second through it for 8 s,
+/// and kills the leader (`leader`, the first node) with SIGKILL 3 s in.
+async fn takeover(work: &Path, sims: &[SmscSim], db: &Database, leader: Child, rate: u32) -> Result<Takeover, BenchError> {
+    let addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
+    let (follower, http, _) = start_daemon(work, "follower.toml", &addrs, &work.join("data-follower"), Some(db))?;
+    wait_role(http, "/readyz", Some("follower"), Duration::from_secs(20)).await?;
+    let load = tokio::spawn(drive(http, rate as usize * 8, 64, Some(rate), "takeover"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut leader = leader;
+    let _ = leader.kill();
+    let killed = Instant::now();
+    let _ = leader.wait();
+    let leading = wait_role(http, "/readyz", Some("leader"), Duration::from_secs(60)).await?;
+    let load = load.await.map_err(|e| BenchError::Setup(e.to_string()))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).filter(|m| m.text.starts_with("takeover ")).collect();
+    let sent_at: HashMap<&str, Instant> = load.accepted.iter().map(|(t, at)| (t.as_str(), *at)).collect();
+    let mut follower_to_submit: Vec<Duration> = submits
+        .iter()
+        .filter(|s| s.at < killed)
+        .filter_map(|s| sent_at.get(s.text.as_str()).map(|at| s.at.saturating_duration_since(*at)))
+        .collect();
+    follower_to_submit.sort();
+    let resumed = submits.iter().filter(|s| s.system_id == "follower").map(|s| s.at).min().map_or(Duration::ZERO, |at| at - killed);
+    let acknowledged: Vec<String> = load.accepted.iter().map(|(t, _)| t.clone()).collect();
+    let accounting = Accounting::settle(&sims.iter().collect::<Vec<_>>(), &acknowledged, Duration::from_secs(30)).await;
+    stop(follower);
+    Ok(Takeover {
+        follower_to_submit,
+        leading,
+        resumed,
+        acknowledged: acknowledged.len(),
+        lost: accounting.lost.len(),
+        duplicates: accounting.duplicates,
+    })
+}
+
+/// The server's version, for the table's heading.
+async fn postgres_version(db: Option<&Database>) -> String {
+    let Some(db) = db else { return String::new() };
+    query_one(&db.url, "SELECT 'PostgreSQL ' || current_setting('server_version')").await.unwrap_or_else(|| "PostgreSQL".into())
+}
+
+/// The database's size on disk.
+async fn database_size(url: &str) -> u64 {
+    query_one(url, "SELECT pg_database_size(current_database())::text").await.and_then(|size| size.parse().ok()).unwrap_or(0)
+}
+
+async fn query_one(url: &str, sql: &str) -> Option<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(connection);
+    client.query_one(sql, &[]).await.ok().map(|row| row.get(0))
 }
 
 /// `count` verification round trips over `concurrency` connections; returns (per second,
@@ -521,7 +677,7 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
         store.close().await.map_err(|e| BenchError::Setup(e.to_string()))?;
     }
     let dead: Vec<SocketAddr> = sims.iter().map(|_| free_addr()).collect::<Result<_, _>>()?;
-    let start = |name: &str| start_daemon(work, name, &dead, &data_dir);
+    let start = |name: &str| start_daemon(work, name, &dead, &data_dir, None);
     let measure = |child: Child, http: SocketAddr, metrics: SocketAddr| async move {
         let started = Instant::now();
         let ready = wait_http(http, "/healthz", Duration::from_secs(300)).await;
@@ -555,7 +711,7 @@ struct Drained {
 async fn drain(work: &Path, sims: &[SmscSim], count: usize) -> Result<Drained, BenchError> {
     let addrs: Vec<SocketAddr> = sims.iter().map(SmscSim::addr).collect();
     let started = Instant::now();
-    let (child, _, metrics) = start_daemon(work, "recovery-drain.toml", &addrs, &work.join("recovery"))?;
+    let (child, _, metrics) = start_daemon(work, "recovery-drain.toml", &addrs, &work.join("recovery"), None)?;
     let limit = Duration::from_secs(60 + count as u64 / 1000);
     while started.elapsed() < limit && (messages_in_state(metrics, "delivered").await as usize) < count {
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -68,6 +68,13 @@ enum Command {
         /// Simulated SMSCs hand out random message ids (receipt lookups all over the index).
         #[arg(long)]
         random_ids: bool,
+        /// The daemon's store: `sled`, or `postgres` (a throwaway server started for the run
+        /// unless --postgres-url is given; adds a two-node takeover phase).
+        #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+        store: String,
+        /// An existing PostgreSQL database for --store postgres (its password from PGPASSWORD).
+        #[arg(long)]
+        postgres_url: Option<String>,
     },
     /// Run the SMSC simulator on its own, printing every SMS it receives.
     SmscSim {
@@ -115,7 +122,22 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
-            Command::Bench { carriers, messages, concurrency, rate, open_loop_seconds, verifications, recovery_messages, random_ids } => {
+            Command::Bench {
+                carriers,
+                messages,
+                concurrency,
+                rate,
+                open_loop_seconds,
+                verifications,
+                recovery_messages,
+                random_ids,
+                store,
+                postgres_url,
+            } => {
+                let store = match store.as_str() {
+                    "postgres" => otpgate::bench::BenchStore::Postgres(postgres_url),
+                    _ => otpgate::bench::BenchStore::Sled,
+                };
                 let options = otpgate::bench::BenchOptions {
                     carriers,
                     messages,
@@ -125,6 +147,7 @@ fn main() -> ExitCode {
                     verifications,
                     recovery_messages,
                     random_ids,
+                    store,
                 };
                 otpgate::bench::run(options).await.map_err(|e| e.to_string())
             }

@@ -42,6 +42,7 @@ pub const RECEIPTS_DROPPED_TOTAL: &str = "otpgate_receipts_dropped_total";
 pub const RECEIPTS_LATE_TOTAL: &str = "otpgate_receipts_late_total";
 pub const RECEIPTS_TOTAL: &str = "otpgate_receipts_total";
 pub const RECEIPTS_UNMATCHED_TOTAL: &str = "otpgate_receipts_unmatched_total";
+pub const RECEIPTS_DEFERRED_TOTAL: &str = "otpgate_receipts_deferred_total";
 pub const RECONNECTS_TOTAL: &str = "otpgate_reconnects_total";
 pub const RECOVERED_TOTAL: &str = "otpgate_recovered_total";
 pub const RESEND_LIMIT_TOTAL: &str = "otpgate_resend_limit_total";
@@ -104,6 +105,7 @@ fn describe() {
     describe_counter!(RECONNECTS_TOTAL, "Sessions lost or binds failed, by reason");
     describe_counter!(RECEIPTS_TOTAL, "Delivery receipts per carrier and state");
     describe_histogram!(RECEIPT_LATENCY_SECONDS, "Submit to receipt time per carrier");
+    describe_counter!(RECEIPTS_DEFERRED_TOTAL, "Receipts the SMSC was asked to send again later because the store was a full queue behind");
     describe_counter!(RECEIPTS_UNMATCHED_TOTAL, "Receipts that matched no message (or could not be read)");
     describe_counter!(RECEIPTS_LATE_TOTAL, "Receipts for a message that already had its final receipt: counted, not applied");
     describe_counter!(RECEIPTS_AMBIGUOUS_TOTAL, "Receipts whose id names different waiting messages under different readings: not applied");

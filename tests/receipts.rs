@@ -310,3 +310,34 @@ async fn duplicate_receipts_count_one_delivery_each() {
     assert_eq!(common::metric(metrics, "otpgate_receipts_late_total{carrier=\"alpha\"}").await, 10.0);
     assert!(gw.daemon.shutdown(Duration::from_secs(5)).await);
 }
+
+/// Receipts arriving faster than the store takes them never stop a session reading: with the
+/// receipt queue full, a receipt is answered ESME_RX_T_APPN (the SMSC sends it again later)
+/// and the submit_sm_resps behind it are read in time. The reader used to wait for room, and
+/// every submit behind a receipt timed out.
+#[tokio::test]
+async fn a_full_receipt_queue_defers_receipts_and_submits_still_get_their_answers() {
+    let sim = sim(SimConfig { receipt_delay: Duration::ZERO, ..SimConfig::default() }).await;
+    let config = carrier_config(sim.addr(), "window = 8");
+    // A queue of one, and a store that takes a receipt every 200 ms.
+    let (receipts, mut slow) = tokio::sync::mpsc::channel::<otpgate::smpp::ReceiptEvent>(1);
+    tokio::spawn(async move {
+        while let Some(mut receipt) = slow.recv().await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            receipt.recorded(true);
+        }
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let carrier = otpgate::smpp::Carrier::start(config, receipts, shutdown.clone());
+    assert!(carrier.wait_bound(1, Duration::from_secs(5)).await);
+    for n in 0..40 {
+        let outcome = carrier.submit(&common::sms(&format!("busy {n}"))).await;
+        assert!(matches!(outcome, SubmitOutcome::Accepted { .. }), "submit {n}: {outcome:?}");
+    }
+    assert!(
+        sim.wait_until(Duration::from_secs(5), |s| s.receipts_refused >= 10 && !s.acked_receipts.is_empty()).await,
+        "receipts were not deferred"
+    );
+    assert_eq!(sim.stats().connections, 1, "the session never reset");
+    shutdown.cancel();
+}

@@ -95,13 +95,18 @@ impl Connection {
                 break;
             }
         }
-        // Flush whatever was answered last (unbind_resp).
+        // Nothing new comes here from now on; flush whatever was answered last (unbind_resp).
+        // Receipts still queued for this connection go back to the SMSC's queue, as a real SMSC
+        // keeps them, whether or not this connection can still be written to.
+        state.remove_receiver(id);
+        let mut writable = true;
         while let Ok(out) = outgoing_rx.try_recv() {
-            if !write(&mut framed, out, &connection.next_sequence, &mut connection.unanswered).await {
-                break;
+            match out {
+                Outgoing::Request(pdu) if matches!(pdu, Pdu::DeliverSm(_)) => state.deliver(pdu),
+                out if writable => writable = write(&mut framed, out, &connection.next_sequence, &mut connection.unanswered).await,
+                _ => {}
             }
         }
-        state.remove_receiver(id);
         // Receipts never answered are kept for the next bind, as a real SMSC keeps them.
         for (_, pdu) in connection.unanswered.drain() {
             state.deliver(pdu);

@@ -150,9 +150,17 @@ impl Inner {
         }
         let (recorded, awaited) = oneshot::channel();
         let event = ReceiptEvent { carrier: self.carrier.clone(), receipt, id_relation: self.receipt_ids, recorded: Some(recorded) };
-        // A full channel makes the reader wait: the store sets the pace.
-        if receipts.send(event).await.is_err() {
-            tracing::debug!(carrier = %self.carrier, "receipt consumer gone");
+        match receipts.try_send(event) {
+            Ok(()) => {}
+            // The store is a full queue behind: the SMSC is asked to send this one again later
+            // (answered in turn, ESME_RX_T_APPN). Waiting here instead stopped this session's
+            // reading, and the submit_sm_resps behind the receipt timed out (measured on
+            // PostgreSQL: sessions reset, submits failed as unconfirmed).
+            Err(mpsc::error::TrySendError::Full(mut event)) => {
+                metrics::counter!(telemetry::RECEIPTS_DEFERRED_TOTAL, "carrier" => self.carrier.to_string()).increment(1);
+                event.recorded(false);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::debug!(carrier = %self.carrier, "receipt consumer gone"),
         }
         let _ = self.awaited.send(AwaitedAnswer { sequence, response, recorded: awaited });
     }
