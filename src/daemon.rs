@@ -124,6 +124,9 @@ impl Daemon {
                 leading.spawn(|stop| leader.follow(elected, shutdown_timeout, stop));
             }
             Backend::Sled => {
+                // A single node always dispatches: it shows as its own leader.
+                metrics::gauge!(telemetry::CLUSTER_LEADER).set(1.0);
+                metrics::counter!(telemetry::CLUSTER_TAKEOVERS_TOTAL).increment(0);
                 *lock(&duties) = Some(Duties::start(&crew, config));
                 role.set_leading(true);
             }

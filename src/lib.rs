@@ -31,7 +31,9 @@
 //! - `echo`: untrusted values in error messages, bounded;
 //! - `duration`: human-written durations in the config, and the bounds timers share;
 //! - `hex`: hex for key hashes and code HMACs;
-//! - [`cluster`]: cluster mode on PostgreSQL (in progress): the dispatch leader's lease;
+//! - [`cluster`]: cluster mode on PostgreSQL: the dispatch leader's lease and this node's campaign;
+//! - `duties`: the dispatch duties (carriers, dispatcher, receipts, recovery, sweep) a single node
+//!   has for its life and a cluster leader for its term;
 //! - [`throwaway_pg`]: a private PostgreSQL server for the tests and the bench;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer and the delivery
 //!   accounting, for the demo, operators, the bench and the tests;
