@@ -47,35 +47,7 @@ enum Command {
     /// Print the SHA-256 of an API key read from stdin, for `[[api_keys]] key_sha256`.
     HashKey,
     /// Measure throughput, latency and resources against simulated carriers (use --release).
-    Bench {
-        #[arg(long, default_value_t = 2)]
-        carriers: usize,
-        /// Messages in the closed-loop (saturation) phase.
-        #[arg(long, default_value_t = 1_000_000)]
-        messages: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Offered messages per second in the open-loop phase.
-        #[arg(long, default_value_t = 2000)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        open_loop_seconds: u64,
-        #[arg(long, default_value_t = 10_000)]
-        verifications: usize,
-        /// Queued messages for the restart-recovery phase (0 skips it).
-        #[arg(long, default_value_t = 1_000_000)]
-        recovery_messages: usize,
-        /// Simulated SMSCs hand out random message ids (receipt lookups all over the index).
-        #[arg(long)]
-        random_ids: bool,
-        /// The daemon's store: `sled`, or `postgres` (a throwaway server started for the run
-        /// unless --postgres-url is given; adds a two-node takeover phase).
-        #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
-        store: String,
-        /// An existing PostgreSQL database for --store postgres (its password from PGPASSWORD).
-        #[arg(long)]
-        postgres_url: Option<String>,
-    },
+    Bench(BenchArgs),
     /// Run the SMSC simulator on its own, printing every SMS it receives.
     SmscSim {
         #[arg(long, default_value = "127.0.0.1:2775")]
@@ -93,6 +65,58 @@ enum Command {
         #[arg(long)]
         no_receipts: bool,
     },
+}
+
+/// `otpgate bench`'s flags.
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, default_value_t = 2)]
+    carriers: usize,
+    /// Messages in the closed-loop (saturation) phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Offered messages per second in the open-loop phase.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    #[arg(long, default_value_t = 10)]
+    open_loop_seconds: u64,
+    #[arg(long, default_value_t = 10_000)]
+    verifications: usize,
+    /// Queued messages for the restart-recovery phase (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_messages: usize,
+    /// Simulated SMSCs hand out random message ids (receipt lookups all over the index).
+    #[arg(long)]
+    random_ids: bool,
+    /// The daemon's store: `sled`, or `postgres` (a throwaway server started for the run
+    /// unless --postgres-url is given; adds a two-node takeover phase).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+    store: String,
+    /// An existing PostgreSQL database for --store postgres (its password from PGPASSWORD).
+    #[arg(long)]
+    postgres_url: Option<String>,
+}
+
+impl BenchArgs {
+    fn options(self) -> otpgate::bench::BenchOptions {
+        let store = match self.store.as_str() {
+            "postgres" => otpgate::bench::BenchStore::Postgres(self.postgres_url),
+            _ => otpgate::bench::BenchStore::Sled,
+        };
+        otpgate::bench::BenchOptions {
+            carriers: self.carriers,
+            messages: self.messages,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            open_loop_seconds: self.open_loop_seconds,
+            verifications: self.verifications,
+            recovery_messages: self.recovery_messages,
+            random_ids: self.random_ids,
+            store,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -122,35 +146,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
-            Command::Bench {
-                carriers,
-                messages,
-                concurrency,
-                rate,
-                open_loop_seconds,
-                verifications,
-                recovery_messages,
-                random_ids,
-                store,
-                postgres_url,
-            } => {
-                let store = match store.as_str() {
-                    "postgres" => otpgate::bench::BenchStore::Postgres(postgres_url),
-                    _ => otpgate::bench::BenchStore::Sled,
-                };
-                let options = otpgate::bench::BenchOptions {
-                    carriers,
-                    messages,
-                    concurrency,
-                    rate,
-                    open_loop_seconds,
-                    verifications,
-                    recovery_messages,
-                    random_ids,
-                    store,
-                };
-                otpgate::bench::run(options).await.map_err(|e| e.to_string())
-            }
+            Command::Bench(args) => otpgate::bench::run(args.options()).await.map_err(|e| e.to_string()),
             Command::SmscSim { listen, system_id, password, response_delay, no_receipts } => {
                 let config = SimConfig {
                     name: listen.to_string(),

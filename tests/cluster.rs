@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, bearer, free_addr, signal, sim, spawn_daemon};
+use common::{API_KEY, bearer, code_sent, free_addr, signal, sim, spawn_daemon};
 use otpgate::config::ConfigBuilder;
 use otpgate::daemon::Daemon;
 use otpgate::http::client::{Client, Reply};
+use otpgate::sim::SimConfig;
 use otpgate::sim::accounting::Accounting;
-use otpgate::sim::{SimConfig, SmscSim};
 use otpgate::throwaway_pg::ThrowawayPostgres;
 
 /// Short, so the takeover tests are quick: the lease is half of it.
@@ -105,15 +105,6 @@ async fn wait_role(http: SocketAddr, role: &str, limit: Duration) -> Duration {
         assert!(started.elapsed() < limit, "{http} never became a ready {role}: {:?}", readiness(http).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The code at the start of the `nth` (1-based) SMS to `number`.
-async fn code_sent(sim: &SmscSim, number: &str, nth: usize) -> String {
-    let digits = number.trim_start_matches('+').to_string();
-    let arrived = sim.wait_until(Duration::from_secs(5), |s| s.submits.iter().filter(|m| m.to == digits).count() >= nth).await;
-    assert!(arrived, "SMS {nth} to {number} never reached the carrier");
-    let text = sim.stats().submits.iter().filter(|m| m.to == digits).nth(nth - 1).unwrap().text.clone();
-    text.chars().take_while(char::is_ascii_digit).collect()
 }
 
 /// (b) A verification created through one node is checked through another; a code races to

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{API_KEY, Gateway, OTHER_KEY, bearer, sim};
+use common::{API_KEY, Gateway, OTHER_KEY, bearer, code_sent, sim};
 use otpgate::clock::{Clock, ShiftedClock};
 use otpgate::http::client::{Client, Reply};
 use otpgate::sim::{SimConfig, SmscSim};
@@ -50,15 +50,6 @@ async fn check(client: &mut Client, key: &str, id: &str, code: &str) -> Reply {
 
 fn to(number: &str) -> String {
     format!(r#"{{"to": "{number}"}}"#)
-}
-
-/// Waits for the `nth` (1-based) SMS to `number` and returns the code at its start.
-async fn code_sent(sim: &SmscSim, number: &str, nth: usize) -> String {
-    let digits = number.trim_start_matches('+').to_string();
-    let arrived = sim.wait_until(Duration::from_secs(5), |s| s.submits.iter().filter(|m| m.to == digits).count() >= nth).await;
-    assert!(arrived, "SMS {nth} to {number} never reached the carrier");
-    let text = sim.stats().submits.iter().filter(|m| m.to == digits).nth(nth - 1).unwrap().text.clone();
-    text.chars().take_while(char::is_ascii_digit).collect()
 }
 
 fn id_of(reply: &Reply) -> String {

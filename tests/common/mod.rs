@@ -385,6 +385,15 @@ pub async fn wait_status(client: &mut otpgate::http::client::Client, id: &str, s
     }
 }
 
+/// Waits for the `nth` (1-based) SMS to `number` and returns the code at its start.
+pub async fn code_sent(sim: &SmscSim, number: &str, nth: usize) -> String {
+    let digits = number.trim_start_matches('+').to_string();
+    let arrived = sim.wait_until(Duration::from_secs(5), |s| s.submits.iter().filter(|m| m.to == digits).count() >= nth).await;
+    assert!(arrived, "SMS {nth} to {number} never reached the carrier");
+    let text = sim.stats().submits.iter().filter(|m| m.to == digits).nth(nth - 1).unwrap().text.clone();
+    text.chars().take_while(char::is_ascii_digit).collect()
+}
+
 /// A config file for the real binary: gateway_toml with fixed free HTTP and metrics ports.
 pub struct DaemonFiles {
     pub dir: tempfile::TempDir,
