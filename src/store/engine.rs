@@ -174,10 +174,7 @@ impl Engine {
     }
 
     /// What other processes announce; `None` on sled, where no other process writes.
-    pub(super) fn listen(
-        &self,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Option<(tokio::sync::mpsc::Receiver<String>, tokio::task::JoinHandle<()>)> {
+    pub(super) fn listen(&self, stop: tokio_util::sync::CancellationToken) -> Option<tokio::sync::mpsc::Receiver<String>> {
         match self {
             Engine::Sled(_) => None,
             Engine::Postgres(pg) => Some(pg.listen(stop)),

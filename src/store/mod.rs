@@ -200,9 +200,9 @@ impl Store {
         // ~150 MB of resident memory for a while. The row goes at once: if this process
         // crashes, the next open must count (sled replays this removal before any later write).
         // On PostgreSQL other nodes write too: always count (an index range, no cache to fill).
-        let clean_close = match store.engine.failures_stick() {
-            true => store.engine.delete(keys::CLEAN_CLOSE).await?,
-            false => None,
+        let clean_close = match store.engine.shared() {
+            false => store.engine.delete(keys::CLEAN_CLOSE).await?,
+            true => None,
         };
         let queued = match clean_close {
             Some(depth) if depth.len() == 8 => u64::from_be_bytes(depth.as_slice().try_into().unwrap_or_default()) as i64,
@@ -245,7 +245,7 @@ impl Store {
     /// Flushes everything and stops the flusher (which holds a handle on the database: once it
     /// has finished and the last `Arc<Store>` is dropped, the data_dir lock is released).
     pub async fn close(&self) -> Result<(), StoreError> {
-        if self.healthy() && self.engine.failures_stick() {
+        if self.healthy() && !self.engine.shared() {
             let depth = self.queued.load(Ordering::Relaxed).max(0) as u64;
             self.engine.put(keys::CLEAN_CLOSE, &depth.to_be_bytes()).await?;
         }
@@ -266,7 +266,7 @@ impl Store {
 
     /// Ids other processes announce (until `stop`); `None` where no other process writes.
     pub fn announcements(&self, stop: CancellationToken) -> Option<tokio::sync::mpsc::Receiver<MessageId>> {
-        let (mut payloads, _task) = self.engine.listen(stop)?;
+        let mut payloads = self.engine.listen(stop)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(async move {
             while let Some(payload) = payloads.recv().await {

@@ -225,13 +225,10 @@ impl Postgres {
 
     /// Announcements, as their payloads, on a connection of its own (reconnecting after a
     /// failure) until `stop` or until the receiver is dropped.
-    pub(super) fn listen(
-        &self,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> (tokio::sync::mpsc::Receiver<String>, tokio::task::JoinHandle<()>) {
+    pub(super) fn listen(&self, stop: tokio_util::sync::CancellationToken) -> tokio::sync::mpsc::Receiver<String> {
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
         let config = self.config.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 if let Err(e) = listen_once(&config, &tx, &stop).await {
                     tracing::warn!(error = %e, "listening for queued messages failed; again in a second");
@@ -245,7 +242,7 @@ impl Postgres {
                 }
             }
         });
-        (rx, task)
+        rx
     }
 
     /// Whether the database answers now.
