@@ -78,7 +78,7 @@ fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_
     let mut config = ConfigBuilder::new(data_dir);
     if let Some((db, node)) = db {
         config = config
-            .store(&format!("backend = \"postgres\"\npostgres_url = {:?}\npool_size = 16", db.url))
+            .store(&format!("backend = \"postgres\"\npostgres_url = {:?}", db.url))
             .sections(&format!("[cluster]\nnode_name = \"{node}\"\n\n[otp]\nhmac_key_file = {:?}\n", db.key_file.display().to_string()));
     } else {
         config = config.sections("[otp]\n");

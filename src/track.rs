@@ -19,12 +19,8 @@ use crate::telemetry;
 /// is answered only once its receipt is on disk.
 pub(crate) const RECEIPT_QUEUE: usize = 4096;
 
-/// Receipts applied before one group commit covers them all ...
+/// Receipts applied (per carrier, with one store change) before one group commit covers them all.
 const RECEIPT_BATCH: usize = 256;
-/// ... this many at a time: a database engine answers each statement after a round trip, so one
-/// at a time held the receipt rate to ~400/s on PostgreSQL (the store's striped locks order two
-/// receipts of one message).
-const RECEIPTS_AT_ONCE: usize = 32;
 
 /// Applies receipts to their messages, a batch at a time, and answers the SMSC for each only
 /// once the batch is on disk (one group commit per batch, so the receipt rate does not fall).
@@ -37,17 +33,9 @@ pub(crate) async fn track_receipts(
     let mut batch = Vec::with_capacity(RECEIPT_BATCH);
     let mut learned: HashMap<Arc<str>, IdLearner> = HashMap::new();
     while receipts.recv_many(&mut batch, RECEIPT_BATCH).await > 0 {
-        // The store's part concurrently; what follows from each result (id learning, metrics)
-        // in arrival order.
-        let mut stored = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(RECEIPTS_AT_ONCE) {
-            let mut storing = Vec::with_capacity(chunk.len());
-            for event in chunk {
-                let readings = event.id_relation.readings(learned.get(&event.carrier).and_then(|l| l.learned));
-                storing.push(store_receipt(&store, event, readings));
-            }
-            stored.extend(futures::future::join_all(storing).await);
-        }
+        // The store's part one change per carrier; what follows from each result (id
+        // learning, metrics) in arrival order.
+        let stored = store_receipts(&store, &batch, &learned).await;
         let mut applied = Vec::with_capacity(batch.len());
         for (event, stored) in batch.iter().zip(stored) {
             applied.push(account(event, stored, learned.entry(event.carrier.clone()).or_default(), &failed));
@@ -96,10 +84,40 @@ impl IdLearner {
 /// What storing one receipt came to: `None` for a receipt with nothing in it to store.
 type Stored = Option<Result<ReceiptMatch<IdReading>, crate::store::StoreError>>;
 
-/// Applies one receipt to the store (read each way `readings` allows).
-async fn store_receipt(store: &Store, event: &ReceiptEvent, readings: &[IdReading]) -> Stored {
-    let receipt = event.receipt.as_ref().ok()?;
-    Some(store.apply_receipt(&event.carrier, incoming(receipt, readings), SystemTime::now()).await)
+/// Applies a batch of receipts to the store, each carrier's as one change (their ids read each
+/// way their carrier allows); one result per event, in order.
+async fn store_receipts(store: &Store, batch: &[ReceiptEvent], learned: &HashMap<Arc<str>, IdLearner>) -> Vec<Stored> {
+    let mut by_carrier: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+    for (i, event) in batch.iter().enumerate() {
+        if event.receipt.is_err() {
+            continue;
+        }
+        match by_carrier.iter_mut().find(|(carrier, _)| *carrier == event.carrier) {
+            Some((_, events)) => events.push(i),
+            None => by_carrier.push((event.carrier.clone(), vec![i])),
+        }
+    }
+    let changes = by_carrier.iter().map(|(carrier, events)| {
+        let readings = batch[events[0]].id_relation.readings(learned.get(carrier).and_then(|l| l.learned));
+        let receipts = events.iter().filter_map(|&i| batch[i].receipt.as_ref().ok()).map(|r| incoming(r, readings)).collect();
+        store.apply_receipts(carrier, receipts, SystemTime::now())
+    });
+    let mut stored: Vec<Stored> = batch.iter().map(|_| None).collect();
+    for ((_, events), applied) in by_carrier.iter().zip(futures::future::join_all(changes).await) {
+        match applied {
+            Ok(matches) => {
+                for (&i, matched) in events.iter().zip(matches) {
+                    stored[i] = Some(Ok(matched));
+                }
+            }
+            Err(e) => {
+                for &i in events {
+                    stored[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    stored
 }
 
 /// Counts and follows up one stored receipt; false when the store could not record it.

@@ -23,6 +23,9 @@ pub(super) enum Engine {
 /// Rows in key order.
 pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Rows to write in order: a value, or `None` to delete the row.
+pub(super) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// Rows read per page when a walk covers a whole kind of row.
 pub(super) const PAGE: usize = 1024;
 
@@ -74,6 +77,51 @@ impl Engine {
                 Ok(())
             }
             Engine::Postgres(pg) => pg.put(key, value).await,
+        }
+    }
+
+    /// Writes rows in order. sled writes them one by one: a crash keeps a prefix of them,
+    /// which the store's write order makes safe. PostgreSQL writes them in one statement (one
+    /// round trip instead of one per row), all or nothing, which is safe under any order.
+    pub(super) async fn write(&self, writes: Writes) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => {
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => drop(db.insert(key, value)?),
+                        None => drop(db.remove(key)?),
+                    }
+                }
+                Ok(())
+            }
+            Engine::Postgres(pg) => pg.write(writes).await,
+        }
+    }
+
+    /// The values of `keys` (`None` where there is no row), in the order asked.
+    pub(super) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        match self {
+            Engine::Sled(db) => keys.iter().map(|key| Ok(db.get(key)?.map(|v| v.to_vec()))).collect(),
+            Engine::Postgres(pg) => {
+                let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = pg.get_many(keys).await?.into_iter().collect();
+                Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+            }
+        }
+    }
+
+    /// The value of `key` and the first row under `prefix`, in one read (one round trip on a
+    /// database: a submit's record and any receipt held for it).
+    pub(super) async fn get_and_first(
+        &self,
+        key: &[u8],
+        prefix: &[u8],
+    ) -> Result<(Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>), StoreError> {
+        match (self, prefix_end(prefix)) {
+            (Engine::Postgres(pg), Some(end)) => pg.get_and_first(key, prefix, &end).await,
+            _ => {
+                let value = self.get(key).await?;
+                Ok((value, self.scan(prefix, None, 1).await?.into_iter().next()))
+            }
         }
     }
 
@@ -207,7 +255,7 @@ pub(super) enum Tx<'a> {
     /// sled runs in one process: one lock serialises every change.
     Sled { db: &'a sled::Db, _locked: MutexGuard<'a, ()>, writes: sled::Batch },
     /// A database transaction holding an advisory lock: serialises the change across nodes.
-    Postgres { tx: PgTx, writes: Vec<(Vec<u8>, Option<Vec<u8>>)> },
+    Postgres { tx: PgTx, writes: Writes },
 }
 
 impl<'a> Tx<'a> {

@@ -56,9 +56,14 @@ impl Locks {
         self.take("", &[], Some(id)).await
     }
 
-    /// Adds `message`'s stripe to correlation stripes already held.
-    pub(super) async fn and_message<'a>(&'a self, mut held: Held<'a>, id: &MessageId) -> Held<'a> {
-        held._guards.push(self.messages[stripe(id)].lock().await);
+    /// Adds the stripes of `messages` to correlation stripes already held.
+    pub(super) async fn and_messages<'a>(&'a self, mut held: Held<'a>, messages: &[MessageId]) -> Held<'a> {
+        let mut stripes: Vec<usize> = messages.iter().map(stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        for i in stripes {
+            held._guards.push(self.messages[i].lock().await);
+        }
         held
     }
 }

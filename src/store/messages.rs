@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
-use super::{Change, Store, StoreError, encode, idempotency, keys};
+use super::{Change, Store, StoreError, decode, encode, idempotency, keys};
 use crate::telemetry;
 
 /// A message about to be taken in.
@@ -51,11 +51,8 @@ impl Store {
         let id = self.new_id();
         let record = MessageRecord::queued(message, record::to_ms(now), None);
         // Record, queue row, then the key that replays it: in this order (module doc).
-        self.write_queued(&id, &record).await?;
-        if let Some((key, body_sha256)) = idempotency {
-            let (k, v) = idempotency::row(&record.owner, key, body_sha256, &id, record.created_ms, None);
-            self.engine.put(&k, &v).await?;
-        }
+        let replay = idempotency.map(|(key, body_sha256)| idempotency::row(&record.owner, key, body_sha256, &id, record.created_ms, None));
+        self.write_queued(&id, &record, replay).await?;
         self.commit.durable().await?;
         entered(MessageStatus::Queued);
         Ok((id, record))
@@ -70,17 +67,16 @@ impl Store {
         now: SystemTime,
     ) -> Result<MessageRecord, StoreError> {
         let record = MessageRecord::queued(message, record::to_ms(now), Some(verification));
-        self.write_queued(&id, &record).await?;
+        self.write_queued(&id, &record, None).await?;
         self.commit.durable().await?;
         entered(MessageStatus::Queued);
         Ok(record)
     }
 
-    /// Writes a queued message's rows in order and counts it.
-    async fn write_queued(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
-        for (k, v) in queued_rows(id, record) {
-            self.engine.put(&k, &v).await?;
-        }
+    /// Writes a queued message's rows in order, then `after` (its idempotency row), and counts it.
+    async fn write_queued(&self, id: &MessageId, record: &MessageRecord, after: Option<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let rows = queued_rows(id, record).into_iter().chain(after).map(|(k, v)| (k, Some(v)));
+        self.engine.write(rows.collect()).await?;
         self.queue_changed(1);
         Ok(())
     }
@@ -287,7 +283,9 @@ impl Store {
         let now_ms = record::to_ms(now);
         let canonical = crate::smsc_id::canonical(smsc_id);
         let _locked = self.locks.take(carrier, &[&canonical], Some(id)).await;
-        let Some(mut record) = self.message(id).await? else {
+        // The record, and a receipt that beat this response if one is held, in one read.
+        let (row, first_held) = self.engine.get_and_first(&keys::message(id), &keys::held_receipts(carrier, &canonical)).await?;
+        let Some(mut record) = decode::<MessageRecord>(row, || format!("message {id}"))? else {
             return Ok(None);
         };
         let mut rows = Change::default();
@@ -304,7 +302,7 @@ impl Store {
         record.submitted_ms = Some(now_ms);
         record.carrier = Some(carrier.to_string());
         record.smsc_message_id = Some(smsc_id.to_string());
-        self.index_submit(&mut record, id, carrier, smsc_id, now_ms, &mut rows).await?;
+        self.index_submit(&mut record, id, carrier, &canonical, first_held, now_ms, &mut rows).await?;
         rows.remove(keys::queue(id));
         self.apply(rows, keys::message(id), encode(&record)).await?;
         entered(MessageStatus::Submitted);

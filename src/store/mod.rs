@@ -54,7 +54,7 @@ pub use receipts::{IncomingReceipt, ReceiptMatch};
 pub use record::{Attempt, MessageId, MessageRecord, MessageStatus, ReceiptSummary, VerificationId};
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("data_dir {path} is in use by another otpgate process (its lock is held)")]
     Locked { path: String },
@@ -160,19 +160,18 @@ impl Change {
     fn remove(&mut self, k: Vec<u8>) {
         self.removes.push(k);
     }
+
+    /// The change with the record row `record_key` = `record`, as writes in the safe order.
+    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> {
+        let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
+        adds.chain(self.removes.into_iter().map(|k| (k, None)))
+    }
 }
 
 impl Store {
     /// Writes `change` around the record row `record_key` = `record` in the safe order.
     async fn apply(&self, change: Change, record_key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
-        for (k, v) in change.adds {
-            self.engine.put(&k, &v).await?;
-        }
-        self.engine.put(&record_key, &record).await?;
-        for k in change.removes {
-            self.engine.delete(&k).await?;
-        }
-        Ok(())
+        self.engine.write(change.into_writes(record_key, record).collect()).await
     }
 
     /// Opens (or creates) the store, in `dir` for sled or in the database for PostgreSQL, and
@@ -531,6 +530,77 @@ mod tests {
                     ReceiptMatch::Matched { id, status: MessageStatus::Delivered, latency: Some(Duration::ZERO), finished: true, reading }
                 );
             }
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// Receipts applied as one batch end as they would one by one, in order: one message's
+        /// progress report, final receipt and late duplicate; a choice between two messages
+        /// made on the statuses the batch itself just changed; ambiguity; an early receipt.
+        async fn a_batch_of_receipts_ends_as_the_same_receipts_one_by_one(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let mut ids = Vec::new();
+            for smsc_id in ["a1", "b2", "c3", "d4"] {
+                let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+                store.mark_submitted(&id, "alpha", smsc_id, attempt(), now).await.unwrap();
+                ids.push(id);
+            }
+            let progress = IncomingReceipt { final_status: None, stat: "ENROUTE".into(), ..received(&["a1"], MessageStatus::Delivered) };
+            let batch = vec![
+                progress,
+                received(&["a1"], MessageStatus::Delivered),
+                received(&["a1"], MessageStatus::Undeliverable),
+                received(&["a1", "b2"], MessageStatus::Delivered),
+                received(&["c3", "d4"], MessageStatus::Delivered),
+                received(&["e5"], MessageStatus::Delivered),
+            ];
+            let applied = store.apply_receipts("alpha", batch, now).await.unwrap();
+            let matched = |i: usize, status, finished, reading| ReceiptMatch::Matched { id: ids[i], status, latency: Some(Duration::ZERO), finished, reading };
+            assert_eq!(
+                applied,
+                vec![
+                    matched(0, MessageStatus::Submitted, false, Some(0)),
+                    matched(0, MessageStatus::Delivered, true, Some(0)),
+                    ReceiptMatch::Late { id: ids[0] },
+                    // a1 is final by now (earlier in this batch): only b2 still waits.
+                    matched(1, MessageStatus::Delivered, true, None),
+                    ReceiptMatch::Ambiguous,
+                    ReceiptMatch::Held,
+                ]
+            );
+            let statuses: Vec<MessageStatus> = futures::future::join_all(ids.iter().map(|id| store.message(id))).await.into_iter().map(|r| r.unwrap().unwrap().status).collect();
+            assert_eq!(statuses, [MessageStatus::Delivered, MessageStatus::Delivered, MessageStatus::Submitted, MessageStatus::Submitted]);
+            let a1 = store.message(&ids[0]).await.unwrap().unwrap();
+            assert_eq!(a1.receipt.map(|r| r.stat), Some("DELIVERED".to_string()), "the late receipt changed nothing");
+            assert_eq!((store.held_receipts(), store.counts().await.unwrap().2), (1, 1));
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// The engine's batched calls: a write takes each key's last value and deletes in the
+        /// same call; reads of many keys and of a key with the first row under a prefix.
+        async fn engine_writes_take_the_last_value_of_a_key_and_reads_answer_in_order(place) {
+            let store = place.open().await;
+            let key = |name: &str| [b"\xf0".as_slice(), name.as_bytes()].concat();
+            store.engine.put(&key("one"), b"old").await.unwrap();
+            store.engine.put(&key("three"), b"old").await.unwrap();
+            let writes = vec![
+                (key("one"), Some(b"first".to_vec())),
+                (key("two"), Some(b"two".to_vec())),
+                (key("one"), Some(b"last".to_vec())),
+                (key("three"), None),
+                (key("two"), None),
+                (key("four"), Some(b"four".to_vec())),
+            ];
+            store.engine.write(writes).await.unwrap();
+            let read = store.engine.get_many(&[key("two"), key("one"), key("three"), key("four"), key("one")]).await.unwrap();
+            assert_eq!(read, vec![None, Some(b"last".to_vec()), None, Some(b"four".to_vec()), Some(b"last".to_vec())]);
+            let (value, first) = store.engine.get_and_first(&key("four"), &key("o")).await.unwrap();
+            assert_eq!((value, first), (Some(b"four".to_vec()), Some((key("one"), b"last".to_vec()))));
+            let (value, first) = store.engine.get_and_first(&key("none"), &key("t")).await.unwrap();
+            assert_eq!((value, first), (None, None), "nothing under the prefix, whatever follows it");
             store.close().await.unwrap();
         }
     }

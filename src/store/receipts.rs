@@ -2,6 +2,7 @@
 //! submit_sm_resp still to come. The store takes ids already read into their canonical form
 //! ([`crate::smsc_id`]); how a receipt's id is read is the SMPP side's business.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
-use super::{Change, Store, StoreError, encode, keys};
+use super::{Change, Store, StoreError, decode, encode, keys};
 
 /// A receipt as the store matches it.
 #[derive(Debug, Clone)]
@@ -45,6 +46,51 @@ pub enum ReceiptMatch<R> {
     Dropped,
 }
 
+/// A receipt's ids, as the store looks them up.
+struct Reading<R> {
+    /// Every (reading, response id) the receipt may stand for; `None`: the exact id.
+    ids: Vec<(Option<R>, String)>,
+    summary: ReceiptSummary,
+    final_status: Option<MessageStatus>,
+}
+
+impl<R> Reading<R> {
+    fn new(receipt: IncomingReceipt<R>, now_ms: u64) -> Reading<R> {
+        let IncomingReceipt { exact_id, read_ids, stat, err, final_status } = receipt;
+        let mut ids: Vec<(Option<R>, String)> = exact_id.map(|k| (None, k)).into_iter().collect();
+        ids.extend(read_ids.into_iter().map(|(r, k)| (Some(r), k)));
+        ids.retain(|(_, k)| !k.is_empty());
+        Reading { ids, summary: ReceiptSummary { stat, err, at_ms: now_ms, is_final: final_status.is_some() }, final_status }
+    }
+}
+
+/// Which message a receipt goes to.
+enum Choice {
+    Message(MessageId),
+    /// None known (yet).
+    None,
+    /// More than one could be meant.
+    Ambiguous,
+}
+
+/// Of the messages a receipt's ids name (all present in `records`): the exact id's, else the
+/// one still waiting for its receipt if only one is (no guessing), else any when none waits.
+fn choose<R>(named: &[(Option<R>, MessageId)], records: &HashMap<MessageId, Option<MessageRecord>>) -> Choice {
+    let Some((_, first)) = named.first() else { return Choice::None };
+    if let Some((_, exact)) = named.iter().find(|(reading, _)| reading.is_none()) {
+        return Choice::Message(*exact);
+    }
+    let mut waiting: Vec<MessageId> =
+        named.iter().map(|(_, id)| *id).filter(|id| records.get(id).is_some_and(|r| r.as_ref().is_some_and(awaiting_receipt))).collect();
+    waiting.sort_unstable_by_key(|id| id.0);
+    waiting.dedup();
+    match waiting.as_slice() {
+        [] => Choice::Message(*first),
+        [only] => Choice::Message(*only),
+        _ => Choice::Ambiguous,
+    }
+}
+
 /// A receipt held for its submit_sm_resp: one row per candidate id, the same value in each.
 #[derive(Serialize, Deserialize)]
 struct HeldReceipt {
@@ -63,24 +109,24 @@ impl Store {
         Ok(held)
     }
 
-    /// Adds the receipt index row of a message just submitted, and applies a receipt that beat
-    /// the response here, if one is held.
+    /// Adds the receipt index row of a message just submitted under its SMSC id `canonical`,
+    /// and applies `first_held`, a receipt held for that id, if there is one.
     pub(super) async fn index_submit(
         &self,
         record: &mut MessageRecord,
         id: &MessageId,
         carrier: &str,
-        smsc_id: &str,
+        canonical: &str,
+        first_held: Option<(Vec<u8>, Vec<u8>)>,
         now_ms: u64,
         rows: &mut Change,
     ) -> Result<(), StoreError> {
         // One index row, under the canonical form; the receipt side reads its ids back into it.
-        let canonical = crate::smsc_id::canonical(smsc_id);
         if canonical.is_empty() {
             return Ok(());
         }
-        rows.add(keys::receipt_index(carrier, &canonical), &id.0[..]);
-        let Some((_, value)) = self.first_held(carrier, &canonical).await? else { return Ok(()) };
+        rows.add(keys::receipt_index(carrier, canonical), &id.0[..]);
+        let Some((_, value)) = first_held else { return Ok(()) };
         if let Ok(held) = serde_json::from_slice::<HeldReceipt>(&value) {
             apply_receipt_to(record, id, &held.summary, held.final_status, now_ms, rows);
             for candidate in &held.candidates {
@@ -106,83 +152,129 @@ impl Store {
         receipt: IncomingReceipt<R>,
         now: SystemTime,
     ) -> Result<ReceiptMatch<R>, StoreError> {
+        let mut applied = self.apply_receipts(carrier, vec![receipt], now).await?;
+        applied.pop().ok_or_else(|| StoreError::Corrupt("a receipt went unanswered".into()))
+    }
+
+    /// Applies receipts from `carrier` in order, as [`Store::apply_receipt`] would one by one,
+    /// with one read of the index, one of the messages and one write for them all: on a
+    /// database each is a round trip, and one per receipt could not keep up with the submits.
+    pub async fn apply_receipts<R: Copy + PartialEq>(
+        &self,
+        carrier: &str,
+        receipts: Vec<IncomingReceipt<R>>,
+        now: SystemTime,
+    ) -> Result<Vec<ReceiptMatch<R>>, StoreError> {
         let now_ms = record::to_ms(now);
-        let IncomingReceipt { exact_id, read_ids, stat, err, final_status } = receipt;
-        let summary = ReceiptSummary { stat, err, at_ms: now_ms, is_final: final_status.is_some() };
-        // Every (reading, response id) this receipt may stand for; `None`: the exact id.
-        let mut ids: Vec<(Option<R>, String)> = exact_id.map(|k| (None, k)).into_iter().collect();
-        ids.extend(read_ids.into_iter().map(|(r, k)| (Some(r), k)));
-        ids.retain(|(_, k)| !k.is_empty());
+        let receipts: Vec<Reading<R>> = receipts.into_iter().map(|r| Reading::new(r, now_ms)).collect();
         // Every id's stripe: a submit recording one of them waits, so a receipt is either
         // matched or held, never missed between the two.
-        let stripes: Vec<&str> = ids.iter().map(|(_, k)| k.as_str()).collect();
+        let stripes: Vec<&str> = receipts.iter().flat_map(|r| r.ids.iter().map(|(_, k)| k.as_str())).collect();
         let locked = self.locks.take(carrier, &stripes, None).await;
-        let mut found: Vec<(Option<R>, MessageId, MessageRecord)> = Vec::new();
-        for (reading, k) in &ids {
-            let Some(row) = self.engine.get(&keys::receipt_index(carrier, k)).await? else { continue };
-            let Some(id) = keys::id_from(&row) else { continue };
-            if let Some(record) = self.message(&id).await? {
-                found.push((*reading, id, record));
+        let index_keys: Vec<Vec<u8>> = receipts.iter().flat_map(|r| r.ids.iter().map(|(_, k)| keys::receipt_index(carrier, k))).collect();
+        let mut index = self.engine.get_many(&index_keys).await?.into_iter();
+        let mut found: Vec<Vec<(Option<R>, MessageId)>> = Vec::with_capacity(receipts.len());
+        for receipt in &receipts {
+            let mut named = Vec::new();
+            for (reading, _) in &receipt.ids {
+                if let Some(id) = index.next().flatten().as_deref().and_then(keys::id_from) {
+                    named.push((*reading, id));
+                }
             }
+            found.push(named);
         }
-        if !found.is_empty() {
-            let awaiting = |r: &MessageRecord| !r.receipt.as_ref().is_some_and(|s| s.is_final);
-            let exact_match = found.iter().position(|(reading, _, _)| reading.is_none());
-            let text_readings: Vec<R> = found.iter().filter_map(|(r, _, _)| *r).collect();
-            // The exact id wins; else a message still waiting for its receipt, if only one is.
-            let chosen = match exact_match {
-                Some(i) => i,
-                None => {
-                    let waiting: Vec<usize> = (0..found.len()).filter(|&i| awaiting(&found[i].2)).collect();
-                    let distinct: std::collections::HashSet<MessageId> = waiting.iter().map(|&i| found[i].1).collect();
-                    match (distinct.len(), waiting.first()) {
-                        (1, Some(&i)) => i,
-                        (0, _) => 0,
-                        _ => return Ok(ReceiptMatch::Ambiguous),
-                    }
+        // Every message named, read once under its own stripe (the dispatcher may be changing it).
+        let mut named: Vec<MessageId> = found.iter().flatten().map(|(_, id)| *id).collect();
+        named.sort_unstable_by_key(|id| id.0);
+        named.dedup();
+        let _locked = self.locks.and_messages(locked, &named).await;
+        let rows = self.engine.get_many(&named.iter().map(keys::message).collect::<Vec<_>>()).await?;
+        let mut records: HashMap<MessageId, Option<MessageRecord>> = HashMap::with_capacity(named.len());
+        for (id, row) in named.iter().zip(rows) {
+            records.insert(*id, decode(row, || format!("message {id}"))?);
+        }
+
+        let mut outcome = Vec::with_capacity(receipts.len());
+        let mut changes: Vec<(MessageId, Change)> = Vec::new();
+        let mut held_rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let (mut newly_held, mut dequeued, mut entering) = (0, 0, Vec::new());
+        for (receipt, mut named) in receipts.into_iter().zip(found) {
+            // Messages gone (swept, or never written) are no candidates.
+            named.retain(|(_, id)| records.get(id).is_some_and(Option::is_some));
+            let chosen = match choose(&named, &records) {
+                Choice::Message(id) => id,
+                Choice::Ambiguous => {
+                    outcome.push(ReceiptMatch::Ambiguous);
+                    continue;
+                }
+                Choice::None => {
+                    outcome.push(match self.held_receipts() + newly_held >= self.max_held {
+                        true => ReceiptMatch::Dropped,
+                        false => {
+                            newly_held += 1;
+                            held_rows.extend(self.held_rows(carrier, receipt).await?);
+                            ReceiptMatch::Held
+                        }
+                    });
+                    continue;
                 }
             };
-            let (_, id, _) = found.swap_remove(chosen);
-            // Read again under the message's own stripe: the dispatcher may have changed it.
-            let _locked = self.locks.and_message(locked, &id).await;
-            let Some(mut record) = self.message(&id).await? else { return Ok(ReceiptMatch::Late { id }) };
-            if !awaiting(&record) {
-                return Ok(ReceiptMatch::Late { id });
+            let Some(Some(record)) = records.get_mut(&chosen) else { continue };
+            if !awaiting_receipt(record) {
+                outcome.push(ReceiptMatch::Late { id: chosen });
+                continue;
             }
-            let reading = match text_readings.as_slice() {
+            // The text reading under which the id matched, when only one did.
+            let reading = match named.iter().filter_map(|(r, _)| *r).collect::<Vec<R>>().as_slice() {
                 [only] => Some(*only),
                 _ => None,
             };
-            let mut rows = Change::default();
+            let at = match changes.iter().position(|(id, _)| *id == chosen) {
+                Some(at) => at,
+                None => {
+                    changes.push((chosen, Change::default()));
+                    changes.len() - 1
+                }
+            };
+            let change = &mut changes[at].1;
             let was_queued = record.status == MessageStatus::Queued;
-            let finished = apply_receipt_to(&mut record, &id, &summary, final_status, now_ms, &mut rows);
-            self.apply(rows, keys::message(&id), encode(&record)).await?;
-            if was_queued && finished {
-                self.queue_changed(-1);
-            }
+            let finished = apply_receipt_to(record, &chosen, &receipt.summary, receipt.final_status, now_ms, change);
             if finished {
-                entered(record.status);
+                dequeued += i64::from(was_queued);
+                entering.push(record.status);
             }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
-            return Ok(ReceiptMatch::Matched { id, status: record.status, latency, finished, reading });
+            outcome.push(ReceiptMatch::Matched { id: chosen, status: record.status, latency, finished, reading });
         }
+
+        let mut writes = held_rows;
+        for (id, change) in changes {
+            let Some(Some(record)) = records.get(&id) else { continue };
+            writes.extend(change.into_writes(keys::message(&id), encode(record)));
+        }
+        self.engine.write(writes).await?;
+        self.held_changed(newly_held as isize);
+        self.queue_changed(-dequeued);
+        for status in entering {
+            entered(status);
+        }
+        Ok(outcome)
+    }
+
+    /// The rows that hold `receipt` for its submit_sm_resp: one per id it may stand for.
+    async fn held_rows<R>(&self, carrier: &str, receipt: Reading<R>) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let mut candidates: Vec<String> = Vec::new();
-        for (_, k) in ids {
+        for (_, k) in receipt.ids {
             if !candidates.contains(&k) {
                 candidates.push(k);
             }
         }
-        if self.held_receipts() >= self.max_held {
-            return Ok(ReceiptMatch::Dropped);
-        }
-        self.held_changed(1);
-        let held = HeldReceipt { candidates: candidates.clone(), summary, final_status };
         let sequence = self.engine.unique().await?.to_be_bytes();
-        let value = encode(&held);
-        for candidate in &candidates {
-            self.engine.put(&keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), &value).await?;
-        }
-        Ok(ReceiptMatch::Held)
+        let value = encode(&HeldReceipt { candidates: candidates.clone(), summary: receipt.summary, final_status: receipt.final_status });
+        Ok(candidates
+            .iter()
+            .map(|candidate| (keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), Some(value.clone())))
+            .collect())
     }
 
     fn held_changed(&self, by: isize) {
@@ -230,6 +322,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether a message still takes a receipt: it has no final one yet.
+fn awaiting_receipt(record: &MessageRecord) -> bool {
+    !record.receipt.as_ref().is_some_and(|s| s.is_final)
 }
 
 /// Applies a receipt to its record; returns whether this made the message final. A final
