@@ -23,6 +23,33 @@ pub(super) enum Engine {
 /// Rows in key order.
 pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Rows to mark with the next flush: each goes from an empty value to `mark`, if it is still
+/// there and still empty then. For a mark a caller waits for anyway (it waits for the flush),
+/// at no cost of its own: on a database, no round trip of its own.
+#[derive(Clone)]
+pub(super) struct Marks {
+    mark: &'static [u8],
+    keys: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Marks {
+    pub(super) fn new(mark: &'static [u8]) -> Marks {
+        Marks { mark, keys: Default::default() }
+    }
+
+    pub(super) fn add(&self, key: Vec<u8>) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+    }
+
+    pub(super) fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.keys.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(super) fn mark(&self) -> &'static [u8] {
+        self.mark
+    }
+}
+
 /// Rows to write in order: a value, or `None` to delete the row.
 pub(super) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
@@ -195,20 +222,30 @@ impl Engine {
         }
     }
 
-    /// What the group commit calls to make every write so far durable.
-    pub(super) fn flusher(&self) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+    /// What the group commit calls to make every write so far durable. It first marks the rows
+    /// `marks` has collected (each set from empty to `mark` if still empty), as part of the
+    /// same flush: on a database, in the same round trip.
+    pub(super) fn flusher(
+        &self,
+        marks: Marks,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
         let flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> = match self {
             Engine::Sled(db) => {
                 let db = db.clone();
                 Box::new(move || {
-                    let db = db.clone();
+                    let (db, marks) = (db.clone(), marks.clone());
                     Box::pin(async move {
-                        let flushed = tokio::task::spawn_blocking(move || db.flush().map(drop).map_err(|e| e.to_string())).await;
-                        flushed.unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
+                        let flushed = tokio::task::spawn_blocking(move || {
+                            for key in marks.take() {
+                                db.compare_and_swap(key, Some(&[]), Some(marks.mark)).map_err(|e| e.to_string())?.ok();
+                            }
+                            db.flush().map(drop).map_err(|e| e.to_string())
+                        });
+                        flushed.await.unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
                     })
                 })
             }
-            Engine::Postgres(pg) => Box::new(pg.flusher()),
+            Engine::Postgres(pg) => Box::new(pg.flusher(marks)),
         };
         flush
     }

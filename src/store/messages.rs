@@ -203,12 +203,14 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Notes that a submit is about to start (not flushed: it only feeds the resubmit count).
+    /// Notes that a submit is about to start; written by the next group commit, which the
+    /// caller waits for before the submit goes out ([`Store::durable`]).
     pub async fn mark_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
         // The queue row's value, not a record rewrite or a row of its own: this runs once per
         // submit, and the queue row goes anyway when the submit is recorded. Only a row that is
-        // still there is marked (a message finished meanwhile is not queued again).
-        self.engine.swap(&keys::queue(id), Some(&[]), Some(keys::IN_FLIGHT)).await?;
+        // still there is marked (a message finished meanwhile is not queued again). With the
+        // flush, it costs a database no round trip of its own.
+        self.in_flight.add(keys::queue(id));
         Ok(())
     }
 

@@ -108,6 +108,8 @@ pub struct Store {
     locks: locks::Locks,
     stop: CancellationToken,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Queue rows to mark in flight with the next flush.
+    in_flight: engine::Marks,
     /// Messages with a queue row, kept in step with it (counted once at open).
     queued: AtomicI64,
     /// The order part of the last id handed out (microseconds since the epoch).
@@ -187,6 +189,7 @@ impl Store {
             locks: locks::Locks::new(),
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
+            in_flight: engine::Marks::new(keys::IN_FLIGHT),
             queued: AtomicI64::new(0),
             held: AtomicUsize::new(0),
             last_id: AtomicU64::new(0),
@@ -210,7 +213,7 @@ impl Store {
         store.queued.store(queued, Ordering::Relaxed);
         let held = store.count_held().await?;
         store.held.store(held, Ordering::Relaxed);
-        let flusher = tokio::spawn(store.commit.clone().run(store.engine.flusher(), store.stop.clone()));
+        let flusher = tokio::spawn(store.commit.clone().run(store.engine.flusher(store.in_flight.clone()), store.stop.clone()));
         *lock(&store.flusher) = Some(flusher);
         Ok(store)
     }
@@ -665,15 +668,25 @@ mod tests {
                 for _ in 0..50 {
                     ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
                 }
+                // As the dispatcher does: marked, and on disk before the submit goes out.
                 store.mark_in_flight(&ids[0]).await.unwrap();
+                store.durable().await.unwrap();
+                assert_eq!(store.engine.get(&keys::queue(&ids[0])).await.unwrap().as_deref(), Some(keys::IN_FLIGHT));
                 // A submit that failed and was recorded is no longer in flight.
                 store.mark_in_flight(&ids[1]).await.unwrap();
+                store.durable().await.unwrap();
                 store.record_attempt(&ids[1], attempt(), false).await.unwrap();
+                // A message finished meanwhile is not queued again by its mark.
+                store.mark_in_flight(&ids[2]).await.unwrap();
+                store.finish(&ids[2], MessageStatus::Failed, None, None, now).await.unwrap();
+                store.durable().await.unwrap();
+                assert!(store.engine.get(&keys::queue(&ids[2])).await.unwrap().is_none());
                 store.close().await.unwrap();
             }
             let store = place.open().await;
             let queued = store.queued().await.unwrap();
-            assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "all of them, in order");
+            let expected: Vec<MessageId> = ids.iter().copied().filter(|id| *id != ids[2]).collect();
+            assert_eq!(queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(), expected, "all of them, in order");
             assert!(queued[0].1.in_flight, "a submit cut short is visible for the resubmit count");
             assert!(!queued[1].1.in_flight);
             assert_eq!(queued[1].1.attempts.len(), 1);

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 use super::StoreError;
-use super::engine::{Rows, Writes};
+use super::engine::{Marks, Rows, Writes};
 use super::settings::PostgresSettings;
 
 /// The schema, one migration per version; a database at version N runs migrations N+1 onwards.
@@ -242,17 +242,31 @@ impl Postgres {
     }
 
     /// Makes every commit so far durable: one synchronous commit (module doc).
-    pub(super) fn flusher(&self) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
-        // One round trip: the simple query protocol runs the whole transaction from one message.
-        let flush = format!(
-            "BEGIN; SET LOCAL synchronous_commit = on;
-             INSERT INTO otpgate_flush (node, flushes) VALUES ({}, 1)
-             ON CONFLICT (node) DO UPDATE SET flushes = otpgate_flush.flushes + 1; COMMIT",
+    pub(super) fn flusher(
+        &self,
+        marks: Marks,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+        // One round trip: the simple query protocol runs the whole transaction from one message
+        // (its values as literals: hex keys, the node's name quoted).
+        let flush_row = format!(
+            "INSERT INTO otpgate_flush (node, flushes) VALUES ({}, 1)
+             ON CONFLICT (node) DO UPDATE SET flushes = otpgate_flush.flushes + 1;",
             quote_literal(&self.node)
         );
         let pool = self.pool.clone();
         move || {
-            let (pool, flush) = (pool.clone(), flush.clone());
+            let (pool, keys) = (pool.clone(), marks.take());
+            let mut flush = String::from("BEGIN; SET LOCAL synchronous_commit = on;");
+            if !keys.is_empty() {
+                let keys: Vec<String> = keys.iter().map(|k| bytea_literal(k)).collect();
+                flush += &format!(
+                    "UPDATE otpgate_kv SET value = {} WHERE value = '' AND key IN ({});",
+                    bytea_literal(marks.mark()),
+                    keys.join(",")
+                );
+            }
+            flush += &flush_row;
+            flush += "COMMIT";
             Box::pin(async move {
                 let client = pool.get().await.map_err(|e| pool_error(e).to_string())?;
                 let flushed = client.batch_execute(&flush).await.map_err(|e| database(e).to_string());
@@ -350,6 +364,11 @@ async fn listen_once(
     drop(client);
     driver.abort();
     outcome
+}
+
+/// A bytea literal in hex form: only hex digits between the quotes.
+fn bytea_literal(bytes: &[u8]) -> String {
+    format!("'\\x{}'::bytea", crate::hex::encode(bytes))
 }
 
 /// A SQL string literal (standard_conforming_strings, on by default since PostgreSQL 9.1).
