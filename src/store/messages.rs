@@ -304,7 +304,11 @@ impl Store {
         record.submitted_ms = Some(now_ms);
         record.carrier = Some(carrier.to_string());
         record.smsc_message_id = Some(smsc_id.to_string());
-        self.index_submit(&mut record, id, carrier, &canonical, first_held, now_ms, &mut rows).await?;
+        if !canonical.is_empty() {
+            // One index row, under the canonical form; the receipt side reads its ids back into it.
+            rows.add(keys::receipt_index(carrier, &canonical), &id.0[..]);
+            self.apply_held(&mut record, id, carrier, first_held, now_ms, &mut rows).await?;
+        }
         rows.remove(keys::queue(id));
         self.apply(rows, keys::message(id), encode(&record)).await?;
         entered(MessageStatus::Submitted);

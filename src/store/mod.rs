@@ -21,7 +21,10 @@
 //! that is a state the readers tolerate (a queue row whose record is missing or no longer
 //! queued is dropped by recovery; a done row whose record is not final is skipped by the sweep;
 //! an index row pointing at a message that never got its record is never reached). An intake
-//! writes its Idempotency-Key row last, so a replayed key always finds its message.
+//! writes its Idempotency-Key row last, so a replayed key always finds its message. On
+//! PostgreSQL a change is one statement (a round trip per row cost 2.4x the throughput), which
+//! is atomic, so the order holds trivially; receipts are applied a batch at a time for the same
+//! reason ([`Store::apply_receipts`]).
 //! Verifications keep sled's atomic batches: their rows guard codes, and they are fewer.
 
 mod commit;

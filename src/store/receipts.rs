@@ -109,23 +109,17 @@ impl Store {
         Ok(held)
     }
 
-    /// Adds the receipt index row of a message just submitted under its SMSC id `canonical`,
-    /// and applies `first_held`, a receipt held for that id, if there is one.
-    pub(super) async fn index_submit(
+    /// Applies `first_held`, a receipt held for the SMSC id of a message just submitted, if
+    /// there is one, and drops its rows.
+    pub(super) async fn apply_held(
         &self,
         record: &mut MessageRecord,
         id: &MessageId,
         carrier: &str,
-        canonical: &str,
         first_held: Option<(Vec<u8>, Vec<u8>)>,
         now_ms: u64,
         rows: &mut Change,
     ) -> Result<(), StoreError> {
-        // One index row, under the canonical form; the receipt side reads its ids back into it.
-        if canonical.is_empty() {
-            return Ok(());
-        }
-        rows.add(keys::receipt_index(carrier, canonical), &id.0[..]);
         let Some((_, value)) = first_held else { return Ok(()) };
         if let Ok(held) = serde_json::from_slice::<HeldReceipt>(&value) {
             apply_receipt_to(record, id, &held.summary, held.final_status, now_ms, rows);
