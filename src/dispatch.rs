@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::route::Network;
 use crate::smpp::message::MessageError;
-use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, SubmitOutcome};
+use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, Submission, SubmitOutcome};
 use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, VerificationId, record::to_ms};
 use crate::telemetry;
 
@@ -474,7 +474,10 @@ impl Shared {
             // the SMSC is known for what it is (a possible duplicate), never resent blind.
             self.log_store_error(&id, self.store.mark_in_flight(&id).await);
             self.log_store_error(&id, self.store.durable().await);
-            let (outcome, session) = carrier.submit_via(&job.sms, max_wait).await;
+            let Submission { outcome, session, slot } = carrier.submit_via(&job.sms, max_wait).await;
+            // An accepted submit keeps its window slot until the store knows it (WindowSlot);
+            // any other outcome frees it now.
+            let accepted_slot = matches!(outcome, SubmitOutcome::Accepted { .. }).then_some(slot);
             if outcome == (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Fenced }) {
                 return;
             }
@@ -493,6 +496,7 @@ impl Shared {
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
                     let marked = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now()).await;
+                    drop(accepted_slot);
                     self.log_store_error(&id, marked);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
                         metrics::counter!(telemetry::OTP_SENT_TOTAL, "carrier" => carrier.name().to_string()).increment(1);

@@ -253,3 +253,23 @@ async fn shutdown_unbinds_every_session_cleanly() {
     assert_eq!(sim.stats().unbinds, 4, "two TX and two RX sessions each sent unbind");
     assert_eq!(running.carrier.bound_sessions(), 0);
 }
+
+/// An accepted submit keeps its window slot while its caller holds it (until the store has
+/// recorded it): after a crash, at most a window per session was accepted but unrecorded.
+#[tokio::test]
+async fn an_accepted_submit_holds_its_window_slot_until_released() {
+    let sim = sim(SimConfig::default()).await;
+    let running = start_bound(carrier_config(sim.addr(), "window = 1")).await;
+    let first = running.carrier.submit_via(&sms("first"), Duration::from_secs(5)).await;
+    assert!(matches!(first.outcome, SubmitOutcome::Accepted { .. }), "{:?}", first.outcome);
+    let waiting = running.carrier.submit_via(&sms("second"), Duration::from_millis(300)).await;
+    assert_eq!(waiting.outcome, SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy }, "the slot is still taken");
+    // Freeing it lets a submit already waiting for room through.
+    let carrier = running.carrier.clone();
+    let next = tokio::spawn(async move { carrier.submit_via(&sms("third"), Duration::from_secs(5)).await.outcome });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(first);
+    assert!(matches!(next.await.unwrap(), SubmitOutcome::Accepted { .. }));
+    assert_eq!(sim.stats().submits.len(), 2);
+    running.shutdown.cancel();
+}

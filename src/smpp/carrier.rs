@@ -37,7 +37,7 @@ pub struct Carrier {
     /// When the next paced submit may go (pacing follows `health`'s rate).
     next_slot: tokio::sync::Mutex<Instant>,
     /// Signalled whenever a submit finishes and frees window.
-    released: Notify,
+    released: Arc<Notify>,
     next_pick: AtomicUsize,
     /// Submits waiting for a pacing slot or window room.
     waiting: AtomicUsize,
@@ -90,7 +90,7 @@ impl Carrier {
                 std::time::Instant::now(),
             )),
             next_slot: tokio::sync::Mutex::new(Instant::now()),
-            released: Notify::new(),
+            released: Arc::new(Notify::new()),
             next_pick: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
@@ -245,14 +245,15 @@ impl Carrier {
 
     /// Submits one SMS over this carrier, waiting as long as it takes for room.
     pub async fn submit(&self, sms: &OutboundSms) -> SubmitOutcome {
-        self.submit_via(sms, Duration::MAX).await.0
+        self.submit_via(sms, Duration::MAX).await.outcome
     }
 
     /// Submits one SMS and says which session carried it (`None` when none did). Waits at most
     /// `max_wait` for a pacing slot and window room, else answers [`NotSubmitted::Busy`].
-    pub async fn submit_via(&self, sms: &OutboundSms, max_wait: Duration) -> (SubmitOutcome, Option<Arc<str>>) {
+    pub async fn submit_via(&self, sms: &OutboundSms, max_wait: Duration) -> Submission {
+        let not_sent = |outcome| Submission { outcome, session: None, slot: None };
         if self.health().admit(std::time::Instant::now()) == Admission::No {
-            return (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::CircuitOpen }, None);
+            return not_sent(SubmitOutcome::RetryElsewhere { reason: NotSubmitted::CircuitOpen });
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let room = async {
@@ -270,33 +271,30 @@ impl Carrier {
                 let outcome = SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Busy };
                 // Releases a half-open probe slot, if this was the probe.
                 self.health().record(&outcome, std::time::Instant::now());
-                return (outcome, None);
+                return not_sent(outcome);
             }
         };
         let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
             Ok(pdu) => pdu,
-            Err(e) => {
-                let reason = Permanent::Message(e);
-                return (SubmitOutcome::Permanent { reason }, None);
-            }
+            Err(e) => return not_sent(SubmitOutcome::Permanent { reason: Permanent::Message(e) }),
         };
-        let (outcome, label) = match session {
+        let (outcome, label, permit) = match session {
             Some(session) => {
                 let started = std::time::Instant::now();
-                let outcome = session.submit(pdu).await;
+                let (outcome, permit) = session.submit(pdu).await;
                 if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
                     metrics::histogram!(telemetry::SUBMIT_RESPONSE_SECONDS, "carrier" => self.name.to_string())
                         .record(started.elapsed().as_secs_f64());
                 }
-                (outcome, Some(session.label().clone()))
+                (outcome, Some(session.label().clone()), permit)
             }
-            None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None),
+            None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None, None),
         };
-        self.released.notify_one();
         if self.health().record(&outcome, std::time::Instant::now()) {
             tracing::warn!(carrier = %self.name, "circuit opened: submits keep failing; traffic goes elsewhere");
         }
-        (outcome, label)
+        let slot = WindowSlot { permit, released: self.released.clone() };
+        Submission { outcome, session: label, slot: Some(slot) }
     }
 
     /// Waits until every supervisor has finished (after shutdown: all sessions unbound).
@@ -310,6 +308,32 @@ impl Carrier {
         }
         let bound = self.slots.iter().filter(|s| s.lock().map(|g| g.is_some()).unwrap_or(false)).count();
         self.bound.send_replace(bound);
+    }
+}
+
+/// What a submit came to.
+pub struct Submission {
+    pub outcome: SubmitOutcome,
+    /// The session that carried it, if one did.
+    pub session: Option<Arc<str>>,
+    /// Its window slot, taken until this is dropped.
+    pub slot: Option<WindowSlot>,
+}
+
+/// A submit's place in its session's window. An accepted submit keeps it until the store has
+/// recorded it: a crash then leaves at most a window per session of submits the SMSC has and the
+/// store does not know of (each is sent again: the duplicate bound). Dropping it frees the slot
+/// and wakes a submit waiting for room.
+pub struct WindowSlot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    released: Arc<Notify>,
+}
+
+impl Drop for WindowSlot {
+    fn drop(&mut self) {
+        // Freed first, so whoever wakes finds the room.
+        drop(self.permit.take());
+        self.released.notify_one();
     }
 }
 

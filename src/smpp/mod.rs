@@ -22,7 +22,7 @@ pub mod receipt;
 pub mod session;
 pub(crate) mod settings;
 
-pub use carrier::Carrier;
+pub use carrier::{Carrier, Submission};
 pub use gate::SubmitGate;
 pub use message::OutboundSms;
 pub use outcome::{NotSubmitted, Permanent, SubmitOutcome};

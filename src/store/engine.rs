@@ -136,18 +136,18 @@ impl Engine {
         }
     }
 
-    /// The value of `key` and the first row under `prefix`, in one read (one round trip on a
-    /// database: a submit's record and any receipt held for it).
-    pub(super) async fn get_and_first(
-        &self,
-        key: &[u8],
-        prefix: &[u8],
-    ) -> Result<(Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>), StoreError> {
-        match (self, prefix_end(prefix)) {
-            (Engine::Postgres(pg), Some(end)) => pg.get_and_first(key, prefix, &end).await,
+    /// The first row under each of `prefixes`, in one read (one round trip on a database: the
+    /// receipts held for a batch of submits).
+    pub(super) async fn first_under_each(&self, prefixes: &[Vec<u8>]) -> Result<Vec<Option<(Vec<u8>, Vec<u8>)>>, StoreError> {
+        let ends: Option<Vec<Vec<u8>>> = prefixes.iter().map(|p| prefix_end(p)).collect();
+        match (self, ends) {
+            (Engine::Postgres(pg), Some(ends)) => pg.first_under_each(prefixes, &ends).await,
             _ => {
-                let value = self.get(key).await?;
-                Ok((value, self.scan(prefix, None, 1).await?.into_iter().next()))
+                let mut firsts = Vec::with_capacity(prefixes.len());
+                for prefix in prefixes {
+                    firsts.push(self.scan(prefix, None, 1).await?.into_iter().next());
+                }
+                Ok(firsts)
             }
         }
     }

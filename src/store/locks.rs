@@ -38,15 +38,22 @@ impl Locks {
 
     /// The stripes of `carrier`'s SMSC ids `smsc_ids` (canonical), then of `message`.
     pub(super) async fn take(&self, carrier: &str, smsc_ids: &[&str], message: Option<&MessageId>) -> Held<'_> {
-        let mut ids: Vec<usize> = smsc_ids.iter().map(|id| stripe((carrier, *id))).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut held = Vec::with_capacity(ids.len() + 1);
-        for i in ids {
-            held.push(self.correlation[i].lock().await);
+        let pairs: Vec<(&str, &str)> = smsc_ids.iter().map(|id| (carrier, *id)).collect();
+        let held = self.take_pairs(&pairs).await;
+        match message {
+            Some(id) => self.and_messages(held, std::slice::from_ref(id)).await,
+            None => held,
         }
-        if let Some(id) = message {
-            held.push(self.messages[stripe(id)].lock().await);
+    }
+
+    /// The stripes of SMSC ids (canonical), each with its carrier.
+    pub(super) async fn take_pairs(&self, ids: &[(&str, &str)]) -> Held<'_> {
+        let mut stripes: Vec<usize> = ids.iter().map(|(carrier, id)| stripe((*carrier, *id))).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len() + 1);
+        for i in stripes {
+            held.push(self.correlation[i].lock().await);
         }
         Held { _guards: held }
     }

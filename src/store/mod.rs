@@ -113,6 +113,8 @@ pub struct Store {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Queue rows to mark in flight with the next flush.
     in_flight: engine::Marks,
+    /// Accepted submits being recorded a batch at a time.
+    submits: messages::Submits,
     /// Messages with a queue row, kept in step with it (counted once at open).
     queued: AtomicI64,
     /// The order part of the last id handed out (microseconds since the epoch).
@@ -193,6 +195,7 @@ impl Store {
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
             in_flight: engine::Marks::new(keys::IN_FLIGHT),
+            submits: messages::Submits::default(),
             queued: AtomicI64::new(0),
             held: AtomicUsize::new(0),
             last_id: AtomicU64::new(0),
@@ -585,8 +588,37 @@ mod tests {
     }
 
     on_both! {
+        /// Submits recorded at once (a batch on a database) end as one by one: a plain submit, a
+        /// late response for a finished message, a message that is not there, and two messages
+        /// whose responses share the SMSC id a receipt is held for: exactly one gets it.
+        async fn submits_recorded_at_once_end_as_one_by_one(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let mut ids = Vec::new();
+            for _ in 0..4 {
+                ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+            }
+            store.finish(&ids[1], MessageStatus::Expired, None, None, now).await.unwrap();
+            assert_eq!(store.apply_receipt("alpha", received(&["77"], MessageStatus::Delivered), now).await.unwrap(), ReceiptMatch::Held);
+            let missing = MessageId::new(1);
+            let submits = [(ids[0], "10"), (ids[1], "11"), (missing, "12"), (ids[2], "77"), (ids[3], "77")];
+            let recorded = futures::future::join_all(submits.iter().map(|(id, smsc_id)| store.mark_submitted(id, "alpha", smsc_id, attempt(), now))).await;
+            let recorded: Vec<Option<MessageStatus>> = recorded.into_iter().map(Result::unwrap).collect();
+            assert_eq!(&recorded[..3], &[Some(MessageStatus::Submitted), Some(MessageStatus::Expired), None]);
+            let mut shared = recorded[3..].to_vec();
+            shared.sort_by_key(|s| s.map(|s| s.as_str()));
+            assert_eq!(shared, [Some(MessageStatus::Delivered), Some(MessageStatus::Submitted)], "the held receipt went to one of them");
+            assert_eq!(store.message(&ids[1]).await.unwrap().unwrap().attempts.len(), 1, "the late response is on record");
+            assert_eq!((store.held_receipts(), store.counts().await.unwrap().2), (0, 0));
+            for id in [ids[0], ids[2], ids[3]] {
+                assert!(store.engine.get(&keys::queue(&id)).await.unwrap().is_none(), "left the queue");
+            }
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
         /// The engine's batched calls: a write takes each key's last value and deletes in the
-        /// same call; reads of many keys and of a key with the first row under a prefix.
+        /// same call; reads of many keys, and of the first row under each of many prefixes.
         async fn engine_writes_take_the_last_value_of_a_key_and_reads_answer_in_order(place) {
             let store = place.open().await;
             let key = |name: &str| [b"\xf0".as_slice(), name.as_bytes()].concat();
@@ -603,10 +635,10 @@ mod tests {
             store.engine.write(writes).await.unwrap();
             let read = store.engine.get_many(&[key("two"), key("one"), key("three"), key("four"), key("one")]).await.unwrap();
             assert_eq!(read, vec![None, Some(b"last".to_vec()), None, Some(b"four".to_vec()), Some(b"last".to_vec())]);
-            let (value, first) = store.engine.get_and_first(&key("four"), &key("o")).await.unwrap();
-            assert_eq!((value, first), (Some(b"four".to_vec()), Some((key("one"), b"last".to_vec()))));
-            let (value, first) = store.engine.get_and_first(&key("none"), &key("t")).await.unwrap();
-            assert_eq!((value, first), (None, None), "nothing under the prefix, whatever follows it");
+            let firsts = store.engine.first_under_each(&[key("t"), key("o"), key("f"), key("on")]).await.unwrap();
+            let first = |name: &str, value: &[u8]| Some((key(name), value.to_vec()));
+            // Nothing under "t", whatever follows it; each answer in the order asked.
+            assert_eq!(firsts, vec![None, first("one", b"last"), first("four", b"four"), first("one", b"last")]);
             store.close().await.unwrap();
         }
     }

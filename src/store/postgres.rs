@@ -149,30 +149,29 @@ impl Postgres {
         write_on(&client, writes).await
     }
 
-    /// The value of `key`, and the first row from `start` to `end` (exclusive). Both bounds
-    /// are index conditions: with only a lower one, finding nothing walked the rest of the table.
-    pub(super) async fn get_and_first(
+    /// The first row from each `starts[i]` to `ends[i]` (exclusive). Both bounds are index
+    /// conditions: with only a lower one, finding nothing walked the rest of the table.
+    pub(super) async fn first_under_each(
         &self,
-        key: &[u8],
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<(Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>), StoreError> {
+        starts: &[Vec<u8>],
+        ends: &[Vec<u8>],
+    ) -> Result<Vec<Option<(Vec<u8>, Vec<u8>)>>, StoreError> {
         let rows = self
             .query(
-                "SELECT false, key, value FROM otpgate_kv WHERE key = $1
-                 UNION ALL
-                 (SELECT true, key, value FROM otpgate_kv WHERE key >= $2 AND key < $3 ORDER BY key LIMIT 1)",
-                &[&key, &start, &end],
+                "SELECT b.i, kv.key, kv.value
+                 FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS b(lo, hi, i)
+                 CROSS JOIN LATERAL (SELECT key, value FROM otpgate_kv WHERE key >= b.lo AND key < b.hi ORDER BY key LIMIT 1) kv",
+                &[&starts, &ends],
             )
             .await?;
-        let (mut value, mut first) = (None, None);
+        let mut firsts = vec![None; starts.len()];
         for row in rows {
-            match row.get::<_, bool>(0) {
-                false => value = Some(row.get(2)),
-                true => first = Some((row.get(1), row.get(2))),
+            let i = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+            if let Some(first) = firsts.get_mut(i) {
+                *first = Some((row.get(1), row.get(2)));
             }
         }
-        Ok((value, first))
+        Ok(firsts)
     }
 
     /// The rows of those `keys` that exist, in no particular order.

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use rusmpp::pdus::SubmitSm;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -292,25 +292,26 @@ impl Session {
     }
 
     /// Submits one message and waits for the SMSC's verdict (at most `response_timeout` once sent;
-    /// waiting for a free window slot comes first and is not bounded here).
-    pub async fn submit(&self, pdu: SubmitSm) -> SubmitOutcome {
+    /// waiting for a free window slot comes first and is not bounded here). Returns the window
+    /// slot it took, if it took one: the caller frees it by dropping it (see `carrier::WindowSlot`).
+    pub async fn submit(&self, pdu: SubmitSm) -> (SubmitOutcome, Option<OwnedSemaphorePermit>) {
         let inner = &self.inner;
         let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
         if !inner.mode.can_submit() || inner.draining.load(Ordering::Acquire) {
-            return not_submitted(NotSubmitted::NoSession);
+            return (not_submitted(NotSubmitted::NoSession), None);
         }
         let permit = tokio::select! {
             permit = inner.window.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return not_submitted(NotSubmitted::NoSession),
+                Err(_) => return (not_submitted(NotSubmitted::NoSession), None),
             },
-            _ = inner.closed.cancelled() => return not_submitted(NotSubmitted::NoSession),
+            _ = inner.closed.cancelled() => return (not_submitted(NotSubmitted::NoSession), None),
         };
         if inner.draining.load(Ordering::Acquire) {
-            return not_submitted(NotSubmitted::NoSession);
+            return (not_submitted(NotSubmitted::NoSession), None);
         }
         if !inner.gate.allows() {
-            return not_submitted(NotSubmitted::Fenced);
+            return (not_submitted(NotSubmitted::Fenced), None);
         }
         let outcome = match inner.request(Pdu::SubmitSm(pdu)).await {
             Ok(answer) => {
@@ -331,8 +332,7 @@ impl Session {
             Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
             Err(RequestError::NotSent) => not_submitted(NotSubmitted::NoSession),
         };
-        drop(permit);
-        outcome
+        (outcome, Some(permit))
     }
 
     /// How long the oldest request still unanswered has waited: a session that has stopped
