@@ -176,6 +176,12 @@ impl Daemon {
         lock(&self.duties).as_ref().map_or(0, Duties::available)
     }
 
+    /// Messages handed to the dispatcher and not finished (tests).
+    #[cfg(feature = "test-util")]
+    pub fn dispatch_backlog(&self) -> usize {
+        self.crew.dispatch.backlog()
+    }
+
     /// The carriers in force now (dormant ones while this node does not dispatch).
     pub fn carriers(&self) -> Vec<Arc<Carrier>> {
         self.crew.network.current().carriers.clone()

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -61,10 +62,18 @@ impl Job {
 /// Hands jobs to the dispatcher, for as long as this process has one: from start to shutdown on a
 /// single node; during its terms as dispatch leader in a cluster. Without one, the job is
 /// dropped and the message, durable in the store, is announced to whichever node dispatches.
+///
+/// At most [`Policy::backlog`] jobs are held in memory: past it, intake leaves messages in the
+/// store (they are durable there already) and recovery's feeder hands them over, oldest first,
+/// as the dispatcher drains ([`Dispatch::overflowing`]).
 #[derive(Clone)]
 pub struct Dispatch {
     store: Arc<Store>,
     link: Arc<std::sync::Mutex<Option<Link>>>,
+    /// Set when intake left a message in the store for want of room; cleared once the feeder has
+    /// handed over everything queued. While set, intake leaves every message there, so none
+    /// overtakes an earlier one to the same destination.
+    overflow: Arc<AtomicBool>,
 }
 
 /// The running dispatcher's end of a [`Dispatch`].
@@ -72,6 +81,8 @@ pub struct Dispatch {
 struct Link {
     jobs: mpsc::UnboundedSender<Job>,
     handed: Handed,
+    /// Jobs held in memory at most (`messages.dispatch_backlog`).
+    backlog: usize,
 }
 
 /// The messages handed over and not finished. Recovery feeds the dispatcher only while they are
@@ -86,7 +97,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Dispatch {
     /// A handle with no dispatcher behind it yet.
     pub fn new(store: Arc<Store>) -> Dispatch {
-        Dispatch { store, link: Arc::default() }
+        Dispatch { store, link: Arc::default(), overflow: Arc::default() }
     }
 
     fn link(&self) -> Option<Link> {
@@ -106,9 +117,36 @@ impl Dispatch {
             });
             return;
         }
+        if self.overflowing() || self.backlog() >= self.backlog_limit() {
+            // Durable in the store already: the feeder hands it over as the dispatcher drains.
+            if !self.overflow.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    backlog = self.backlog(),
+                    "the dispatcher holds messages.dispatch_backlog; newer messages wait in the store"
+                );
+            }
+            metrics::counter!(telemetry::DISPATCH_DEFERRED_TOTAL).increment(1);
+            return;
+        }
         if self.claim(&job.id) {
             self.enqueue_claimed(job);
         }
+    }
+
+    /// Whether intake is leaving messages in the store for the feeder to hand over.
+    pub fn overflowing(&self) -> bool {
+        self.overflow.load(Ordering::Acquire)
+    }
+
+    /// The feeder has handed over everything intake left in the store: intake hands over
+    /// directly again.
+    pub fn end_overflow(&self) {
+        self.overflow.store(false, Ordering::Release);
+    }
+
+    /// Jobs held in memory at most (`messages.dispatch_backlog`; 0 without a dispatcher).
+    pub fn backlog_limit(&self) -> usize {
+        self.link().map_or(0, |link| link.backlog)
     }
 
     /// Marks a message as handed over before its job exists (recovery checks the store and may
@@ -162,6 +200,8 @@ pub struct Policy {
     /// Sends again after a submit that went out without a readable answer (each may put a
     /// duplicate on the handset); past it the message fails (`messages.max_unconfirmed_resends`).
     pub max_unconfirmed_resends: u32,
+    /// Jobs held in memory at most (`messages.dispatch_backlog`).
+    pub backlog: usize,
 }
 
 impl Policy {
@@ -235,7 +275,9 @@ impl Dispatcher {
         let tasks = TaskTracker::new();
         let handed: Handed = Arc::default();
         tasks.spawn(run(shared, receiver, tasks.clone(), handed.clone()));
-        *lock(&dispatch.link) = Some(Link { jobs, handed });
+        *lock(&dispatch.link) = Some(Link { jobs, handed, backlog: policy.backlog });
+        // A new term starts with recovery's full pass over the queue.
+        dispatch.end_overflow();
         Dispatcher { tasks, stop, permits, capacity: std::sync::Mutex::new(capacity), dispatch: dispatch.clone() }
     }
 

@@ -72,6 +72,7 @@ impl Duties {
             spill_after: config.messages.spill_after,
             otp_spill_after: config.otp.spill_after,
             max_unconfirmed_resends: config.messages.max_unconfirmed_resends,
+            backlog: config.messages.dispatch_backlog,
         };
         let dispatcher = Dispatcher::start(&crew.dispatch, crew.network.clone(), Some(otp_submitted), policy);
         let feeders = TaskGroup::new();

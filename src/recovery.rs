@@ -13,10 +13,9 @@ use crate::otp::Otp;
 use crate::store::{MessageId, MessageRecord, MessageStatus, Store};
 use crate::telemetry;
 
-/// Recovery reads the queue this many messages at a time ...
+/// Recovery reads the queue this many messages at a time, while the dispatcher holds at most
+/// half its backlog (`messages.dispatch_backlog`) of unfinished jobs.
 const RECOVERY_PAGE: usize = 1024;
-/// ... while the dispatcher holds fewer than this many unfinished jobs.
-const RECOVERY_BACKLOG: usize = 8192;
 
 /// Re-queues what the previous run left: every queued message, in order, in the background and
 /// only as fast as the dispatcher drains (a million queued messages never sit in memory at once).
@@ -35,12 +34,8 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
         let (mut requeued, mut resubmits) = (0usize, 0usize);
         let mut after = None;
         loop {
-            // Feed the dispatcher only as fast as it drains.
-            while dispatch.backlog() > RECOVERY_BACKLOG {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stop.cancelled() => return,
-                }
+            if !drained(&dispatch, &stop).await {
+                return;
             }
             let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE).await {
                 Ok(page) => page,
@@ -62,9 +57,16 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
         tracing::info!(requeued, resubmits, seconds = started.elapsed().as_secs_f64(), "re-queued every message left by the previous run");
     }
     let mut tick = tokio::time::interval(ORPHAN_SCAN_EVERY);
+    let mut overflow = tokio::time::interval(OVERFLOW_CHECK_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = overflow.tick() => {
+                if dispatch.overflowing() {
+                    catch_up(&store, &handover, &dispatch, &stop).await;
+                }
+                continue;
+            }
             Some(id) = next_announced(&mut announced) => {
                 handover.hand(id).await;
                 continue;
@@ -89,6 +91,54 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
         }
     }
 }
+
+/// Waits until the dispatcher holds at most half its backlog: the feeder hands over only as fast
+/// as it drains. False on `stop`.
+async fn drained(dispatch: &Dispatch, stop: &CancellationToken) -> bool {
+    while dispatch.backlog() > dispatch.backlog_limit() / 2 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.cancelled() => return false,
+        }
+    }
+    true
+}
+
+/// Hands over what intake left in the store while the dispatcher was full: the queue from its
+/// oldest message, as fast as the dispatcher drains (messages already handed over are skipped by
+/// their claim). Once a page comes back empty, intake hands over directly again, and one more
+/// page picks up what it left meanwhile.
+async fn catch_up(store: &Store, handover: &Handover<'_>, dispatch: &Dispatch, stop: &CancellationToken) {
+    let (mut after, mut caught_up) = (None, false);
+    loop {
+        if !drained(dispatch, stop).await {
+            return;
+        }
+        let ids = match store.queued_ids_after(after.as_ref(), RECOVERY_PAGE).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Still overflowing: the next check starts over.
+                tracing::error!(error = %e, "cannot read the queue to hand over waiting messages");
+                return;
+            }
+        };
+        let Some(last) = ids.last() else {
+            if caught_up {
+                return;
+            }
+            dispatch.end_overflow();
+            caught_up = true;
+            continue;
+        };
+        after = Some(*last);
+        for id in ids {
+            handover.hand(id).await;
+        }
+    }
+}
+
+/// How often recovery looks whether intake left messages in the store for want of room.
+const OVERFLOW_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// How often the queue's oldest messages are checked against what the dispatcher knows ...
 const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(5);

@@ -43,6 +43,7 @@ pub const RECEIPTS_LATE_TOTAL: &str = "otpgate_receipts_late_total";
 pub const RECEIPTS_TOTAL: &str = "otpgate_receipts_total";
 pub const RECEIPTS_UNMATCHED_TOTAL: &str = "otpgate_receipts_unmatched_total";
 pub const RECEIPTS_DEFERRED_TOTAL: &str = "otpgate_receipts_deferred_total";
+pub const DISPATCH_DEFERRED_TOTAL: &str = "otpgate_dispatch_deferred_total";
 pub const RECONNECTS_TOTAL: &str = "otpgate_reconnects_total";
 pub const RECOVERED_TOTAL: &str = "otpgate_recovered_total";
 pub const RESEND_LIMIT_TOTAL: &str = "otpgate_resend_limit_total";
@@ -105,6 +106,10 @@ fn describe() {
     describe_counter!(RECONNECTS_TOTAL, "Sessions lost or binds failed, by reason");
     describe_counter!(RECEIPTS_TOTAL, "Delivery receipts per carrier and state");
     describe_histogram!(RECEIPT_LATENCY_SECONDS, "Submit to receipt time per carrier");
+    describe_counter!(
+        DISPATCH_DEFERRED_TOTAL,
+        "Queued messages left in the store because the dispatcher held messages.dispatch_backlog already; handed over as it drains"
+    );
     describe_counter!(RECEIPTS_DEFERRED_TOTAL, "Receipts the SMSC was asked to send again later because the store was a full queue behind");
     describe_counter!(RECEIPTS_UNMATCHED_TOTAL, "Receipts that matched no message (or could not be read)");
     describe_counter!(RECEIPTS_LATE_TOTAL, "Receipts for a message that already had its final receipt: counted, not applied");

@@ -189,3 +189,44 @@ async fn an_smsc_sending_random_and_mutated_pdus_under_load_loses_nothing() {
     assert_eq!(health.status, 200);
     assert!(rss_kb < 200 * 1024, "RSS {} MB under noise", rss_kb / 1024);
 }
+
+/// A carrier outage holds at most `messages.dispatch_backlog` queued messages in memory (each a
+/// waiting task of ~10 KB: a long outage grew memory with the queue): the rest wait in the store
+/// and go out once the carrier is back, every one, in the order taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_holds_at_most_the_dispatch_backlog_in_memory_and_the_rest_go_out_in_order() {
+    let sim = sim(SimConfig::default()).await;
+    sim.set_behaviour(Behaviour::RefuseBinds);
+    let gw = Gateway::setup(&[sim.addr()], "reconnect_min = \"50ms\"\nreconnect_max = \"100ms\"")
+        .sections("[messages]\ndispatch_backlog = 16\n")
+        .start()
+        .await;
+    // On PostgreSQL the node leads (and dispatches) a moment after it starts; messages taken in
+    // before that reach the dispatcher by recovery, not in intake order (issue 14 note).
+    let leading = tokio::time::timeout(Duration::from_secs(10), async {
+        while !gw.daemon.dispatching() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    leading.await.expect("the node dispatches");
+    let mut client = gw.client().await;
+    let mut sent = Vec::new();
+    let mut most_held = 0;
+    for i in 0..80 {
+        let text = format!("in order {i:02}");
+        let body = format!(r#"{{"to":"+447700900123","text":"{text}"}}"#);
+        assert_eq!(common::post_message(&mut client, common::API_KEY, &body, None).await.status, 202);
+        sent.push(text);
+        most_held = most_held.max(gw.daemon.dispatch_backlog());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    most_held = most_held.max(gw.daemon.dispatch_backlog());
+    assert!(most_held <= 16, "{most_held} messages held in memory for a backlog of 16");
+    assert!(sim.stats().submits.is_empty());
+
+    sim.set_behaviour(Behaviour::Normal);
+    assert!(sim.wait_until(Duration::from_secs(30), |s| s.submits.len() >= sent.len()).await, "not every message went out");
+    let received: Vec<String> = sim.stats().submits.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(received, sent, "each once, in the order taken in");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -56,6 +56,10 @@ pub struct MessagesConfig {
     /// response timeout, unreadable response, crash mid-submit); each may be a duplicate at the
     /// handset. Past it the message fails.
     pub max_unconfirmed_resends: u32,
+    /// Queued messages held in memory for the dispatcher, at most. Past it, more wait in the
+    /// store and are handed over as the dispatcher drains: memory stays bounded however far
+    /// intake outruns the carriers (an outage, a throttled carrier).
+    pub dispatch_backlog: usize,
 }
 
 impl Default for MessagesConfig {
@@ -66,6 +70,7 @@ impl Default for MessagesConfig {
             min_validity: Duration::from_secs(30),
             spill_after: Duration::from_secs(5),
             max_unconfirmed_resends: 2,
+            dispatch_backlog: 8192,
         }
     }
 }
@@ -84,6 +89,9 @@ impl MessagesConfig {
         }
         if self.max_unconfirmed_resends > 10 {
             return Some(("max_unconfirmed_resends", "must be 0-10: each resend may be a duplicate SMS".into()));
+        }
+        if !(16..=1_000_000).contains(&self.dispatch_backlog) {
+            return Some(("dispatch_backlog", "must be 16-1000000".into()));
         }
         // SMPP relative validity counts at most 99 days in our encoding.
         if self.max_validity > Duration::from_secs(99 * 24 * 3600) {

@@ -119,6 +119,14 @@ impl Store {
         }
     }
 
+    /// Up to `limit` queued message ids after `after` (from the oldest when `None`), in order,
+    /// read only: their records may have moved on meanwhile.
+    pub async fn queued_ids_after(&self, after: Option<&MessageId>, limit: usize) -> Result<Vec<MessageId>, StoreError> {
+        let after = after.map(keys::queue);
+        let rows = self.engine.scan(&[keys::QUEUE], after.as_deref(), limit).await?;
+        Ok(rows.iter().filter_map(|(k, _)| keys::id_from(&k[1..])).collect())
+    }
+
     /// Up to `limit` of the oldest queued messages, read only (no recovery bookkeeping).
     pub async fn oldest_queued(&self, limit: usize) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut out = Vec::new();
