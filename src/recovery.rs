@@ -131,9 +131,7 @@ async fn catch_up(store: &Store, handover: &Handover<'_>, dispatch: &Dispatch, s
             continue;
         };
         after = Some(*last);
-        for id in ids {
-            handover.hand(id).await;
-        }
+        handover.hand_all(ids).await;
     }
 }
 
@@ -181,6 +179,24 @@ impl Handover<'_> {
             }
         };
         self.hand_claimed(id, &record).await;
+    }
+
+    /// [`Handover::hand`] for a page of ids, their records read at once.
+    async fn hand_all(&self, ids: Vec<MessageId>) {
+        let claimed: Vec<MessageId> = ids.into_iter().filter(|id| self.dispatch.claim(id)).collect();
+        let records = match self.store.messages(&claimed).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read queued messages; the queue scan retries");
+                return claimed.iter().for_each(|id| self.dispatch.release(id));
+            }
+        };
+        for (id, record) in claimed.into_iter().zip(records) {
+            match record {
+                Some(record) if record.status == MessageStatus::Queued => self.hand_claimed(id, &record).await,
+                _ => self.dispatch.release(&id),
+            }
+        }
     }
 
     async fn hand_claimed(&self, id: MessageId, record: &MessageRecord) {

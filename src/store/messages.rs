@@ -32,6 +32,12 @@ impl Store {
         self.read(&keys::message(id), || format!("message {id}")).await
     }
 
+    /// Several messages in one read, in the order asked.
+    pub async fn messages(&self, ids: &[MessageId]) -> Result<Vec<Option<MessageRecord>>, StoreError> {
+        let rows = self.engine.get_many(&ids.iter().map(keys::message).collect::<Vec<_>>()).await?;
+        ids.iter().zip(rows).map(|(id, row)| decode(row, || format!("message {id}"))).collect()
+    }
+
     /// Takes a message in: record, queue entry and (optionally) idempotency entry, written in
     /// that order, then waits for the group commit. When this returns `Ok`, the message is on
     /// disk.
@@ -333,12 +339,8 @@ impl Store {
         let _locked = self.locks.and_messages(self.locks.take_pairs(&correlation).await, &ids).await;
         // The records, and receipts that beat these responses, read side by side.
         let held_prefixes: Vec<Vec<u8>> = correlation.iter().map(|(carrier, c)| keys::held_receipts(carrier, c)).collect();
-        let record_keys: Vec<Vec<u8>> = ids.iter().map(keys::message).collect();
-        let (rows, held) = futures::try_join!(self.engine.get_many(&record_keys), self.engine.first_under_each(&held_prefixes))?;
-        let mut records: HashMap<MessageId, Option<MessageRecord>> = HashMap::with_capacity(ids.len());
-        for (id, row) in ids.iter().zip(rows) {
-            records.insert(*id, decode(row, || format!("message {id}"))?);
-        }
+        let (read, held) = futures::try_join!(self.messages(&ids), self.engine.first_under_each(&held_prefixes))?;
+        let mut records: HashMap<MessageId, Option<MessageRecord>> = ids.iter().copied().zip(read).collect();
         let (mut changes, mut applied_held, mut entering, mut dequeued) =
             (Vec::<(MessageId, Change)>::new(), HashSet::new(), Vec::new(), 0);
         let mut statuses = Vec::with_capacity(batch.len());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
-use super::{Change, Store, StoreError, decode, encode, keys};
+use super::{Change, Store, StoreError, encode, keys};
 
 /// A receipt as the store matches it.
 #[derive(Debug, Clone)]
@@ -182,11 +182,7 @@ impl Store {
         named.sort_unstable_by_key(|id| id.0);
         named.dedup();
         let _locked = self.locks.and_messages(locked, &named).await;
-        let rows = self.engine.get_many(&named.iter().map(keys::message).collect::<Vec<_>>()).await?;
-        let mut records: HashMap<MessageId, Option<MessageRecord>> = HashMap::with_capacity(named.len());
-        for (id, row) in named.iter().zip(rows) {
-            records.insert(*id, decode(row, || format!("message {id}"))?);
-        }
+        let mut records: HashMap<MessageId, Option<MessageRecord>> = named.iter().copied().zip(self.messages(&named).await?).collect();
 
         let mut outcome = Vec::with_capacity(receipts.len());
         let mut changes: Vec<(MessageId, Change)> = Vec::new();
