@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
-use super::{Change, Store, StoreError, decode, encode, idempotency, keys, lock};
+use super::{Change, Changes, Store, StoreError, decode, encode, idempotency, keys, lock};
 use tokio::sync::oneshot;
 
 use crate::telemetry;
@@ -341,8 +341,7 @@ impl Store {
         let held_prefixes: Vec<Vec<u8>> = correlation.iter().map(|(carrier, c)| keys::held_receipts(carrier, c)).collect();
         let (read, held) = futures::try_join!(self.messages(&ids), self.engine.first_under_each(&held_prefixes))?;
         let mut records: HashMap<MessageId, Option<MessageRecord>> = ids.iter().copied().zip(read).collect();
-        let (mut changes, mut applied_held, mut entering, mut dequeued) =
-            (Vec::<(MessageId, Change)>::new(), HashSet::new(), Vec::new(), 0);
+        let (mut changes, mut applied_held, mut entering, mut dequeued) = (Changes::default(), HashSet::new(), Vec::new(), 0);
         let mut statuses = Vec::with_capacity(batch.len());
         for ((submit, canonical), held) in batch.iter().zip(&canonical).zip(held) {
             let id = submit.id;
@@ -350,14 +349,7 @@ impl Store {
                 statuses.push(None);
                 continue;
             };
-            let at = match changes.iter().position(|(changed, _)| *changed == id) {
-                Some(at) => at,
-                None => {
-                    changes.push((id, Change::default()));
-                    changes.len() - 1
-                }
-            };
-            let rows = &mut changes[at].1;
+            let rows = changes.of(id);
             record.push_attempt(submit.attempt.clone());
             if record.status.is_final() {
                 // A late response for a message already finished (e.g. expired meanwhile).
@@ -384,13 +376,7 @@ impl Store {
             }
             statuses.push(Some(record.status));
         }
-        let mut writes = Vec::new();
-        for (id, change) in changes {
-            if let Some(Some(record)) = records.get(&id) {
-                writes.extend(change.into_writes(keys::message(&id), encode(record)));
-            }
-        }
-        self.engine.write(writes).await?;
+        self.engine.write(changes.into_writes(&records)).await?;
         self.queue_changed(-dequeued);
         for status in entering {
             entered(status);

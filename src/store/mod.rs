@@ -40,6 +40,7 @@ pub(crate) mod settings;
 mod sweep;
 pub mod verification;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -172,6 +173,36 @@ impl Change {
     fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> {
         let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
         adds.chain(self.removes.into_iter().map(|k| (k, None)))
+    }
+}
+
+/// The changes of a batch (receipts, submits), one [`Change`] per message, in the order each
+/// message was first changed.
+#[derive(Default)]
+struct Changes(Vec<(MessageId, Change)>);
+
+impl Changes {
+    /// `id`'s change, begun on first use.
+    fn of(&mut self, id: MessageId) -> &mut Change {
+        let at = match self.0.iter().position(|(changed, _)| *changed == id) {
+            Some(at) => at,
+            None => {
+                self.0.push((id, Change::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    /// Every change as writes in the safe order, each with its record as `records` holds it now.
+    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut writes = Vec::new();
+        for (id, change) in self.0 {
+            if let Some(Some(record)) = records.get(&id) {
+                writes.extend(change.into_writes(keys::message(&id), encode(record)));
+            }
+        }
+        writes
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
-use super::{Change, Store, StoreError, encode, keys};
+use super::{Change, Changes, Store, StoreError, encode, keys};
 
 /// A receipt as the store matches it.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ impl Store {
         let mut records: HashMap<MessageId, Option<MessageRecord>> = named.iter().copied().zip(self.messages(&named).await?).collect();
 
         let mut outcome = Vec::with_capacity(receipts.len());
-        let mut changes: Vec<(MessageId, Change)> = Vec::new();
+        let mut changes = Changes::default();
         let mut held_rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let (mut newly_held, mut dequeued, mut entering) = (0, 0, Vec::new());
         for (receipt, mut named) in receipts.into_iter().zip(found) {
@@ -219,14 +219,7 @@ impl Store {
                 [only] => Some(*only),
                 _ => None,
             };
-            let at = match changes.iter().position(|(id, _)| *id == chosen) {
-                Some(at) => at,
-                None => {
-                    changes.push((chosen, Change::default()));
-                    changes.len() - 1
-                }
-            };
-            let change = &mut changes[at].1;
+            let change = changes.of(chosen);
             let was_queued = record.status == MessageStatus::Queued;
             let finished = apply_receipt_to(record, &chosen, &receipt.summary, receipt.final_status, now_ms, change);
             if finished {
@@ -238,10 +231,7 @@ impl Store {
         }
 
         let mut writes = held_rows;
-        for (id, change) in changes {
-            let Some(Some(record)) = records.get(&id) else { continue };
-            writes.extend(change.into_writes(keys::message(&id), encode(record)));
-        }
+        writes.extend(changes.into_writes(&records));
         self.engine.write(writes).await?;
         self.held_changed(newly_held as isize);
         self.queue_changed(-dequeued);
