@@ -26,6 +26,7 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
     metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(0);
     metrics::counter!(telemetry::RECOVERED_TOTAL).increment(0);
     metrics::counter!(telemetry::ORPHANS_FOUND_TOTAL).increment(0);
+    metrics::counter!(telemetry::DISPATCH_DEFERRED_TOTAL).increment(0);
     let handover = Handover { store: &store, otp: &otp, dispatch: &dispatch, max_resends };
     // Listening before the first pass: nothing announced meanwhile is missed.
     let mut announced = store.announcements(stop.clone());
