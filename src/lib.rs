@@ -11,7 +11,7 @@
 //!   span sections; [`config::ConfigBuilder`] writes configs from code;
 //! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
 //!   cap), its settings, and a minimal client for the demo and tests;
-//! - `otp`: verifications: codes and their HMAC, templates, rate rules, receipt failover, API views;
+//! - `otp`: verifications: codes and their HMAC, templates, rate rules, receipt failover;
 //! - [`store`]: the durable store (sled, or PostgreSQL for a cluster), one file per row kind,
 //!   group commit, retention;
 //! - `dispatch`: takes queued messages to a carrier, retries, spills over, expires;

@@ -32,8 +32,7 @@ use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
 use crate::route::Network;
 use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
-use crate::store::record::rfc3339;
-use crate::store::{Idempotency, MessageId, MessageRecord, NewMessage, Store};
+use crate::store::{Idempotency, MessageId, NewMessage, Store};
 use settings::{ApiKeyConfig, MessagesConfig};
 
 /// Largest request body accepted.
@@ -330,24 +329,6 @@ fn store_unavailable(e: crate::store::StoreError) -> ApiError {
     ApiError::unavailable("store_unavailable", "the message could not be stored durably; retry later")
 }
 
-fn message_json(id: &MessageId, r: &MessageRecord) -> serde_json::Value {
-    json!({
-        "id": id.to_string(),
-        "to": r.to,
-        "status": r.status.as_str(),
-        "carrier": r.carrier,
-        "smsc_message_id": r.smsc_message_id,
-        "created_at": rfc3339(r.created_ms),
-        "submitted_at": r.submitted_ms.map(rfc3339),
-        "done_at": r.done_ms.map(rfc3339),
-        "expires_at": rfc3339(r.deadline_ms),
-        "receipt": r.receipt.as_ref().map(|rc| json!({"stat": rc.stat, "err": rc.err})),
-        "error": r.error,
-        "attempts": r.attempts.len(),
-        "session": r.attempts.last().and_then(|a| a.session.clone()),
-    })
-}
-
 async fn get_message(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let owner = authenticate(&state, &headers)?;
     let id: MessageId = id.parse().map_err(|_| ApiError::not_found("message"))?;
@@ -358,7 +339,7 @@ async fn get_message(State(state): State<Arc<AppState>>, headers: HeaderMap, Pat
         .map_err(|e| ApiError::unavailable("store_unavailable", e.to_string()))?
         .filter(|r| r.owner == owner)
         .ok_or_else(|| ApiError::not_found("message"))?;
-    Ok(axum::Json(message_json(&id, &record)).into_response())
+    Ok(axum::Json(crate::store::view::message(&id, &record)).into_response())
 }
 
 async fn healthz() -> Response {

@@ -12,7 +12,6 @@ mod failover;
 pub mod ratelimit;
 pub(crate) mod settings;
 pub mod template;
-pub mod view;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -35,7 +34,7 @@ use code::CodeKey;
 use ratelimit::RateLimiter;
 pub use settings::OtpConfig;
 use template::{Autofill, Fill};
-use view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
+use crate::store::view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
 
 /// Longest context a verification may be bound to.
 pub const MAX_CONTEXT_CHARS: usize = 64;

@@ -39,6 +39,7 @@ pub mod record;
 pub(crate) mod settings;
 mod sweep;
 pub mod verification;
+pub mod view;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,13 +1,13 @@
-//! What the API shows of a verification: typed views that HTTP turns into JSON. Never a code,
-//! never its HMAC, never the SMS text.
+//! What the API (and every event about a record) shows of a message or a verification: typed
+//! views that HTTP and the webhooks turn into JSON. Never a code, never its HMAC, never the SMS
+//! text.
 
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::store::record::{MessageRecord, rfc3339, to_ms};
-use crate::store::verification::{VerificationRecord, VerificationStatus};
-use crate::store::{MessageId, VerificationId};
+use super::record::{MessageId, MessageRecord, VerificationId, rfc3339, to_ms};
+use super::verification::{VerificationRecord, VerificationStatus};
 
 /// The fields every view of a verification shares.
 #[derive(Debug, Clone, Serialize)]
@@ -85,4 +85,23 @@ impl Delivery {
 /// A pending verification past its time reads as expired even before anything wrote that.
 pub(crate) fn shown_status(r: &VerificationRecord, now: SystemTime) -> VerificationStatus {
     if r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms { VerificationStatus::Expired } else { r.status }
+}
+
+/// A message as `GET /v1/messages/{id}` shows it.
+pub fn message(id: &MessageId, r: &MessageRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_string(),
+        "to": r.to,
+        "status": r.status.as_str(),
+        "carrier": r.carrier,
+        "smsc_message_id": r.smsc_message_id,
+        "created_at": rfc3339(r.created_ms),
+        "submitted_at": r.submitted_ms.map(rfc3339),
+        "done_at": r.done_ms.map(rfc3339),
+        "expires_at": rfc3339(r.deadline_ms),
+        "receipt": r.receipt.as_ref().map(|rc| serde_json::json!({"stat": rc.stat, "err": rc.err})),
+        "error": r.error,
+        "attempts": r.attempts.len(),
+        "session": r.attempts.last().and_then(|a| a.session.clone()),
+    })
 }
