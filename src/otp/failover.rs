@@ -44,23 +44,42 @@ impl Otp {
         let Some(verification) = self.store.verification(&vid).await? else { return Ok(false) };
         let now = self.now();
         let latest = verification.message_ids.last() == Some(&message_id);
-        if !still_failing || !latest || shown_status(&verification, now) != VerificationStatus::Pending {
+        let reported = verification.failovers.iter().any(|f| f.message_id == Some(message_id));
+        if !still_failing || !latest || reported || shown_status(&verification, now) != VerificationStatus::Pending {
             return Ok(false);
         }
+        let from_carrier = message.carrier.clone().unwrap_or_default();
+        let reason = if timed_out { "no receipt in time".to_string() } else { format!("receipt {}", message.status.as_str()) };
+        let failed = |resent_as: Option<MessageId>| Failover {
+            at_ms: to_ms(now),
+            from_carrier: from_carrier.clone(),
+            reason: reason.clone(),
+            message_id: Some(message_id),
+            resent_as,
+            resent: resent_as.is_some(),
+        };
         let fabric = self.network.current();
-        let Some(route) = fabric.routes.route(&verification.to) else { return Ok(false) };
         let mut used: Vec<String> = Vec::new();
         for mid in &verification.message_ids {
             if let Some(carrier) = self.store.message(mid).await?.and_then(|m| m.carrier) {
                 used.push(carrier);
             }
         }
-        if route.carriers().iter().all(|c| used.iter().any(|u| u == c.name())) {
+        let route = fabric.routes.route(&verification.to);
+        if route.is_none_or(|route| route.carriers().iter().all(|c| used.iter().any(|u| u == c.name()))) {
             tracing::info!(verification = %vid, "receipt failover: every carrier of the route was tried");
+            if !timed_out {
+                // The carrier said it failed and no resend follows: on record, and reported
+                // (verification.delivery_failed) once.
+                let record = |r: &mut VerificationRecord, _: &mut NumberStats| {
+                    if r.message_ids.last() == Some(&message_id) && !r.failovers.iter().any(|f| f.message_id == Some(message_id)) {
+                        r.failovers.push(failed(None));
+                    }
+                };
+                self.store.update_verification(&vid, record).await?;
+            }
             return Ok(false);
         }
-        let from_carrier = message.carrier.clone().unwrap_or_default();
-        let reason = if timed_out { "no receipt in time".to_string() } else { format!("receipt {}", message.status.as_str()) };
         let code = code::generate(verification.code_length)?;
         let text = self.render(&verification.locale, code.expose(), &verification.context);
         let new_id = self.store.new_id();
@@ -81,7 +100,7 @@ impl Otp {
             if still {
                 r.code_hmac = sealed.clone();
                 r.message_ids.push(new_id);
-                r.failovers.push(Failover { at_ms: to_ms(now), from_carrier: from_carrier.clone(), reason: reason.clone() });
+                r.failovers.push(failed(Some(new_id)));
             }
             still
         };

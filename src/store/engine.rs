@@ -125,6 +125,24 @@ impl Engine {
         }
     }
 
+    /// Writes rows all or nothing: a change that carries events (sled's batch costs two disk
+    /// writes of its own, so only then; a database's single statement is atomic anyway).
+    pub(super) async fn write_atomically(&self, writes: Writes) -> Result<(), StoreError> {
+        match self {
+            Engine::Sled(db) => {
+                let mut batch = sled::Batch::default();
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
+                Ok(db.apply_batch(batch)?)
+            }
+            Engine::Postgres(pg) => pg.write(writes).await,
+        }
+    }
+
     /// The values of `keys` (`None` where there is no row), in the order asked.
     pub(super) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         match self {

@@ -15,6 +15,8 @@
 //! | `n` | number | recent sends and failed checks of the number |
 //! | `w` | done time (ms, BE), verification id | empty: finished verifications, for the sweep |
 //! | `s` | name | a setting every process on this store must share (the OTP key's fingerprint) |
+//! | `x` | webhook, NUL, subject id, event id | an event waiting for that endpoint (`events.rs`) |
+//! | `y` | webhook, NUL, subject id, event id | an event given up on, kept for the operator |
 
 use super::record::{MessageId, VerificationId};
 
@@ -29,6 +31,8 @@ pub(super) const PENDING: u8 = b'o';
 pub(super) const NUMBER: u8 = b'n';
 pub(super) const VERIFICATION_DONE: u8 = b'w';
 pub(super) const SHARED_SETTING: u8 = b's';
+pub(super) const EVENT: u8 = b'x';
+pub(super) const DEAD_EVENT: u8 = b'y';
 
 /// The queue depth at the last clean close: a whole key of its own.
 pub(super) const CLEAN_CLOSE: &[u8] = b"c";

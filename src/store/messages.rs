@@ -279,6 +279,7 @@ impl Store {
             }
             rows.add(keys::done(keys::MESSAGE_DONE, done, id), []);
             rows.remove(keys::queue(id));
+            self.emit_message(&mut rows.events, id, r, done);
             changed = true;
             true
         })
@@ -341,6 +342,7 @@ impl Store {
         let held_prefixes: Vec<Vec<u8>> = correlation.iter().map(|(carrier, c)| keys::held_receipts(carrier, c)).collect();
         let (read, held) = futures::try_join!(self.messages(&ids), self.engine.first_under_each(&held_prefixes))?;
         let mut records: HashMap<MessageId, Option<MessageRecord>> = ids.iter().copied().zip(read).collect();
+        let verifications = self.sent_verifications(&records).await?;
         let (mut changes, mut applied_held, mut entering, mut dequeued) = (Changes::default(), HashSet::new(), Vec::new(), 0);
         let mut statuses = Vec::with_capacity(batch.len());
         for ((submit, canonical), held) in batch.iter().zip(&canonical).zip(held) {
@@ -361,6 +363,11 @@ impl Store {
             record.submitted_ms = Some(submit.now_ms);
             record.carrier = Some(submit.carrier.clone());
             record.smsc_message_id = Some(submit.smsc_id.clone());
+            self.emit_message(&mut rows.events, &id, record, submit.now_ms);
+            if let Some((vid, verification)) = record.verification.and_then(|v| Some((v, verifications.get(&v)?))) {
+                let sent = super::events::EventType::VerificationSent;
+                self.emit_verification(&mut rows.events, sent, &vid, verification, Some((&id, record)), None, submit.now_ms);
+            }
             if !canonical.is_empty() {
                 // One index row, under the canonical form; the receipt side reads its ids back into it.
                 rows.add(keys::receipt_index(&submit.carrier, canonical), &id.0[..]);
@@ -373,15 +380,36 @@ impl Store {
             if record.status.is_final() {
                 // A receipt that beat this response was applied just now.
                 entering.push(record.status);
+                self.emit_message(&mut rows.events, &id, record, submit.now_ms);
             }
             statuses.push(Some(record.status));
         }
-        self.engine.write(changes.into_writes(&records)).await?;
+        let (writes, events) = changes.into_writes(&records);
+        self.write_with_events(writes, events).await?;
         self.queue_changed(-dequeued);
         for status in entering {
             entered(status);
         }
         Ok(statuses)
+    }
+}
+
+impl Store {
+    /// The verifications of the OTP SMS among `records` whose submit an endpoint hears of.
+    async fn sent_verifications(
+        &self,
+        records: &HashMap<MessageId, Option<MessageRecord>>,
+    ) -> Result<HashMap<VerificationId, super::verification::VerificationRecord>, StoreError> {
+        let mut out = HashMap::new();
+        for record in records.values().flatten() {
+            let Some(vid) = record.verification else { continue };
+            if self.wanted(super::events::EventType::VerificationSent, &record.owner)
+                && let Some(verification) = self.verification(&vid).await?
+            {
+                out.insert(vid, verification);
+            }
+        }
+        Ok(out)
     }
 }
 

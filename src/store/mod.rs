@@ -29,6 +29,7 @@
 
 mod commit;
 mod engine;
+pub mod events;
 mod idempotency;
 mod keys;
 mod locks;
@@ -52,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use commit::FlushError;
 use commit::GroupCommit;
-use engine::Engine;
+use engine::{Engine, Writes};
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
 pub use messages::NewMessage;
 pub use receipts::{IncomingReceipt, ReceiptMatch};
@@ -125,6 +126,8 @@ pub struct Store {
     held: AtomicUsize,
     max_held: usize,
     hold_for: Duration,
+    /// Who hears of events, and their backlogs.
+    outbox: events::Outbox,
     /// An intake write failed (disk full, I/O error). sled 0.34 keeps failing after its first
     /// I/O error even once space returns, so this never clears: the process must restart.
     broken: AtomicBool,
@@ -154,11 +157,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One record's change as ordered writes (see the module doc): `add` rows are written before
-/// the record, `remove` rows after it.
+/// the record, `remove` rows after it. A change that emits events is written all at once.
 #[derive(Default)]
 struct Change {
     adds: Vec<(Vec<u8>, Vec<u8>)>,
     removes: Vec<Vec<u8>>,
+    events: events::Emitted,
 }
 
 impl Change {
@@ -170,10 +174,11 @@ impl Change {
         self.removes.push(k);
     }
 
-    /// The change with the record row `record_key` = `record`, as writes in the safe order.
-    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> {
+    /// The change with the record row `record_key` = `record`, as writes in the safe order,
+    /// and the rows of the events it emits.
+    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, Vec<(Vec<u8>, Vec<u8>)>) {
         let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
-        adds.chain(self.removes.into_iter().map(|k| (k, None)))
+        (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events.0)
     }
 }
 
@@ -195,22 +200,38 @@ impl Changes {
         &mut self.0[at].1
     }
 
-    /// Every change as writes in the safe order, each with its record as `records` holds it now.
-    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut writes = Vec::new();
+    /// Every change as writes in the safe order, each with its record as `records` holds it
+    /// now, and the rows of the events they emit.
+    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, Vec<(Vec<u8>, Vec<u8>)>) {
+        let (mut writes, mut events) = (Vec::new(), Vec::new());
         for (id, change) in self.0 {
             if let Some(Some(record)) = records.get(&id) {
-                writes.extend(change.into_writes(keys::message(&id), encode(record)));
+                let (rows, emitted) = change.into_writes(keys::message(&id), encode(record));
+                writes.extend(rows);
+                events.extend(emitted);
             }
         }
-        writes
+        (writes, events)
     }
 }
 
 impl Store {
     /// Writes `change` around the record row `record_key` = `record` in the safe order.
     async fn apply(&self, change: Change, record_key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
-        self.engine.write(change.into_writes(record_key, record).collect()).await
+        let (writes, events) = change.into_writes(record_key, record);
+        self.write_with_events(writes, events).await
+    }
+
+    /// Writes rows in order, or, with the rows of events they report, all at once (module doc
+    /// of `events`).
+    async fn write_with_events(&self, mut writes: Writes, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return self.engine.write(writes).await;
+        }
+        writes.extend(events.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        self.engine.write_atomically(writes).await?;
+        self.events_written(&events);
+        Ok(())
     }
 
     /// Opens (or creates) the store, in `dir` for sled or in the database for PostgreSQL, and
@@ -234,6 +255,7 @@ impl Store {
             max_held: options.max_held_receipts,
             hold_for: options.hold_receipts_for,
             broken: AtomicBool::new(false),
+            outbox: events::Outbox::default(),
         });
         // After a clean close the depth is on record; after a crash, count the queue. Counting
         // walks every queue row through sled's cache, which at a million queued messages costs

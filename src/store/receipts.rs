@@ -225,14 +225,16 @@ impl Store {
             if finished {
                 dequeued += i64::from(was_queued);
                 entering.push(record.status);
+                self.emit_message(&mut change.events, &chosen, record, now_ms);
             }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
             outcome.push(ReceiptMatch::Matched { id: chosen, status: record.status, latency, finished, reading });
         }
 
         let mut writes = held_rows;
-        writes.extend(changes.into_writes(&records));
-        self.engine.write(writes).await?;
+        let (changed, events) = changes.into_writes(&records);
+        writes.extend(changed);
+        self.write_with_events(writes, events).await?;
         self.held_changed(newly_held as isize);
         self.queue_changed(-dequeued);
         for status in entering {

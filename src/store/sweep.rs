@@ -9,8 +9,8 @@ use super::record::{self, MessageId};
 use super::{Store, StoreError, keys};
 
 impl Store {
-    /// Deletes finished messages older than `retention`, their receipt index rows and expired
-    /// idempotency keys, and held receipts older than [`StoreOptions::hold_receipts_for`](super::StoreOptions).
+    /// Deletes finished messages older than `retention`, their receipt index rows, expired
+    /// idempotency keys, webhook events given up on more than `retention` ago, and held receipts older than [`StoreOptions::hold_receipts_for`](super::StoreOptions).
     /// Returns (messages deleted, the carrier of each held receipt dropped unmatched).
     pub async fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let mut deleted = 0;
@@ -43,6 +43,7 @@ impl Store {
             tokio::task::yield_now().await;
         }
         self.sweep_idempotency(now).await?;
+        self.sweep_dead_events(retention, now).await?;
         let unmatched = self.drop_stale_held(now).await?;
         Ok((deleted, unmatched))
     }

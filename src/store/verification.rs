@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::PAGE;
 use super::engine::Tx;
+use super::events::{Emitted, EventType};
 use super::messages::queued_rows;
 use super::record::{MessageId, VerificationId};
 use super::sweep::cutoff;
@@ -58,13 +59,40 @@ pub struct VerificationRecord {
     pub failovers: Vec<Failover>,
 }
 
-/// One receipt failover of a verification's SMS.
+/// One failed SMS of a verification, and the resend through another carrier if one followed
+/// (receipt failover).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failover {
     pub at_ms: u64,
     /// The carrier whose SMS failed.
     pub from_carrier: String,
     pub reason: String,
+    /// The SMS that failed.
+    #[serde(default)]
+    pub message_id: Option<MessageId>,
+    /// The SMS sent instead through another carrier; `None` when every carrier of the route was
+    /// tried. (Records from before this field all had one: their `resent` defaults to true.)
+    #[serde(default)]
+    pub resent_as: Option<MessageId>,
+    #[serde(default = "resent_before_it_was_recorded")]
+    pub resent: bool,
+}
+
+fn resent_before_it_was_recorded() -> bool {
+    true
+}
+
+impl Failover {
+    /// What `verification.delivery_failed` says of it.
+    fn event_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "failed_message_id": self.message_id,
+            "failed_carrier": self.from_carrier,
+            "reason": self.reason,
+            "failover": self.resent,
+            "failover_message_id": self.resent_as,
+        })
+    }
 }
 
 /// What the rules need to know about a number, kept for the longest window: across all API
@@ -144,11 +172,13 @@ impl Store {
             Ok(send) => send,
             Err(e) => return Ok(Err(e)),
         };
+        let mut events = Emitted::default();
         if let Some(previous) = previous.filter(|p| *p != send.id) {
             // A new verification replaced an expired pending one: finish that one.
             if let Some(mut old) = verification_in(&tx, &previous).await? {
                 old.status = VerificationStatus::Expired;
                 old.done_ms = Some(send.record.created_ms);
+                self.emit_verification_end(&mut events, &previous, &old, send.record.created_ms).await?;
                 tx.put(keys::done(keys::VERIFICATION_DONE, send.record.created_ms, &previous.0), Vec::new());
                 tx.put(keys::verification(&previous), encode(&old));
             }
@@ -164,7 +194,11 @@ impl Store {
             let (k, v) = idempotency::row(owner, key, body_sha256, &send.id.0, send.record.last_send_ms, Some(response));
             tx.put(k, v);
         }
+        for (k, v) in &events.0 {
+            tx.put(k.clone(), v.clone());
+        }
         tx.commit().await?;
+        self.events_written(&events.0);
         self.queue_changed(1);
         self.commit.durable().await?;
         super::messages::entered(super::MessageStatus::Queued);
@@ -189,8 +223,21 @@ impl Store {
         };
         let mut stats: NumberStats = decode(tx.get(&keys::number(&record.to)).await?, || "number stats".to_string())?.unwrap_or_default();
         let was_pending = record.status == VerificationStatus::Pending;
+        let failovers = record.failovers.len();
         let out = change(&mut record, &mut stats);
+        let now_ms = super::record::to_ms(SystemTime::now());
+        let mut events = Emitted::default();
+        if let Some(failed) = record.failovers.get(failovers..).and_then(<[Failover]>::last) {
+            let failed_message = match failed.message_id {
+                Some(mid) => self.message(&mid).await?.map(|m| (mid, m)),
+                None => None,
+            };
+            let latest = failed_message.as_ref().map(|(m, r)| (m, r));
+            let kind = EventType::VerificationDeliveryFailed;
+            self.emit_verification(&mut events, kind, id, &record, latest, Some(("failover", failed.event_view())), now_ms);
+        }
         if was_pending && record.status != VerificationStatus::Pending {
+            self.emit_verification_end(&mut events, id, &record, now_ms).await?;
             let done = record.done_ms.unwrap_or(record.last_send_ms);
             record.done_ms = Some(done);
             tx.put(keys::done(keys::VERIFICATION_DONE, done, &id.0), Vec::new());
@@ -202,7 +249,11 @@ impl Store {
         }
         tx.put(keys::verification(id), encode(&record));
         tx.put(keys::number(&record.to), encode(&stats));
+        for (k, v) in &events.0 {
+            tx.put(k.clone(), v.clone());
+        }
         tx.commit().await?;
+        self.events_written(&events.0);
         self.commit.durable().await?;
         Ok(Some((record, out)))
     }

@@ -1,0 +1,480 @@
+//! Events out: what happened to a message or a verification, kept as one row per webhook
+//! endpoint that wants it until that endpoint has taken it.
+//!
+//! An event's rows are written in the same atomic write as the change it reports (sled's batch,
+//! one statement or transaction on PostgreSQL), so a crash keeps both or neither: no event is
+//! lost whose change survived, none is sent whose change did not. Rows are keyed endpoint,
+//! subject, event id, where the subject is the verification an SMS belongs to (else the message
+//! itself) and ids grow with time: walking an endpoint's rows in key order meets each subject's
+//! events in the order they happened, which is how the sender keeps them in order.
+//!
+//! A row leaves when its endpoint answered 2xx; one that kept failing past its retry time moves
+//! under the dead prefix, where an operator lists and re-sends it and retention sweeps it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{self, MessageId, MessageRecord, MessageStatus, VerificationId};
+use super::verification::{VerificationRecord, VerificationStatus};
+use super::{Store, StoreError, decode, encode, keys, lock, view};
+
+/// Every kind of event, as its `type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    MessageSubmitted,
+    MessageDelivered,
+    MessageUndeliverable,
+    MessageExpired,
+    MessageRejected,
+    MessageFailed,
+    VerificationSent,
+    VerificationDeliveryFailed,
+    VerificationApproved,
+    VerificationExpired,
+    VerificationCanceled,
+    VerificationMaxAttemptsReached,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 12] = [
+        EventType::MessageSubmitted,
+        EventType::MessageDelivered,
+        EventType::MessageUndeliverable,
+        EventType::MessageExpired,
+        EventType::MessageRejected,
+        EventType::MessageFailed,
+        EventType::VerificationSent,
+        EventType::VerificationDeliveryFailed,
+        EventType::VerificationApproved,
+        EventType::VerificationExpired,
+        EventType::VerificationCanceled,
+        EventType::VerificationMaxAttemptsReached,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::MessageSubmitted => "message.submitted",
+            EventType::MessageDelivered => "message.delivered",
+            EventType::MessageUndeliverable => "message.undeliverable",
+            EventType::MessageExpired => "message.expired",
+            EventType::MessageRejected => "message.rejected",
+            EventType::MessageFailed => "message.failed",
+            EventType::VerificationSent => "verification.sent",
+            EventType::VerificationDeliveryFailed => "verification.delivery_failed",
+            EventType::VerificationApproved => "verification.approved",
+            EventType::VerificationExpired => "verification.expired",
+            EventType::VerificationCanceled => "verification.canceled",
+            EventType::VerificationMaxAttemptsReached => "verification.max_attempts_reached",
+        }
+    }
+
+    /// The event of a message entering `status` (none for queued).
+    fn of_message(status: MessageStatus) -> Option<EventType> {
+        Some(match status {
+            MessageStatus::Queued => return None,
+            MessageStatus::Submitted => EventType::MessageSubmitted,
+            MessageStatus::Delivered => EventType::MessageDelivered,
+            MessageStatus::Undeliverable => EventType::MessageUndeliverable,
+            MessageStatus::Expired => EventType::MessageExpired,
+            MessageStatus::Rejected => EventType::MessageRejected,
+            MessageStatus::Failed => EventType::MessageFailed,
+        })
+    }
+
+    /// The event of a verification ending in `status` (none for pending).
+    fn of_verification(status: VerificationStatus) -> Option<EventType> {
+        Some(match status {
+            VerificationStatus::Pending => return None,
+            VerificationStatus::Approved => EventType::VerificationApproved,
+            VerificationStatus::Expired => EventType::VerificationExpired,
+            VerificationStatus::Canceled => EventType::VerificationCanceled,
+            VerificationStatus::MaxAttemptsReached => EventType::VerificationMaxAttemptsReached,
+        })
+    }
+}
+
+/// What one endpoint wants: event types by glob (`*` matches any run of characters) and the
+/// API keys whose records it hears of (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub name: String,
+    pub types: Vec<String>,
+    pub api_keys: Vec<String>,
+}
+
+impl Subscription {
+    fn wants(&self, kind: EventType, owner: &str) -> bool {
+        self.types.iter().any(|pattern| glob(pattern, kind.name())) && (self.api_keys.is_empty() || self.api_keys.iter().any(|k| k == owner))
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else { return false };
+            (0..=tail.len()).any(|at| tail.is_char_boundary(at) && glob(rest, &tail[at..]))
+        }
+    }
+}
+
+/// An event row: the body is rendered once, when the change happens, so every attempt (and
+/// every endpoint) sends the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// `webhook-id`: the same on every attempt.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The API key (by name) whose record it is about.
+    pub owner: String,
+    pub created_ms: u64,
+    /// `{"type", "timestamp", "data"}` as JSON.
+    pub body: String,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this (unix ms): the backoff after a failed attempt.
+    #[serde(default)]
+    pub next_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When it was given up on.
+    #[serde(default)]
+    pub dead_ms: Option<u64>,
+}
+
+/// A row waiting for its endpoint.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub key: Vec<u8>,
+    pub subject: MessageId,
+    pub row: EventRow,
+}
+
+/// A row given up on, as an operator lists it.
+#[derive(Debug, Clone)]
+pub struct DeadEvent {
+    pub webhook: String,
+    pub row: EventRow,
+}
+
+/// Who hears of events, and how many each has waiting.
+#[derive(Default)]
+pub(super) struct Outbox {
+    subscriptions: RwLock<Arc<Vec<Subscription>>>,
+    /// Rows waiting per endpoint (sled: counted once, then kept in step; a database counts).
+    backlog: std::sync::Mutex<HashMap<String, i64>>,
+    /// Wakes the senders when rows were written.
+    written: tokio::sync::Notify,
+}
+
+/// Rows of events about to be written with a change.
+#[derive(Default)]
+pub(super) struct Emitted(pub(super) Vec<(Vec<u8>, Vec<u8>)>);
+
+/// The key of an endpoint's row: `prefix`, endpoint, NUL, subject, event id.
+fn event_key(prefix: u8, endpoint: &str, subject: &MessageId, event: &MessageId) -> Vec<u8> {
+    let mut k = keys::key(prefix, &[endpoint.as_bytes(), &subject.0]);
+    k.extend_from_slice(&event.0);
+    k
+}
+
+/// The endpoint and subject of a row key.
+fn parse_key(key: &[u8]) -> Option<(String, MessageId)> {
+    let rest = key.get(1..)?;
+    let at = rest.iter().position(|b| *b == 0)?;
+    let endpoint = std::str::from_utf8(&rest[..at]).ok()?.to_string();
+    let ids = rest.get(at + 1..)?;
+    (ids.len() == 32).then(|| Some((endpoint, keys::id_from(&ids[..16])?)))?
+}
+
+fn endpoint_prefix(prefix: u8, endpoint: &str) -> Vec<u8> {
+    keys::key(prefix, &[endpoint.as_bytes(), b""])
+}
+
+impl Store {
+    /// Sets who hears of events from now on (at start and on reload), and counts the rows each
+    /// endpoint has waiting from before.
+    pub async fn subscribe(&self, subscriptions: Vec<Subscription>) -> Result<(), StoreError> {
+        for s in &subscriptions {
+            let counted = lock(&self.outbox.backlog).contains_key(&s.name);
+            if !counted && !self.engine.shared() {
+                let n = self.engine.count(&endpoint_prefix(keys::EVENT, &s.name)).await? as i64;
+                lock(&self.outbox.backlog).entry(s.name.clone()).or_insert(n);
+            }
+        }
+        *self.outbox.subscriptions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(subscriptions);
+        Ok(())
+    }
+
+    /// Who hears of events now.
+    fn subscriptions(&self) -> Arc<Vec<Subscription>> {
+        self.outbox.subscriptions.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds to `out` the rows of a `kind` event about `subject`, one per endpoint that wants
+    /// it; `data` (the API's view of the record) is rendered only if one does.
+    pub(super) fn emit(
+        &self,
+        out: &mut Emitted,
+        kind: EventType,
+        owner: &str,
+        subject: &MessageId,
+        now_ms: u64,
+        data: impl FnOnce() -> serde_json::Value,
+    ) {
+        let subscriptions = self.subscriptions();
+        let wanted: Vec<&Subscription> = subscriptions.iter().filter(|s| s.wants(kind, owner)).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let event = self.new_id();
+        let body = serde_json::json!({"type": kind.name(), "timestamp": record::rfc3339(now_ms), "data": data()});
+        let row = EventRow {
+            id: format!("evt_{event}"),
+            kind: kind.name().to_string(),
+            owner: owner.to_string(),
+            created_ms: now_ms,
+            body: body.to_string(),
+            attempts: 0,
+            next_ms: 0,
+            last_error: None,
+            dead_ms: None,
+        };
+        let value = encode(&row);
+        for s in wanted {
+            out.0.push((event_key(keys::EVENT, &s.name, subject, &event), value.clone()));
+        }
+    }
+
+    /// The event of `message` entering its status now, about its verification when it carries
+    /// a code (so a verification's events keep one order).
+    pub(super) fn emit_message(&self, out: &mut Emitted, id: &MessageId, message: &MessageRecord, now_ms: u64) {
+        if let Some(kind) = EventType::of_message(message.status) {
+            let subject = message.verification.map_or(*id, |v| v.0);
+            self.emit(out, kind, &message.owner, &subject, now_ms, || view::message(id, message));
+        }
+    }
+
+    /// A verification's event, its data the API's view of it with `latest` as its SMS, and
+    /// `extra` fields added.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit_verification(
+        &self,
+        out: &mut Emitted,
+        kind: EventType,
+        id: &VerificationId,
+        verification: &VerificationRecord,
+        latest: Option<(&MessageId, &MessageRecord)>,
+        extra: Option<(&str, serde_json::Value)>,
+        now_ms: u64,
+    ) {
+        self.emit(out, kind, &verification.owner, &id.0, now_ms, || {
+            let detail = view::Detail {
+                summary: view::Summary::of(*id, verification, record::from_ms(now_ms)),
+                delivery: view::Delivery::of(latest.map(|(m, _)| *m), latest.map(|(_, r)| r)),
+            };
+            let mut data = serde_json::to_value(detail).unwrap_or_default();
+            if let (Some((name, value)), Some(fields)) = (extra, data.as_object_mut()) {
+                fields.insert(name.to_string(), value);
+            }
+            data
+        });
+    }
+
+    /// The event for a verification whose status just left pending.
+    pub(super) async fn emit_verification_end(
+        &self,
+        out: &mut Emitted,
+        id: &VerificationId,
+        verification: &VerificationRecord,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(kind) = EventType::of_verification(verification.status) else { return Ok(()) };
+        if !self.subscriptions().iter().any(|s| s.wants(kind, &verification.owner)) {
+            return Ok(());
+        }
+        let latest = match verification.message_ids.last() {
+            Some(mid) => self.message(mid).await?.map(|m| (*mid, m)),
+            None => None,
+        };
+        self.emit_verification(out, kind, id, verification, latest.as_ref().map(|(m, r)| (m, r)), None, now_ms);
+        Ok(())
+    }
+
+    /// Whether an event of `kind` about a record of `owner` would be written now.
+    pub(super) fn wanted(&self, kind: EventType, owner: &str) -> bool {
+        self.subscriptions().iter().any(|s| s.wants(kind, owner))
+    }
+
+    /// Counts rows just written (or moved back) and wakes the senders.
+    pub(super) fn events_written(&self, rows: &[(Vec<u8>, Vec<u8>)]) {
+        if rows.is_empty() {
+            return;
+        }
+        self.backlog_changed(rows.iter().map(|(k, _)| k.as_slice()), 1);
+        self.outbox.written.notify_waiters();
+    }
+
+    fn backlog_changed<'a>(&self, keys: impl Iterator<Item = &'a [u8]>, by: i64) {
+        let mut backlog = lock(&self.outbox.backlog);
+        for key in keys {
+            if let Some((endpoint, _)) = parse_key(key) {
+                *backlog.entry(endpoint).or_default() += by;
+            }
+        }
+    }
+
+    /// Resolves when events were written after this call began waiting.
+    pub async fn events_arrive(&self) {
+        self.outbox.written.notified().await
+    }
+
+    /// Up to `limit` rows waiting for `endpoint` after the key `after`, in key order.
+    pub async fn pending_events(&self, endpoint: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        let rows = self.engine.scan(&endpoint_prefix(keys::EVENT, endpoint), after, limit).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, value) in rows {
+            let Some((_, subject)) = parse_key(&key) else { continue };
+            let row: EventRow = decode(Some(value), || "event row".to_string())?.ok_or_else(|| StoreError::Corrupt("event row".into()))?;
+            out.push(PendingEvent { key, subject, row });
+        }
+        Ok(out)
+    }
+
+    /// Rows their endpoint has taken: gone. Not waited for: after a crash that loses this,
+    /// the event is sent again (at least once).
+    pub async fn events_sent(&self, sent: &[Vec<u8>]) -> Result<(), StoreError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        self.engine.write(sent.iter().map(|k| (k.clone(), None)).collect()).await?;
+        self.backlog_changed(sent.iter().map(Vec::as_slice), -1);
+        Ok(())
+    }
+
+    /// Records a failed attempt (its backoff and error) on the row.
+    pub async fn event_failed(&self, event: &PendingEvent) -> Result<(), StoreError> {
+        // Only if the row is still there: a resend or a sweep may have moved it meanwhile.
+        if self.engine.get(&event.key).await?.is_some() {
+            self.engine.put(&event.key, &encode(&event.row)).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up on a row: it moves under the dead prefix, in one atomic write.
+    pub async fn event_dead(&self, event: &PendingEvent, now: SystemTime) -> Result<(), StoreError> {
+        let mut row = event.row.clone();
+        row.dead_ms = Some(record::to_ms(now));
+        let mut dead_key = event.key.clone();
+        dead_key[0] = keys::DEAD_EVENT;
+        self.engine.write_atomically(vec![(dead_key, Some(encode(&row))), (event.key.clone(), None)]).await?;
+        self.backlog_changed([event.key.as_slice()].into_iter(), -1);
+        Ok(())
+    }
+
+    /// Rows waiting for `endpoint`.
+    pub async fn event_backlog(&self, endpoint: &str) -> Result<u64, StoreError> {
+        if self.engine.shared() {
+            return Ok(self.engine.count(&endpoint_prefix(keys::EVENT, endpoint)).await? as u64);
+        }
+        Ok(lock(&self.outbox.backlog).get(endpoint).copied().unwrap_or_default().max(0) as u64)
+    }
+
+    /// Endpoints with rows waiting, whatever the config says now (rows of an endpoint no
+    /// longer configured wait for it to come back).
+    pub async fn event_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.engine.scan(&[keys::EVENT], after.as_deref(), 1).await?;
+            let Some((key, _)) = rows.into_iter().next() else { return Ok(names) };
+            let Some((endpoint, _)) = parse_key(&key) else { return Ok(names) };
+            // Skip past every row of this endpoint.
+            after = Some(keys::key(keys::EVENT, &[endpoint.as_bytes(), &[0xff; 33]]));
+            names.push(endpoint);
+        }
+    }
+
+    /// Dead rows, oldest subject first: of `owner`'s records (all when `None`), of one
+    /// endpoint (all when `None`), at most `limit`.
+    pub async fn dead_events(&self, owner: Option<&str>, webhook: Option<&str>, limit: usize) -> Result<Vec<DeadEvent>, StoreError> {
+        let prefix = webhook.map_or_else(|| vec![keys::DEAD_EVENT], |w| endpoint_prefix(keys::DEAD_EVENT, w));
+        let mut pages = self.engine.pages(&prefix);
+        let mut out = Vec::new();
+        while let Some(rows) = pages.next().await? {
+            for (key, value) in rows {
+                let (Some((webhook, _)), Ok(row)) = (parse_key(&key), serde_json::from_slice::<EventRow>(&value)) else { continue };
+                if owner.is_none_or(|o| o == row.owner) {
+                    out.push(DeadEvent { webhook, row });
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends dead rows again: those of `owner` (all when `None`), of one endpoint (all when
+    /// `None`), with one of `ids` (all when `None`). Their attempts start over. Returns how many.
+    pub async fn resend_dead_events(&self, owner: Option<&str>, webhook: Option<&str>, ids: Option<&[String]>) -> Result<usize, StoreError> {
+        let prefix = webhook.map_or_else(|| vec![keys::DEAD_EVENT], |w| endpoint_prefix(keys::DEAD_EVENT, w));
+        let mut pages = self.engine.pages(&prefix);
+        let mut moved = 0;
+        while let Some(rows) = pages.next().await? {
+            let mut revived = Vec::new();
+            let mut writes = Vec::new();
+            for (key, value) in rows {
+                let Ok(mut row) = serde_json::from_slice::<EventRow>(&value) else { continue };
+                if owner.is_some_and(|o| o != row.owner) || ids.is_some_and(|ids| !ids.contains(&row.id)) {
+                    continue;
+                }
+                (row.attempts, row.next_ms, row.dead_ms) = (0, 0, None);
+                let mut pending = key.clone();
+                pending[0] = keys::EVENT;
+                let value = encode(&row);
+                writes.push((pending.clone(), Some(value.clone())));
+                writes.push((key, None));
+                revived.push((pending, value));
+            }
+            if !writes.is_empty() {
+                self.engine.write_atomically(writes).await?;
+                moved += revived.len();
+                self.events_written(&revived);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Deletes dead rows given up on more than `retention` ago. Returns how many.
+    pub(super) async fn sweep_dead_events(&self, retention: Duration, now: SystemTime) -> Result<usize, StoreError> {
+        let cutoff = super::sweep::cutoff(retention, now);
+        let mut pages = self.engine.pages(&[keys::DEAD_EVENT]);
+        let mut deleted = 0;
+        while let Some(rows) = pages.next().await? {
+            let old: Vec<Vec<u8>> = rows
+                .into_iter()
+                .filter(|(_, v)| serde_json::from_slice::<EventRow>(v).map_or(true, |r| r.dead_ms.unwrap_or_default() <= cutoff))
+                .map(|(k, _)| k)
+                .collect();
+            deleted += old.len();
+            if !old.is_empty() {
+                self.engine.write(old.into_iter().map(|k| (k, None)).collect()).await?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Event rows waiting and dead, over all endpoints (tests).
+#[cfg(any(test, feature = "test-util"))]
+impl Store {
+    pub async fn event_rows(&self) -> Result<(usize, usize), StoreError> {
+        Ok((self.engine.count(&[keys::EVENT]).await?, self.engine.count(&[keys::DEAD_EVENT]).await?))
+    }
+}
