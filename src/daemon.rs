@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{self, lease::Term};
-use crate::config::Config;
+use crate::config::{Config, WebhookConfig};
 use crate::dispatch::Dispatch;
 use crate::duties::{self, Crew, Duties};
 use crate::http::{self, AppState};
@@ -90,6 +90,7 @@ impl Daemon {
         if theirs != ours {
             return Err(DaemonError::KeyMismatch { path: key_file.display().to_string(), ours, theirs });
         }
+        store.subscribe(config.webhooks.iter().map(WebhookConfig::subscription).collect());
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();
@@ -207,6 +208,7 @@ impl Daemon {
             None => self.crew.network.replace(duties::dormant(new), &new.routes),
         }
         self.state.set_api_keys(&new.api_keys);
+        self.crew.store.subscribe(new.webhooks.iter().map(WebhookConfig::subscription).collect());
         let mut restart = Vec::new();
         if running.server != new.server {
             restart.push("server");

@@ -1,5 +1,5 @@
 //! The dispatch duties: carriers bound, the dispatcher, receipt tracking, recovery, receipt
-//! failover and the retention sweep: the work only one process may do on a store. A single node
+//! failover, the retention sweep and the webhook senders: the work only one process may do on a store. A single node
 //! does it from start to shutdown; in a cluster, the node that leads a term does it for that
 //! term (`cluster`), and hands over by stopping it.
 
@@ -17,6 +17,7 @@ use crate::route::Network;
 use crate::smpp::{Carrier, ReceiptEvent, SubmitGate};
 use crate::store::Store;
 use crate::tasks::TaskGroup;
+use crate::webhook::Senders;
 use crate::{recovery, retention, track};
 
 /// What the duties work with; lives as long as the process.
@@ -43,6 +44,8 @@ pub(crate) struct Duties {
     /// What feeds the dispatcher (recovery and announcements, receipt failover) and the sweep.
     feeders: TaskGroup,
     receipt_tracking: TaskGroup,
+    /// Events out, one sender per webhook endpoint.
+    webhooks: Senders,
 }
 
 /// Carriers that route but never bind: what the network holds while this process has no duties.
@@ -84,7 +87,8 @@ impl Duties {
         let receipt_tracking = TaskGroup::new();
         // Ends when every session is gone and the channel is drained, not on a stop.
         receipt_tracking.spawn(|_| track::track_receipts(store.clone(), receipts_rx, otp_failed));
-        Duties { carrier_stops, carriers_stop, retiring: Vec::new(), receipts: Some(receipts), dispatcher, feeders, receipt_tracking }
+        let webhooks = Senders::start(store.clone(), &config.webhooks);
+        Duties { carrier_stops, carriers_stop, retiring: Vec::new(), receipts: Some(receipts), dispatcher, feeders, receipt_tracking, webhooks }
     }
 
     /// Deliveries that may start now (tests).
@@ -125,6 +129,7 @@ impl Duties {
         }
         crew.network.replace(carriers, &new.routes);
         self.dispatcher.fit(&crew.network.current());
+        self.webhooks.reload(&new.webhooks);
     }
 
     /// Stops in the order that loses nothing, within `limit`: no new attempts, submits under way
@@ -150,6 +155,8 @@ impl Duties {
         clean &= tokio::time::timeout(left(), unbound).await.is_ok();
         // The sessions are gone, so the receipt channel closes once drained.
         clean &= self.receipt_tracking.drain(left()).await;
+        // Last: the final receipts' events are written by now (what is not sent waits in the store).
+        clean &= self.webhooks.stop(left()).await;
         crew.network.replace(dormant, routes);
         clean
     }

@@ -4,7 +4,7 @@
 //! durably, submits it over persistent SMPP binds to carrier SMSCs, tracks the delivery receipt and
 //! checks the code the user types back. Data flows one way:
 //! intake ([`http`], `otp`) → [`store`] → `dispatch` (`route`) → carrier session ([`smpp`])
-//! → receipt tracking (`track`) → [`store`]. No module imports one that imports it back.
+//! → receipt tracking (`track`) → [`store`] → events out ([`webhook`]). No module imports one that imports it back.
 //!
 //! Layout, one concept per module:
 //! - [`config`]: composes the TOML file from each component's settings and runs the checks that
@@ -34,6 +34,9 @@
 //! - [`cluster`]: cluster mode on PostgreSQL: the dispatch leader's lease and this node's campaign;
 //! - `duties`: the dispatch duties (carriers, dispatcher, receipts, recovery, sweep) a single node
 //!   has for its life and a cluster leader for its term;
+//! - [`webhook`]: events out: signed Standard Webhooks requests to the clients' endpoints, one
+//!   sender per endpoint, retried with backoff, in order per message (the events are rows the
+//!   store writes with each change: `store::events`);
 //! - [`throwaway_pg`]: a private PostgreSQL server for the tests and the bench;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer and the delivery
 //!   accounting, for the demo, operators, the bench and the tests;
@@ -65,3 +68,4 @@ mod tasks;
 pub(crate) mod telemetry;
 pub mod throwaway_pg;
 mod track;
+pub mod webhook;

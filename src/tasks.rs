@@ -29,6 +29,11 @@ impl TaskGroup {
         self.tracker.spawn(task(self.stop.clone()));
     }
 
+    /// Asks every task to stop without waiting (see [`TaskGroup::drain`] for that).
+    pub(crate) fn cancel(&self) {
+        self.stop.cancel();
+    }
+
     /// Asks every task to stop and waits for all of them, at most `within`. False when some
     /// did not finish in time (they go on, and end with the runtime).
     pub(crate) async fn stop(&self, within: Duration) -> bool {

@@ -54,6 +54,12 @@ pub const SPILLOVERS_TOTAL: &str = "otpgate_spillovers_total";
 pub const SUBMIT_RESPONSE_SECONDS: &str = "otpgate_submit_response_seconds";
 pub const SUBMIT_TOTAL: &str = "otpgate_submit_total";
 pub const VERIFICATIONS_TOTAL: &str = "otpgate_verifications_total";
+pub const WEBHOOK_ATTEMPT_SECONDS: &str = "otpgate_webhook_attempt_seconds";
+pub const WEBHOOK_BACKLOG: &str = "otpgate_webhook_backlog";
+pub const WEBHOOK_DEAD_TOTAL: &str = "otpgate_webhook_dead_total";
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "otpgate_webhook_deliveries_total";
+pub const WEBHOOK_DISABLED: &str = "otpgate_webhook_disabled";
+pub const WEBHOOK_OLDEST_PENDING_SECONDS: &str = "otpgate_webhook_oldest_pending_seconds";
 pub const WINDOW_IN_USE: &str = "otpgate_window_in_use";
 
 /// Latency buckets in seconds: sub-millisecond HTTP up to minute-long receipts.
@@ -123,6 +129,15 @@ fn describe() {
     describe_counter!(VERIFICATIONS_TOTAL, "Verification events by outcome");
     describe_counter!(OTP_SENT_TOTAL, "OTP SMS accepted by each carrier");
     describe_counter!(OTP_APPROVED_TOTAL, "Verifications approved, by the carrier of their last SMS");
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Webhook attempts per endpoint by result: delivered (2xx), rejected (other status), gone (410), timeout, unreachable"
+    );
+    describe_histogram!(WEBHOOK_ATTEMPT_SECONDS, "Webhook attempt time per endpoint, request sent to answer read");
+    describe_gauge!(WEBHOOK_BACKLOG, "Events waiting for each webhook endpoint");
+    describe_gauge!(WEBHOOK_OLDEST_PENDING_SECONDS, "Age of the oldest event waiting for each webhook endpoint");
+    describe_counter!(WEBHOOK_DEAD_TOTAL, "Events given up on after webhooks.retry_for (listed and re-sent by an operator)");
+    describe_gauge!(WEBHOOK_DISABLED, "1 while an endpoint answered 410 Gone: nothing is sent to it until the config is reloaded");
 }
 
 /// Serves `/metrics` until `stop`.

@@ -19,6 +19,7 @@ pub use crate::otp::settings::OtpConfig;
 pub use crate::route::{RouteConfig, Strategy};
 pub use crate::smpp::settings::{BindType, CarrierConfig};
 pub use crate::store::settings::StoreConfig;
+pub use crate::webhook::WebhookConfig;
 pub use builder::ConfigBuilder;
 
 /// Why a configuration could not be used.
@@ -53,6 +54,8 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Listeners and the data directory.
@@ -92,7 +95,7 @@ impl Default for ServerConfig {
 }
 
 /// Keys whose values are secrets: never echoed, whatever the error.
-const SECRET_KEYS: &[&str] = &["password"];
+const SECRET_KEYS: &[&str] = &["password", "secret"];
 
 /// A TOML parser message made safe to print: the parser quotes the offending line, which on a
 /// secret key's line is the secret itself. Such lines, and every fragment of their value, are
@@ -181,6 +184,15 @@ impl Config {
                 }
             }
         }
+        let key_names: Vec<&str> = self.api_keys.iter().map(|k| k.name.as_str()).collect();
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            if let Some((field, message)) = webhook.problem(&key_names) {
+                return Err(invalid(format!("webhooks[{i}].{field}"), message));
+            }
+            if self.webhooks[..i].iter().any(|w| w.name == webhook.name) {
+                return Err(invalid(format!("webhooks[{i}].name"), format!("{:?} is used twice", webhook.name)));
+            }
+        }
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));
         }
@@ -263,6 +275,24 @@ impl Config {
                 r.carriers.join(", "),
                 r.strategy,
                 if r.weights.is_empty() { String::new() } else { format!(" {:?}", r.weights) }
+            );
+        }
+        if self.webhooks.is_empty() {
+            let _ = writeln!(out, "webhooks:  none: clients learn of state changes by GET only");
+        }
+        for w in &self.webhooks {
+            let secrets = w.signer().map_or(0, |s| s.secrets());
+            let _ = writeln!(
+                out,
+                "webhook:   {} -> {}  events {}  api keys {}  secrets {secrets}{}  timeout {}  retry for {}{}",
+                w.name,
+                w.url,
+                w.events.join(","),
+                if w.api_keys.is_empty() { "all".to_string() } else { w.api_keys.join(",") },
+                if secrets > 1 { " (rotating: each signs)" } else { "" },
+                humantime::format_duration(w.timeout),
+                humantime::format_duration(w.retry_for),
+                if w.plain_http() { "  WARNING: plain http, events travel unencrypted" } else { "" },
             );
         }
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());

@@ -197,17 +197,19 @@ fn endpoint_prefix(prefix: u8, endpoint: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Sets who hears of events from now on (at start and on reload), and counts the rows each
-    /// endpoint has waiting from before.
-    pub async fn subscribe(&self, subscriptions: Vec<Subscription>) -> Result<(), StoreError> {
-        for s in &subscriptions {
-            let counted = lock(&self.outbox.backlog).contains_key(&s.name);
-            if !counted && !self.engine.shared() {
-                let n = self.engine.count(&endpoint_prefix(keys::EVENT, &s.name)).await? as i64;
-                lock(&self.outbox.backlog).entry(s.name.clone()).or_insert(n);
-            }
-        }
+    /// Sets who hears of events from now on (at start and on reload).
+    pub fn subscribe(&self, subscriptions: Vec<Subscription>) {
         *self.outbox.subscriptions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(subscriptions);
+    }
+
+    /// Counts the rows `endpoint` has waiting, once (its sender, as it starts); later writes
+    /// keep the count in step. On a database every read counts.
+    pub async fn count_event_backlog(&self, endpoint: &str) -> Result<(), StoreError> {
+        if self.engine.shared() || lock(&self.outbox.backlog).contains_key(endpoint) {
+            return Ok(());
+        }
+        let n = self.engine.count(&endpoint_prefix(keys::EVENT, endpoint)).await? as i64;
+        lock(&self.outbox.backlog).entry(endpoint.to_string()).or_insert(n);
         Ok(())
     }
 
@@ -323,15 +325,16 @@ impl Store {
     fn backlog_changed<'a>(&self, keys: impl Iterator<Item = &'a [u8]>, by: i64) {
         let mut backlog = lock(&self.outbox.backlog);
         for key in keys {
-            if let Some((endpoint, _)) = parse_key(key) {
-                *backlog.entry(endpoint).or_default() += by;
+            // Endpoints not counted yet are counted whole when their sender starts.
+            if let Some(count) = parse_key(key).and_then(|(endpoint, _)| backlog.get_mut(&endpoint)) {
+                *count += by;
             }
         }
     }
 
-    /// Resolves when events were written after this call began waiting.
-    pub async fn events_arrive(&self) {
-        self.outbox.written.notified().await
+    /// Notified whenever event rows are written (wakes the senders).
+    pub fn events_signal(&self) -> &tokio::sync::Notify {
+        &self.outbox.written
     }
 
     /// Up to `limit` rows waiting for `endpoint` after the key `after`, in key order.

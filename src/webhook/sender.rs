@@ -1,0 +1,310 @@
+//! One endpoint's sender: walks the endpoint's event rows in key order, sends each subject's
+//! oldest event (never two of one subject at once, so each message's events arrive in order),
+//! deletes what was taken, and backs off what was not.
+//!
+//! A wave whose every attempt failed means the endpoint is down: the sender stops walking,
+//! waits (5 s doubling to 1 h, with jitter) and then probes with a single event before sending
+//! waves again. An event that keeps failing backs off on its own schedule and, once older than
+//! `retry_for`, is given up on (dead). A 410 Gone stops the endpoint until the config is
+//! reloaded. Other endpoints have their own sender: a slow one delays no one else.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use super::settings::WebhookConfig;
+use super::sign::Signer;
+use crate::store::events::PendingEvent;
+use crate::store::record::to_ms;
+use crate::store::{MessageId, Store, StoreError};
+use crate::telemetry;
+
+/// Rows read per step of a walk: at most one wave.
+const PAGE: usize = 256;
+/// How often an idle sender looks for rows other processes wrote (a cluster's other nodes).
+const POLL: Duration = Duration::from_secs(1);
+/// An answer's body is read (so the connection can be reused) up to this, then dropped.
+const MAX_ANSWER: usize = 64 * 1024;
+const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// 410: the receiver wants no more.
+    Gone,
+    /// Another status, a timeout or no connection: `result` is the metric label.
+    Failed { result: &'static str, reason: String },
+}
+
+/// An endpoint as its sender uses it.
+pub(crate) struct Endpoint {
+    pub(crate) config: WebhookConfig,
+    signer: Signer,
+    uri: hyper::Uri,
+    client: HttpsClient,
+}
+
+impl Endpoint {
+    pub(crate) fn new(config: WebhookConfig) -> Result<Endpoint, String> {
+        let signer = config.signer().map_err(|e| e.to_string())?;
+        let uri = config.url.parse::<hyper::Uri>().map_err(|e| format!("url: {e}"))?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        // No CA bundle on the host: https endpoints then fail verification, loudly, per attempt.
+        let builder = match builder.with_native_roots() {
+            Ok(builder) => builder,
+            Err(e) => {
+                tracing::warn!(webhook = %config.name, error = %e, "no system root certificates: https endpoints cannot be verified");
+                let empty = rustls_config_without_roots();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(empty)
+            }
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        Ok(Endpoint { config, signer, uri, client })
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// One signed POST of `event`, within the endpoint's timeout.
+    async fn attempt(&self, event: &PendingEvent) -> Outcome {
+        let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let body = event.row.body.as_bytes();
+        let request = hyper::Request::post(self.uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, concat!("otpgate/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", &event.row.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", self.signer.signature(&event.row.id, timestamp, body))
+            .body(Full::new(Bytes::copy_from_slice(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return Outcome::Failed { result: "unreachable", reason: format!("cannot build the request: {e}") },
+        };
+        let started = Instant::now();
+        let exchange = async {
+            let answer = self.client.request(request).await?;
+            let status = answer.status();
+            // Read (a bounded part of) the answer so the connection can serve the next request.
+            let _ = Limited::new(answer.into_body(), MAX_ANSWER).collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(status)
+        };
+        let outcome = match tokio::time::timeout(self.config.timeout, exchange).await {
+            Err(_) => Outcome::Failed { result: "timeout", reason: format!("no answer within {}", humantime::format_duration(self.config.timeout)) },
+            Ok(Err(e)) => Outcome::Failed { result: "unreachable", reason: error_chain(&e) },
+            Ok(Ok(status)) if status.is_success() => Outcome::Delivered,
+            Ok(Ok(hyper::StatusCode::GONE)) => Outcome::Gone,
+            Ok(Ok(status)) => Outcome::Failed { result: "rejected", reason: format!("answered {status}") },
+        };
+        let result = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Gone => "gone",
+            Outcome::Failed { result, .. } => result,
+        };
+        let name = self.name().to_string();
+        metrics::counter!(telemetry::WEBHOOK_DELIVERIES_TOTAL, "webhook" => name.clone(), "result" => result).increment(1);
+        metrics::histogram!(telemetry::WEBHOOK_ATTEMPT_SECONDS, "webhook" => name).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+}
+
+/// A TLS client config that trusts nothing (no roots found on the host).
+fn rustls_config_without_roots() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+}
+
+/// An error with its causes ("connection refused", "invalid peer certificate: Expired"...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The wait after `failures` failures in a row: 5 s doubling to 1 h, ±20 % so many events (or
+/// endpoints) do not retry in step.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// What one walk over the rows did.
+#[derive(Default)]
+struct Walk {
+    delivered: usize,
+    /// A wave failed whole: the endpoint looks down.
+    down: bool,
+    gone: bool,
+    /// The soonest an event backing off is due again (unix ms).
+    next_due_ms: Option<u64>,
+    /// The oldest event seen (unix ms).
+    oldest_ms: Option<u64>,
+}
+
+/// Sends `endpoint`'s events until `stop`.
+pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, stop: CancellationToken) {
+    let name = endpoint.name().to_string();
+    if let Err(e) = store.count_event_backlog(&name).await {
+        tracing::warn!(webhook = %name, error = %e, "cannot count the events waiting");
+    }
+    metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(0.0);
+    let mut down_in_a_row = 0u32;
+    loop {
+        // Armed before the walk, so rows written during it wake the next one.
+        let written = store.events_signal().notified();
+        tokio::pin!(written);
+        written.as_mut().enable();
+        let probe = down_in_a_row > 0;
+        let walk = match walk(&endpoint, &store, probe, &stop).await {
+            Ok(walk) => walk,
+            Err(e) => {
+                tracing::error!(webhook = %name, error = %e, "cannot read or update the events waiting");
+                Walk { down: true, ..Walk::default() }
+            }
+        };
+        let backlog = store.event_backlog(&name).await.unwrap_or_default();
+        metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => name.clone()).set(backlog as f64);
+        let oldest = walk.oldest_ms.map_or(0, |ms| to_ms(SystemTime::now()).saturating_sub(ms));
+        metrics::gauge!(telemetry::WEBHOOK_OLDEST_PENDING_SECONDS, "webhook" => name.clone()).set(oldest as f64 / 1000.0);
+        if walk.gone {
+            tracing::error!(webhook = %name, "the endpoint answered 410 Gone: nothing more is sent to it until the config is reloaded");
+            metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(1.0);
+            stop.cancelled().await;
+            return;
+        }
+        let wait = if walk.down {
+            down_in_a_row += 1;
+            let wait = backoff(down_in_a_row);
+            tracing::warn!(webhook = %name, backlog, retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "webhook endpoint not taking events");
+            wait
+        } else {
+            if down_in_a_row > 0 {
+                tracing::info!(webhook = %name, backlog, "webhook endpoint taking events again");
+            }
+            down_in_a_row = 0;
+            if walk.delivered > 0 {
+                // More may wait behind what was just sent (a subject's next event).
+                continue;
+            }
+            let due = walk.next_due_ms.map(|ms| Duration::from_millis(ms.saturating_sub(to_ms(SystemTime::now()))));
+            due.map_or(POLL, |due| due.min(POLL))
+        };
+        let down = walk.down;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            // While the endpoint is down, new events wait for the backoff too.
+            _ = &mut written, if !down => {}
+        }
+    }
+}
+
+/// One walk over the endpoint's rows, oldest subject first. `probe`: after the endpoint was
+/// down, try one event before anything else.
+async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &CancellationToken) -> Result<Walk, StoreError> {
+    let mut walk = Walk::default();
+    let mut after: Option<Vec<u8>> = None;
+    // Subjects with an earlier event still waiting: their later events wait too.
+    let mut waiting: HashSet<MessageId> = HashSet::new();
+    let now_ms = to_ms(SystemTime::now());
+    let mut probing = probe;
+    while !stop.is_cancelled() {
+        let page = store.pending_events(endpoint.name(), after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        let oldest = page.iter().map(|e| e.row.created_ms).min();
+        walk.oldest_ms = match (walk.oldest_ms, oldest) {
+            (Some(seen), Some(here)) => Some(seen.min(here)),
+            (seen, here) => seen.or(here),
+        };
+        let mut wave = Vec::new();
+        for event in page {
+            if !waiting.insert(event.subject) {
+                continue;
+            }
+            if event.row.next_ms > now_ms {
+                walk.next_due_ms = Some(walk.next_due_ms.map_or(event.row.next_ms, |due| due.min(event.row.next_ms)));
+                continue;
+            }
+            wave.push(event);
+            if probing {
+                break;
+            }
+        }
+        if wave.is_empty() {
+            continue;
+        }
+        let tried = wave.len();
+        let outcomes: Vec<(PendingEvent, Outcome)> = futures::stream::iter(wave)
+            .map(|event| async move {
+                let outcome = endpoint.attempt(&event).await;
+                (event, outcome)
+            })
+            .buffer_unordered(endpoint.config.max_in_flight)
+            .collect()
+            .await;
+        let mut sent = Vec::new();
+        let mut failed = 0;
+        for (mut event, outcome) in outcomes {
+            match outcome {
+                Outcome::Delivered => sent.push(event.key),
+                Outcome::Gone => walk.gone = true,
+                Outcome::Failed { reason, .. } => {
+                    failed += 1;
+                    event.row.attempts += 1;
+                    let age = Duration::from_millis(now_ms.saturating_sub(event.row.created_ms));
+                    if age >= endpoint.config.retry_for {
+                        tracing::warn!(webhook = %endpoint.name(), event = %event.row.id, attempts = event.row.attempts, %reason, "event given up on (dead)");
+                        event.row.last_error = Some(reason);
+                        store.event_dead(&event, SystemTime::now()).await?;
+                        metrics::counter!(telemetry::WEBHOOK_DEAD_TOTAL, "webhook" => endpoint.name().to_string()).increment(1);
+                    } else {
+                        tracing::debug!(webhook = %endpoint.name(), event = %event.row.id, attempts = event.row.attempts, %reason, "event not taken");
+                        event.row.last_error = Some(reason);
+                        event.row.next_ms = to_ms(SystemTime::now()) + backoff(event.row.attempts).as_millis() as u64;
+                        walk.next_due_ms = Some(walk.next_due_ms.map_or(event.row.next_ms, |due| due.min(event.row.next_ms)));
+                        store.event_failed(&event).await?;
+                    }
+                }
+            }
+        }
+        walk.delivered += sent.len();
+        store.events_sent(&sent).await?;
+        if walk.gone || failed == tried {
+            walk.down = !walk.gone;
+            break;
+        }
+        probing = false;
+    }
+    Ok(walk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_to_an_hour_with_jitter() {
+        for (failures, base) in [(1, 5), (2, 10), (3, 20), (10, 2560), (11, 3600), (40, 3600)] {
+            let wait = backoff(failures).as_secs_f64();
+            assert!((base as f64 * 0.8..=base as f64 * 1.2).contains(&wait), "{failures}: {wait}");
+        }
+    }
+}
