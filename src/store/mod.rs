@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use commit::FlushError;
 use commit::GroupCommit;
-use engine::{Engine, Writes};
+use engine::{Engine, Rows, Writes};
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
 pub use messages::NewMessage;
 pub use receipts::{IncomingReceipt, ReceiptMatch};
@@ -176,7 +176,7 @@ impl Change {
 
     /// The change with the record row `record_key` = `record`, as writes in the safe order,
     /// and the rows of the events it emits.
-    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, Rows) {
         let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
         (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events.0)
     }
@@ -202,7 +202,7 @@ impl Changes {
 
     /// Every change as writes in the safe order, each with its record as `records` holds it
     /// now, and the rows of the events they emit.
-    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, Rows) {
         let (mut writes, mut events) = (Vec::new(), Vec::new());
         for (id, change) in self.0 {
             if let Some(Some(record)) = records.get(&id) {
@@ -224,7 +224,7 @@ impl Store {
 
     /// Writes rows in order, or, with the rows of events they report, all at once (module doc
     /// of `events`).
-    async fn write_with_events(&self, mut writes: Writes, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    async fn write_with_events(&self, mut writes: Writes, events: Rows) -> Result<(), StoreError> {
         if events.is_empty() {
             return self.engine.write(writes).await;
         }
