@@ -7,6 +7,7 @@ pub mod client;
 mod error;
 pub(crate) mod serve;
 pub(crate) mod settings;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,8 +51,8 @@ pub(crate) struct AppState {
     pub dispatch: Dispatch,
     /// A single node until the daemon says it is a cluster node.
     pub role: Role,
-    /// (name, SHA-256 of the key); replaced on reload.
-    pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32])>>,
+    /// (name, SHA-256 of the key, admin); replaced on reload.
+    pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32], bool)>>,
     pub messages: MessagesConfig,
     /// A request body must arrive within this once its head has (`server.http_body_timeout`).
     pub body_timeout: Duration,
@@ -116,8 +117,8 @@ impl Role {
     }
 }
 
-fn hashed_keys(keys: &[ApiKeyConfig]) -> Vec<(String, [u8; 32])> {
-    keys.iter().map(|k| (k.name.clone(), k.hash())).collect()
+fn hashed_keys(keys: &[ApiKeyConfig]) -> Vec<(String, [u8; 32], bool)> {
+    keys.iter().map(|k| (k.name.clone(), k.hash(), k.admin)).collect()
 }
 
 impl AppState {
@@ -134,6 +135,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/verifications", post(create_verification))
         .route("/v1/verifications/{id}", get(get_verification).delete(cancel_verification))
         .route("/v1/verifications/{id}/check", post(check_verification))
+        .route("/v1/webhooks/dead", get(webhooks::list_dead))
+        .route("/v1/webhooks/dead/resend", post(webhooks::resend_dead))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })
@@ -147,6 +150,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The API key's name, or 401. Keys are compared by hash, in constant time.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    authenticate_key(state, headers).map(|(name, _)| name)
+}
+
+/// Whose records a caller may list: its own (`Some(name)`), or everyone's for an admin key.
+fn scope(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    authenticate_key(state, headers).map(|(name, admin)| (!admin).then_some(name))
+}
+
+/// The API key's name and whether it is an admin key, or 401.
+fn authenticate_key(state: &AppState, headers: &HeaderMap) -> Result<(String, bool), ApiError> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -157,9 +170,9 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
     let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let mut found = None;
     let keys = state.api_keys.read().unwrap_or_else(|p| p.into_inner());
-    for (name, expected) in keys.iter() {
+    for (name, expected, admin) in keys.iter() {
         if bool::from(hash.ct_eq(expected)) {
-            found = Some(name.clone());
+            found = Some((name.clone(), *admin));
         }
     }
     found.ok_or_else(ApiError::unauthorized)

@@ -14,6 +14,10 @@ pub struct ApiKeyConfig {
     pub name: String,
     /// 64 hex digits: `echo -n KEY | otpgate hash-key`.
     pub key_sha256: String,
+    /// An operator's key: sees every client's records where the API lists across clients
+    /// (dead webhook events). Clients' own calls work as for any key.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl ApiKeyConfig {

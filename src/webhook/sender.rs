@@ -3,7 +3,7 @@
 //! deletes what was taken, and backs off what was not.
 //!
 //! A wave whose every attempt failed means the endpoint is down: the sender stops walking,
-//! waits (5 s doubling to 1 h, with jitter) and then probes with a single event before sending
+//! waits (`backoff_min` doubling to `backoff_max`, with jitter) and then probes with a single event before sending
 //! waves again. An event that keeps failing backs off on its own schedule and, once older than
 //! `retry_for`, is given up on (dead). A 410 Gone stops the endpoint until the config is
 //! reloaded. Other endpoints have their own sender: a slow one delays no one else.
@@ -33,8 +33,6 @@ const PAGE: usize = 256;
 const POLL: Duration = Duration::from_secs(1);
 /// An answer's body is read (so the connection can be reused) up to this, then dropped.
 const MAX_ANSWER: usize = 64 * 1024;
-const BACKOFF_FIRST: Duration = Duration::from_secs(5);
-const BACKOFF_MAX: Duration = Duration::from_secs(3600);
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -77,6 +75,10 @@ impl Endpoint {
 
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        backoff(failures, self.config.backoff_min, self.config.backoff_max)
     }
 
     /// One signed POST of `event`, within the endpoint's timeout.
@@ -138,10 +140,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The wait after `failures` failures in a row: 5 s doubling to 1 h, ±20 % so many events (or
-/// endpoints) do not retry in step.
-fn backoff(failures: u32) -> Duration {
-    let base = BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+/// The wait after `failures` failures in a row: `first` doubling to `max`, ±20 % so many
+/// events (or endpoints) do not retry in step.
+fn backoff(failures: u32, first: Duration, max: Duration) -> Duration {
+    let base = first.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(max);
     base.mul_f64(rand::random_range(0.8..1.2))
 }
 
@@ -191,7 +193,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, stop: Cancel
         }
         let wait = if walk.down {
             down_in_a_row += 1;
-            let wait = backoff(down_in_a_row);
+            let wait = endpoint.backoff(down_in_a_row);
             tracing::warn!(webhook = %name, backlog, retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "webhook endpoint not taking events");
             wait
         } else {
@@ -278,7 +280,7 @@ async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &Cancellati
                     } else {
                         tracing::debug!(webhook = %endpoint.name(), event = %event.row.id, attempts = event.row.attempts, %reason, "event not taken");
                         event.row.last_error = Some(reason);
-                        event.row.next_ms = to_ms(SystemTime::now()) + backoff(event.row.attempts).as_millis() as u64;
+                        event.row.next_ms = to_ms(SystemTime::now()) + endpoint.backoff(event.row.attempts).as_millis() as u64;
                         walk.next_due_ms = Some(walk.next_due_ms.map_or(event.row.next_ms, |due| due.min(event.row.next_ms)));
                         store.event_failed(&event).await?;
                     }
@@ -302,8 +304,9 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_five_seconds_to_an_hour_with_jitter() {
+        let (first, max) = (Duration::from_secs(5), Duration::from_secs(3600));
         for (failures, base) in [(1, 5), (2, 10), (3, 20), (10, 2560), (11, 3600), (40, 3600)] {
-            let wait = backoff(failures).as_secs_f64();
+            let wait = backoff(failures, first, max).as_secs_f64();
             assert!((base as f64 * 0.8..=base as f64 * 1.2).contains(&wait), "{failures}: {wait}");
         }
     }

@@ -40,6 +40,12 @@ pub struct WebhookConfig {
     /// Requests to this endpoint at once, at most (events of one message are never concurrent).
     #[serde(default = "in_flight")]
     pub max_in_flight: usize,
+    /// The wait after a first failure (of an event, or of the whole endpoint), doubling with
+    /// each further failure up to `backoff_max`; ±20 % jitter.
+    #[serde(default = "five_seconds", deserialize_with = "crate::duration::human")]
+    pub backoff_min: Duration,
+    #[serde(default = "an_hour", deserialize_with = "crate::duration::human")]
+    pub backoff_max: Duration,
 }
 
 fn every_event() -> Vec<String> {
@@ -58,6 +64,14 @@ fn in_flight() -> usize {
     32
 }
 
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn an_hour() -> Duration {
+    crate::duration::HOUR
+}
+
 /// The secret never shows, not even in `Debug`.
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,6 +85,8 @@ impl fmt::Debug for WebhookConfig {
             .field("timeout", &self.timeout)
             .field("retry_for", &self.retry_for)
             .field("max_in_flight", &self.max_in_flight)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
             .finish()
     }
 }
@@ -125,8 +141,14 @@ impl WebhookConfig {
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.timeout) {
             return Some(("timeout", "must be between 100ms and 5m".into()));
         }
-        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&self.retry_for) {
-            return Some(("retry_for", "must be between 1m and 30 days".into()));
+        if !(Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600)).contains(&self.retry_for) {
+            return Some(("retry_for", "must be between 1s and 30 days".into()));
+        }
+        if !(Duration::from_millis(100)..=crate::duration::HOUR).contains(&self.backoff_min) {
+            return Some(("backoff_min", "must be between 100ms and 1h".into()));
+        }
+        if !(self.backoff_min..=crate::duration::DAY).contains(&self.backoff_max) {
+            return Some(("backoff_max", "must be between backoff_min and 24h".into()));
         }
         if !(1..=1024).contains(&self.max_in_flight) {
             return Some(("max_in_flight", "must be 1-1024".into()));
@@ -162,6 +184,8 @@ mod tests {
             timeout: ten_seconds(),
             retry_for: a_day(),
             max_in_flight: 32,
+            backoff_min: five_seconds(),
+            backoff_max: an_hour(),
         }
     }
 
@@ -180,6 +204,7 @@ mod tests {
         assert_eq!(field(WebhookConfig { api_keys: vec!["nobody".into()], ..endpoint() }), Some("api_keys"));
         assert_eq!(field(WebhookConfig { timeout: Duration::from_millis(10), ..endpoint() }), Some("timeout"));
         assert_eq!(field(WebhookConfig { max_in_flight: 0, ..endpoint() }), Some("max_in_flight"));
+        assert_eq!(field(WebhookConfig { backoff_max: Duration::from_secs(1), ..endpoint() }), Some("backoff_max"), "below backoff_min");
         let bad = WebhookConfig { secret: Some("whsec_!!!notbase64 MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()), ..endpoint() };
         let (_, message) = bad.problem(&keys).unwrap();
         assert!(!message.contains("notbase64") && !message.contains("MfKQ9r8"), "{message}");
