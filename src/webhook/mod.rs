@@ -12,6 +12,7 @@ pub mod sign;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::store::Store;
@@ -24,7 +25,8 @@ const RETIRE_WITHIN: Duration = Duration::from_secs(30);
 /// The senders under way, one per endpoint.
 pub(crate) struct Senders {
     store: Arc<Store>,
-    running: HashMap<String, (WebhookConfig, TaskGroup)>,
+    /// Each endpoint's config, whether it answered 410 Gone (its sender then ended), its sender.
+    running: HashMap<String, (WebhookConfig, Arc<AtomicBool>, TaskGroup)>,
     /// Senders a reload stopped, and the start-up check: awaited at stop.
     retiring: TaskGroup,
 }
@@ -46,13 +48,16 @@ impl Senders {
         senders
     }
 
-    /// Starts endpoints added, restarts those changed (a 410 Gone is forgotten too), stops those
+    /// Starts endpoints added, restarts those changed or stopped by a 410 Gone, stops those
     /// removed. Their rows stay in the store either way.
     pub(crate) fn reload(&mut self, configs: &[WebhookConfig]) {
+        let unchanged = |name: &String, config: &WebhookConfig, gone: &AtomicBool| {
+            !gone.load(Ordering::Acquire) && configs.iter().any(|c| c.name == *name && c == config)
+        };
         let (keep, retire): (HashMap<_, _>, HashMap<_, _>) =
-            std::mem::take(&mut self.running).into_iter().partition(|(name, (config, _))| configs.iter().any(|c| c.name == *name && c == config));
+            std::mem::take(&mut self.running).into_iter().partition(|(name, (config, gone, _))| unchanged(name, config, gone));
         self.running = keep;
-        for (name, (_, tasks)) in retire {
+        for (name, (_, _, tasks)) in retire {
             tracing::info!(webhook = %name, "webhook endpoint stopped (reload)");
             tasks.cancel();
             self.retiring.spawn(|_| async move {
@@ -63,10 +68,10 @@ impl Senders {
         for config in added {
             match sender::Endpoint::new(config.clone()) {
                 Ok(endpoint) => {
-                    let tasks = TaskGroup::new();
-                    let store = self.store.clone();
-                    tasks.spawn(|stop| sender::run(Arc::new(endpoint), store, stop));
-                    self.running.insert(config.name.clone(), (config.clone(), tasks));
+                    let (tasks, gone) = (TaskGroup::new(), Arc::new(AtomicBool::new(false)));
+                    let (store, flag) = (self.store.clone(), gone.clone());
+                    tasks.spawn(|stop| sender::run(Arc::new(endpoint), store, flag, stop));
+                    self.running.insert(config.name.clone(), (config.clone(), gone, tasks));
                 }
                 // The config was validated: only a secret file that changed since can fail here.
                 Err(e) => tracing::error!(webhook = %config.name, error = %e, "webhook endpoint not started"),
@@ -77,7 +82,7 @@ impl Senders {
     /// Stops every sender, within `within`; false if one did not stop in time. Nothing is lost:
     /// what was not sent waits in the store.
     pub(crate) async fn stop(self, within: Duration) -> bool {
-        let stops = self.running.into_values().map(|(_, tasks)| async move { tasks.stop(within).await });
+        let stops = self.running.into_values().map(|(_, _, tasks)| async move { tasks.stop(within).await });
         let clean = futures::future::join_all(stops).await.into_iter().all(|clean| clean);
         clean & self.retiring.drain(within).await
     }

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -160,8 +161,8 @@ struct Walk {
     oldest_ms: Option<u64>,
 }
 
-/// Sends `endpoint`'s events until `stop`.
-pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, stop: CancellationToken) {
+/// Sends `endpoint`'s events until `stop`, or until it answers 410 Gone (then sets `gone`).
+pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<AtomicBool>, stop: CancellationToken) {
     let name = endpoint.name().to_string();
     if let Err(e) = store.count_event_backlog(&name).await {
         tracing::warn!(webhook = %name, error = %e, "cannot count the events waiting");
@@ -188,7 +189,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, stop: Cancel
         if walk.gone {
             tracing::error!(webhook = %name, "the endpoint answered 410 Gone: nothing more is sent to it until the config is reloaded");
             metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(1.0);
-            stop.cancelled().await;
+            gone.store(true, Ordering::Release);
             return;
         }
         let wait = if walk.down {

@@ -2,6 +2,8 @@
 //! real TOML, and the receipt fixtures.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod receiver;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,258 @@
+//! Events out over real HTTP: a gateway on a simulated carrier pushes every state change to
+//! webhook receivers on loopback (our recording receiver, and the Standard Webhooks project's
+//! own Python verifier), through outages, hangs, errors, a kill -9, a secret rotation and a 410.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::receiver::{Mode, Receiver, Seen};
+use common::{API_KEY, Gateway, OTHER_KEY, bearer, code_sent, metric, post_message, sim, wait_status};
+use otpgate::http::client::Client;
+use otpgate::sim::SimConfig;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NEXT_SECRET: &str = "whsec_c2VjcmV0LWtleS1vZi0yNC1ieXRlcy1sb25n";
+/// Retries on a test's time scale.
+const FAST: &str = "timeout = \"1s\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"";
+const OTP: &str = "[otp]\nbrand = \"Acme\"\n";
+
+fn webhook(name: &str, url: &str, extra: &str) -> String {
+    format!("[[webhooks]]\nname = {name:?}\nurl = {url:?}\nsecret = {SECRET:?}\n{FAST}\n{extra}\n")
+}
+
+async fn send(client: &mut Client, key: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = format!(r#"{{"to": "+4477009{i:05}", "text": "hello {i}"}}"#);
+        let reply = post_message(client, key, &body, None).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        ids.push(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+/// Each record's event types (by `data.id`), in the order they were first taken, once each.
+fn types_by_record(taken: &[Seen]) -> HashMap<String, Vec<String>> {
+    let mut seen_ids = HashSet::new();
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for s in taken {
+        if seen_ids.insert(s.id.clone()) {
+            let json = s.json();
+            out.entry(json["data"]["id"].as_str().unwrap().to_string()).or_default().push(json["type"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+fn expect_message_events(taken: &[Seen], ids: &[String]) {
+    let by_record = types_by_record(taken);
+    for id in ids {
+        assert_eq!(by_record.get(id).map(Vec::as_slice), Some(&["message.submitted".to_string(), "message.delivered".to_string()][..]), "{id}");
+    }
+    assert_eq!(by_record.len(), ids.len(), "no events for anything else: {by_record:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_arrives_once_signed_in_order_and_shows_what_get_shows() {
+    let sim = sim(SimConfig::default()).await;
+    let receiver = Receiver::start(Mode::Answer(204)).await;
+    let sections = format!("{OTP}{}", webhook("backend", &receiver.url(), ""));
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "").sections(&sections).bound().await;
+    let ids = send(&mut client, API_KEY, 20).await;
+    for id in &ids {
+        wait_status(&mut client, id, "delivered", Duration::from_secs(10)).await;
+    }
+    let taken = receiver.wait_taken(40, Duration::from_secs(10)).await;
+    assert_eq!(taken.len(), 40, "each event once: {}", taken.len());
+    expect_message_events(&taken, &ids);
+    let unique: HashSet<&str> = taken.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(unique.len(), 40, "webhook-id is unique per event");
+    for s in &taken {
+        assert!(s.verifies(SECRET), "signature does not verify: {s:?}");
+        assert!(!s.verifies(NEXT_SECRET), "verifies under a secret it was not signed with");
+        let json = s.json();
+        assert!(json["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "RFC 3339 timestamp: {json}");
+        let status = json["type"].as_str().unwrap().trim_start_matches("message.");
+        assert_eq!(json["data"]["status"], status, "{json}");
+        assert!(json["data"].get("text").is_none(), "never the text: {json}");
+    }
+    // A delivered event shows exactly what GET shows of the finished message.
+    let delivered = taken.iter().map(Seen::json).find(|j| j["type"] == "message.delivered").unwrap();
+    let id = delivered["data"]["id"].as_str().unwrap();
+    assert_eq!(common::get_message(&mut client, API_KEY, id).await.json(), delivered["data"]);
+
+    // A verification: sent (with its carrier), its SMS's own events, approved; never the code.
+    let auth = bearer(API_KEY);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let created = client.request("POST", "/v1/verifications", &headers, Some(r#"{"to": "+447700900999"}"#)).await.unwrap();
+    let vid = created.json()["id"].as_str().unwrap().to_string();
+    let code = code_sent(&sim, "+447700900999", 1).await;
+    let check = format!(r#"{{"code": "{code}"}}"#);
+    let approved = client.request("POST", &format!("/v1/verifications/{vid}/check"), &headers, Some(&check)).await.unwrap();
+    assert_eq!(approved.json()["status"], "approved", "{}", approved.body);
+    let taken = receiver.wait_taken(44, Duration::from_secs(10)).await;
+    let of_verification: Vec<serde_json::Value> =
+        taken[40..].iter().map(Seen::json).filter(|j| j["data"]["id"] == vid.as_str()).collect();
+    let types: Vec<&str> = of_verification.iter().map(|j| j["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["verification.sent", "verification.approved"], "{of_verification:?}");
+    assert_eq!(of_verification[0]["data"]["delivery"]["carrier"], "alpha");
+    assert_eq!(of_verification[1]["data"]["status"], "approved");
+    let message_types: HashSet<String> = taken[40..].iter().map(Seen::json).filter(|j| j["data"]["id"] == created.json()["message_id"]).map(|j| j["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(message_types, HashSet::from(["message.submitted".to_string(), "message.delivered".to_string()]));
+    assert!(taken.iter().all(|s| !s.body.contains(&code)), "a code reached a webhook");
+    assert_eq!(metric(gw.daemon.metrics_addr(), "otpgate_webhook_deliveries_total{webhook=\"backend\",result=\"delivered\"}").await, 44.0);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Waits for `n` more attempts than the receiver has seen so far.
+async fn wait_attempts(receiver: &Receiver, n: usize) {
+    let target = receiver.seen().len() + n;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while receiver.seen().len() < target {
+        assert!(tokio::time::Instant::now() < deadline, "no new attempts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /v1/webhooks/dead?webhook=backend` as `key`.
+async fn list(client: &mut Client, key: &str) -> serde_json::Value {
+    let auth = bearer(key);
+    client.request("GET", "/v1/webhooks/dead?webhook=backend", &[("Authorization", auth.as_str())], None).await.unwrap().json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_hanging_and_down_gets_everything_in_order_once_it_recovers() {
+    let sim = sim(SimConfig::default()).await;
+    let mut receiver = Receiver::start(Mode::Answer(500)).await;
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "").sections(&webhook("backend", &receiver.url(), "")).bound().await;
+    let ids = send(&mut client, API_KEY, 10).await;
+    for id in &ids {
+        wait_status(&mut client, id, "delivered", Duration::from_secs(10)).await;
+    }
+    wait_attempts(&receiver, 3).await;
+    receiver.set(Mode::Hang);
+    wait_attempts(&receiver, 2).await;
+    receiver.down();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failed: HashSet<String> = receiver.seen().into_iter().map(|s| s.id).collect();
+    assert!(receiver.taken().is_empty());
+    receiver.up().await;
+    receiver.set(Mode::Answer(204));
+    let taken = receiver.wait_taken(20, Duration::from_secs(20)).await;
+    assert_eq!(taken.len(), 20, "every event arrives, once");
+    expect_message_events(&taken, &ids);
+    let ids_taken: HashSet<String> = taken.iter().map(|s| s.id.clone()).collect();
+    assert!(failed.is_subset(&ids_taken), "a retry carries the webhook-id of the first attempt");
+    assert!(taken.iter().all(|s| s.verifies(SECRET)), "signed afresh at each attempt");
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_delays_no_other_and_filters_pick_types_and_clients() {
+    let sim = sim(SimConfig::default()).await;
+    let slow = Receiver::start(Mode::Hang).await;
+    let fast = Receiver::start(Mode::Answer(200)).await;
+    let picky = Receiver::start(Mode::Answer(200)).await;
+    let sections = [
+        webhook("slow", &slow.url(), "").replace("timeout = \"1s\"", "timeout = \"5s\""),
+        webhook("fast", &fast.url(), ""),
+        webhook("picky", &picky.url(), "events = [\"message.deliv*\"]\napi_keys = [\"other\"]"),
+    ]
+    .concat();
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "").sections(&sections).bound().await;
+    let started = tokio::time::Instant::now();
+    let mut ids = send(&mut client, API_KEY, 6).await;
+    let theirs = send(&mut client, OTHER_KEY, 2).await;
+    ids.extend(theirs.iter().cloned());
+    let taken = fast.wait_taken(16, Duration::from_secs(4)).await;
+    assert_eq!(taken.len(), 16, "the fast endpoint got everything while the slow one hung");
+    assert!(started.elapsed() < Duration::from_secs(5), "before the slow endpoint's first timeout");
+    expect_message_events(&taken, &ids);
+    assert!(!slow.seen().is_empty(), "the slow endpoint was tried");
+    let picked = picky.wait_taken(2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let picked_records: HashSet<String> = picky.taken().iter().map(|s| s.json()["data"]["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(picky.taken().len(), 2, "only the other client's deliveries: {picked:?}");
+    assert_eq!(picked_records, theirs.into_iter().collect());
+    assert!(picked.iter().all(|s| s.json()["type"] == "message.delivered"));
+    gw.daemon.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_secret_rotates_both_verify_and_a_410_stops_the_endpoint_until_reload() {
+    let sim = sim(SimConfig::default()).await;
+    let receiver = Receiver::start(Mode::Answer(204)).await;
+    let rotating = webhook("backend", &receiver.url(), "").replace(&format!("secret = {SECRET:?}"), &format!("secret = \"{NEXT_SECRET} {SECRET}\""));
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "").sections(&rotating).bound().await;
+    send(&mut client, API_KEY, 2).await;
+    let taken = receiver.wait_taken(4, Duration::from_secs(10)).await;
+    assert!(taken.iter().all(|s| s.verifies(SECRET) && s.verifies(NEXT_SECRET) && s.signature.split(' ').count() == 2), "{taken:?}");
+
+    // The old secret retired: only the new one signs.
+    let config = |sections: &str| {
+        common::gateway_config(&common::named(&[sim.addr()]), gw.dir.path(), "").sections(sections).build().expect("valid config")
+    };
+    let rotated = webhook("backend", &receiver.url(), "").replace(SECRET, NEXT_SECRET);
+    gw.daemon.reload(&config(&rotated));
+    send(&mut client, API_KEY, 1).await;
+    let taken = receiver.wait_taken(6, Duration::from_secs(10)).await;
+    assert!(taken[4..].iter().all(|s| s.verifies(NEXT_SECRET) && !s.verifies(SECRET)), "{taken:?}");
+
+    // 410 Gone: no more attempts, whatever waits, until the config is reloaded.
+    receiver.set(Mode::Answer(410));
+    send(&mut client, API_KEY, 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while receiver.seen().len() == 6 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tried = receiver.seen().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.seen().len(), tried, "no attempt after a 410");
+    let disabled = "otpgate_webhook_disabled{webhook=\"backend\"}";
+    assert_eq!(metric(gw.daemon.metrics_addr(), disabled).await, 1.0);
+    receiver.set(Mode::Answer(204));
+    gw.daemon.reload(&config(&rotated));
+    let taken = receiver.wait_taken(10, Duration::from_secs(10)).await;
+    assert_eq!(types_by_record(&taken).values().map(Vec::len).sum::<usize>(), 10, "the four waiting arrived after the reload");
+    assert_eq!(metric(gw.daemon.metrics_addr(), disabled).await, 0.0);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_given_up_on_are_listed_to_their_client_and_sent_again_on_request() {
+    let sim = sim(SimConfig::default()).await;
+    let receiver = Receiver::start(Mode::Answer(503)).await;
+    let (gw, mut client) =
+        Gateway::setup(&[sim.addr()], "").sections(&webhook("backend", &receiver.url(), "retry_for = \"1s\"")).bound().await;
+    let ids = send(&mut client, API_KEY, 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        let dead = list(&mut client, API_KEY).await;
+        if dead["events"].as_array().is_some_and(|e| e.len() == 4) {
+            break dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "events never given up on: {dead}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let first = &dead["events"][0];
+    assert_eq!((first["webhook"].as_str(), first["last_error"].as_str()), (Some("backend"), Some("answered 503 Service Unavailable")), "{dead}");
+    assert!(first["attempts"].as_u64().unwrap() >= 1 && first["dead_at"].is_string());
+    assert_eq!(list(&mut client, OTHER_KEY).await["events"], serde_json::json!([]), "another client sees none of them");
+    assert_eq!(metric(gw.daemon.metrics_addr(), "otpgate_webhook_dead_total{webhook=\"backend\"}").await, 4.0);
+
+    receiver.set(Mode::Answer(204));
+    let auth = bearer(API_KEY);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let resent = client.request("POST", "/v1/webhooks/dead/resend", &headers, Some(r#"{"webhook": "backend"}"#)).await.unwrap();
+    assert_eq!(resent.json()["resent"], 4, "{}", resent.body);
+    let taken = receiver.wait_taken(4, Duration::from_secs(10)).await;
+    expect_message_events(&taken, &ids);
+    let dead_ids: HashSet<&str> = dead["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(taken.iter().map(|s| s.id.as_str()).collect::<HashSet<_>>(), dead_ids, "sent again under their own ids");
+    assert_eq!(list(&mut client, API_KEY).await["events"], serde_json::json!([]));
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
