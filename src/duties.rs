@@ -88,7 +88,16 @@ impl Duties {
         // Ends when every session is gone and the channel is drained, not on a stop.
         receipt_tracking.spawn(|_| track::track_receipts(store.clone(), receipts_rx, otp_failed));
         let webhooks = Senders::start(store.clone(), &config.webhooks);
-        Duties { carrier_stops, carriers_stop, retiring: Vec::new(), receipts: Some(receipts), dispatcher, feeders, receipt_tracking, webhooks }
+        Duties {
+            carrier_stops,
+            carriers_stop,
+            retiring: Vec::new(),
+            receipts: Some(receipts),
+            dispatcher,
+            feeders,
+            receipt_tracking,
+            webhooks,
+        }
     }
 
     /// Deliveries that may start now (tests).

@@ -24,7 +24,11 @@ struct DeadQuery {
 }
 
 /// `GET /v1/webhooks/dead?webhook=NAME&limit=N`: events given up on, oldest record first.
-pub(super) async fn list_dead(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn list_dead(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let owner = scope(&state, &headers)?;
     let query: DeadQuery = read_query(query.as_deref().unwrap_or_default())?;
     let limit = query.limit.unwrap_or(100);
@@ -75,7 +79,9 @@ pub(super) async fn resend_dead(State(state): State<Arc<AppState>>, headers: Hea
 
 /// A query string read into `T`, with our error shape.
 fn read_query<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid"))?)
-        .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}").parse().map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }

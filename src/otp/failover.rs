@@ -13,8 +13,8 @@ use super::{Otp, OtpError, code, template};
 use crate::dispatch::{Job, OtpSubmitted};
 use crate::smpp::OutboundSms;
 use crate::store::record::{from_ms, to_ms};
-use crate::store::view::shown_status;
 use crate::store::verification::{Failover, NumberStats, VerificationRecord, VerificationStatus};
+use crate::store::view::shown_status;
 use crate::store::{MessageId, MessageStatus, NewMessage};
 use crate::telemetry;
 

@@ -28,13 +28,13 @@ use crate::smpp::address::Address;
 use crate::smpp::message::encode_text;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
+use crate::store::view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
 use crate::store::{MessageId, MessageRecord, MessageStatus, NewMessage, Store, StoreError, VerificationId};
 use crate::telemetry;
 use code::CodeKey;
 use ratelimit::RateLimiter;
 pub use settings::OtpConfig;
 use template::{Autofill, Fill};
-use crate::store::view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
 
 /// Longest context a verification may be bound to.
 pub const MAX_CONTEXT_CHARS: usize = 64;

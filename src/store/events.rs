@@ -107,7 +107,8 @@ pub struct Subscription {
 
 impl Subscription {
     fn wants(&self, kind: EventType, owner: &str) -> bool {
-        self.types.iter().any(|pattern| glob(pattern, kind.name())) && (self.api_keys.is_empty() || self.api_keys.iter().any(|k| k == owner))
+        self.types.iter().any(|pattern| glob(pattern, kind.name()))
+            && (self.api_keys.is_empty() || self.api_keys.iter().any(|k| k == owner))
     }
 }
 
@@ -152,7 +153,15 @@ pub struct EventRow {
 pub struct PendingEvent {
     pub key: Vec<u8>,
     pub subject: MessageId,
+    pub event: MessageId,
     pub row: EventRow,
+}
+
+impl PendingEvent {
+    /// When its id was taken (unix µs): ids grow with time.
+    pub fn taken_us(&self) -> u64 {
+        u64::from_be_bytes(self.event.0[..8].try_into().unwrap_or_default())
+    }
 }
 
 /// A row given up on, as an operator lists it.
@@ -162,19 +171,57 @@ pub struct DeadEvent {
     pub row: EventRow,
 }
 
+/// Events given ids but not written yet, by subject. Ids are taken before the write, and two
+/// changes to one verification come through different paths (its SMS's submit, its check), so
+/// a later id can be written first: a sender waits while an earlier id of the subject is still
+/// on its way, which keeps each subject's events in order.
+type Unwritten = Arc<std::sync::Mutex<HashMap<MessageId, Vec<MessageId>>>>;
+
 /// Who hears of events, and how many each has waiting.
 #[derive(Default)]
 pub(super) struct Outbox {
     subscriptions: RwLock<Arc<Vec<Subscription>>>,
+    unwritten: Unwritten,
     /// Rows waiting per endpoint (sled: counted once, then kept in step; a database counts).
     backlog: std::sync::Mutex<HashMap<String, i64>>,
     /// Wakes the senders when rows were written.
     written: tokio::sync::Notify,
 }
 
-/// Rows of events about to be written with a change.
+/// Rows of events about to be written with a change. Their ids count as on their way until
+/// this is dropped: after the write, or when the change is given up.
 #[derive(Default)]
-pub(super) struct Emitted(pub(super) Vec<(Vec<u8>, Vec<u8>)>);
+pub(super) struct Emitted {
+    pub(super) rows: Vec<(Vec<u8>, Vec<u8>)>,
+    ids: Vec<(MessageId, MessageId)>,
+    unwritten: Option<Unwritten>,
+}
+
+impl Emitted {
+    /// Takes `other`'s rows and ids (a batch's changes written as one).
+    pub(super) fn absorb(&mut self, mut other: Emitted) {
+        self.rows.append(&mut other.rows);
+        self.ids.append(&mut other.ids);
+        if self.unwritten.is_none() {
+            self.unwritten = other.unwritten.take();
+        }
+    }
+}
+
+impl Drop for Emitted {
+    fn drop(&mut self) {
+        let Some(unwritten) = &self.unwritten else { return };
+        let mut unwritten = lock(unwritten);
+        for (subject, event) in &self.ids {
+            if let Some(ids) = unwritten.get_mut(subject) {
+                ids.retain(|id| id != event);
+                if ids.is_empty() {
+                    unwritten.remove(subject);
+                }
+            }
+        }
+    }
+}
 
 /// The key of an endpoint's row: `prefix`, endpoint, NUL, subject, event id.
 fn event_key(prefix: u8, endpoint: &str, subject: &MessageId, event: &MessageId) -> Vec<u8> {
@@ -185,11 +232,19 @@ fn event_key(prefix: u8, endpoint: &str, subject: &MessageId, event: &MessageId)
 
 /// The endpoint and subject of a row key.
 fn parse_key(key: &[u8]) -> Option<(String, MessageId)> {
+    parse_ids(key).map(|(endpoint, subject, _)| (endpoint, subject))
+}
+
+/// The endpoint, subject and event id of a row key.
+fn parse_ids(key: &[u8]) -> Option<(String, MessageId, MessageId)> {
     let rest = key.get(1..)?;
     let at = rest.iter().position(|b| *b == 0)?;
     let endpoint = std::str::from_utf8(&rest[..at]).ok()?.to_string();
     let ids = rest.get(at + 1..)?;
-    (ids.len() == 32).then(|| Some((endpoint, keys::id_from(&ids[..16])?)))?
+    if ids.len() != 32 {
+        return None;
+    }
+    Some((endpoint, keys::id_from(&ids[..16])?, keys::id_from(&ids[16..])?))
 }
 
 fn endpoint_prefix(prefix: u8, endpoint: &str) -> Vec<u8> {
@@ -235,6 +290,9 @@ impl Store {
             return;
         }
         let event = self.new_id();
+        lock(&self.outbox.unwritten).entry(*subject).or_default().push(event);
+        out.ids.push((*subject, event));
+        out.unwritten.get_or_insert_with(|| self.outbox.unwritten.clone());
         let body = serde_json::json!({"type": kind.name(), "timestamp": record::rfc3339(now_ms), "data": data()});
         let row = EventRow {
             id: format!("evt_{event}"),
@@ -249,7 +307,7 @@ impl Store {
         };
         let value = encode(&row);
         for s in wanted {
-            out.0.push((event_key(keys::EVENT, &s.name, subject, &event), value.clone()));
+            out.rows.push((event_key(keys::EVENT, &s.name, subject, &event), value.clone()));
         }
     }
 
@@ -332,6 +390,18 @@ impl Store {
         }
     }
 
+    /// Whether an event of `event`'s subject with an earlier id is still on its way to the store
+    /// (this process's writers; see [`Unwritten`]).
+    pub fn earlier_unwritten(&self, event: &PendingEvent) -> bool {
+        lock(&self.outbox.unwritten).get(&event.subject).is_some_and(|ids| ids.iter().any(|id| *id < event.event))
+    }
+
+    /// Whether other processes write to this store too (their events' writes are not seen
+    /// coming: a sender lets events settle a moment).
+    pub fn shared(&self) -> bool {
+        self.engine.shared()
+    }
+
     /// Notified whenever event rows are written (wakes the senders).
     pub fn events_signal(&self) -> &tokio::sync::Notify {
         &self.outbox.written
@@ -342,9 +412,9 @@ impl Store {
         let rows = self.engine.scan(&endpoint_prefix(keys::EVENT, endpoint), after, limit).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (key, value) in rows {
-            let Some((_, subject)) = parse_key(&key) else { continue };
+            let Some((_, subject, event)) = parse_ids(&key) else { continue };
             let row: EventRow = decode(Some(value), || "event row".to_string())?.ok_or_else(|| StoreError::Corrupt("event row".into()))?;
-            out.push(PendingEvent { key, subject, row });
+            out.push(PendingEvent { key, subject, event, row });
         }
         Ok(out)
     }
@@ -425,7 +495,12 @@ impl Store {
 
     /// Sends dead rows again: those of `owner` (all when `None`), of one endpoint (all when
     /// `None`), with one of `ids` (all when `None`). Their attempts start over. Returns how many.
-    pub async fn resend_dead_events(&self, owner: Option<&str>, webhook: Option<&str>, ids: Option<&[String]>) -> Result<usize, StoreError> {
+    pub async fn resend_dead_events(
+        &self,
+        owner: Option<&str>,
+        webhook: Option<&str>,
+        ids: Option<&[String]>,
+    ) -> Result<usize, StoreError> {
         let prefix = webhook.map_or_else(|| vec![keys::DEAD_EVENT], |w| endpoint_prefix(keys::DEAD_EVENT, w));
         let mut pages = self.engine.pages(&prefix);
         let mut moved = 0;
@@ -479,5 +554,94 @@ impl Store {
 impl Store {
     pub async fn event_rows(&self) -> Result<(usize, usize), StoreError> {
         Ok((self.engine.count(&[keys::EVENT]).await?, self.engine.count(&[keys::DEAD_EVENT]).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::settings::{self, BackendKind};
+    use crate::store::tests::{Place, on_both};
+
+    fn everything(name: &str) -> Subscription {
+        Subscription { name: name.into(), types: vec!["*".into()], api_keys: Vec::new() }
+    }
+
+    #[test]
+    fn globs_match_whole_type_names() {
+        assert!(glob("*", "message.delivered"));
+        assert!(glob("message.*", "message.delivered"));
+        assert!(glob("*.delivered", "message.delivered"));
+        assert!(glob("message.deliv*d", "message.delivered"));
+        assert!(!glob("message.*", "verification.sent"));
+        assert!(!glob("message.delivered", "message.delivered.x"));
+        assert!(!glob("verification", "verification.sent"));
+    }
+
+    /// An event whose id was taken first but whose write is still on its way holds back a
+    /// later event of the same subject that was written already; other subjects go on.
+    #[tokio::test]
+    async fn a_later_event_waits_while_an_earlier_one_of_its_subject_is_unwritten() {
+        let place = Place::new(BackendKind::Sled).await.unwrap();
+        let store = place.open().await;
+        store.subscribe(vec![everything("a")]);
+        let (subject, other) = (store.new_id(), store.new_id());
+        let (mut first, mut second, mut elsewhere) = (Emitted::default(), Emitted::default(), Emitted::default());
+        let data = || serde_json::json!({});
+        store.emit(&mut first, EventType::MessageSubmitted, "k", &subject, 1, data);
+        store.emit(&mut second, EventType::MessageDelivered, "k", &subject, 2, data);
+        store.emit(&mut elsewhere, EventType::MessageDelivered, "k", &other, 3, data);
+        store.write_with_events(Vec::new(), second).await.unwrap();
+        store.write_with_events(Vec::new(), elsewhere).await.unwrap();
+        let pending = store.pending_events("a", None, 10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        let (later, unrelated) = (&pending[0], &pending[1]);
+        assert_eq!((later.subject, later.row.kind.as_str()), (subject, "message.delivered"));
+        assert!(store.earlier_unwritten(later), "its subject's first event is not written yet");
+        assert!(!store.earlier_unwritten(unrelated));
+        drop(first); // the change was given up: nothing holds the later one back any more
+        assert!(!store.earlier_unwritten(later));
+        store.close().await.unwrap();
+    }
+
+    on_both! {
+        /// Rows are per endpoint; sent ones go, a dead one is listed to its owner only, sent
+        /// again on request with its attempts started over, and swept after the retention.
+        async fn rows_are_sent_buried_listed_resent_and_swept(place) {
+            let store = place.open().await;
+            store.subscribe(vec![everything("a"), Subscription { api_keys: vec!["other".into()], ..everything("b") }]);
+            let now = SystemTime::now();
+            let mut out = Emitted::default();
+            let (one, two) = (store.new_id(), store.new_id());
+            store.emit(&mut out, EventType::MessageSubmitted, "k", &one, 1, || serde_json::json!({"n": 1}));
+            store.emit(&mut out, EventType::MessageDelivered, "k", &two, 2, || serde_json::json!({"n": 2}));
+            store.write_with_events(Vec::new(), out).await.unwrap();
+            assert_eq!(store.event_rows().await.unwrap(), (2, 0), "b hears only of the other key's records");
+            store.count_event_backlog("a").await.unwrap();
+            assert_eq!(store.event_backlog("a").await.unwrap(), 2);
+            let pending = store.pending_events("a", None, 10).await.unwrap();
+            assert_eq!(pending.iter().map(|e| e.subject).collect::<Vec<_>>(), vec![one, two]);
+            let body: serde_json::Value = serde_json::from_str(&pending[0].row.body).unwrap();
+            assert_eq!((body["type"].as_str(), body["data"]["n"].as_i64()), (Some("message.submitted"), Some(1)));
+            store.events_sent(&[pending[0].key.clone()]).await.unwrap();
+            let mut dead = pending[1].clone();
+            dead.row.attempts = 3;
+            store.event_dead(&dead, now).await.unwrap();
+            assert_eq!(store.event_rows().await.unwrap(), (0, 1));
+            assert_eq!(store.event_backlog("a").await.unwrap(), 0);
+            let listed = store.dead_events(Some("k"), None, 10).await.unwrap();
+            assert_eq!((listed.len(), listed[0].webhook.as_str(), listed[0].row.attempts), (1, "a", 3));
+            assert!(store.dead_events(Some("someone else"), None, 10).await.unwrap().is_empty());
+            assert_eq!(store.resend_dead_events(Some("k"), Some("a"), Some(&["evt_none".to_string()])).await.unwrap(), 0);
+            assert_eq!(store.resend_dead_events(Some("k"), Some("a"), None).await.unwrap(), 1);
+            let again = store.pending_events("a", None, 10).await.unwrap();
+            assert_eq!((again.len(), again[0].row.attempts, again[0].row.id.clone()), (1, 0, pending[1].row.id.clone()));
+            store.event_dead(&again[0], now).await.unwrap();
+            let retention = Duration::from_secs(3600);
+            assert_eq!(store.sweep_dead_events(retention, now).await.unwrap(), 0, "too young");
+            assert_eq!(store.sweep_dead_events(retention, now + retention + Duration::from_secs(1)).await.unwrap(), 1);
+            assert_eq!(store.event_rows().await.unwrap(), (0, 0));
+            store.close().await.unwrap();
+        }
     }
 }

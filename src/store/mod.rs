@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use commit::FlushError;
 use commit::GroupCommit;
-use engine::{Engine, Rows, Writes};
+use engine::{Engine, Writes};
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
 pub use messages::NewMessage;
 pub use receipts::{IncomingReceipt, ReceiptMatch};
@@ -175,10 +175,10 @@ impl Change {
     }
 
     /// The change with the record row `record_key` = `record`, as writes in the safe order,
-    /// and the rows of the events it emits.
-    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, Rows) {
+    /// and the events it emits.
+    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, events::Emitted) {
         let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
-        (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events.0)
+        (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events)
     }
 }
 
@@ -201,14 +201,14 @@ impl Changes {
     }
 
     /// Every change as writes in the safe order, each with its record as `records` holds it
-    /// now, and the rows of the events they emit.
-    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, Rows) {
-        let (mut writes, mut events) = (Vec::new(), Vec::new());
+    /// now, and the events they emit.
+    fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, events::Emitted) {
+        let (mut writes, mut events) = (Vec::new(), events::Emitted::default());
         for (id, change) in self.0 {
             if let Some(Some(record)) = records.get(&id) {
                 let (rows, emitted) = change.into_writes(keys::message(&id), encode(record));
                 writes.extend(rows);
-                events.extend(emitted);
+                events.absorb(emitted);
             }
         }
         (writes, events)
@@ -224,13 +224,13 @@ impl Store {
 
     /// Writes rows in order, or, with the rows of events they report, all at once (module doc
     /// of `events`).
-    async fn write_with_events(&self, mut writes: Writes, events: Rows) -> Result<(), StoreError> {
-        if events.is_empty() {
+    async fn write_with_events(&self, mut writes: Writes, events: events::Emitted) -> Result<(), StoreError> {
+        if events.rows.is_empty() {
             return self.engine.write(writes).await;
         }
-        writes.extend(events.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+        writes.extend(events.rows.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         self.engine.write_atomically(writes).await?;
-        self.events_written(&events);
+        self.events_written(&events.rows);
         Ok(())
     }
 
@@ -481,6 +481,7 @@ mod tests {
             }
         };
     }
+    pub(super) use on_both;
 
     fn new_message(now: SystemTime) -> NewMessage {
         NewMessage {

@@ -194,11 +194,11 @@ impl Store {
             let (k, v) = idempotency::row(owner, key, body_sha256, &send.id.0, send.record.last_send_ms, Some(response));
             tx.put(k, v);
         }
-        for (k, v) in &events.0 {
+        for (k, v) in &events.rows {
             tx.put(k.clone(), v.clone());
         }
         tx.commit().await?;
-        self.events_written(&events.0);
+        self.events_written(&events.rows);
         self.queue_changed(1);
         self.commit.durable().await?;
         super::messages::entered(super::MessageStatus::Queued);
@@ -249,11 +249,11 @@ impl Store {
         }
         tx.put(keys::verification(id), encode(&record));
         tx.put(keys::number(&record.to), encode(&stats));
-        for (k, v) in &events.0 {
+        for (k, v) in &events.rows {
             tx.put(k.clone(), v.clone());
         }
         tx.commit().await?;
-        self.events_written(&events.0);
+        self.events_written(&events.rows);
         self.commit.durable().await?;
         Ok(Some((record, out)))
     }

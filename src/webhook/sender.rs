@@ -32,6 +32,10 @@ use crate::telemetry;
 const PAGE: usize = 256;
 /// How often an idle sender looks for rows other processes wrote (a cluster's other nodes).
 const POLL: Duration = Duration::from_secs(1);
+/// On a store other processes write too, events younger than this wait: an earlier event of
+/// the same verification written by another node may still be on its way (in this process
+/// the store knows, see `Store::earlier_unwritten`).
+const SETTLE: Duration = Duration::from_millis(500);
 /// An answer's body is read (so the connection can be reused) up to this, then dropped.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -44,7 +48,10 @@ enum Outcome {
     /// 410: the receiver wants no more.
     Gone,
     /// Another status, a timeout or no connection: `result` is the metric label.
-    Failed { result: &'static str, reason: String },
+    Failed {
+        result: &'static str,
+        reason: String,
+    },
 }
 
 /// An endpoint as its sender uses it.
@@ -106,7 +113,10 @@ impl Endpoint {
             Ok::<_, hyper_util::client::legacy::Error>(status)
         };
         let outcome = match tokio::time::timeout(self.config.timeout, exchange).await {
-            Err(_) => Outcome::Failed { result: "timeout", reason: format!("no answer within {}", humantime::format_duration(self.config.timeout)) },
+            Err(_) => Outcome::Failed {
+                result: "timeout",
+                reason: format!("no answer within {}", humantime::format_duration(self.config.timeout)),
+            },
             Ok(Err(e)) => Outcome::Failed { result: "unreachable", reason: error_chain(&e) },
             Ok(Ok(status)) if status.is_success() => Outcome::Delivered,
             Ok(Ok(hyper::StatusCode::GONE)) => Outcome::Gone,
@@ -242,8 +252,18 @@ async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &Cancellati
             if !waiting.insert(event.subject) {
                 continue;
             }
-            if event.row.next_ms > now_ms {
-                walk.next_due_ms = Some(walk.next_due_ms.map_or(event.row.next_ms, |due| due.min(event.row.next_ms)));
+            // Its turn comes once it is due, and once every earlier event of its subject is written.
+            let settled_ms = match store.shared() {
+                true => event.taken_us() / 1000 + SETTLE.as_millis() as u64,
+                false => 0,
+            };
+            let due_ms = event.row.next_ms.max(settled_ms);
+            if due_ms > now_ms {
+                walk.next_due_ms = Some(walk.next_due_ms.map_or(due_ms, |due| due.min(due_ms)));
+                continue;
+            }
+            if store.earlier_unwritten(&event) {
+                // Its write wakes the sender.
                 continue;
             }
             wave.push(event);

@@ -57,7 +57,8 @@ impl Signer {
 
     /// The `webhook-signature` header value for one attempt.
     pub fn signature(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
-        let signatures: Vec<String> = self.keys.iter().map(|key| format!("v1,{}", STANDARD.encode(hmac(key, id, timestamp, body)))).collect();
+        let signatures: Vec<String> =
+            self.keys.iter().map(|key| format!("v1,{}", STANDARD.encode(hmac(key, id, timestamp, body)))).collect();
         signatures.join(" ")
     }
 }

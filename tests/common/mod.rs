@@ -475,38 +475,51 @@ pub fn signal(child: &std::process::Child, name: &str) {
 
 /// node-smpp's SMSC (tests/node-smpp/server.js) in a child process: a third-party reading of
 /// SMPP. Every event it prints is kept as JSON.
-pub struct NodeSmsc {
+/// A third-party peer run as a script (node-smpp's SMSC, the Standard Webhooks project's Python
+/// verifier): it prints one JSON object per line, the first `{"event": "listening", "port": N}`.
+pub struct ScriptPeer {
     child: std::process::Child,
     pub addr: SocketAddr,
     events: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
-impl Drop for NodeSmsc {
+/// node-smpp's server: the third-party SMSC of the conformance tests.
+pub type NodeSmsc = ScriptPeer;
+
+impl Drop for ScriptPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl NodeSmsc {
-    /// Starts the server with `options` (see server.js). `None` when node or the npm package is
-    /// missing on a developer's machine; under CI (`CI` set) that is a failure, since `.ci/run`
-    /// installs both.
-    pub fn start(options: &str) -> Option<NodeSmsc> {
-        use std::io::BufRead;
+impl ScriptPeer {
+    /// node-smpp's server with `options` (see tests/node-smpp/server.js).
+    pub fn start(options: &str) -> Option<ScriptPeer> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-smpp");
-        let installed = dir.join("node_modules/smpp").is_dir();
-        let spawned = installed
-            .then(|| {
-                std::process::Command::new("node").arg(dir.join("server.js")).arg(options).stdout(std::process::Stdio::piped()).spawn().ok()
-            })
-            .flatten();
+        let mut command = std::process::Command::new("node");
+        command.arg(dir.join("server.js")).arg(options);
+        ScriptPeer::spawn(dir.join("node_modules/smpp").is_dir().then_some(command), "node-smpp (npm ci --prefix tests/node-smpp)")
+    }
+
+    /// A webhook receiver that checks every request with the `standardwebhooks` library from
+    /// PyPI under `secret` (see tests/webhook-receiver/receiver.py).
+    pub fn webhook_verifier(secret: &str) -> Option<ScriptPeer> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook-receiver");
+        let python = dir.join(".venv/bin/python");
+        let mut command = std::process::Command::new(&python);
+        command.arg(dir.join("receiver.py")).arg(secret);
+        ScriptPeer::spawn(python.exists().then_some(command), "the standardwebhooks verifier (tests/webhook-receiver/setup)")
+    }
+
+    /// Runs `command` (`None` when its peer is not installed on a developer's machine; under CI,
+    /// `CI` set, that is a failure, since `.ci/run` installs every peer).
+    fn spawn(command: Option<std::process::Command>, what: &str) -> Option<ScriptPeer> {
+        use std::io::BufRead;
+        let spawned = command.and_then(|mut c| c.stdout(std::process::Stdio::piped()).spawn().ok());
         let Some(mut child) = spawned else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "node and tests/node-smpp/node_modules are required under CI (.ci/run installs them)"
-            );
-            eprintln!("skipped: node-smpp is not installed (npm ci --prefix tests/node-smpp)");
+            assert!(std::env::var_os("CI").is_none(), "{what} is required under CI (.ci/run installs it)");
+            eprintln!("skipped: {what} is not installed");
             return None;
         };
         let stdout = child.stdout.take().expect("piped stdout");
@@ -522,8 +535,8 @@ impl NodeSmsc {
                 sink.lock().unwrap().push(event);
             }
         });
-        let port = port_rx.recv_timeout(Duration::from_secs(10)).expect("node-smpp server listens");
-        Some(NodeSmsc { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), events })
+        let port = port_rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{what} listens"));
+        Some(ScriptPeer { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), events })
     }
 
     /// The events named `name` seen so far.
