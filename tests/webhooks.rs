@@ -343,3 +343,79 @@ async fn the_standard_webhooks_reference_library_accepts_every_request() {
     assert_eq!(types, HashSet::from(["message.submitted", "message.delivered"]));
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Every way a verification ends is an event, and each SMS a carrier reports undelivered is
+/// one too, saying whether another carrier was tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_events_report_each_ending_and_every_failed_sms_with_its_failover() {
+    let alpha = sim(SimConfig { receipt_stat: "UNDELIV", ..SimConfig::default() }).await;
+    let beta = sim(SimConfig { receipt_stat: "UNDELIV", ..SimConfig::default() }).await;
+    let receiver = Receiver::start(Mode::Answer(204)).await;
+    let clock = std::sync::Arc::new(otpgate::clock::ShiftedClock::default());
+    let sections = format!(
+        "{OTP}[[routes]]\nprefixes = [\"*\"]\ncarriers = [\"alpha\", \"beta\"]\n{}",
+        webhook("backend", &receiver.url(), "events = [\"verification.*\"]")
+    );
+    let (gw, mut client) = Gateway::setup(&[alpha.addr(), beta.addr()], "").sections(&sections).clock(clock.clone()).bound().await;
+    let auth = bearer(API_KEY);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let mut create = async |client: &mut Client, to: &str| {
+        let reply = client.request("POST", "/v1/verifications", &headers, Some(&format!(r#"{{"to": "{to}"}}"#))).await.unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.json()["id"].as_str().unwrap().to_string()
+    };
+    let of = |vid: &str| -> Vec<serde_json::Value> { receiver.taken().iter().map(Seen::json).filter(|j| j["data"]["id"] == vid).collect() };
+    let wait_for = async |vid: &str, n: usize| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while of(vid).len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "{vid}: {:?}", of(vid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        of(vid)
+    };
+
+    // Undelivered through alpha, resent through beta, undelivered again: no carrier is left.
+    let failing = create(&mut client, "+447700900456").await;
+    let events = wait_for(&failing, 4).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["verification.sent", "verification.delivery_failed", "verification.sent", "verification.delivery_failed"]);
+    let (first, second) = (&events[1]["data"]["failover"], &events[3]["data"]["failover"]);
+    assert_eq!((first["failover"].as_bool(), first["failed_carrier"].as_str()), (Some(true), Some("alpha")), "{first}");
+    assert_eq!(first["reason"], "receipt undeliverable");
+    assert_eq!(first["failover_message_id"], events[2]["data"]["delivery"]["message_id"], "names the resend");
+    assert_eq!((second["failover"].as_bool(), second["failed_carrier"].as_str()), (Some(false), Some("beta")), "{second}");
+    assert!(second["failover_message_id"].is_null());
+    assert_eq!(
+        (events[0]["data"]["delivery"]["carrier"].as_str(), events[2]["data"]["delivery"]["carrier"].as_str()),
+        (Some("alpha"), Some("beta"))
+    );
+
+    let canceled = create(&mut client, "+447700900457").await;
+    let reply = client.request("DELETE", &format!("/v1/verifications/{canceled}"), &headers[..1], None).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let locked = create(&mut client, "+447700900458").await;
+    for _ in 0..5 {
+        client.request("POST", &format!("/v1/verifications/{locked}/check"), &headers, Some(r#"{"code": "000000"}"#)).await.unwrap();
+    }
+    let expired = create(&mut client, "+447700900459").await;
+    clock.advance(Duration::from_secs(5 * 60 + 1));
+    let late =
+        client.request("POST", &format!("/v1/verifications/{expired}/check"), &headers, Some(r#"{"code": "123456"}"#)).await.unwrap();
+    assert_eq!(late.status, 409, "{}", late.body);
+    let is_ending = |e: &serde_json::Value| !["verification.sent", "verification.delivery_failed"].contains(&e["type"].as_str().unwrap());
+    for (vid, ending) in
+        [(&canceled, "verification.canceled"), (&locked, "verification.max_attempts_reached"), (&expired, "verification.expired")]
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !of(vid).iter().any(is_ending) {
+            assert!(tokio::time::Instant::now() < deadline, "{vid} never ended: {:?}", of(vid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let endings: Vec<serde_json::Value> = of(vid).into_iter().filter(is_ending).collect();
+        assert_eq!(endings.len(), 1, "one ending: {endings:?}");
+        assert_eq!(endings[0]["type"], ending);
+        assert_eq!(endings[0]["data"]["status"], ending.trim_start_matches("verification."));
+    }
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}
