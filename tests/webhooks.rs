@@ -359,7 +359,7 @@ async fn verification_events_report_each_ending_and_every_failed_sms_with_its_fa
     let (gw, mut client) = Gateway::setup(&[alpha.addr(), beta.addr()], "").sections(&sections).clock(clock.clone()).bound().await;
     let auth = bearer(API_KEY);
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    let mut create = async |client: &mut Client, to: &str| {
+    let create = async |client: &mut Client, to: &str| {
         let reply = client.request("POST", "/v1/verifications", &headers, Some(&format!(r#"{{"to": "{to}"}}"#))).await.unwrap();
         assert_eq!(reply.status, 201, "{}", reply.body);
         reply.json()["id"].as_str().unwrap().to_string()
