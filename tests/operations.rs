@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, DaemonFiles, bearer, bound_gateway, post_message, signal, sim, spawn_daemon, wait_ready, wait_status};
+use common::{API_KEY, DaemonFiles, bearer, post_message, signal, sim, spawn_daemon, wait_ready, wait_status};
 use otpgate::http::client::Client;
 use otpgate::sim::SimConfig;
 use otpgate::sim::accounting::Accounting;
@@ -35,7 +35,11 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alerts() {
-    let (sim, gw, mut client) = bound_gateway(SimConfig::default()).await;
+    let sim = sim(SimConfig::default()).await;
+    let receiver = common::receiver::Receiver::start(common::receiver::Mode::Answer(204)).await;
+    let webhook =
+        format!("[[webhooks]]\nname = \"backend\"\nurl = \"{}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n", receiver.url());
+    let (gw, mut client) = common::Gateway::setup(&[sim.addr()], "").sections(&webhook).bound().await;
     // Traffic of every kind: a message, a verification approved, a reconnect, a bad receipt.
     let id = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "hello"}"#, None).await.json()["id"]
         .as_str()
@@ -93,6 +97,12 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         ("otpgate_verifications_total", "counter"),
         ("otpgate_otp_sent_total", "counter"),
         ("otpgate_otp_approved_total", "counter"),
+        ("otpgate_webhook_deliveries_total", "counter"),
+        ("otpgate_webhook_attempt_seconds", "histogram"),
+        ("otpgate_webhook_backlog", "gauge"),
+        ("otpgate_webhook_oldest_pending_seconds", "gauge"),
+        ("otpgate_webhook_dead_total", "counter"),
+        ("otpgate_webhook_disabled", "gauge"),
     ];
     for (name, kind) in expected {
         assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name} missing or of the wrong type");
@@ -132,6 +142,8 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         "OtpgateDeliveryRateLow",
         "OtpgateOtpConversionCollapse",
         "OtpgateReceiptsUnmatched",
+        "OtpgateWebhookBacklogStale",
+        "OtpgateWebhookDisabled",
     ] {
         assert!(alerts.contains(alert), "{alert} missing");
     }

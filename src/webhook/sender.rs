@@ -178,6 +178,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
         tracing::warn!(webhook = %name, error = %e, "cannot count the events waiting");
     }
     metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(0.0);
+    metrics::counter!(telemetry::WEBHOOK_DEAD_TOTAL, "webhook" => name.clone()).increment(0);
     let mut down_in_a_row = 0u32;
     loop {
         // Armed before the walk, so rows written during it wake the next one.
