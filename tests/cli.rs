@@ -122,3 +122,39 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     assert!(stdout.contains("reached the SMSCs 300, lost 0)"), "{stdout}");
     assert!(stdout.contains("accounting: acknowledged 400, reached the SMSCs 400, duplicates 0, lost 0; receipts matched 400"), "{stdout}");
 }
+
+#[test]
+fn check_config_lists_webhooks_warns_of_plain_http_and_never_shows_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, "whsec_c2VjcmV0LWtleS1vZi0yNC1ieXRlcy1sb25n\n").unwrap();
+    let shipped = std::fs::read_to_string("config/otpgate.toml").unwrap();
+    let webhooks = format!(
+        "\n[[webhooks]]\nname = \"backend\"\nurl = \"https://backend.example/events\"\nsecret_file = {:?}\nevents = [\"message.*\"]\n\n\
+         [[webhooks]]\nname = \"internal\"\nurl = \"http://10.0.0.5/hooks\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_c2VjcmV0LWtleS1vZi0yNC1ieXRlcy1sb25n\"\n",
+        secret_file.display().to_string()
+    );
+    let path = dir.path().join("otpgate.toml");
+    std::fs::write(&path, format!("{shipped}{webhooks}")).unwrap();
+    let out = otpgate().args(["check-config", "--config"]).arg(&path).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("webhook:")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains("backend -> https://backend.example/events") && lines[0].contains("events message.*"), "{}", lines[0]);
+    assert!(!lines[0].contains("WARNING"), "{}", lines[0]);
+    assert!(lines[1].contains("secrets 2 (rotating") && lines[1].contains("WARNING: plain http"), "{}", lines[1]);
+    assert!(!stdout.contains("MfKQ9r8") && !stdout.contains("c2VjcmV0"), "a secret was printed: {stdout}");
+
+    // A broken secret: the file and key are named, the secret is not echoed.
+    std::fs::write(
+        &path,
+        format!("{shipped}{}", webhooks.replace("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+    )
+    .unwrap();
+    let out = otpgate().args(["check-config", "--config"]).arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("webhooks[1].secret") && stderr.contains("whsec_"), "{stderr}");
+    assert!(!stderr.contains("MfKQ9r8"), "the secret was echoed: {stderr}");
+}
