@@ -2,7 +2,24 @@
 
 /// `bytes` as lower-case hex.
 pub fn encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// 16 bytes as 32 hex digits on the stack (ids are shown everywhere: no allocation).
+pub fn encode16(bytes: &[u8; 16]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    out
 }
 
 /// 64 hex digits as 32 bytes; digits that are not hex read as zero (callers validate first).

@@ -97,6 +97,10 @@ struct BenchArgs {
     /// An existing PostgreSQL database for --store postgres (its password from PGPASSWORD).
     #[arg(long)]
     postgres_url: Option<String>,
+    /// Only compare the closed loop without a webhook endpoint and with one taking every event
+    /// (a receiver in this process), on the same daemon.
+    #[arg(long)]
+    webhook: bool,
 }
 
 impl BenchArgs {
@@ -115,6 +119,7 @@ impl BenchArgs {
             recovery_messages: self.recovery_messages,
             random_ids: self.random_ids,
             store,
+            webhook: self.webhook,
         }
     }
 }

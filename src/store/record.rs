@@ -23,10 +23,9 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let digits = crate::hex::encode16(&self.0);
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&digits).unwrap_or_default())
     }
 }
 

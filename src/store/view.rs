@@ -87,21 +87,39 @@ pub(crate) fn shown_status(r: &VerificationRecord, now: SystemTime) -> Verificat
     if r.status == VerificationStatus::Pending && to_ms(now) >= r.expires_ms { VerificationStatus::Expired } else { r.status }
 }
 
-/// A message as `GET /v1/messages/{id}` shows it.
-pub fn message(id: &MessageId, r: &MessageRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": id.to_string(),
-        "to": r.to,
-        "status": r.status.as_str(),
-        "carrier": r.carrier,
-        "smsc_message_id": r.smsc_message_id,
-        "created_at": rfc3339(r.created_ms),
-        "submitted_at": r.submitted_ms.map(rfc3339),
-        "done_at": r.done_ms.map(rfc3339),
-        "expires_at": rfc3339(r.deadline_ms),
-        "receipt": r.receipt.as_ref().map(|rc| serde_json::json!({"stat": rc.stat, "err": rc.err})),
-        "error": r.error,
-        "attempts": r.attempts.len(),
-        "session": r.attempts.last().and_then(|a| a.session.clone()),
-    })
+/// A message as `GET /v1/messages/{id}` shows it (and every event about it).
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    pub id: MessageId,
+    pub to: &'a str,
+    pub status: &'static str,
+    pub carrier: Option<&'a str>,
+    pub smsc_message_id: Option<&'a str>,
+    pub created_at: String,
+    pub submitted_at: Option<String>,
+    pub done_at: Option<String>,
+    pub expires_at: String,
+    pub receipt: Option<Receipt>,
+    pub error: Option<&'a str>,
+    pub attempts: usize,
+    pub session: Option<&'a str>,
+}
+
+/// [`Message`] of the record `r`.
+pub fn message<'a>(id: &MessageId, r: &'a MessageRecord) -> Message<'a> {
+    Message {
+        id: *id,
+        to: &r.to,
+        status: r.status.as_str(),
+        carrier: r.carrier.as_deref(),
+        smsc_message_id: r.smsc_message_id.as_deref(),
+        created_at: rfc3339(r.created_ms),
+        submitted_at: r.submitted_ms.map(rfc3339),
+        done_at: r.done_ms.map(rfc3339),
+        expires_at: rfc3339(r.deadline_ms),
+        receipt: r.receipt.as_ref().map(|rc| Receipt { stat: rc.stat.clone(), err: rc.err.clone() }),
+        error: r.error.as_deref(),
+        attempts: r.attempts.len(),
+        session: r.attempts.last().and_then(|a| a.session.as_deref()),
+    }
 }

@@ -30,11 +30,19 @@ use crate::telemetry;
 
 /// Rows read per step of a walk: at most one wave.
 const PAGE: usize = 256;
+/// The pause between walks that found little to send: events arriving meanwhile go in one
+/// walk, not one walk each (a walk reads the endpoint's rows from the start).
+const GATHER: Duration = Duration::from_millis(10);
+/// A walk starts this far before the oldest event the last one saw (events whose write was
+/// still on its way then land there) ...
+const LOOKBACK: Duration = Duration::from_secs(2);
+/// ... and every this often from the very start of the endpoint's rows.
+const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
 /// How often an idle sender looks for rows other processes wrote (a cluster's other nodes).
 const POLL: Duration = Duration::from_secs(1);
 /// On a store other processes write too, events younger than this wait: an earlier event of
 /// the same verification written by another node may still be on its way (in this process
-/// the store knows, see `Store::earlier_unwritten`).
+/// the store knows, see `Store::unwritten`).
 const SETTLE: Duration = Duration::from_millis(500);
 /// An answer's body is read (so the connection can be reused) up to this, then dropped.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -169,6 +177,8 @@ struct Walk {
     next_due_ms: Option<u64>,
     /// The oldest event seen (unix ms).
     oldest_ms: Option<u64>,
+    /// When the id of the first row seen was taken (unix µs).
+    first_taken_us: Option<u64>,
 }
 
 /// Sends `endpoint`'s events until `stop`, or until it answers 410 Gone (then sets `gone`).
@@ -180,19 +190,28 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
     metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(0.0);
     metrics::counter!(telemetry::WEBHOOK_DEAD_TOTAL, "webhook" => name.clone()).increment(0);
     let mut down_in_a_row = 0u32;
+    let mut full_walk = Instant::now();
+    let mut start_us: Option<u64> = None;
     loop {
         // Armed before the walk, so rows written during it wake the next one.
         let written = store.events_signal().notified();
         tokio::pin!(written);
         written.as_mut().enable();
         let probe = down_in_a_row > 0;
-        let walk = match walk(&endpoint, &store, probe, &stop).await {
+        if full_walk.elapsed() >= FULL_WALK_EVERY {
+            (start_us, full_walk) = (None, Instant::now());
+        }
+        let start = start_us.map(|us| store.event_position(&name, us));
+        let walk = match walk(&endpoint, &store, start, probe, &stop).await {
             Ok(walk) => walk,
             Err(e) => {
                 tracing::error!(webhook = %name, error = %e, "cannot read or update the events waiting");
                 Walk { down: true, ..Walk::default() }
             }
         };
+        let now_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let lookback = LOOKBACK.as_micros() as u64;
+        start_us = Some(walk.first_taken_us.unwrap_or(now_us).min(now_us).saturating_sub(lookback));
         let backlog = store.event_backlog(&name).await.unwrap_or_default();
         metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => name.clone()).set(backlog as f64);
         let oldest = walk.oldest_ms.map_or(0, |ms| to_ms(SystemTime::now()).saturating_sub(ms));
@@ -213,9 +232,17 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
                 tracing::info!(webhook = %name, backlog, "webhook endpoint taking events again");
             }
             down_in_a_row = 0;
-            if walk.delivered > 0 {
-                // More may wait behind what was just sent (a subject's next event).
+            if walk.delivered >= PAGE / 2 {
+                // A backlog: straight on.
                 continue;
+            }
+            if walk.delivered > 0 {
+                // More may wait behind what was just sent (a subject's next event); a moment
+                // gathers what arrives meanwhile into the next walk instead of one walk each.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(GATHER) => continue,
+                }
             }
             let due = walk.next_due_ms.map(|ms| Duration::from_millis(ms.saturating_sub(to_ms(SystemTime::now()))));
             due.map_or(POLL, |due| due.min(POLL))
@@ -230,11 +257,17 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
     }
 }
 
-/// One walk over the endpoint's rows, oldest subject first. `probe`: after the endpoint was
-/// down, try one event before anything else.
-async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &CancellationToken) -> Result<Walk, StoreError> {
+/// One walk over the endpoint's rows after `start` (from the first when `None`), oldest first.
+/// `probe`: after the endpoint was down, try one event before anything else.
+async fn walk(
+    endpoint: &Endpoint,
+    store: &Store,
+    start: Option<Vec<u8>>,
+    probe: bool,
+    stop: &CancellationToken,
+) -> Result<Walk, StoreError> {
     let mut walk = Walk::default();
-    let mut after: Option<Vec<u8>> = None;
+    let mut after = start;
     // Subjects with an earlier event still waiting: their later events wait too.
     let mut waiting: HashSet<MessageId> = HashSet::new();
     let now_ms = to_ms(SystemTime::now());
@@ -243,6 +276,7 @@ async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &Cancellati
         let page = store.pending_events(endpoint.name(), after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
+        walk.first_taken_us = walk.first_taken_us.or(page.first().map(PendingEvent::taken_us));
         let oldest = page.iter().map(|e| e.row.created_ms).min();
         walk.oldest_ms = match (walk.oldest_ms, oldest) {
             (Some(seen), Some(here)) => Some(seen.min(here)),
@@ -263,8 +297,8 @@ async fn walk(endpoint: &Endpoint, store: &Store, probe: bool, stop: &Cancellati
                 walk.next_due_ms = Some(walk.next_due_ms.map_or(due_ms, |due| due.min(due_ms)));
                 continue;
             }
-            if store.earlier_unwritten(&event) {
-                // Its write wakes the sender.
+            if store.unwritten(&event) {
+                // Its write (or an earlier one of its subject) wakes the sender.
                 continue;
             }
             wave.push(event);

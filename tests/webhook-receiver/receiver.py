@@ -8,11 +8,14 @@ Usage: receiver.py WHSEC_SECRET. Prints one JSON object per line: first
 
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 HOOK = Webhook(sys.argv[1])
+# One line per request: threads printing at once would interleave their lines.
+PRINTING = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -28,7 +31,8 @@ class Handler(BaseHTTPRequestHandler):
         except WebhookVerificationError as e:
             line.update(verified=False, error=str(e))
             status = 401
-        print(json.dumps(line), flush=True)
+        with PRINTING:
+            print(json.dumps(line), flush=True)
         self.send_response(status)
         self.send_header("content-length", "0")
         self.end_headers()

@@ -23,6 +23,8 @@ use crate::store::{NewMessage, Store, StoreOptions};
 use crate::telemetry;
 use crate::throwaway_pg::ThrowawayPostgres;
 
+mod webhook;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -41,6 +43,8 @@ pub struct BenchOptions {
     /// lookups land all over the store's index instead of on its newest pages.
     pub random_ids: bool,
     pub store: BenchStore,
+    /// Only the webhook comparison: the closed loop without an endpoint, then with one.
+    pub webhook: bool,
 }
 
 /// The store the daemon runs on.
@@ -192,6 +196,13 @@ async fn messages_in_state(metrics: SocketAddr, state: &str) -> u64 {
     counter(metrics, &format!("{}{{state=\"{state}\"}}", telemetry::MESSAGES_TOTAL)).await
 }
 
+/// Whether the daemon's /metrics has a series `sample` (by its full name with labels).
+async fn exported(metrics: SocketAddr, sample: &str) -> bool {
+    let Ok(mut client) = Client::connect(metrics).await else { return false };
+    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return false };
+    reply.body.lines().any(|l| l.starts_with(&format!("{sample} ")))
+}
+
 /// One sample (by its full name with labels) from the daemon's /metrics.
 async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
     let Ok(mut client) = Client::connect(metrics).await else { return 0 };
@@ -326,6 +337,32 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     println!();
     println!("| measure | result |");
     println!("|---|---|");
+
+    if options.webhook {
+        let c = webhook::compare(http, metrics, pid, &work.join("otpgate.toml"), options.messages, options.concurrency).await?;
+        row(
+            &format!(
+                "closed loop of {} (concurrency {}): end to end / s, without a webhook / with one taking every event",
+                options.messages, options.concurrency
+            ),
+            format!("{:.0} / {:.0} ({:+.1} %)", c.without.rate, c.with.rate, (c.with.rate / c.without.rate - 1.0) * 100.0),
+        );
+        row(
+            "CPU ms per message (otpgate process), without / with",
+            format!("{:.3} / {:.3}", c.without.cpu_ms_per_message, c.with.cpu_ms_per_message),
+        );
+        row(
+            "events taken by the endpoint / expected (2 per message); requests; bad signatures",
+            format!("{} / {}; {}; {}", c.events, c.expected, c.requests, c.bad_signatures),
+        );
+        row("the last event arrived after the last receipt was matched", format!("{:.2} s", c.lag.as_secs_f64()));
+        stop(child);
+        let _ = std::fs::remove_dir_all(&work);
+        if c.events < c.expected {
+            return Err(BenchError::Lost(format!("LOST {} webhook events", c.expected - c.events)));
+        }
+        return Ok(());
+    }
 
     // Closed loop to saturation.
     let (cpu0, _) = usage(pid);

@@ -1,0 +1,142 @@
+//! `otpgate bench --webhook`: the message path's end-to-end rate without a webhook endpoint and
+//! then, on the same warm daemon, with one taking every event (added by a SIGHUP reload), and
+//! whether every event arrived signed. The receiver runs in this process, on the same cores.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{BenchError, drive, messages_in_state, usage};
+
+const SECRET: &str = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMzJieXRlcw==";
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Received {
+    ids: HashSet<String>,
+    requests: usize,
+    bad_signatures: usize,
+    last: Option<Instant>,
+}
+
+/// One closed-loop phase.
+pub(super) struct Phase {
+    pub rate: f64,
+    pub cpu_ms_per_message: f64,
+    pub accepted: usize,
+}
+
+/// The comparison, for the table.
+pub(super) struct Comparison {
+    pub without: Phase,
+    pub with: Phase,
+    pub events: usize,
+    pub expected: usize,
+    pub requests: usize,
+    pub bad_signatures: usize,
+    /// From the last receipt matched to the last event taken.
+    pub lag: Duration,
+}
+
+async fn receive(listener: TcpListener, seen: Arc<Mutex<Received>>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+            _ = stop.cancelled() => return,
+        };
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+                    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let verified =
+                        crate::webhook::sign::verify(SECRET, id.as_deref(), timestamp.as_deref(), signature.as_deref(), &body, now, 300);
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.requests += 1;
+                    seen.bad_signatures += usize::from(verified.is_err());
+                    seen.ids.extend(id);
+                    seen.last = Some(Instant::now());
+                    Ok::<_, Infallible>(hyper::Response::builder().status(204).body(Full::new(Bytes::new())).unwrap_or_default())
+                }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// A closed loop of `count` messages; its rate counts until the last receipt is matched.
+async fn phase(http: SocketAddr, metrics: SocketAddr, pid: u32, count: usize, concurrency: usize, tag: &str) -> Phase {
+    let delivered_before = messages_in_state(metrics, "delivered").await;
+    let (cpu0, _) = usage(pid);
+    let started = Instant::now();
+    let load = drive(http, count, concurrency, None, tag).await;
+    let target = delivered_before + load.accepted.len() as u64;
+    let until = Instant::now() + Duration::from_secs(120);
+    while messages_in_state(metrics, "delivered").await < target && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let (cpu1, _) = usage(pid);
+    let accepted = load.accepted.len();
+    Phase { rate: accepted as f64 / elapsed.as_secs_f64(), cpu_ms_per_message: (cpu1 - cpu0) * 1000.0 / accepted.max(1) as f64, accepted }
+}
+
+/// Runs both phases against the daemon `pid` whose config file is `config`.
+pub(super) async fn compare(
+    http: SocketAddr,
+    metrics: SocketAddr,
+    pid: u32,
+    config: &Path,
+    count: usize,
+    concurrency: usize,
+) -> Result<Comparison, BenchError> {
+    let setup = |e: std::io::Error| BenchError::Setup(e.to_string());
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
+    let url = format!("http://{}/events", listener.local_addr().map_err(setup)?);
+    let seen = Arc::new(Mutex::new(Received::default()));
+    let stop = CancellationToken::new();
+    tokio::spawn(receive(listener, seen.clone(), stop.clone()));
+
+    let without = phase(http, metrics, pid, count, concurrency, "plain").await;
+    let mut text = std::fs::read_to_string(config).map_err(setup)?;
+    text.push_str(&format!("\n[[webhooks]]\nname = \"bench\"\nurl = {url:?}\nsecret = {SECRET:?}\n"));
+    std::fs::write(config, text).map_err(setup)?;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    // The sender exports its series as it starts.
+    while !super::exported(metrics, "otpgate_webhook_dead_total{webhook=\"bench\"}").await {
+        if Instant::now() > until {
+            return Err(BenchError::Setup("the webhook endpoint did not start after SIGHUP".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let with = phase(http, metrics, pid, count, concurrency, "hooked").await;
+    let receipts_done = Instant::now();
+    let expected = 2 * with.accepted;
+    let until = Instant::now() + Duration::from_secs(300);
+    while seen.lock().unwrap_or_else(|p| p.into_inner()).ids.len() < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let lag = seen.last.map_or(Duration::ZERO, |last| last.saturating_duration_since(receipts_done));
+    Ok(Comparison { without, with, events: seen.ids.len(), expected, requests: seen.requests, bad_signatures: seen.bad_signatures, lag })
+}
