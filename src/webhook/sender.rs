@@ -38,6 +38,8 @@ const GATHER: Duration = Duration::from_millis(10);
 const LOOKBACK: Duration = Duration::from_secs(2);
 /// ... and every this often from the very start of the endpoint's rows.
 const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
+/// How often the backlog gauges are refreshed, at most.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// How often an idle sender looks for rows other processes wrote (a cluster's other nodes).
 const POLL: Duration = Duration::from_secs(1);
 /// On a store other processes write too, events younger than this wait: an earlier event of
@@ -191,6 +193,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
     metrics::counter!(telemetry::WEBHOOK_DEAD_TOTAL, "webhook" => name.clone()).increment(0);
     let mut down_in_a_row = 0u32;
     let mut full_walk = Instant::now();
+    let mut gauges_at = Instant::now() - GAUGES_EVERY;
     let mut start_us: Option<u64> = None;
     loop {
         // Armed before the walk, so rows written during it wake the next one.
@@ -212,10 +215,15 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
         let now_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let lookback = LOOKBACK.as_micros() as u64;
         start_us = Some(walk.first_taken_us.unwrap_or(now_us).min(now_us).saturating_sub(lookback));
-        let backlog = store.event_backlog(&name).await.unwrap_or_default();
-        metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => name.clone()).set(backlog as f64);
-        let oldest = walk.oldest_ms.map_or(0, |ms| to_ms(SystemTime::now()).saturating_sub(ms));
-        metrics::gauge!(telemetry::WEBHOOK_OLDEST_PENDING_SECONDS, "webhook" => name.clone()).set(oldest as f64 / 1000.0);
+        // Gauges once a second: on a database the backlog is a count.
+        let mut backlog = 0;
+        if gauges_at.elapsed() >= GAUGES_EVERY || walk.down {
+            gauges_at = Instant::now();
+            backlog = store.event_backlog(&name).await.unwrap_or_default();
+            metrics::gauge!(telemetry::WEBHOOK_BACKLOG, "webhook" => name.clone()).set(backlog as f64);
+            let oldest = walk.oldest_ms.map_or(0, |ms| to_ms(SystemTime::now()).saturating_sub(ms));
+            metrics::gauge!(telemetry::WEBHOOK_OLDEST_PENDING_SECONDS, "webhook" => name.clone()).set(oldest as f64 / 1000.0);
+        }
         if walk.gone {
             tracing::error!(webhook = %name, "the endpoint answered 410 Gone: nothing more is sent to it until the config is reloaded");
             metrics::gauge!(telemetry::WEBHOOK_DISABLED, "webhook" => name.clone()).set(1.0);
@@ -229,7 +237,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
             wait
         } else {
             if down_in_a_row > 0 {
-                tracing::info!(webhook = %name, backlog, "webhook endpoint taking events again");
+                tracing::info!(webhook = %name, "webhook endpoint taking events again");
             }
             down_in_a_row = 0;
             if walk.delivered >= PAGE / 2 {
