@@ -5,7 +5,9 @@
 //! closed-loop to saturation, open-loop at a fixed rate, verification round trips, then a restart
 //! with a large queue. It reads the SMSC side's timestamps for intake → submit latency, the
 //! child's `/proc` for CPU and peak RSS, and its `/metrics` for receipts matched. Every run ends
-//! with an accounting line and fails (exit 1) if any acknowledged message was lost.
+//! with an accounting line and fails (exit 1) if any acknowledged message was lost. With
+//! `--webhook` it runs only the comparison in `webhook.rs`: the closed loop without a webhook
+//! endpoint and with one.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

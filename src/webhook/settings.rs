@@ -162,6 +162,9 @@ fn url_problem(url: &str) -> Option<String> {
     let Ok(uri) = url.parse::<hyper::Uri>() else {
         return Some(format!("{} is not a URL", shown(url)));
     };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Some("must not hold credentials (they would show wherever the URL does): the signature authenticates us".into());
+    }
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(host)) if !host.is_empty() => None,
         (Some("http" | "https"), _) => Some(format!("{} has no host", shown(url))),
@@ -197,6 +200,8 @@ mod tests {
         assert_eq!(field(WebhookConfig { name: "has space".into(), ..endpoint() }), Some("name"));
         assert_eq!(field(WebhookConfig { url: "ftp://x/".into(), ..endpoint() }), Some("url"));
         assert_eq!(field(WebhookConfig { url: "https:///path".into(), ..endpoint() }), Some("url"));
+        let (_, message) = WebhookConfig { url: "https://user:hunter2@backend.example/".into(), ..endpoint() }.problem(&keys).unwrap();
+        assert!(message.contains("credentials") && !message.contains("hunter2"), "{message}");
         assert_eq!(field(WebhookConfig { secret: None, ..endpoint() }), Some("secret"));
         assert_eq!(field(WebhookConfig { secret: Some("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()), ..endpoint() }), Some("secret"));
         assert_eq!(field(WebhookConfig { secret_file: Some("/nonexistent".into()), secret: None, ..endpoint() }), Some("secret_file"));
