@@ -30,6 +30,9 @@ use crate::telemetry;
 
 /// Rows read per step of a walk: at most one wave.
 const PAGE: usize = 256;
+/// Rows one walk reads at most, so the subjects it remembers stay bounded however long the
+/// backlog (after an outage): the next walk starts again from the oldest.
+const WALK_ROWS: usize = 65_536;
 /// The pause between walks that found little to send: events arriving meanwhile go in one
 /// walk, not one walk each (a walk reads the endpoint's rows from the start).
 const GATHER: Duration = Duration::from_millis(10);
@@ -280,10 +283,12 @@ async fn walk(
     let mut waiting: HashSet<MessageId> = HashSet::new();
     let now_ms = to_ms(SystemTime::now());
     let mut probing = probe;
-    while !stop.is_cancelled() {
+    let mut read = 0;
+    while !stop.is_cancelled() && read < WALK_ROWS {
         let page = store.pending_events(endpoint.name(), after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
+        read += page.len();
         walk.first_taken_us = walk.first_taken_us.or(page.first().map(PendingEvent::taken_us));
         let oldest = page.iter().map(|e| e.row.created_ms).min();
         walk.oldest_ms = match (walk.oldest_ms, oldest) {
