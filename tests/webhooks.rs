@@ -419,3 +419,45 @@ async fn verification_events_report_each_ending_and_every_failed_sms_with_its_fa
     }
     gw.daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `https` endpoints over real TLS: the certificate is checked against the system's roots
+/// (rustls-native-certs reads `SSL_CERT_FILE`, which stands in for the system bundle here); one
+/// from an unknown authority is refused, never sent to, and the reason is on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_verified_and_an_unknown_issuer_gets_nothing() {
+    let (ca, trusted) = common::receiver::tls_server();
+    let (_, untrusted) = common::receiver::tls_server();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("roots.pem");
+    std::fs::write(&bundle, ca).unwrap();
+    // SAFETY: this test's own process (nextest runs each test alone), set before any thread reads it.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &bundle) };
+    let good = Receiver::start_tls(Mode::Answer(204), trusted).await;
+    let bad = Receiver::start_tls(Mode::Answer(204), untrusted).await;
+    assert!(good.url().starts_with("https://127.0.0.1:"));
+    let sim = sim(SimConfig::default()).await;
+    let sections = [webhook("backend", &good.url(), ""), webhook("backend-bad", &bad.url(), "retry_for = \"1s\"")].concat();
+    let (gw, mut client) = Gateway::setup(&[sim.addr()], "").sections(&sections).bound().await;
+    let ids = send(&mut client, API_KEY, 2).await;
+    let taken = good.wait_taken(4, Duration::from_secs(10)).await;
+    expect_message_events(&taken, &ids);
+    assert!(taken.iter().all(|s| s.verifies(SECRET)));
+    let auth = bearer(API_KEY);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let dead = loop {
+        let reply =
+            client.request("GET", "/v1/webhooks/dead?webhook=backend-bad", &[("Authorization", auth.as_str())], None).await.unwrap();
+        let dead = reply.json()["events"].as_array().cloned().unwrap_or_default();
+        if dead.len() == 4 {
+            break dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never given up on: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = dead[0]["last_error"].as_str().unwrap();
+    assert!(reason.contains("certificate") && reason.contains("UnknownIssuer"), "{reason}");
+    assert!(bad.seen().is_empty(), "no request reached an endpoint whose certificate failed");
+    let unreachable = "otpgate_webhook_deliveries_total{webhook=\"backend-bad\",result=\"unreachable\"}";
+    assert!(metric(gw.daemon.metrics_addr(), unreachable).await >= 1.0);
+    gw.daemon.shutdown(Duration::from_secs(5)).await;
+}

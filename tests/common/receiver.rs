@@ -58,6 +58,8 @@ pub struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Serves HTTPS with this config when set.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Drop for Receiver {
@@ -68,16 +70,26 @@ impl Drop for Receiver {
 
 impl Receiver {
     pub async fn start(mode: Mode) -> Receiver {
+        Receiver::serving(mode, None).await
+    }
+
+    /// An HTTPS receiver presenting the certificate in `tls`.
+    pub async fn start_tls(mode: Mode, tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::serving(mode, Some(tls)).await
+    }
+
+    async fn serving(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared { mode: Mutex::new(mode), seen: Mutex::new(Vec::new()) });
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, shared.clone(), stop.clone()));
-        Receiver { addr, shared, stop }
+        tokio::spawn(serve(listener, shared.clone(), tls.clone(), stop.clone()));
+        Receiver { addr, shared, stop, tls }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/events", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/events", self.addr)
     }
 
     pub fn set(&self, mode: Mode) {
@@ -115,46 +127,78 @@ impl Receiver {
     pub async fn up(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("the port is free again");
         self.stop = CancellationToken::new();
-        tokio::spawn(serve(listener, self.shared.clone(), self.stop.clone()));
+        tokio::spawn(serve(listener, self.shared.clone(), self.tls.clone(), self.stop.clone()));
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<rustls::ServerConfig>>, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
             _ = stop.cancelled() => return,
         };
         let (shared, stop) = (shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move {
-                    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                    let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
-                    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let mode = *shared.mode.lock().unwrap();
-                    let status = match mode {
-                        Mode::Answer(status) => status,
-                        Mode::Slow(_) => 204,
-                        Mode::Hang => 0,
-                    };
-                    let body = String::from_utf8_lossy(&body).into_owned();
-                    shared.seen.lock().unwrap().push(Seen { id, timestamp, signature, body, status });
-                    match mode {
-                        Mode::Hang => std::future::pending::<()>().await,
-                        Mode::Slow(delay) => tokio::time::sleep(delay).await,
-                        Mode::Answer(_) => {}
-                    }
-                    let answer = hyper::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap();
-                    Ok::<_, Infallible>(answer)
+        match tls.clone() {
+            None => drop(tokio::spawn(connection(stream, shared, stop))),
+            Some(config) => drop(tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake: nothing to serve.
+                if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                    connection(stream, shared, stop).await;
                 }
-            });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+            })),
+        }
     }
+}
+
+/// Serves one connection's requests.
+async fn connection<S>(stream: S, shared: Arc<Shared>, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let mode = *shared.mode.lock().unwrap();
+            let status = match mode {
+                Mode::Answer(status) => status,
+                Mode::Slow(_) => 204,
+                Mode::Hang => 0,
+            };
+            let body = String::from_utf8_lossy(&body).into_owned();
+            shared.seen.lock().unwrap().push(Seen { id, timestamp, signature, body, status });
+            match mode {
+                Mode::Hang => std::future::pending::<()>().await,
+                Mode::Slow(delay) => tokio::time::sleep(delay).await,
+                Mode::Answer(_) => {}
+            }
+            let answer = hyper::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap();
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = connection => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// A certificate authority of its own and a server config presenting a certificate it issued
+/// for localhost and 127.0.0.1: (the CA's PEM, the config).
+pub fn tls_server() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Each authority its own name: another one is then an unknown issuer, not a bad signature.
+    ca_params.distinguished_name.push(DnType::CommonName, format!("otpgate test CA {}", rand::random::<u64>()));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert.der().clone()], private).unwrap();
+    (ca.pem(), Arc::new(config))
 }
