@@ -38,7 +38,9 @@ pub(crate) async fn recover(store: Arc<Store>, otp: Arc<Otp>, dispatch: Dispatch
             if !drained(&dispatch, &stop).await {
                 return;
             }
-            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE).await {
+            // A message this process's intake handed over already is being sent now.
+            let ours = |id: &MessageId| dispatch.knows(id);
+            let page = match store.queued_page(after.as_ref(), &last, RECOVERY_PAGE, &ours).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::error!(error = %e, "recovery could not read the queue; the rest waits for the next start");

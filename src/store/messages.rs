@@ -118,7 +118,7 @@ impl Store {
         let Some(last) = self.last_queued().await? else { return Ok(out) };
         let mut after = None;
         loop {
-            let page = self.queued_page(after.as_ref(), &last, 1024).await?;
+            let page = self.queued_page(after.as_ref(), &last, 1024, &|_| false).await?;
             let Some((id, _)) = page.last() else { return Ok(out) };
             after = Some(*id);
             out.extend(page);
@@ -153,11 +153,15 @@ impl Store {
 
     /// Up to `limit` queued messages after `after` and up to `until`, oldest first; marks those
     /// that were mid-submit when the last process died (`in_flight`), for the resubmit count.
+    /// `ours` names messages this process is submitting now: their in-flight mark is its own,
+    /// not a dead process's, and they are left out (its intake can hand a message over before
+    /// recovery reads that far).
     pub async fn queued_page(
         &self,
         after: Option<&MessageId>,
         until: &MessageId,
         limit: usize,
+        ours: &(dyn Fn(&MessageId) -> bool + Sync),
     ) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let mut start = match after {
             Some(id) => {
@@ -178,10 +182,18 @@ impl Store {
                 let Some(id) = keys::id_from(&k[1..]) else { continue };
                 match self.message(&id).await? {
                     Some(mut record) if record.status == MessageStatus::Queued => {
-                        record.in_flight = v.as_slice() == keys::IN_FLIGHT;
-                        if record.in_flight {
-                            // The last process died mid-submit: counted once, on disk.
+                        if v.as_slice() == keys::IN_FLIGHT {
+                            if ours(&id) {
+                                continue;
+                            }
+                            // The last process died mid-submit: counted once, on disk. Read again
+                            // under the lock: the record read above may be stale by now.
                             let _locked = self.locks.message(&id).await;
+                            let fresh = self.message(&id).await?;
+                            let still = self.engine.get(&k).await?.is_some_and(|row| row.as_slice() == keys::IN_FLIGHT);
+                            let Some(fresh) = fresh.filter(|r| still && r.status == MessageStatus::Queued) else { continue };
+                            record = fresh;
+                            record.in_flight = true;
                             record.unconfirmed += 1;
                             self.engine.put(&keys::message(&id), &encode(&record)).await?;
                             self.engine.put(&k, &[]).await?;

@@ -803,6 +803,26 @@ mod tests {
     }
 
     on_both! {
+        /// Recovery reading the queue while this process submits a message: the in-flight mark
+        /// is this process's own, so the message is neither counted unconfirmed nor handed again
+        /// (a second hand-off of an OTP message would send a second code).
+        async fn a_submit_under_way_in_this_process_is_left_to_it_by_recovery(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_in_flight(&id).await.unwrap();
+            store.durable().await.unwrap();
+            let page = store.queued_page(None, &id, 10, &|_| true).await.unwrap();
+            assert!(page.is_empty(), "ours: left out");
+            assert_eq!(store.message(&id).await.unwrap().unwrap().unconfirmed, 0);
+            assert_eq!(store.engine.get(&keys::queue(&id)).await.unwrap().as_deref(), Some(keys::IN_FLIGHT), "its mark stays");
+            // A dead process's mark is counted once.
+            let page = store.queued_page(None, &id, 10, &|_| false).await.unwrap();
+            assert_eq!((page.len(), page[0].1.in_flight, page[0].1.unconfirmed), (1, true, 1));
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
         /// The states a crash can leave between the ordered writes of one change (module doc).
         async fn changes_cut_short_by_a_crash_are_tolerated(place) {
             let now = SystemTime::now();
