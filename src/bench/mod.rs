@@ -341,7 +341,8 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     println!("|---|---|");
 
     if options.webhook {
-        let c = webhook::compare(http, metrics, pid, &work.join("otpgate.toml"), options.messages, options.concurrency).await?;
+        let config = work.join("otpgate.toml");
+        let c = webhook::compare(http, metrics, pid, &config, &options).await?;
         row(
             &format!(
                 "closed loop of {} (concurrency {}): end to end / s, without a webhook / with one taking every event",
@@ -353,11 +354,19 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             "CPU ms per message (otpgate process), without / with",
             format!("{:.3} / {:.3}", c.without.cpu_ms_per_message, c.with.cpu_ms_per_message),
         );
+        row("closed loop: the last event arrived after the last receipt was matched", format!("{:.2} s", c.lag.as_secs_f64()));
         row(
-            "events taken by the endpoint / expected (2 per message); requests; bad signatures",
+            &format!("open loop at {}/s with the endpoint: HTTP latency p50 / p99", c.paced_rate),
+            format!("{} / {}", ms(percentile(&c.paced_http, 0.5)), ms(percentile(&c.paced_http, 0.99))),
+        );
+        row(
+            &format!("open loop at {}/s: an event taken after its change, p50 / p99", c.paced_rate),
+            format!("{} / {}", ms(percentile(&c.paced_lags, 0.5)), ms(percentile(&c.paced_lags, 0.99))),
+        );
+        row(
+            "events taken by the endpoint / expected (2 per message, both loops); requests; bad signatures",
             format!("{} / {}; {}; {}", c.events, c.expected, c.requests, c.bad_signatures),
         );
-        row("the last event arrived after the last receipt was matched", format!("{:.2} s", c.lag.as_secs_f64()));
         stop(child);
         let _ = std::fs::remove_dir_all(&work);
         if c.events < c.expected {

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchError, drive, messages_in_state, usage};
+use super::{BenchError, BenchOptions, drive, messages_in_state, usage};
 
 const SECRET: &str = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMzJieXRlcw==";
 
@@ -28,6 +28,8 @@ struct Received {
     requests: usize,
     bad_signatures: usize,
     last: Option<Instant>,
+    /// How long after its change each event was taken (its body's `timestamp` to now).
+    lags: Vec<Duration>,
 }
 
 /// One closed-loop phase.
@@ -47,6 +49,11 @@ pub(super) struct Comparison {
     pub bad_signatures: usize,
     /// From the last receipt matched to the last event taken.
     pub lag: Duration,
+    /// The open loop at a fixed rate with the endpoint: the offered rate, HTTP latencies, and
+    /// how long after its change each of its events was taken (both sorted).
+    pub paced_rate: u32,
+    pub paced_http: Vec<Duration>,
+    pub paced_lags: Vec<Duration>,
 }
 
 async fn receive(listener: TcpListener, seen: Arc<Mutex<Received>>, stop: CancellationToken) {
@@ -71,6 +78,12 @@ async fn receive(listener: TcpListener, seen: Arc<Mutex<Received>>, stop: Cancel
                     seen.bad_signatures += usize::from(verified.is_err());
                     seen.ids.extend(id);
                     seen.last = Some(Instant::now());
+                    let changed = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|b| humantime::parse_rfc3339(b["timestamp"].as_str()?).ok());
+                    if let Some(lag) = changed.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+                        seen.lags.push(lag);
+                    }
                     Ok::<_, Infallible>(hyper::Response::builder().status(204).body(Full::new(Bytes::new())).unwrap_or_default())
                 }
             });
@@ -96,15 +109,16 @@ async fn phase(http: SocketAddr, metrics: SocketAddr, pid: u32, count: usize, co
     Phase { rate: accepted as f64 / elapsed.as_secs_f64(), cpu_ms_per_message: (cpu1 - cpu0) * 1000.0 / accepted.max(1) as f64, accepted }
 }
 
-/// Runs both phases against the daemon `pid` whose config file is `config`.
+/// Runs the phases against the daemon `pid` whose config file is `config`: `options.messages`
+/// closed-loop without and with the endpoint, then `options.rate` for `options.open_loop_seconds`.
 pub(super) async fn compare(
     http: SocketAddr,
     metrics: SocketAddr,
     pid: u32,
     config: &Path,
-    count: usize,
-    concurrency: usize,
+    options: &BenchOptions,
 ) -> Result<Comparison, BenchError> {
+    let (count, concurrency, paced_rate) = (options.messages, options.concurrency, options.rate);
     let setup = |e: std::io::Error| BenchError::Setup(e.to_string());
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
     let url = format!("http://{}/events", listener.local_addr().map_err(setup)?);
@@ -135,8 +149,33 @@ pub(super) async fn compare(
     while seen.lock().unwrap_or_else(|p| p.into_inner()).ids.len() < expected && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let lag =
+        seen.lock().unwrap_or_else(|p| p.into_inner()).last.map_or(Duration::ZERO, |last| last.saturating_duration_since(receipts_done));
+
+    // Below saturation: a fixed offered rate, the endpoint taking every event.
+    let before = seen.lock().unwrap_or_else(|p| p.into_inner()).lags.len();
+    let paced = drive(http, paced_rate as usize * options.open_loop_seconds as usize, concurrency.max(64), Some(paced_rate), "paced").await;
+    let expected = expected + 2 * paced.accepted.len();
+    let until = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap_or_else(|p| p.into_inner()).ids.len() < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-    let lag = seen.last.map_or(Duration::ZERO, |last| last.saturating_duration_since(receipts_done));
-    Ok(Comparison { without, with, events: seen.ids.len(), expected, requests: seen.requests, bad_signatures: seen.bad_signatures, lag })
+    let mut paced_lags = seen.lags[before.min(seen.lags.len())..].to_vec();
+    paced_lags.sort();
+    let mut paced_http = paced.latencies;
+    paced_http.sort();
+    Ok(Comparison {
+        without,
+        with,
+        events: seen.ids.len(),
+        expected,
+        requests: seen.requests,
+        bad_signatures: seen.bad_signatures,
+        lag,
+        paced_rate,
+        paced_http,
+        paced_lags,
+    })
 }
