@@ -479,7 +479,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let Some(kind) = EventType::of_verification(verification.status) else { return Ok(()) };
-        if !self.subscriptions().iter().any(|s| s.wants(kind, &verification.owner)) {
+        if !self.wanted(kind, &verification.owner) {
             return Ok(());
         }
         let latest = match verification.message_ids.last() {

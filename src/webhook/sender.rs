@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::settings::WebhookConfig;
 use super::sign::Signer;
 use crate::store::events::PendingEvent;
-use crate::store::record::to_ms;
+use crate::store::record::{to_ms, to_us};
 use crate::store::{MessageId, Store, StoreError};
 use crate::telemetry;
 
@@ -186,6 +186,13 @@ struct Walk {
     first_taken_us: Option<u64>,
 }
 
+impl Walk {
+    /// Notes an event due again at `ms`.
+    fn due_at(&mut self, ms: u64) {
+        self.next_due_ms = Some(self.next_due_ms.map_or(ms, |due| due.min(ms)));
+    }
+}
+
 /// Sends `endpoint`'s events until `stop`, or until it answers 410 Gone (then sets `gone`).
 pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<AtomicBool>, stop: CancellationToken) {
     let name = endpoint.name().to_string();
@@ -215,7 +222,7 @@ pub(crate) async fn run(endpoint: Arc<Endpoint>, store: Arc<Store>, gone: Arc<At
                 Walk { down: true, ..Walk::default() }
             }
         };
-        let now_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let now_us = to_us(SystemTime::now());
         let lookback = LOOKBACK.as_micros() as u64;
         start_us = Some(walk.first_taken_us.unwrap_or(now_us).min(now_us).saturating_sub(lookback));
         // Gauges once a second: on a database the backlog is a count.
@@ -290,11 +297,7 @@ async fn walk(
         after = Some(last.key.clone());
         read += page.len();
         walk.first_taken_us = walk.first_taken_us.or(page.first().map(PendingEvent::taken_us));
-        let oldest = page.iter().map(|e| e.row.created_ms).min();
-        walk.oldest_ms = match (walk.oldest_ms, oldest) {
-            (Some(seen), Some(here)) => Some(seen.min(here)),
-            (seen, here) => seen.or(here),
-        };
+        walk.oldest_ms = walk.oldest_ms.into_iter().chain(page.iter().map(|e| e.row.created_ms)).min();
         let mut wave = Vec::new();
         for event in page {
             if !waiting.insert(event.subject) {
@@ -307,7 +310,7 @@ async fn walk(
             };
             let due_ms = event.row.next_ms.max(settled_ms);
             if due_ms > now_ms {
-                walk.next_due_ms = Some(walk.next_due_ms.map_or(due_ms, |due| due.min(due_ms)));
+                walk.due_at(due_ms);
                 continue;
             }
             if store.unwritten(&event) {
@@ -350,7 +353,7 @@ async fn walk(
                         tracing::debug!(webhook = %endpoint.name(), event = %event.row.id, attempts = event.row.attempts, %reason, "event not taken");
                         event.row.last_error = Some(reason);
                         event.row.next_ms = to_ms(SystemTime::now()) + endpoint.backoff(event.row.attempts).as_millis() as u64;
-                        walk.next_due_ms = Some(walk.next_due_ms.map_or(event.row.next_ms, |due| due.min(event.row.next_ms)));
+                        walk.due_at(event.row.next_ms);
                         store.event_failed(&event).await?;
                     }
                 }
