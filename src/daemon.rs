@@ -44,6 +44,8 @@ pub enum DaemonError {
     KeyMismatch { path: String, ours: String, theirs: String },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server.tls_cert: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The running gateway.
@@ -57,6 +59,8 @@ pub struct Daemon {
     metrics_addr: SocketAddr,
     state: Arc<AppState>,
     http_addr: SocketAddr,
+    /// The listeners' TLS (a reload swaps its certificate).
+    tls: Option<crate::tls::ServerTls>,
     /// Cluster mode: the task that starts and stops the duties with each term ...
     leading: TaskGroup,
     /// ... and this node's part in the election (stopped after it: the lease is released only
@@ -91,9 +95,13 @@ impl Daemon {
             return Err(DaemonError::KeyMismatch { path: key_file.display().to_string(), ours, theirs });
         }
         store.subscribe(config.webhooks.iter().map(WebhookConfig::subscription).collect());
+        let tls = config.server.tls()?;
         let (listener, http_addr) = listen(config.server.http_listen).await?;
         let (metrics_listener, metrics_addr) = listen(config.server.metrics_listen).await?;
         telemetry::handle();
+        if let Some(tls) = &tls {
+            tls.chain().export_expiry("https");
+        }
         metrics::gauge!(telemetry::SPILL_AFTER_SECONDS).set(config.messages.spill_after.as_secs_f64());
         metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(0);
 
@@ -145,22 +153,26 @@ impl Daemon {
         state.role = role;
         let state = Arc::new(state);
         let telemetry = TaskGroup::new();
-        telemetry.spawn(|stop| telemetry::serve(metrics_listener, stop));
+        let limits = http::serve::Limits {
+            max_connections: http::serve::connections_that_fit(config.server.http_max_connections),
+            header_timeout: config.server.http_header_timeout,
+            metered: true,
+        };
+        let metrics_tls = tls.clone().filter(|_| config.server.metrics_tls);
+        let scrapes = http::serve::Limits { metered: false, ..limits };
+        telemetry.spawn(|stop| http::serve::serve(metrics_listener, telemetry::router(), scrapes, metrics_tls, stop));
         let sampled = network.clone();
         let carriers_now = Arc::new(move || sampled.current().carriers.clone());
         telemetry.spawn(|stop| gauges::sample_gauges(carriers_now, store.clone(), stop));
         let intake = TaskGroup::new();
         let app = http::router(state.clone());
-        let limits = http::serve::Limits {
-            max_connections: http::serve::connections_that_fit(config.server.http_max_connections),
-            header_timeout: config.server.http_header_timeout,
-        };
-        intake.spawn(|stop| http::serve::serve(listener, app, limits, stop));
+        let intake_tls = tls.clone();
+        intake.spawn(|stop| http::serve::serve(listener, app, limits, intake_tls, stop));
         tracing::info!(%http_addr, %metrics_addr, "HTTP intake and metrics listening");
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");
         }
-        Ok(Daemon { crew, running, duties, metrics_addr, state, http_addr, leading, campaign, intake, telemetry })
+        Ok(Daemon { crew, running, duties, metrics_addr, state, http_addr, tls, leading, campaign, intake, telemetry })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -210,8 +222,19 @@ impl Daemon {
         self.state.set_api_keys(&new.api_keys);
         self.crew.store.subscribe(new.webhooks.iter().map(WebhookConfig::subscription).collect());
         let mut restart = Vec::new();
-        if running.server != new.server {
+        if !running.server.same_listeners(&new.server) {
             restart.push("server");
+        }
+        if let (Some(tls), Some(cert), Some(key)) = (&self.tls, &new.server.tls_cert, &new.server.tls_key) {
+            // Read again even when the paths are the same: a renewal replaces the files.
+            match tls.reload(cert, key) {
+                Ok(()) => {
+                    let chain = tls.chain();
+                    chain.export_expiry("https");
+                    tracing::info!(cert = %cert.display(), expires = %humantime::format_rfc3339_seconds(chain.expires()), "HTTPS certificate reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "new HTTPS certificate refused; the one in use stays"),
+            }
         }
         if running.store != new.store {
             restart.push("store");

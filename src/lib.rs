@@ -37,6 +37,8 @@
 //! - [`webhook`]: events out: signed Standard Webhooks requests to the clients' endpoints, one
 //!   sender per endpoint, retried with backoff, in order per message (the events are rows the
 //!   store writes with each change: `store::events`);
+//! - [`tls`]: TLS on rustls: certificate files read and checked, carrier links' client side,
+//!   the listeners' reloadable server side, throwaway certificates for the demo and the bench;
 //! - [`throwaway_pg`]: a private PostgreSQL server for the tests and the bench;
 //! - [`sim`]: an SMSC simulator speaking real SMPP, with a PDU fuzzer and the delivery
 //!   accounting, for the demo, operators, the bench and the tests;
@@ -67,5 +69,6 @@ pub mod systemd;
 mod tasks;
 pub(crate) mod telemetry;
 pub mod throwaway_pg;
+pub mod tls;
 mod track;
 pub mod webhook;

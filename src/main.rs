@@ -64,6 +64,15 @@ enum Command {
         /// Do not send delivery receipts.
         #[arg(long)]
         no_receipts: bool,
+        /// Serve SMPP over TLS with this certificate chain (PEM) ...
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// ... and its private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this authority (mutual TLS).
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
 }
 
@@ -152,8 +161,16 @@ fn main() -> ExitCode {
             Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
             Command::Bench(args) => otpgate::bench::run(args.options()).await.map_err(|e| e.to_string()),
-            Command::SmscSim { listen, system_id, password, response_delay, no_receipts } => {
+            Command::SmscSim { listen, system_id, password, response_delay, no_receipts, tls_cert, tls_key, tls_client_ca } => {
+                let tls = match tls_cert.zip(tls_key) {
+                    None => None,
+                    Some((cert, key)) => match otpgate::tls::ServerTls::new(&cert, &key, tls_client_ca.as_deref()) {
+                        Ok(tls) => Some(tls),
+                        Err(e) => return Err(e.to_string()),
+                    },
+                };
                 let config = SimConfig {
+                    tls,
                     name: listen.to_string(),
                     system_id,
                     password,

@@ -14,8 +14,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 // Metric names.
 pub const CARRIER_CIRCUIT_OPEN: &str = "otpgate_carrier_circuit_open";
@@ -58,6 +56,7 @@ pub const WEBHOOK_ATTEMPT_SECONDS: &str = "otpgate_webhook_attempt_seconds";
 pub const WEBHOOK_BACKLOG: &str = "otpgate_webhook_backlog";
 pub const WEBHOOK_DEAD_TOTAL: &str = "otpgate_webhook_dead_total";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "otpgate_webhook_deliveries_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "otpgate_tls_certificate_expiry_timestamp_seconds";
 pub const WEBHOOK_DISABLED: &str = "otpgate_webhook_disabled";
 pub const WEBHOOK_OLDEST_PENDING_SECONDS: &str = "otpgate_webhook_oldest_pending_seconds";
 pub const WINDOW_IN_USE: &str = "otpgate_window_in_use";
@@ -137,23 +136,23 @@ fn describe() {
     describe_gauge!(WEBHOOK_BACKLOG, "Events waiting for each webhook endpoint");
     describe_gauge!(WEBHOOK_OLDEST_PENDING_SECONDS, "Age of the oldest event waiting for each webhook endpoint");
     describe_counter!(WEBHOOK_DEAD_TOTAL, "Events given up on after webhooks.retry_for (listed and re-sent by an operator)");
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY,
+        "When each configured certificate file expires (its soonest certificate), unix seconds, by use and file"
+    );
     describe_gauge!(WEBHOOK_DISABLED, "1 while an endpoint answered 410 Gone: nothing is sent to it until the config is reloaded");
 }
 
-/// Serves `/metrics` until `stop`.
-pub async fn serve(listener: TcpListener, stop: CancellationToken) {
-    let app = axum::Router::new().route(
+/// The metrics listener's routes: `/metrics`.
+pub fn router() -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         get(|| async {
             let h = handle();
             h.run_upkeep();
             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response()
         }),
-    );
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    )
 }
 
 /// axum middleware: counts requests and times them by route template (never the raw path,

@@ -78,6 +78,32 @@ pub struct ServerConfig {
     /// A request's body must arrive within this once its head has.
     #[serde(deserialize_with = "crate::duration::human")]
     pub http_body_timeout: Duration,
+    /// Both set: `http_listen` serves HTTPS only, with this certificate chain (PEM) ...
+    pub tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM). SIGHUP reads both again (after a renewal).
+    pub tls_key: Option<PathBuf>,
+    /// The metrics listener serves HTTPS too, with the same certificate.
+    pub metrics_tls: bool,
+}
+
+impl ServerConfig {
+    /// The listeners' TLS, its files read and checked (`None`: plain HTTP).
+    pub fn tls(&self) -> Result<Option<crate::tls::ServerTls>, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::ServerTls::new(cert, key, None).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `other` differs only in what a reload applies live: the certificate files.
+    pub(crate) fn same_listeners(&self, other: &ServerConfig) -> bool {
+        let both_tls = self.tls_cert.is_some() && other.tls_cert.is_some();
+        let other = match both_tls {
+            true => ServerConfig { tls_cert: self.tls_cert.clone(), tls_key: self.tls_key.clone(), ..other.clone() },
+            false => other.clone(),
+        };
+        *self == other
+    }
 }
 
 impl Default for ServerConfig {
@@ -90,6 +116,9 @@ impl Default for ServerConfig {
             http_max_connections: 1024,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
+            metrics_tls: false,
         }
     }
 }
@@ -217,6 +246,15 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&sv.shutdown_timeout) {
             return Err(invalid("server.shutdown_timeout".into(), "must be between 1s and 1h".into()));
         }
+        if sv.tls_cert.is_some() != sv.tls_key.is_some() {
+            return Err(invalid("server.tls_key".into(), "tls_cert and tls_key go together".into()));
+        }
+        if sv.metrics_tls && sv.tls_cert.is_none() {
+            return Err(invalid("server.metrics_tls".into(), "needs server.tls_cert and server.tls_key".into()));
+        }
+        if let Err(e) = sv.tls() {
+            return Err(invalid("server.tls_cert".into(), e.to_string()));
+        }
         Ok(())
     }
 }
@@ -227,7 +265,17 @@ impl Config {
         use std::fmt::Write;
         let mut out = String::new();
         let s = &self.server;
-        let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
+        let now = std::time::SystemTime::now();
+        match s.tls().ok().flatten() {
+            None => {
+                let _ = writeln!(out, "listeners: http {}  metrics {}", s.http_listen, s.metrics_listen);
+            }
+            Some(tls) => {
+                let metrics = if s.metrics_tls { "https" } else { "http" };
+                let _ = writeln!(out, "listeners: https {}  metrics {metrics} {}", s.http_listen, s.metrics_listen);
+                let _ = writeln!(out, "https:     {}: {}", tls.chain().path.display(), tls.chain().describe(now));
+            }
+        }
         let st = &self.store;
         match (&st.backend, &st.postgres_url) {
             (crate::store::settings::BackendKind::Postgres, Some(url)) => {
@@ -322,6 +370,17 @@ impl Config {
                 humantime::format_duration(c.reconnect_min),
                 humantime::format_duration(c.reconnect_max),
             );
+            if let Ok(Some(tls)) = c.tls_connector() {
+                let name = c.tls_server_name.as_deref().unwrap_or(&c.host);
+                let trust = match &c.tls_ca_file {
+                    None => "the system's root certificates".to_string(),
+                    Some(path) => path.display().to_string(),
+                };
+                let _ = writeln!(out, "  {:<12} tls: 1.2/1.3, certificate must name {name:?}, trusting {trust}", "");
+                for file in &tls.files {
+                    let _ = writeln!(out, "  {:<12}   {}: {}", "", file.path.display(), file.describe(now));
+                }
+            }
         }
         out
     }

@@ -362,13 +362,20 @@ async fn healthz() -> Response {
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let fabric = state.network.current();
     let bound: Vec<&str> = fabric.carriers.iter().filter(|c| c.bound_sessions() > 0).map(|c| c.name()).collect();
+    // Why each carrier without a bound session last failed to bind (a TLS reason, a refusal...).
+    let down: serde_json::Map<String, serde_json::Value> = fabric
+        .carriers
+        .iter()
+        .filter(|c| c.bound_sessions() == 0)
+        .filter_map(|c| Some((c.name().to_string(), c.last_bind_error()?.into())))
+        .collect();
     let accepting = state.accepting.load(Ordering::Acquire);
     let store_ok = state.store.healthy() && state.store.reachable().await;
     let role = state.role.name();
     // A follower takes requests for the leader to send: it needs the database, not carriers.
     let ready = accepting && store_ok && (role == "follower" || !bound.is_empty());
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({"ready": ready, "role": role, "carriers_bound": bound, "accepting": accepting, "store_writable": store_ok});
+    let body = json!({"ready": ready, "role": role, "carriers_bound": bound, "carriers_down": down, "accepting": accepting, "store_writable": store_ok});
     (status, axum::Json(body)).into_response()
 }
 

@@ -8,12 +8,17 @@
 //! idle timeout too), a body timeout (in `read_json`), and the number of connections is capped:
 //! past the cap a client gets an immediate 503 and the connection is closed, so descriptors stay
 //! for carriers and the store.
+//!
+//! With TLS (`server.tls_cert`/`tls_key`) every connection is HTTPS: the handshake must end
+//! within the header timeout, and a client that speaks plain HTTP to the port gets a plain 400
+//! saying so instead of a dead socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::telemetry;
+use crate::tls::ServerTls;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -30,6 +35,9 @@ use tower::ServiceExt;
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// Whether its connections count in the intake's connection metrics (not the metrics
+    /// listener's scrapes).
+    pub metered: bool,
 }
 
 /// Descriptors kept free of HTTP connections: carrier sessions, the store's files, the metrics
@@ -65,8 +73,9 @@ pub fn connections_that_fit(wanted: usize) -> usize {
     wanted.min(room)
 }
 
-/// Serves `router` on `listener` until `stop`, then lets the connections finish their requests.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop`, then lets the connections
+/// finish their requests.
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, tls: Option<ServerTls>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -82,16 +91,30 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
                 }
             },
         };
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED_TOTAL).increment(1);
-            connections.spawn(refuse(stream));
+            if limits.metered {
+                metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED_TOTAL).increment(1);
+            }
+            // Over TLS a plain answer would be noise to the client: just close.
+            if tls.is_none() {
+                connections.spawn(refuse(stream));
+            }
             continue;
         };
-        let (router, stop) = (router.clone(), stop.clone());
+        let (router, stop, tls) = (router.clone(), stop.clone(), tls.clone());
         connections.spawn(async move {
-            metrics::gauge!(telemetry::HTTP_CONNECTIONS).increment(1.0);
-            connection(stream, peer, router, limits, stop).await;
-            metrics::gauge!(telemetry::HTTP_CONNECTIONS).decrement(1.0);
+            let open = limits.metered.then(|| metrics::gauge!(telemetry::HTTP_CONNECTIONS));
+            open.iter().for_each(|g| g.increment(1.0));
+            match tls {
+                None => connection(stream, peer, router, limits, stop).await,
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, stream, peer, limits.header_timeout).await {
+                        connection(stream, peer, router, limits, stop).await;
+                    }
+                }
+            }
+            open.iter().for_each(|g| g.decrement(1.0));
             drop(permit);
         });
     }
@@ -109,8 +132,48 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, router: Router, limits: Limits, stop: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The TLS handshake, within `limit`; `None` when it failed (logged without client data) or the
+/// client spoke plain HTTP (answered 400).
+async fn handshake(
+    tls: &ServerTls,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            const BODY: &str = r#"{"error": {"code": "https_required", "message": "this port speaks HTTPS only: use an https:// URL"}}"#;
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+            return None;
+        }
+        _ => return None,
+    }
+    match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake in time");
+            None
+        }
+    }
+}
+
+async fn connection<S>(stream: S, peer: SocketAddr, router: Router, limits: Limits, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(request.map(axum::body::Body::new))

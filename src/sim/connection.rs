@@ -13,7 +13,7 @@ use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::OctetString;
 use rusmpp::values::{EsmClass, MessageState};
 use rusmpp::{Command, CommandStatus, Pdu};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -33,12 +33,30 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdo
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let token = lock(&state.connections).child_token();
-                tokio::spawn(Connection::serve(stream, state.clone(), token));
+                match state.config.tls.clone() {
+                    None => drop(tokio::spawn(Connection::serve(stream, state.clone(), token))),
+                    Some(tls) => drop(tokio::spawn(serve_tls(tls, stream, state.clone(), token))),
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "smsc-sim accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// The TLS handshake first (bounded: a client that says nothing is dropped), then SMPP.
+async fn serve_tls(tls: crate::tls::ServerTls, stream: TcpStream, state: Arc<State>, token: CancellationToken) {
+    match tokio::time::timeout(Duration::from_secs(10), tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Connection::serve(stream, state, token).await,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "smsc-sim: TLS handshake failed");
+            state.update(|s| s.tls_failures += 1);
+        }
+        Err(_) => {
+            tracing::warn!("smsc-sim: no TLS handshake within 10s");
+            state.update(|s| s.tls_failures += 1);
         }
     }
 }
@@ -62,7 +80,7 @@ enum Event {
 }
 
 impl Connection {
-    async fn serve(stream: TcpStream, state: Arc<State>, token: CancellationToken) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, state: Arc<State>, token: CancellationToken) {
         let id = state.next_connection.fetch_add(1, Ordering::Relaxed);
         state.update(|s| s.connections += 1);
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel();
@@ -355,7 +373,7 @@ fn receipted_id(pdu: &Pdu) -> Option<String> {
 }
 
 async fn write(
-    framed: &mut Framed<TcpStream, CommandCodec>,
+    framed: &mut Framed<impl AsyncRead + AsyncWrite + Unpin, CommandCodec>,
     out: Outgoing,
     sequence: &AtomicU32,
     unanswered: &mut std::collections::HashMap<u32, Pdu>,

@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub receipt_stat: &'static str,
     /// Random message ids (as some carriers hand out) instead of a counter.
     pub random_ids: bool,
+    /// Serve SMPP over TLS (and, when it was built with a client CA, require client certificates).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for SimConfig {
@@ -62,6 +64,7 @@ impl Default for SimConfig {
             receipt_first: false,
             receipt_stat: "DELIVRD",
             random_ids: false,
+            tls: None,
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct SimStats {
     pub refused: u64,
     /// submit_sm whose connection was closed unanswered (`set_drop_every`).
     pub dropped: u64,
+    /// TLS handshakes that failed (no client certificate, one we do not trust, not TLS...).
+    pub tls_failures: u64,
 }
 
 enum Outgoing {

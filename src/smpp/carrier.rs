@@ -22,6 +22,7 @@ use super::outcome::{NotSubmitted, Permanent, SubmitOutcome};
 use super::session::{BindMode, ReceiptSender, Session, SessionError, SessionSettings};
 use super::settings::{BindType, CarrierConfig};
 use crate::telemetry;
+use crate::tls::Connector;
 
 /// A carrier SMSC and its sessions.
 pub struct Carrier {
@@ -42,6 +43,10 @@ pub struct Carrier {
     /// Submits waiting for a pacing slot or window room.
     waiting: AtomicUsize,
     tasks: TaskTracker,
+    /// The links' TLS client (see `SessionSettings::tls`).
+    tls: Option<Result<Arc<Connector>, Arc<str>>>,
+    /// Why the last bind failed, until a bind succeeds (`/readyz` shows it).
+    last_bind_error: Mutex<Option<String>>,
 }
 
 impl Carrier {
@@ -53,14 +58,26 @@ impl Carrier {
     /// A carrier that never binds: what a cluster node that does not dispatch routes by (its
     /// intake checks destinations against routes; the leader's carriers send).
     pub fn dormant(config: CarrierConfig) -> Arc<Carrier> {
-        let carrier = Carrier::new(config, SubmitGate::default());
+        let carrier = Carrier::new(config, SubmitGate::default(), None);
         carrier.tasks.close();
         carrier
     }
 
     /// As [`Carrier::start`], every submit_sm first checked against `gate`.
     pub fn start_gated(config: CarrierConfig, receipts: ReceiptSender, shutdown: CancellationToken, gate: SubmitGate) -> Arc<Carrier> {
-        let carrier = Carrier::new(config, gate);
+        let tls = match config.tls_connector() {
+            Ok(connector) => connector.map(|c| {
+                for file in &c.files {
+                    file.export_expiry(&format!("carrier:{}", config.name));
+                }
+                Ok(Arc::new(c))
+            }),
+            Err(e) => {
+                tracing::error!(carrier = %config.name, error = %e, "TLS cannot be set up: every bind will fail until the files are fixed and the config reloaded");
+                Some(Err(Arc::from(e.to_string())))
+            }
+        };
+        let carrier = Carrier::new(config, gate, tls);
         let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
             .flat_map(|slot| match carrier.config.bind {
                 BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
@@ -76,7 +93,7 @@ impl Carrier {
         carrier
     }
 
-    fn new(config: CarrierConfig, gate: SubmitGate) -> Arc<Carrier> {
+    fn new(config: CarrierConfig, gate: SubmitGate, tls: Option<Result<Arc<Connector>, Arc<str>>>) -> Arc<Carrier> {
         Arc::new(Carrier {
             gate,
             name: Arc::from(config.name.as_str()),
@@ -94,6 +111,8 @@ impl Carrier {
             next_pick: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
+            tls,
+            last_bind_error: Mutex::new(None),
             config,
         })
     }
@@ -122,7 +141,17 @@ impl Carrier {
             receipt_format: Arc::new(c.receipt_format()),
             receipt_ids: c.receipt_id,
             gate: self.gate.clone(),
+            tls: self.tls.clone(),
         }
+    }
+
+    /// Why the last bind failed, while no bind has succeeded since.
+    pub fn last_bind_error(&self) -> Option<String> {
+        self.last_bind_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note_bind(&self, error: Option<&SessionError>) {
+        *self.last_bind_error.lock().unwrap_or_else(|p| p.into_inner()) = error.map(ToString::to_string);
     }
 
     /// Whether this process may submit at all now (see [`SubmitGate`]).
@@ -358,6 +387,7 @@ impl Link {
             match opened {
                 Ok(session) => {
                     attempt = 0;
+                    self.carrier.note_bind(None);
                     tracing::info!(carrier = %self.carrier.name, link = %self.settings.label, endpoint = %self.settings.endpoint, "bound");
                     self.fill(Some(session.clone()));
                     let ended = tokio::select! {
@@ -380,9 +410,12 @@ impl Link {
                 }
                 Err(error) => {
                     log_bind_failure(&self.carrier.name, &self.settings.label, attempt, &error);
+                    self.carrier.note_bind(Some(&error));
                     let reason = match error {
                         SessionError::BindRefused { .. } => "bind_refused",
                         SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => "connect_failed",
+                        SessionError::Tls { failure, .. } => failure.label,
+                        SessionError::TlsSetup(_) => "tls_setup",
                         _ => "bind_failed",
                     };
                     metrics::counter!(telemetry::RECONNECTS_TOTAL, "carrier" => self.carrier.name.to_string(), "reason" => reason)

@@ -1,6 +1,7 @@
 //! A carrier's settings (`[[carriers]]`), their defaults and their checks, next to the sessions
 //! that use them; `config.rs` only composes the file.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -64,6 +65,21 @@ pub struct CarrierConfig {
     /// `hex_to_dec` or `dec_to_hex`.
     #[serde(default)]
     pub receipt_id: super::receipt::IdRelation,
+    /// SMPP over TLS 1.2/1.3: the SMSC's chain and name are always verified, and a failed
+    /// handshake is a failed bind (never a fallback to plain TCP).
+    #[serde(default)]
+    pub tls: bool,
+    /// Trust only the authorities in this PEM file (default: the system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the SMSC's certificate must carry (default: `host`).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Mutual TLS: our certificate chain and its key (PEM), when the carrier asks for one.
+    #[serde(default)]
+    pub tls_client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_client_key: Option<PathBuf>,
 }
 
 fn default_receipt_text() -> String {
@@ -212,7 +228,7 @@ impl CarrierConfig {
         if let Err(e) = super::address::Address::source(&self.source_addr) {
             return Some(("source_addr", e.to_string()));
         }
-        None
+        self.tls_problem()
     }
 
     /// How the sender address will be sent, for the summary.
@@ -223,6 +239,38 @@ impl CarrierConfig {
             Ok(_) => "E.164, TON 1/NPI 1",
             Err(_) => "invalid",
         }
+    }
+
+    /// The TLS client for this carrier's links (`None` without `tls`): its files read and
+    /// checked (exist, parse, key matches certificate, not expired).
+    pub(crate) fn tls_connector(&self) -> Result<Option<crate::tls::Connector>, crate::tls::TlsError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let identity = self.tls_client_cert.as_deref().zip(self.tls_client_key.as_deref());
+        let files = crate::tls::client::ClientFiles {
+            ca_file: self.tls_ca_file.as_deref(),
+            server_name: self.tls_server_name.as_deref().unwrap_or(&self.host),
+            identity,
+        };
+        crate::tls::Connector::new(&files).map(Some)
+    }
+
+    /// The first thing wrong with the TLS keys, as (field, message); reads the files.
+    fn tls_problem(&self) -> Option<(&'static str, String)> {
+        if !self.tls {
+            let stray = [
+                ("tls_ca_file", self.tls_ca_file.is_some()),
+                ("tls_server_name", self.tls_server_name.is_some()),
+                ("tls_client_cert", self.tls_client_cert.is_some()),
+                ("tls_client_key", self.tls_client_key.is_some()),
+            ];
+            return stray.iter().find(|(_, set)| *set).map(|(key, _)| (*key, "is set but tls is not: add tls = true".to_string()));
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Some(("tls_client_key", "tls_client_cert and tls_client_key go together".into()));
+        }
+        self.tls_connector().err().map(|e| ("tls", e.to_string()))
     }
 
     /// `host:port`, as given to the resolver.

@@ -9,6 +9,9 @@
 //   id_length    message ids are this many characters (default 8; 65 is one over SMPP's limit)
 //   receipts     send a receipt for each submit (default true)
 //   throttle_every  answer every n-th submit_sm with ESME_RTHROTTLED (0x58; default 0: never)
+//   tls_cert, tls_key  serve SMPP over TLS (Node's tls module, OpenSSL) with these PEM files
+//   tls_client_ca   require a client certificate signed by this PEM authority
+//   tls_max_version cap the TLS version (e.g. "TLSv1.1", to play an outdated SMSC)
 'use strict';
 
 const smpp = require('smpp');
@@ -16,10 +19,23 @@ const smpp = require('smpp');
 const options = Object.assign({ id_length: 8, receipts: true, throttle_every: 0 }, JSON.parse(process.argv[2] || '{}'));
 const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
+const serverOptions = {};
+if (options.tls_cert) {
+  const fs = require('fs');
+  Object.assign(serverOptions, { cert: fs.readFileSync(options.tls_cert), key: fs.readFileSync(options.tls_key) });
+  if (options.tls_client_ca) {
+    Object.assign(serverOptions, { ca: fs.readFileSync(options.tls_client_ca), requestCert: true, rejectUnauthorized: true });
+  }
+  if (options.tls_max_version) {
+    // OpenSSL refuses TLS 1.0/1.1 at its default security level: lower it to play an old SMSC.
+    Object.assign(serverOptions, { minVersion: 'TLSv1', maxVersion: options.tls_max_version, ciphers: 'DEFAULT:@SECLEVEL=0' });
+  }
+}
+
 let nextId = 0x3000;
 let submits = 0;
 
-const server = smpp.createServer((session) => {
+const server = smpp.createServer(serverOptions, (session) => {
   const bind = (pdu) => {
     emit({ event: pdu.command, system_id: pdu.system_id, password_length: (pdu.password || '').length, interface_version: pdu.interface_version });
     session.send(pdu.response());
@@ -88,4 +104,6 @@ const server = smpp.createServer((session) => {
   session.on('error', (e) => emit({ event: 'session_error', error: String(e) }));
 });
 
+server.on('tlsClientError', (e) => emit({ event: 'tls_error', error: String(e) }));
+server.on('secureConnection', (socket) => emit({ event: 'tls_connection', protocol: socket.getProtocol(), authorized: socket.authorized }));
 server.listen(0, '127.0.0.1', () => emit({ event: 'listening', port: server.address().port }));

@@ -9,6 +9,19 @@ use tokio::time::{Instant, timeout_at};
 use super::{BindMode, FramedSmpp, SessionError, SessionSettings};
 use crate::smpp::codec::Frame;
 use crate::smpp::message::c_octet;
+use crate::tls::client::HandshakeFailure;
+use rusmpp::tokio_codec::DecodeError;
+
+/// Why reading the bind's answer failed. Over TLS 1.3 the server judges our client certificate
+/// after our side of the handshake is done, so its refusal arrives here, as a TLS alert.
+fn read_failure(e: DecodeError, settings: &SessionSettings) -> SessionError {
+    if let DecodeError::Io(io) = &e {
+        if let Some(failure) = HandshakeFailure::of_tls(io) {
+            return SessionError::Tls { endpoint: settings.endpoint.clone(), failure };
+        }
+    }
+    SessionError::Protocol(e.to_string())
+}
 
 /// Sends the bind and waits for its answer, within `response_timeout`.
 pub(super) async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) -> Result<(), SessionError> {
@@ -39,7 +52,7 @@ pub(super) async fn bind(framed: &mut FramedSmpp, settings: &SessionSettings) ->
         let command = match timeout_at(deadline, framed.next()).await {
             Err(_) => return Err(SessionError::BindTimeout(settings.response_timeout)),
             Ok(None) => return Err(SessionError::ClosedDuringBind),
-            Ok(Some(Err(e))) => return Err(SessionError::Protocol(e.to_string())),
+            Ok(Some(Err(e))) => return Err(read_failure(e, settings)),
             Ok(Some(Ok(Frame::Command(command)))) => command,
             Ok(Some(Ok(Frame::Undecodable { error, .. }))) => return Err(SessionError::Protocol(error)),
             // Nothing else is due before the bind is answered; a real SMSC sends none of it.

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,6 +37,7 @@ mod io;
 use super::codec::FrameCodec;
 use super::outcome::{NotSubmitted, SubmitOutcome};
 use super::receipt::{IdRelation, ReceiptFormat};
+use crate::tls::client::HandshakeFailure;
 use inbound::{AwaitedAnswer, LogEvery, answer_when_recorded};
 pub use inbound::{ReceiptEvent, ReceiptSender};
 use io::{keepalive_loop, read_loop, write_loop};
@@ -91,6 +93,9 @@ pub struct SessionSettings {
     pub receipt_ids: IdRelation,
     /// Checked right before each submit_sm is written.
     pub gate: super::SubmitGate,
+    /// SMPP over TLS: the client, or why it could not be set up (every bind then fails with
+    /// that reason; the config check makes this rare: a file changed since).
+    pub(crate) tls: Option<Result<Arc<crate::tls::Connector>, Arc<str>>>,
 }
 
 /// Why a session could not be opened.
@@ -100,6 +105,10 @@ pub enum SessionError {
     Connect { endpoint: String, source: std::io::Error },
     #[error("connecting to {endpoint} timed out")]
     ConnectTimeout { endpoint: String },
+    #[error("TLS handshake with {endpoint} failed: {}", failure.reason)]
+    Tls { endpoint: String, failure: HandshakeFailure },
+    #[error("TLS cannot be set up: {0}")]
+    TlsSetup(Arc<str>),
     #[error("bind refused by the SMSC: {}", super::outcome::status_name(*status))]
     BindRefused { status: CommandStatus },
     #[error("no bind response within {0:?}")]
@@ -166,7 +175,9 @@ enum RequestError {
     NotSent,
 }
 
-type FramedSmpp = Framed<TcpStream, FrameCodec>;
+/// The connection under the PDUs: plain TCP or TLS over it.
+type Transport = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+type FramedSmpp = Framed<Transport, FrameCodec>;
 
 /// What a response said, as far as the request waiting on it cares.
 #[derive(Debug)]
@@ -247,6 +258,15 @@ impl Session {
         };
         // Submits are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
+        let stream = match &settings.tls {
+            None => Either::Left(stream),
+            Some(Err(why)) => return Err(SessionError::TlsSetup(why.clone())),
+            Some(Ok(connector)) => match timeout(settings.response_timeout, connector.connect(stream)).await {
+                Err(_) => return Err(SessionError::Tls { endpoint, failure: HandshakeFailure::timeout() }),
+                Ok(Err(failure)) => return Err(SessionError::Tls { endpoint, failure }),
+                Ok(Ok(tls)) => Either::Right(tls),
+            },
+        };
         let mut framed = Framed::new(stream, FrameCodec::new(MAX_PDU_LENGTH));
         bind::bind(&mut framed, settings).await?;
 
