@@ -43,6 +43,10 @@ enum Command {
         /// Send one message over HTTP, wait for its receipt and exit (for scripts and tests).
         #[arg(long, hide = true)]
         once: bool,
+        /// Encrypt every link: carriers over SMPP/TLS, the intake and metrics over HTTPS, with a
+        /// throwaway certificate authority (its file is printed for curl --cacert).
+        #[arg(long)]
+        tls: bool,
     },
     /// Print the SHA-256 of an API key read from stdin, for `[[api_keys]] key_sha256`.
     HashKey,
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::CheckConfig { config } => check_config(config),
-            Command::Demo { once, http } => otpgate::demo::run(once, http).await.map_err(|e| e.to_string()),
+            Command::Demo { once, http, tls } => otpgate::demo::run(once, http, tls).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
             Command::Bench(args) => otpgate::bench::run(args.options()).await.map_err(|e| e.to_string()),
             Command::SmscSim { listen, system_id, password, response_delay, no_receipts, tls_cert, tls_key, tls_client_ca } => {
@@ -271,7 +275,8 @@ fn hash_key() -> Result<(), String> {
 
 async fn smsc_sim(listen: SocketAddr, config: SimConfig) -> Result<(), String> {
     let sim = SmscSim::start(listen, config).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    println!("smsc-sim listening on {}", sim.addr());
+    let secure = if sim.serves_tls() { " (SMPP over TLS)" } else { "" };
+    println!("smsc-sim listening on {}{secure}", sim.addr());
     let mut received = sim.subscribe();
     tokio::spawn(async move {
         while let Ok(sms) = received.recv().await {

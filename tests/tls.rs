@@ -461,3 +461,46 @@ fn check_config_reads_every_tls_file_and_prints_what_it_found() {
     let (ok, out) = check_config(pki.dir.path(), &stray);
     assert!(!ok && out.contains("tls_ca_file") && out.contains("add tls = true"), "{out}");
 }
+
+#[test]
+fn the_demo_runs_every_link_over_tls_with_its_own_authority() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["demo", "--once", "--tls", "--http", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for expected in ["listeners: https", "tls: 1.2/1.3, certificate must name \"localhost\"", "--cacert ", "-X POST https://127.0.0.1:"] {
+        assert!(stdout.contains(expected), "missing {expected:?}: {stdout}");
+    }
+    assert!(stdout.contains(r#""status":"delivered""#) && stdout.contains(r#""status":"approved"}"#), "{stdout}");
+}
+
+#[tokio::test]
+async fn smsc_sim_command_serves_smpp_over_tls() {
+    use std::io::BufRead;
+    let pki = Pki::new();
+    let (cert, key) = pki.server("sim");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["smsc-sim", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("smsc-sim listening on ")
+        .and_then(|rest| rest.strip_suffix(" (SMPP over TLS)"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let running = common::start_bound(common::carrier_config(addr, &tls_lines(&pki, "localhost"))).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running.carrier.submit(&common::sms("over tls"))).await;
+    assert!(matches!(outcome, Ok(otpgate::smpp::SubmitOutcome::Accepted { .. })), "{outcome:?}");
+    running.shutdown.cancel();
+    let _ = child.kill();
+    let _ = child.wait();
+}

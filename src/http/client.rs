@@ -1,11 +1,13 @@
 //! A minimal HTTP/1.1 client for the demo, the tests and the bench tool: one keep-alive
 //! connection, requests in sequence, bodies framed by Content-Length (which our server always
-//! sends). Not a general-purpose client.
+//! sends), over TCP or TLS. Not a general-purpose client.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -13,6 +15,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("malformed response: {0}")]
     Malformed(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A response: status and body.
@@ -30,7 +34,7 @@ impl Reply {
 
 pub struct Client {
     addr: SocketAddr,
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>>,
 }
 
 const MAX_RESPONSE_BODY: usize = 1 << 20;
@@ -39,7 +43,18 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Client { addr, stream: BufReader::new(stream) })
+        Ok(Client { addr, stream: BufReader::new(Either::Left(stream)) })
+    }
+
+    /// Connects over TLS, trusting only the authorities in `ca_file`, to a server whose
+    /// certificate names `server_name`.
+    pub async fn connect_tls(addr: SocketAddr, ca_file: &Path, server_name: &str) -> Result<Client, ClientError> {
+        let files = crate::tls::client::ClientFiles { ca_file: Some(ca_file), server_name, identity: None };
+        let connector = crate::tls::Connector::new(&files).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let stream = connector.connect(stream).await.map_err(|e| ClientError::Tls(e.reason))?;
+        Ok(Client { addr, stream: BufReader::new(Either::Right(stream)) })
     }
 
     /// Sends one request; `headers` are extra `(name, value)` pairs.
@@ -56,6 +71,7 @@ impl Client {
         let stream = self.stream.get_mut();
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
+        stream.flush().await?;
         self.read_reply().await
     }
 

@@ -225,6 +225,10 @@ impl SmscSim {
         self.addr
     }
 
+    pub fn serves_tls(&self) -> bool {
+        self.state.config.tls.is_some()
+    }
+
     pub fn stats(&self) -> SimStats {
         lock(&self.state.stats).clone()
     }
