@@ -114,7 +114,12 @@ impl Duties {
         for config in &new.carriers {
             let unchanged = old.carriers.iter().find(|c| c.name() == config.name && c.config() == config);
             match (unchanged, &self.receipts) {
-                (Some(carrier), _) => carriers.push(carrier.clone()),
+                (Some(carrier), _) => {
+                    if let Err(e) = carrier.reload_tls() {
+                        tracing::error!(carrier = %config.name, error = %e, "new TLS files refused; the ones in use stay");
+                    }
+                    carriers.push(carrier.clone());
+                }
                 (None, Some(receipts)) => {
                     if let Some(stop) = self.carrier_stops.remove(&config.name) {
                         tracing::info!(carrier = %config.name, "carrier changed: draining its old sessions");

@@ -114,6 +114,10 @@ struct BenchArgs {
     /// (a receiver in this process), on the same daemon.
     #[arg(long)]
     webhook: bool,
+    /// Only compare the closed loop over plain links and with every link encrypted (HTTPS to
+    /// the intake, SMPP over TLS to the carriers), each on a fresh daemon.
+    #[arg(long, conflicts_with = "webhook")]
+    tls: bool,
 }
 
 impl BenchArgs {
@@ -133,6 +137,7 @@ impl BenchArgs {
             random_ids: self.random_ids,
             store,
             webhook: self.webhook,
+            tls: self.tls,
         }
     }
 }

@@ -35,11 +35,13 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alerts() {
-    let sim = sim(SimConfig::default()).await;
+    // The carrier link runs over TLS, so the certificate expiry gauge is exported too.
+    let (_certificates, serving, tls_lines) = common::smpp_tls();
+    let sim = sim(SimConfig { tls: Some(serving), ..SimConfig::default() }).await;
     let receiver = common::receiver::Receiver::start(common::receiver::Mode::Answer(204)).await;
     let webhook =
         format!("[[webhooks]]\nname = \"backend\"\nurl = \"{}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n", receiver.url());
-    let (gw, mut client) = common::Gateway::setup(&[sim.addr()], "").sections(&webhook).bound().await;
+    let (gw, mut client) = common::Gateway::setup(&[sim.addr()], &tls_lines).sections(&webhook).bound().await;
     // Traffic of every kind: a message, a verification approved, a reconnect, a bad receipt.
     let id = post_message(&mut client, API_KEY, r#"{"to": "+447700900123", "text": "hello"}"#, None).await.json()["id"]
         .as_str()
@@ -103,6 +105,7 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         ("otpgate_webhook_oldest_pending_seconds", "gauge"),
         ("otpgate_webhook_dead_total", "counter"),
         ("otpgate_webhook_disabled", "gauge"),
+        ("otpgate_tls_certificate_expiry_timestamp_seconds", "gauge"),
     ];
     for (name, kind) in expected {
         assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name} missing or of the wrong type");
@@ -144,6 +147,8 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         "OtpgateReceiptsUnmatched",
         "OtpgateWebhookBacklogStale",
         "OtpgateWebhookDisabled",
+        "OtpgateCertificateExpiringSoon",
+        "OtpgateCertificateExpiring",
     ] {
         assert!(alerts.contains(alert), "{alert} missing");
     }

@@ -504,3 +504,67 @@ async fn smsc_sim_command_serves_smpp_over_tls() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn bench_tls_compares_plain_and_encrypted_links_on_fresh_daemons() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["bench", "--tls", "--messages", "400", "--concurrency", "8"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| closed loop of 400 (concurrency 8): end to end / s, plain / every link over TLS |"), "{stdout}");
+    assert!(stdout.contains("| TLS: protocol the SMSC links negotiated | TLSv1_3 |"), "{stdout}");
+}
+
+/// Runs openssl with `args` in `dir` (a third party's certificates: v1 when made by `x509 -req`).
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs (.ci/run installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn certificates_and_keys_made_by_openssl_are_read_and_paired() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        dir,
+        &[&["req", "-x509"][..], &ec, &["-keyout", "ossl-ca.key", "-out", "ossl-ca.pem", "-days", "3650", "-subj", "/CN=Carrier Root CA"]]
+            .concat(),
+    );
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=otpgate.acme.example"]].concat());
+    // x509 -req without extensions: an X.509 v1 certificate, as many carriers' CAs still issue.
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ossl-ca.pem",
+            "-CAkey",
+            "ossl-ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "200",
+        ],
+    );
+    let carrier = |key: &str| {
+        format!(
+            "tls = true\ntls_ca_file = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+            dir.join("ossl-ca.pem").display(),
+            dir.join("client.pem").display(),
+            dir.join(key).display()
+        )
+    };
+    let addr: SocketAddr = "127.0.0.1:3550".parse().unwrap();
+    let (ok, out) = check_config(dir, &gateway_config(&[("alpha", addr)], &pki.path("data"), &carrier("client.key")).to_toml());
+    assert!(ok && out.contains("client.pem: CN=otpgate.acme.example expires"), "{out}");
+    let (ok, out) = check_config(dir, &gateway_config(&[("alpha", addr)], &pki.path("data"), &carrier("ossl-ca.key")).to_toml());
+    assert!(!ok && out.contains("does not belong to the certificate"), "{out}");
+}

@@ -7,7 +7,8 @@
 //! child's `/proc` for CPU and peak RSS, and its `/metrics` for receipts matched. Every run ends
 //! with an accounting line and fails (exit 1) if any acknowledged message was lost. With
 //! `--webhook` it runs only the comparison in `webhook.rs`: the closed loop without a webhook
-//! endpoint and with one.
+//! endpoint and with one; with `--tls` only the one in `tls.rs`: plain links, then every link
+//! encrypted.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,7 +26,56 @@ use crate::store::{NewMessage, Store, StoreOptions};
 use crate::telemetry;
 use crate::throwaway_pg::ThrowawayPostgres;
 
+mod tls;
 mod webhook;
+
+/// Where the load generator connects: the intake, and the authority to trust when it serves
+/// HTTPS (its certificate names "localhost").
+#[derive(Debug, Clone)]
+struct Intake {
+    addr: SocketAddr,
+    ca_file: Option<PathBuf>,
+}
+
+impl From<SocketAddr> for Intake {
+    fn from(addr: SocketAddr) -> Intake {
+        Intake { addr, ca_file: None }
+    }
+}
+
+impl Intake {
+    async fn connect(&self) -> Result<Client, crate::http::client::ClientError> {
+        match &self.ca_file {
+            None => Client::connect(self.addr).await,
+            Some(ca) => Client::connect_tls(self.addr, ca, "localhost").await,
+        }
+    }
+}
+
+/// One closed-loop phase: its end-to-end rate (until the last receipt is matched) and the
+/// daemon's CPU per message.
+struct Phase {
+    rate: f64,
+    cpu_ms_per_message: f64,
+    accepted: usize,
+}
+
+/// A closed loop of `count` messages against the daemon `pid`.
+async fn phase(http: Intake, metrics: SocketAddr, pid: u32, count: usize, concurrency: usize, tag: &str) -> Phase {
+    let delivered_before = messages_in_state(metrics, "delivered").await;
+    let (cpu0, _) = usage(pid);
+    let started = Instant::now();
+    let load = drive(http, count, concurrency, None, tag).await;
+    let target = delivered_before + load.accepted.len() as u64;
+    let until = Instant::now() + Duration::from_secs(120);
+    while messages_in_state(metrics, "delivered").await < target && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let (cpu1, _) = usage(pid);
+    let accepted = load.accepted.len();
+    Phase { rate: accepted as f64 / elapsed.as_secs_f64(), cpu_ms_per_message: (cpu1 - cpu0) * 1000.0 / accepted.max(1) as f64, accepted }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,6 +97,8 @@ pub struct BenchOptions {
     pub store: BenchStore,
     /// Only the webhook comparison: the closed loop without an endpoint, then with one.
     pub webhook: bool,
+    /// Only the TLS comparison: the closed loop over plain links, then over encrypted ones.
+    pub tls: bool,
 }
 
 /// The store the daemon runs on.
@@ -81,6 +133,16 @@ fn free_addr() -> Result<SocketAddr, BenchError> {
 }
 
 fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_dir: &Path, db: Option<(&Database, &str)>) -> String {
+    bench_config(sims, http, metrics, data_dir, db).to_toml()
+}
+
+fn bench_config(
+    sims: &[SocketAddr],
+    http: SocketAddr,
+    metrics: SocketAddr,
+    data_dir: &Path,
+    db: Option<(&Database, &str)>,
+) -> ConfigBuilder {
     let mut config = ConfigBuilder::new(data_dir);
     if let Some((db, node)) = db {
         config = config
@@ -110,7 +172,7 @@ fn config_text(sims: &[SocketAddr], http: SocketAddr, metrics: SocketAddr, data_
         config = config.carrier(name, *addr, "");
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
-    config.sections(&format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [{}]\nstrategy = \"round_robin\"", quoted.join(", "))).to_toml()
+    config.sections(&format!("[[routes]]\nprefixes = [\"*\"]\ncarriers = [{}]\nstrategy = \"round_robin\"", quoted.join(", ")))
 }
 
 fn spawn(config: &Path) -> Result<Child, BenchError> {
@@ -147,10 +209,11 @@ async fn wait_http(addr: SocketAddr, path: &str, limit: Duration) -> Result<Dura
 }
 
 /// Waits until `path` answers 200 (and, given `role`, names it: a cluster node's `/readyz`).
-async fn wait_role(addr: SocketAddr, path: &str, role: Option<&str>, limit: Duration) -> Result<Duration, BenchError> {
+async fn wait_role(intake: impl Into<Intake>, path: &str, role: Option<&str>, limit: Duration) -> Result<Duration, BenchError> {
+    let intake = intake.into();
     let started = Instant::now();
     while started.elapsed() < limit {
-        if let Ok(mut client) = Client::connect(addr).await {
+        if let Ok(mut client) = intake.connect().await {
             if let Ok(reply) = client.request("GET", path, &[], None).await {
                 if reply.status == 200 && role.is_none_or(|role| reply.json()["role"] == role) {
                     return Ok(started.elapsed());
@@ -236,16 +299,17 @@ struct LoadResult {
 /// Closed loop: `concurrency` connections send back to back. Open loop (`rate` Some): request
 /// i is due at start + i/rate, and its latency counts from when it was due (no coordinated
 /// omission).
-async fn drive(http: SocketAddr, count: usize, concurrency: usize, rate: Option<u32>, tag: &str) -> LoadResult {
+async fn drive(http: impl Into<Intake>, count: usize, concurrency: usize, rate: Option<u32>, tag: &str) -> LoadResult {
+    let http = http.into();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let auth = format!("Bearer {API_KEY}");
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (next, auth, tag) = (next.clone(), auth.clone(), tag.to_string());
+            let (next, auth, tag, http) = (next.clone(), auth.clone(), tag.to_string(), http.clone());
             tokio::spawn(async move {
                 let mut out = (Vec::new(), Vec::new(), 0usize);
-                let Ok(mut client) = Client::connect(http).await else {
+                let Ok(mut client) = http.connect().await else {
                     return out;
                 };
                 let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
@@ -339,6 +403,28 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     println!();
     println!("| measure | result |");
     println!("|---|---|");
+
+    if options.tls {
+        stop(child);
+        let c = tls::compare(&work, &sims, &options).await?;
+        row(
+            &format!(
+                "closed loop of {} (concurrency {}): end to end / s, plain / every link over TLS",
+                options.messages, options.concurrency
+            ),
+            format!("{:.0} / {:.0} ({:+.1} %)", c.plain.rate, c.tls.rate, (c.tls.rate / c.plain.rate - 1.0) * 100.0),
+        );
+        row(
+            "CPU ms per message (otpgate process), plain / TLS",
+            format!("{:.3} / {:.3}", c.plain.cpu_ms_per_message, c.tls.cpu_ms_per_message),
+        );
+        row("TLS: protocol the SMSC links negotiated", c.protocol.clone());
+        let _ = std::fs::remove_dir_all(&work);
+        if c.tls.accepted < options.messages || c.plain.accepted < options.messages {
+            return Err(BenchError::Lost(format!("only {} / {} of {} accepted", c.plain.accepted, c.tls.accepted, options.messages)));
+        }
+        return Ok(());
+    }
 
     if options.webhook {
         let config = work.join("otpgate.toml");

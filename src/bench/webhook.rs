@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchError, BenchOptions, drive, messages_in_state, usage};
+use super::{BenchError, BenchOptions, Phase, drive, phase};
 
 const SECRET: &str = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMzJieXRlcw==";
 
@@ -30,13 +30,6 @@ struct Received {
     last: Option<Instant>,
     /// How long after its change each event was taken (its body's `timestamp` to now).
     lags: Vec<Duration>,
-}
-
-/// One closed-loop phase.
-pub(super) struct Phase {
-    pub rate: f64,
-    pub cpu_ms_per_message: f64,
-    pub accepted: usize,
 }
 
 /// The comparison, for the table.
@@ -92,23 +85,6 @@ async fn receive(listener: TcpListener, seen: Arc<Mutex<Received>>, stop: Cancel
     }
 }
 
-/// A closed loop of `count` messages; its rate counts until the last receipt is matched.
-async fn phase(http: SocketAddr, metrics: SocketAddr, pid: u32, count: usize, concurrency: usize, tag: &str) -> Phase {
-    let delivered_before = messages_in_state(metrics, "delivered").await;
-    let (cpu0, _) = usage(pid);
-    let started = Instant::now();
-    let load = drive(http, count, concurrency, None, tag).await;
-    let target = delivered_before + load.accepted.len() as u64;
-    let until = Instant::now() + Duration::from_secs(120);
-    while messages_in_state(metrics, "delivered").await < target && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = started.elapsed();
-    let (cpu1, _) = usage(pid);
-    let accepted = load.accepted.len();
-    Phase { rate: accepted as f64 / elapsed.as_secs_f64(), cpu_ms_per_message: (cpu1 - cpu0) * 1000.0 / accepted.max(1) as f64, accepted }
-}
-
 /// Runs the phases against the daemon `pid` whose config file is `config`: `options.messages`
 /// closed-loop without and with the endpoint, then `options.rate` for `options.open_loop_seconds`.
 pub(super) async fn compare(
@@ -126,7 +102,7 @@ pub(super) async fn compare(
     let stop = CancellationToken::new();
     tokio::spawn(receive(listener, seen.clone(), stop.clone()));
 
-    let without = phase(http, metrics, pid, count, concurrency, "plain").await;
+    let without = phase(http.into(), metrics, pid, count, concurrency, "plain").await;
     let mut text = std::fs::read_to_string(config).map_err(setup)?;
     text.push_str(&format!("\n[[webhooks]]\nname = \"bench\"\nurl = {url:?}\nsecret = {SECRET:?}\n"));
     std::fs::write(config, text).map_err(setup)?;
@@ -142,7 +118,7 @@ pub(super) async fn compare(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let with = phase(http, metrics, pid, count, concurrency, "hooked").await;
+    let with = phase(http.into(), metrics, pid, count, concurrency, "hooked").await;
     let receipts_done = Instant::now();
     let expected = 2 * with.accepted;
     let until = Instant::now() + Duration::from_secs(300);

@@ -49,7 +49,11 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdo
 /// The TLS handshake first (bounded: a client that says nothing is dropped), then SMPP.
 async fn serve_tls(tls: crate::tls::ServerTls, stream: TcpStream, state: Arc<State>, token: CancellationToken) {
     match tokio::time::timeout(Duration::from_secs(10), tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => Connection::serve(stream, state, token).await,
+        Ok(Ok(stream)) => {
+            let version = stream.get_ref().1.protocol_version().map(|v| format!("{v:?}"));
+            state.update(|s| s.tls_protocol = version);
+            Connection::serve(stream, state, token).await
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "smsc-sim: TLS handshake failed");
             state.update(|s| s.tls_failures += 1);

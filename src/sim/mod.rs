@@ -128,6 +128,8 @@ pub struct SimStats {
     pub dropped: u64,
     /// TLS handshakes that failed (no client certificate, one we do not trust, not TLS...).
     pub tls_failures: u64,
+    /// The TLS version the last TLS client negotiated ("TLSv1_3").
+    pub tls_protocol: Option<String>,
 }
 
 enum Outgoing {
@@ -227,6 +229,15 @@ impl SmscSim {
 
     pub fn serves_tls(&self) -> bool {
         self.state.config.tls.is_some()
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.state.config
+    }
+
+    /// The TLS version the last TLS client negotiated.
+    pub fn tls_protocol(&self) -> Option<String> {
+        self.with_stats(|s| s.tls_protocol.clone())
     }
 
     pub fn stats(&self) -> SimStats {

@@ -43,8 +43,8 @@ pub struct Carrier {
     /// Submits waiting for a pacing slot or window room.
     waiting: AtomicUsize,
     tasks: TaskTracker,
-    /// The links' TLS client (see `SessionSettings::tls`).
-    tls: Option<Result<Arc<Connector>, Arc<str>>>,
+    /// The links' TLS client, taken by each connection attempt (see `SessionSettings::tls`).
+    tls: Mutex<Option<Result<Arc<Connector>, Arc<str>>>>,
     /// Why the last bind failed, until a bind succeeds (`/readyz` shows it).
     last_bind_error: Mutex<Option<String>>,
 }
@@ -58,26 +58,18 @@ impl Carrier {
     /// A carrier that never binds: what a cluster node that does not dispatch routes by (its
     /// intake checks destinations against routes; the leader's carriers send).
     pub fn dormant(config: CarrierConfig) -> Arc<Carrier> {
-        let carrier = Carrier::new(config, SubmitGate::default(), None);
+        let carrier = Carrier::new(config, SubmitGate::default());
         carrier.tasks.close();
         carrier
     }
 
     /// As [`Carrier::start`], every submit_sm first checked against `gate`.
     pub fn start_gated(config: CarrierConfig, receipts: ReceiptSender, shutdown: CancellationToken, gate: SubmitGate) -> Arc<Carrier> {
-        let tls = match config.tls_connector() {
-            Ok(connector) => connector.map(|c| {
-                for file in &c.files {
-                    file.export_expiry(&format!("carrier:{}", config.name));
-                }
-                Ok(Arc::new(c))
-            }),
-            Err(e) => {
-                tracing::error!(carrier = %config.name, error = %e, "TLS cannot be set up: every bind will fail until the files are fixed and the config reloaded");
-                Some(Err(Arc::from(e.to_string())))
-            }
-        };
-        let carrier = Carrier::new(config, gate, tls);
+        let carrier = Carrier::new(config, gate);
+        if let Err(e) = carrier.reload_tls() {
+            tracing::error!(carrier = %carrier.name, error = %e, "TLS cannot be set up: every bind will fail until the files are fixed and the config reloaded");
+            *lock(&carrier.tls) = Some(Err(Arc::from(e.to_string())));
+        }
         let links: Vec<(usize, BindMode, bool)> = (0..carrier.config.sessions)
             .flat_map(|slot| match carrier.config.bind {
                 BindType::Transceiver => vec![(slot, BindMode::Transceiver, true)],
@@ -93,7 +85,7 @@ impl Carrier {
         carrier
     }
 
-    fn new(config: CarrierConfig, gate: SubmitGate, tls: Option<Result<Arc<Connector>, Arc<str>>>) -> Arc<Carrier> {
+    fn new(config: CarrierConfig, gate: SubmitGate) -> Arc<Carrier> {
         Arc::new(Carrier {
             gate,
             name: Arc::from(config.name.as_str()),
@@ -111,7 +103,7 @@ impl Carrier {
             next_pick: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             tasks: TaskTracker::new(),
-            tls,
+            tls: Mutex::new(None),
             last_bind_error: Mutex::new(None),
             config,
         })
@@ -141,17 +133,29 @@ impl Carrier {
             receipt_format: Arc::new(c.receipt_format()),
             receipt_ids: c.receipt_id,
             gate: self.gate.clone(),
-            tls: self.tls.clone(),
+            tls: None,
         }
+    }
+
+    /// Reads the TLS files again (at start and on SIGHUP: a renewed client certificate or CA
+    /// file is used from the next connection on; bound sessions carry on). On an error the
+    /// client in use stays.
+    pub(crate) fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        let Some(connector) = self.config.tls_connector()? else { return Ok(()) };
+        for file in &connector.files {
+            file.export_expiry(&format!("carrier:{}", self.name));
+        }
+        *lock(&self.tls) = Some(Ok(Arc::new(connector)));
+        Ok(())
     }
 
     /// Why the last bind failed, while no bind has succeeded since.
     pub fn last_bind_error(&self) -> Option<String> {
-        self.last_bind_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.last_bind_error).clone()
     }
 
     fn note_bind(&self, error: Option<&SessionError>) {
-        *self.last_bind_error.lock().unwrap_or_else(|p| p.into_inner()) = error.map(ToString::to_string);
+        *lock(&self.last_bind_error) = error.map(ToString::to_string);
     }
 
     /// Whether this process may submit at all now (see [`SubmitGate`]).
@@ -380,8 +384,9 @@ impl Link {
         let backoff = Backoff { min: config.reconnect_min, max: config.reconnect_max };
         let mut attempt: u32 = 0;
         loop {
+            let settings = SessionSettings { tls: lock(&self.carrier.tls).clone(), ..self.settings.clone() };
             let opened = tokio::select! {
-                opened = Session::open(&self.settings, receipts.clone()) => opened,
+                opened = Session::open(&settings, receipts.clone()) => opened,
                 _ = shutdown.cancelled() => break,
             };
             match opened {
@@ -437,6 +442,11 @@ impl Link {
             self.carrier.publish(slot, session);
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Short critical sections that leave consistent data even after a panic.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn log_bind_failure(carrier: &str, link: &str, attempt: u32, error: &SessionError) {

@@ -142,13 +142,16 @@ impl Identity {
         // The parser's message may quote the file: never shown for a key.
         let der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::BadKey { path: key.to_path_buf() })?;
         let signer = any_supported_type(&der).map_err(|_| TlsError::UnsupportedKey { path: key.to_path_buf() })?;
-        let certified = CertifiedKey::new(chain.certs.clone(), signer);
-        match certified.keys_match() {
-            // Unknown: the key cannot say its public half; the handshake will tell.
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err(TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf() }),
+        // The public halves compared as DER (not `CertifiedKey::keys_match`, whose certificate
+        // parser refuses X.509 v1 certificates, which OpenSSL still makes); a key that cannot
+        // say its public half is let through: the handshake will tell.
+        let leaf = x509_parser::parse_x509_certificate(chain.certs[0].as_ref()).map(|(_, c)| c.public_key().raw.to_vec()).ok();
+        if let (Some(ours), Some(leaf)) = (signer.public_key(), leaf) {
+            if ours.as_ref() != leaf.as_slice() {
+                return Err(TlsError::KeyMismatch { cert: cert.to_path_buf(), key: key.to_path_buf() });
+            }
         }
-        Ok(Identity { chain, key: Arc::new(certified) })
+        Ok(Identity { chain: chain.clone(), key: Arc::new(CertifiedKey::new(chain.certs, signer)) })
     }
 }
 

@@ -589,3 +589,17 @@ pub async fn write_pdu(stream: &mut tokio::net::TcpStream, id: u32, sequence: u3
     pdu.extend_from_slice(body);
     tokio::io::AsyncWriteExt::write_all(stream, &pdu).await.expect("write PDU");
 }
+
+/// SMPP over TLS for a simulator: a throwaway authority and a certificate for localhost (in the
+/// returned dir), the simulator's side, and the carrier lines that trust it.
+pub fn smpp_tls() -> (tempfile::TempDir, otpgate::tls::ServerTls, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let authority = otpgate::tls::throwaway::Authority::new("otpgate test CA").expect("authority");
+    let ca = dir.path().join("ca.pem");
+    authority.write_cert(&ca).expect("CA written");
+    let issued = authority.issue(&["localhost"], Duration::from_secs(90 * 86_400)).expect("certificate");
+    let (cert, key) = issued.write(dir.path(), "smsc").expect("certificate written");
+    let serving = otpgate::tls::ServerTls::new(&cert, &key, None).expect("simulator TLS");
+    let lines = format!("tls = true\ntls_ca_file = \"{}\"\ntls_server_name = \"localhost\"", ca.display());
+    (dir, serving, lines)
+}

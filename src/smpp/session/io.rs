@@ -81,6 +81,9 @@ pub(super) async fn read_loop(mut stream: SplitStream<FramedSmpp>, inner: Arc<In
         };
         let reason = match item {
             None => Some(CloseReason::PeerClosed),
+            // Over TLS a peer that hangs up without close_notify reads as an unexpected EOF: the
+            // same hang-up as a TCP close (PDUs are length-framed, so no truncation goes unseen).
+            Some(Err(DecodeError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(CloseReason::PeerClosed),
             Some(Err(DecodeError::Io(e))) => Some(CloseReason::Io(e.to_string())),
             Some(Err(e)) => Some(CloseReason::Malformed(e.to_string())),
             Some(Ok(frame)) => {
