@@ -568,3 +568,31 @@ fn certificates_and_keys_made_by_openssl_are_read_and_paired() {
     let (ok, out) = check_config(dir, &gateway_config(&[("alpha", addr)], &pki.path("data"), &carrier("ossl-ca.key")).to_toml());
     assert!(!ok && out.contains("does not belong to the certificate"), "{out}");
 }
+
+#[tokio::test]
+async fn a_reload_reads_a_carriers_renewed_client_certificate_for_its_next_connection() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("node");
+    let options = serde_json::json!({"tls_cert": cert, "tls_key": key, "tls_client_ca": pki.ca_file}).to_string();
+    let Some(node) = NodeSmsc::start(&options) else { return };
+    // At first the client certificate is one node-smpp does not trust.
+    let stranger = Pki::named("someone else's CA");
+    let (client_cert, client_key) = stranger.issue("client", Usage::Client, -1, 90);
+    let identity = format!("tls_client_cert = \"{}\"\ntls_client_key = \"{}\"", client_cert.display(), client_key.display());
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        gateway_config(&[("alpha", node.addr)], dir.path(), &format!("{}\n{identity}", tls_lines(&pki, "localhost"))).build().unwrap();
+    let daemon = otpgate::daemon::Daemon::start(&config).await.unwrap();
+    let alpha = daemon.carrier("alpha").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(alpha.bound_sessions(), 0);
+    assert!(alpha.last_bind_error().unwrap_or_default().contains("client certificate"), "{:?}", alpha.last_bind_error());
+
+    // The renewal lands in the same files; the config itself is unchanged.
+    let renewed = pki.ca.issue_between(&["otpgate"], Usage::Client, SystemTime::now() - DAY, SystemTime::now() + 90 * DAY).unwrap();
+    std::fs::write(&client_cert, renewed.cert_pem).unwrap();
+    std::fs::write(&client_key, renewed.key_pem).unwrap();
+    assert!(daemon.reload(&config).is_empty());
+    assert!(alpha.wait_bound(1, Duration::from_secs(5)).await, "binds with the renewed certificate: {:?}", alpha.last_bind_error());
+    assert!(daemon.shutdown(Duration::from_secs(5)).await);
+}

@@ -92,6 +92,16 @@ impl HandshakeFailure {
         HandshakeFailure { label: "tls_timeout", reason: "no TLS handshake answer in time (is the port speaking TLS?)".into() }
     }
 
+    /// The server hung up without a word right after our side of the handshake: over TLS 1.3
+    /// that is where a server that refuses our client certificate often leaves it.
+    pub(crate) fn closed_after() -> HandshakeFailure {
+        HandshakeFailure {
+            label: "tls_client_certificate",
+            reason: "the SMSC closed the TLS connection before answering the bind: it may refuse our client certificate (tls_client_cert)"
+                .into(),
+        }
+    }
+
     /// A TLS failure carried by an I/O error, if it is one.
     pub(crate) fn of_tls(e: &std::io::Error) -> Option<HandshakeFailure> {
         e.get_ref().and_then(|inner| inner.downcast_ref::<RustlsError>()).map(|_| HandshakeFailure::of(e))

@@ -16,7 +16,16 @@ use rusmpp::tokio_codec::DecodeError;
 /// after our side of the handshake is done, so its refusal arrives here, as a TLS alert.
 fn read_failure(e: DecodeError, settings: &SessionSettings) -> SessionError {
     if let DecodeError::Io(io) = &e {
-        if let Some(failure) = HandshakeFailure::of_tls(io) {
+        let failure = match HandshakeFailure::of_tls(io) {
+            Some(failure) => Some(failure),
+            None if settings.tls.is_some()
+                && matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) =>
+            {
+                Some(HandshakeFailure::closed_after())
+            }
+            None => None,
+        };
+        if let Some(failure) = failure {
             return SessionError::Tls { endpoint: settings.endpoint.clone(), failure };
         }
     }
