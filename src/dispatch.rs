@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::route::Network;
 use crate::smpp::message::MessageError;
+use crate::smpp::settings::LongSms;
 use crate::smpp::{Carrier, NotSubmitted, OutboundSms, Permanent, Submission, SubmitOutcome};
 use crate::store::{Attempt, MessageId, MessageRecord, MessageStatus, Store, VerificationId, record::to_ms};
 use crate::telemetry;
@@ -52,6 +54,8 @@ impl Job {
                 from: record.from.clone(),
                 text: record.text.clone(),
                 deadline: Some(record.deadline()),
+                encoding: record.encoding,
+                reference: 0,
             },
             avoid: Vec::new(),
             verification: None,
@@ -189,6 +193,19 @@ impl Dispatch {
 pub const SPILL_MIN: Duration = Duration::from_millis(100);
 pub const SPILL_MAX: Duration = Duration::from_secs(600);
 
+/// What to do when a carrier took some parts of a long message and not the rest. The parts it
+/// took may reach the handset either way: as an incomplete message the handset shows (or drops)
+/// beside the complete one sent again, or alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartialFailure {
+    /// Send it again whole, with a new reference; counts against `max_unconfirmed_resends`.
+    #[default]
+    Resend,
+    /// Fail it, naming the parts taken.
+    Fail,
+}
+
 /// What the dispatcher is told by the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -202,6 +219,9 @@ pub struct Policy {
     pub max_unconfirmed_resends: u32,
     /// Jobs held in memory at most (`messages.dispatch_backlog`).
     pub backlog: usize,
+    /// A long message a carrier took only part of: sent again whole, or failed
+    /// (`messages.partial_failure`).
+    pub partial_failure: PartialFailure,
 }
 
 impl Policy {
@@ -449,7 +469,32 @@ impl Shared {
         self.log_store_error(id, r);
     }
 
-    async fn deliver(&self, job: Job) {
+    /// Records a send that may have reached the handset without a verdict on the whole (no
+    /// readable answer, or a long message taken in part); says whether it may go again (else it
+    /// failed at `messages.max_unconfirmed_resends`).
+    async fn may_send_again(&self, id: &MessageId, carrier: &str, attempt: Attempt) -> bool {
+        let detail = attempt.detail.clone();
+        let sent_blind = match self.store.record_attempt(id, attempt, true).await {
+            Ok(unconfirmed) => unconfirmed,
+            Err(e) => {
+                tracing::error!(message_id = %id, error = %e, "store update failed");
+                u32::MAX
+            }
+        };
+        if sent_blind > self.policy.max_unconfirmed_resends {
+            tracing::warn!(message_id = %id, carrier, unconfirmed = sent_blind, "submits went out without an answer; not sent again");
+            metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(1);
+            let error = format!(
+                "{sent_blind} submits went out without an answer for the whole message (last: {detail}); not sent again, since each may already have reached the handset"
+            );
+            self.finish(id, MessageStatus::Failed, error, None).await;
+            return false;
+        }
+        metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(1);
+        true
+    }
+
+    async fn deliver(&self, mut job: Job) {
         let id = job.id;
         let deadline = job.sms.deadline.unwrap_or_else(SystemTime::now);
         let spill_after = self.policy.spill_after(&job);
@@ -515,11 +560,29 @@ impl Shared {
                 // leader's now; write nothing more about it.
                 return;
             }
+            // A long text goes in parts tied by a reference no earlier send to this number
+            // used (nor this message's own last send: after a crash too), on disk with the
+            // in-flight mark below.
+            let segments = job.sms.segments_on(carrier.config()).unwrap_or(1);
+            if segments > 1 && carrier.config().long_sms != LongSms::Payload {
+                match self.store.take_reference(&id, &job.sms.to, SystemTime::now()).await {
+                    Ok(reference) => job.sms.reference = reference,
+                    Err(e) => {
+                        // Not sent: the message stays queued for the next start (or the next
+                        // attempt, once the store writes again).
+                        tracing::error!(message_id = %id, error = %e, "store update failed; long message not sent");
+                        if !self.pause(round_pause, deadline).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             // On disk before the submit goes out: after a crash, a submit that may have reached
             // the SMSC is known for what it is (a possible duplicate), never resent blind.
             self.log_store_error(&id, self.store.mark_in_flight(&id).await);
             self.log_store_error(&id, self.store.durable().await);
-            let Submission { outcome, session, slot } = carrier.submit_via(&job.sms, max_wait).await;
+            let Submission { outcome, accepted, parts, session, slot } = carrier.submit_via(&job.sms, max_wait).await;
             // An accepted submit keeps its window slot until the store knows it (WindowSlot);
             // any other outcome frees it now.
             let accepted_slot = matches!(outcome, SubmitOutcome::Accepted { .. }).then_some(slot);
@@ -537,10 +600,31 @@ impl Shared {
                 metrics::counter!(telemetry::SUBMIT_TOTAL, "carrier" => carrier.name().to_string(), "result" => outcome.label())
                     .increment(1);
             }
-            let record = attempt(carrier.name(), session.as_deref(), &outcome);
+            let mut record = attempt(carrier.name(), session.as_deref(), &outcome);
+            if !accepted.is_empty() && !matches!(outcome, SubmitOutcome::Accepted { .. }) {
+                // The SMSC took some parts and not the rest: those it took may reach the handset.
+                let taken: Vec<String> = accepted.iter().map(|(seq, smsc_id)| format!("{seq} ({smsc_id})")).collect();
+                record.result = "partial".into();
+                record.detail = format!("parts {} of {parts} taken, then {}: {}", taken.join(", "), outcome.label(), record.detail);
+                let permanent = matches!(outcome, SubmitOutcome::Permanent { .. });
+                if permanent || self.policy.partial_failure == PartialFailure::Fail {
+                    tracing::warn!(message_id = %id, carrier = carrier.name(), detail = %record.detail, "long message failed part way");
+                    let error = format!("{}; the parts taken may reach the handset as an incomplete message", record.detail);
+                    self.finish(&id, MessageStatus::Failed, error, Some(record)).await;
+                    return;
+                }
+                tracing::info!(message_id = %id, carrier = carrier.name(), detail = %record.detail, "long message taken in part; sending it again whole");
+                if !self.may_send_again(&id, carrier.name(), record).await {
+                    return;
+                }
+                tried.insert(carrier.name().to_string());
+                continue;
+            }
             match outcome {
-                SubmitOutcome::Accepted { message_id } => {
-                    let marked = self.store.mark_submitted(&id, carrier.name(), &message_id, record, SystemTime::now()).await;
+                SubmitOutcome::Accepted { .. } => {
+                    let smsc_ids: Vec<String> = accepted.into_iter().map(|(_, smsc_id)| smsc_id).collect();
+                    let segments = u16::try_from(segments).unwrap_or(u16::MAX);
+                    let marked = self.store.mark_submitted_parts(&id, carrier.name(), &smsc_ids, segments, record, SystemTime::now()).await;
                     drop(accepted_slot);
                     self.log_store_error(&id, marked);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
@@ -563,25 +647,10 @@ impl Shared {
                     pinned = Some((carrier, alone));
                 }
                 SubmitOutcome::RetryElsewhere { reason } if reason.unconfirmed() => {
-                    let detail = record.detail.clone();
-                    let sent_blind = match self.store.record_attempt(&id, record, true).await {
-                        Ok(unconfirmed) => unconfirmed,
-                        Err(e) => {
-                            tracing::error!(message_id = %id, error = %e, "store update failed");
-                            u32::MAX
-                        }
-                    };
-                    if sent_blind > self.policy.max_unconfirmed_resends {
-                        tracing::warn!(message_id = %id, carrier = carrier.name(), unconfirmed = sent_blind, "submits went out without an answer; not sent again");
-                        metrics::counter!(telemetry::RESEND_LIMIT_TOTAL).increment(1);
-                        let error = format!(
-                            "{sent_blind} submits went out without an answer (last: {detail}); not sent again, since each may already have reached the handset"
-                        );
-                        self.finish(&id, MessageStatus::Failed, error, None).await;
+                    if !self.may_send_again(&id, carrier.name(), record).await {
                         return;
                     }
                     tracing::info!(message_id = %id, carrier = carrier.name(), %reason, "submit unanswered; sending again (possible duplicate)");
-                    metrics::counter!(telemetry::RESUBMITS_TOTAL).increment(1);
                     tried.insert(carrier.name().to_string());
                 }
                 SubmitOutcome::RetryElsewhere { reason } => {

@@ -18,6 +18,7 @@
 //! - `route`: prefix routes and their strategies;
 //! - [`smpp`]: carrier sessions (bind, window, keepalive, reconnect), PDU framing, health and
 //!   receipt parsing;
+//! - [`sms`]: SMS text as the network carries it: GSM 03.38 or UTF-16, cut into parts;
 //! - [`smsc_id`]: SMSC message ids in the one form receipts and the store compare;
 //! - `track`: receipt tracking, carrier receipts to the store, a group commit per batch;
 //! - `recovery`: re-queues what the last process left, finds lost hand-offs;
@@ -63,6 +64,7 @@ mod retention;
 pub(crate) mod route;
 pub mod sim;
 pub mod smpp;
+pub mod sms;
 pub mod smsc_id;
 pub mod store;
 pub mod systemd;

@@ -43,6 +43,7 @@ pub const RECEIPTS_UNMATCHED_TOTAL: &str = "otpgate_receipts_unmatched_total";
 pub const RECEIPTS_DEFERRED_TOTAL: &str = "otpgate_receipts_deferred_total";
 pub const DISPATCH_DEFERRED_TOTAL: &str = "otpgate_dispatch_deferred_total";
 pub const RECONNECTS_TOTAL: &str = "otpgate_reconnects_total";
+pub const SEGMENTS_TOTAL: &str = "otpgate_segments_total";
 pub const RECOVERED_TOTAL: &str = "otpgate_recovered_total";
 pub const RESEND_LIMIT_TOTAL: &str = "otpgate_resend_limit_total";
 pub const RESUBMITS_TOTAL: &str = "otpgate_resubmits_total";
@@ -109,6 +110,7 @@ fn describe() {
     describe_histogram!(SUBMIT_RESPONSE_SECONDS, "submit_sm to submit_sm_resp time per carrier");
     describe_gauge!(WINDOW_IN_USE, "submit_sm awaiting a response per carrier");
     describe_counter!(RECONNECTS_TOTAL, "Sessions lost or binds failed, by reason");
+    describe_counter!(SEGMENTS_TOTAL, "SMS parts (submit_sm) a carrier accepted: what carriers bill");
     describe_counter!(RECEIPTS_TOTAL, "Delivery receipts per carrier and state");
     describe_histogram!(RECEIPT_LATENCY_SECONDS, "Submit to receipt time per carrier");
     describe_counter!(

@@ -236,7 +236,15 @@ mod tests {
             ("a29f6845", "A29F6845", Some(IdReading::Same)),
         ];
         for (i, (response, receipt_id, learned)) in pairs.into_iter().enumerate() {
-            let message = NewMessage { owner: "t".into(), to: "+447700900123".into(), from: None, text: "hi".into(), deadline: now };
+            let message = NewMessage {
+                owner: "t".into(),
+                to: "+447700900123".into(),
+                from: None,
+                text: "hi".into(),
+                deadline: now,
+                encoding: None,
+                segments: 1,
+            };
             let (id, _) = store.insert_message(message, None, now).await.unwrap();
             let carrier = format!("c{i}");
             let attempt = Attempt { at_ms: 0, carrier: carrier.clone(), session: None, result: "ok".into(), detail: String::new() };

@@ -58,12 +58,7 @@ async fn submit_sm_octets_on_the_wire_follow_smpp_3_4() {
     });
     let running = start_bound(carrier_config(addr, "")).await;
     let now = SystemTime::now();
-    let sms = OutboundSms {
-        to: "+447700900123".into(),
-        from: None,
-        text: "123456 is your code".into(),
-        deadline: Some(now + Duration::from_secs(300)),
-    };
+    let sms = OutboundSms::new("+447700900123", "123456 is your code".into(), Some(now + Duration::from_secs(300)));
     let outcome = running.carrier.submit(&sms).await;
     assert_eq!(outcome, SubmitOutcome::Accepted { message_id: "1A".into() });
     let body = smsc.await.unwrap();

@@ -112,9 +112,14 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         assert_eq!(reply.json()["error"]["code"], code, "{body}: {}", reply.body);
         assert!(reply.json()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let long = format!(r#"{{"to": "+447700900123", "text": "{}"}}"#, "x".repeat(161));
+    // Six SMS of 153 characters at most by default (messages.max_segments).
+    let long = format!(r#"{{"to": "+447700900123", "text": "{}"}}"#, "x".repeat(6 * 153 + 1));
     let reply = post_message(&mut client, API_KEY, &long, None).await;
     assert_eq!((reply.status, reply.json()["error"]["code"].clone()), (422, "text_too_long".into()));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("takes 7 SMS as gsm7"), "{}", reply.body);
+    let forced = r#"{"to": "+447700900123", "text": "Код", "encoding": "gsm7"}"#;
+    let reply = post_message(&mut client, API_KEY, forced, None).await;
+    assert_eq!((reply.status, reply.json()["error"]["code"].clone()), (400, "invalid_encoding".into()), "{}", reply.body);
 
     let auth = common::bearer(API_KEY);
     let plain =

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use otpgate::config::Config;
 use otpgate::smpp::address::Address;
 use otpgate::smpp::codec::FrameCodec;
-use otpgate::smpp::message::encode_text;
 use otpgate::smpp::receipt::{ReceiptFields, ReceiptFormat};
+use otpgate::sms::{Encoding, Header, Text};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
@@ -79,7 +79,8 @@ proptest! {
     fn addresses_and_texts_never_panic(text in "\\PC{0,200}") {
         let _ = Address::destination(&text);
         let _ = Address::source(&text);
-        let _ = encode_text(&text);
+        let _ = Text::encode(&text, None).map(|t| t.parts(Header::Reference8).len());
+        let _ = Text::encode(&text, Some(Encoding::Gsm7));
     }
 
     #[test]
@@ -90,10 +91,10 @@ proptest! {
 
     #[test]
     fn gsm_texts_cost_one_septet_a_character_and_two_for_extensions(text in "[A-Za-z0-9 @£$!?.,:;()^{}\\[\\]~|€]{1,80}") {
-        let (octets, coding) = encode_text(&text).expect("GSM 03.38 text of at most 160 septets");
-        prop_assert_eq!(u8::from(coding), 0);
+        let encoded = Text::encode(&text, None).expect("any text encodes");
+        prop_assert_eq!(encoded.data_coding(), 0);
         let extensions = text.chars().filter(|c| "^{}[]~|€\\".contains(*c)).count();
-        prop_assert_eq!(octets.len(), text.chars().count() + extensions);
+        prop_assert_eq!(encoded.octets().len(), text.chars().count() + extensions);
     }
 
     #[test]

@@ -52,11 +52,13 @@ impl Intake {
     }
 }
 
-/// One closed-loop phase: its end-to-end rate (until the last receipt is matched) and the
-/// daemon's CPU per message.
+/// One closed-loop phase: its end-to-end rate (until the last receipt is matched), the daemon's
+/// CPU per message, and this process's (the load generator, the simulated SMSCs and whatever
+/// else the phase runs here, such as a webhook receiver).
 struct Phase {
     rate: f64,
     cpu_ms_per_message: f64,
+    own_cpu_ms_per_message: f64,
     accepted: usize,
 }
 
@@ -64,6 +66,7 @@ struct Phase {
 async fn phase(http: Intake, metrics: SocketAddr, pid: u32, count: usize, concurrency: usize, tag: &str) -> Phase {
     let delivered_before = messages_in_state(metrics, "delivered").await;
     let (cpu0, _) = usage(pid);
+    let (own0, _) = usage(std::process::id());
     let started = Instant::now();
     let load = drive(http, count, concurrency, None, tag).await;
     let target = delivered_before + load.accepted.len() as u64;
@@ -73,8 +76,15 @@ async fn phase(http: Intake, metrics: SocketAddr, pid: u32, count: usize, concur
     }
     let elapsed = started.elapsed();
     let (cpu1, _) = usage(pid);
+    let (own1, _) = usage(std::process::id());
     let accepted = load.accepted.len();
-    Phase { rate: accepted as f64 / elapsed.as_secs_f64(), cpu_ms_per_message: (cpu1 - cpu0) * 1000.0 / accepted.max(1) as f64, accepted }
+    let per_message = |seconds: f64| seconds * 1000.0 / accepted.max(1) as f64;
+    Phase {
+        rate: accepted as f64 / elapsed.as_secs_f64(),
+        cpu_ms_per_message: per_message(cpu1 - cpu0),
+        own_cpu_ms_per_message: per_message(own1 - own0),
+        accepted,
+    }
 }
 
 /// What to run.
@@ -440,6 +450,10 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             "CPU ms per message (otpgate process), without / with",
             format!("{:.3} / {:.3}", c.without.cpu_ms_per_message, c.with.cpu_ms_per_message),
         );
+        row(
+            "CPU ms per message, this process (load generator, simulated SMSCs, the receiver), without / with",
+            format!("{:.3} / {:.3}", c.without.own_cpu_ms_per_message, c.with.own_cpu_ms_per_message),
+        );
         row("closed loop: the last event arrived after the last receipt was matched", format!("{:.2} s", c.lag.as_secs_f64()));
         row(
             &format!("open loop at {}/s with the endpoint: HTTP latency p50 / p99", c.paced_rate),
@@ -797,6 +811,8 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
                             from: None,
                             text: format!("recovery {i}"),
                             deadline: now + Duration::from_secs(3600),
+                            encoding: None,
+                            segments: 1,
                         };
                         if store.insert_message(message, None, now).await.is_err() {
                             return;

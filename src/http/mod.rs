@@ -32,7 +32,7 @@ use crate::dispatch::{Dispatch, Job};
 use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
 use crate::route::Network;
 use crate::smpp::address::Address;
-use crate::smpp::message::encode_text;
+use crate::sms::{Encoding, Header, Text};
 use crate::store::{Idempotency, MessageId, NewMessage, Store};
 use settings::{ApiKeyConfig, MessagesConfig};
 
@@ -236,6 +236,8 @@ struct CreateMessage {
     text: String,
     from: Option<String>,
     validity: Option<String>,
+    /// `gsm7` or `ucs2`; the cheapest that carries the text when absent.
+    encoding: Option<Encoding>,
 }
 
 /// What the Idempotency-Key header says to do.
@@ -284,8 +286,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-fn accepted(id: &MessageId) -> Response {
-    (StatusCode::ACCEPTED, axum::Json(json!({"id": id.to_string(), "status": "queued"}))).into_response()
+fn accepted(id: &MessageId, text: &Text) -> Response {
+    let body = json!({"id": id.to_string(), "status": "queued", "segments": text.segments(Header::Reference8), "encoding": text.encoding().name()});
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
 async fn create_message(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -308,7 +311,20 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
     if request.text.is_empty() {
         return Err(ApiError::bad_request("invalid_text", "'text' must not be empty"));
     }
-    encode_text(&request.text).map_err(|e| ApiError::unprocessable("text_too_long", format!("'text' must fit one SMS: {e}")))?;
+    let text =
+        Text::encode(&request.text, request.encoding).map_err(|e| ApiError::bad_request("invalid_encoding", format!("'text': {e}")))?;
+    // Counted as a carrier joining parts with an 8-bit reference (the default) would cut it.
+    let segments = text.segments(Header::Reference8);
+    if segments > state.messages.max_segments {
+        return Err(ApiError::unprocessable(
+            "text_too_long",
+            format!(
+                "'text' takes {segments} SMS as {}; messages.max_segments allows {}",
+                text.encoding().name(),
+                state.messages.max_segments
+            ),
+        ));
+    }
     let validity = match &request.validity {
         None => state.messages.default_validity,
         Some(text) => humantime::parse_duration(text)
@@ -324,17 +340,26 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
 
     let now = SystemTime::now();
     let (idempotency, _guard) = match idempotent(&state, &owner, "messages", &headers, &raw, now).await? {
-        Idempotent::Replay(id, _) => return Ok(accepted(&id)),
+        // The same body: the same text, counted the same.
+        Idempotent::Replay(id, _) => return Ok(accepted(&id, &text)),
         Idempotent::Proceed(key, guard) => (key, guard),
     };
-    let message = NewMessage { owner, to: request.to, from: request.from, text: request.text, deadline: now + validity };
+    let message = NewMessage {
+        owner,
+        to: request.to,
+        from: request.from,
+        text: request.text,
+        deadline: now + validity,
+        encoding: Some(text.encoding()),
+        segments: segments as u16,
+    };
     let (id, record) = state
         .store
         .insert_message(message, idempotency.as_ref().map(|(k, h)| (k.as_str(), h.as_str())), now)
         .await
         .map_err(store_unavailable)?;
     state.dispatch.enqueue(Job::from_record(id, &record));
-    Ok(accepted(&id))
+    Ok(accepted(&id, &text))
 }
 
 fn store_unavailable(e: crate::store::StoreError) -> ApiError {

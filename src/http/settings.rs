@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dispatch::{SPILL_MAX, SPILL_MIN};
+use crate::dispatch::{PartialFailure, SPILL_MAX, SPILL_MIN};
 
 /// A client allowed to call the HTTP API. Only the key's SHA-256 is configured, never the key.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +64,11 @@ pub struct MessagesConfig {
     /// store and are handed over as the dispatcher drains: memory stays bounded however far
     /// intake outruns the carriers (an outage, a throttled carrier).
     pub dispatch_backlog: usize,
+    /// The most SMS one message may take; a longer text is refused (422 text_too_long).
+    pub max_segments: usize,
+    /// When a carrier took some parts of a long message and refused a later one: send the whole
+    /// message again (elsewhere, with a new reference) or fail it.
+    pub partial_failure: PartialFailure,
 }
 
 impl Default for MessagesConfig {
@@ -75,6 +80,8 @@ impl Default for MessagesConfig {
             spill_after: Duration::from_secs(5),
             max_unconfirmed_resends: 2,
             dispatch_backlog: 8192,
+            max_segments: 6,
+            partial_failure: PartialFailure::Resend,
         }
     }
 }
@@ -93,6 +100,9 @@ impl MessagesConfig {
         }
         if self.max_unconfirmed_resends > 10 {
             return Some(("max_unconfirmed_resends", "must be 0-10: each resend may be a duplicate SMS".into()));
+        }
+        if !(1..=crate::smpp::message::MAX_PARTS).contains(&self.max_segments) {
+            return Some(("max_segments", format!("must be 1-{}", crate::smpp::message::MAX_PARTS)));
         }
         if !(16..=1_000_000).contains(&self.dispatch_backlog) {
             return Some(("dispatch_backlog", "must be 16-1000000".into()));

@@ -84,12 +84,15 @@ impl Otp {
         let text = self.render(&verification.locale, code.expose(), &verification.context);
         let new_id = self.store.new_id();
         let deadline = from_ms(verification.expires_ms);
+        let (encoding, segments) = super::measured(&text);
         let new_message = NewMessage {
             owner: verification.owner.clone(),
             to: verification.to.clone(),
             from: None,
             text: template::mask(&text, code.expose()),
             deadline,
+            encoding,
+            segments,
         };
         // The message first: a crash before the verification points at it leaves a message the
         // recovery recognises as stale (it is not the verification's latest) and drops.
@@ -112,7 +115,7 @@ impl Otp {
         metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "failover").increment(1);
         self.dispatch.enqueue(Job {
             id: new_id,
-            sms: OutboundSms { to: verification.to.clone(), from: None, text, deadline: Some(deadline) },
+            sms: OutboundSms::new(&verification.to, text, Some(deadline)),
             avoid: used,
             verification: Some(vid),
         });

@@ -25,7 +25,6 @@ use crate::dispatch::{Dispatch, Job};
 use crate::route::Network;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
-use crate::smpp::message::encode_text;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
 use crate::store::view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
@@ -242,7 +241,10 @@ impl Otp {
         }
         let code = code::generate(code_length)?;
         let text = self.render(&locale, code.expose(), &context);
-        encode_text(&text).map_err(|e| OtpError::TextTooLong(e.to_string()))?;
+        let (encoding, segments) = measured(&text);
+        if usize::from(segments) > self.policy.max_segments {
+            return Err(OtpError::TextTooLong(format!("the SMS takes {segments}; otp.max_segments allows {}", self.policy.max_segments)));
+        }
 
         let now = self.now();
         let now_ms = to_ms(now);
@@ -311,6 +313,8 @@ impl Otp {
                     from: None,
                     text: template::mask(&text, code.expose()),
                     deadline: from_ms(expires_ms),
+                    encoding,
+                    segments,
                 },
                 record,
                 message_id,
@@ -330,7 +334,7 @@ impl Otp {
         metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
         self.dispatch.enqueue(Job {
             id: send.message_id,
-            sms: OutboundSms { to: send.record.to.clone(), from: None, text, deadline: Some(from_ms(send.record.expires_ms)) },
+            sms: OutboundSms::new(&send.record.to, text, Some(from_ms(send.record.expires_ms))),
             avoid: Vec::new(),
             verification: Some(send.id),
         });
@@ -501,14 +505,17 @@ impl Otp {
         };
         Ok(Some(Job {
             id: message_id,
-            sms: OutboundSms {
-                to: record.to.clone(),
-                from: None,
-                text: self.render(&locale, code.expose(), &context),
-                deadline: Some(from_ms(record.expires_ms)),
-            },
+            sms: OutboundSms::new(&record.to, self.render(&locale, code.expose(), &context), Some(from_ms(record.expires_ms))),
             avoid: Vec::new(),
             verification: Some(vid),
         }))
+    }
+}
+
+/// An OTP text's encoding and how many SMS it takes (counted as for intake: 8-bit references).
+pub(crate) fn measured(text: &str) -> (Option<crate::sms::Encoding>, u16) {
+    match crate::sms::Text::encode(text, None) {
+        Ok(t) => (Some(t.encoding()), t.segments(crate::sms::Header::Reference8) as u16),
+        Err(_) => (None, 1),
     }
 }

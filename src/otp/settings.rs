@@ -59,6 +59,9 @@ pub struct OtpConfig {
     pub default_locale: String,
     /// Text per locale; placeholders `{code}` (required), `{brand}`, `{minutes}`, `{context}`.
     pub templates: std::collections::BTreeMap<String, String>,
+    /// The most SMS one code may take (templates are checked against it at load): 1 keeps
+    /// every code in one SMS; UCS-2 locales (Russian, Arabic, Chinese...) may need 2.
+    pub max_segments: usize,
     /// Token-bucket limits per minute (0 = none).
     pub creates_per_minute_per_key: u32,
     pub creates_per_minute_per_ip: u32,
@@ -96,6 +99,7 @@ impl Default for OtpConfig {
             android_app_hash: None,
             default_locale: "en".into(),
             templates: templates.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            max_segments: 1,
             creates_per_minute_per_key: 600,
             creates_per_minute_per_ip: 60,
             checks_per_minute_per_key: 1200,
@@ -211,9 +215,12 @@ impl OtpConfig {
         if !self.templates.contains_key(&self.default_locale) {
             return p("default_locale", format!("no template for {}", shown(&self.default_locale)));
         }
+        if !(1..=crate::smpp::message::MAX_PARTS).contains(&self.max_segments) {
+            return p("max_segments", format!("must be 1-{}", crate::smpp::message::MAX_PARTS));
+        }
         let autofill = self.autofill();
         for (locale, template) in &self.templates {
-            if let Err(m) = super::template::validate(template, &self.brand, self.ttl_minutes(), &autofill) {
+            if let Err(m) = super::template::validate(template, &self.brand, self.ttl_minutes(), &autofill, self.max_segments) {
                 return p(&format!("templates.{locale}"), m);
             }
         }

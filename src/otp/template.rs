@@ -2,10 +2,9 @@
 //!
 //! Placeholders: `{code}` (required), `{brand}`, `{minutes}`, `{context}`. With a WebOTP domain the
 //! message ends with the line `@domain #code` (browsers and iOS offer the code for that site
-//! only); with an Android SMS Retriever app hash it ends with the 11-character hash. The text must
-//! fit one SMS segment, checked at config load for the longest code.
-
-use crate::smpp::message::{MessageError, encode_text};
+//! only); with an Android SMS Retriever app hash it ends with the 11-character hash (both stay
+//! last, whatever the length). The text must fit `otp.max_segments` SMS (one by default),
+//! checked at config load for the longest code.
 
 /// What varies per message.
 pub struct Fill<'a> {
@@ -43,9 +42,9 @@ pub fn mask(text: &str, code: &str) -> String {
     text.replace(code, &"*".repeat(code.len()))
 }
 
-/// Checks a template at config load: it names `{code}` and fits one segment with the longest
-/// code, the given brand and TTL.
-pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) -> Result<(), String> {
+/// Checks a template at config load: it names `{code}` and fits `max_segments` SMS with the
+/// longest code, the given brand and TTL.
+pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill, max_segments: usize) -> Result<(), String> {
     if !template.contains("{code}") {
         return Err("must contain {code}".into());
     }
@@ -53,10 +52,14 @@ pub fn validate(template: &str, brand: &str, minutes: u64, autofill: &Autofill) 
         return Err(format!("holds the invisible or format character U+{:04X}; an SMS must show what it says", u32::from(c)));
     }
     let fill = Fill { code: "0000000000", brand, minutes, context: "" };
-    encode_text(&render(template, &fill, autofill)).map(|_| ()).map_err(|e| match e {
-        MessageError::TooLong { .. } => format!("does not fit one SMS segment with a 10-digit code: {e}"),
-        other => other.to_string(),
-    })
+    let (encoding, segments) = super::measured(&render(template, &fill, autofill));
+    match usize::from(segments) <= max_segments {
+        true => Ok(()),
+        false => Err(format!(
+            "takes {segments} SMS as {} with a 10-digit code; otp.max_segments allows {max_segments}",
+            encoding.map_or("?", crate::sms::Encoding::name)
+        )),
+    }
 }
 
 /// Characters that change how a text displays without showing themselves: controls, Unicode
@@ -100,12 +103,14 @@ mod tests {
     #[test]
     fn templates_that_cannot_work_are_refused() {
         let none = Autofill::default();
-        assert!(validate(EN, "Acme", 5, &none).is_ok());
-        assert!(validate("Your code is ready", "Acme", 5, &none).unwrap_err().contains("{code}"));
+        assert!(validate(EN, "Acme", 5, &none, 1).is_ok());
+        assert!(validate("Your code is ready", "Acme", 5, &none, 1).unwrap_err().contains("{code}"));
         let long = format!("{EN} {}", "x".repeat(120));
-        assert!(validate(&long, "Acme", 5, &none).unwrap_err().contains("segment"));
+        assert!(validate(&long, "Acme", 5, &none, 1).unwrap_err().contains("takes 2 SMS as gsm7"));
+        assert!(validate(&long, "Acme", 5, &none, 2).is_ok());
         // UCS-2 halves the room: 70 characters.
         let cyrillic = format!("{{code}} {}", "ж".repeat(60));
-        assert!(validate(&cyrillic, "Acme", 5, &none).is_err());
+        assert!(validate(&cyrillic, "Acme", 5, &none, 1).unwrap_err().contains("as ucs2"));
+        assert!(validate(&cyrillic, "Acme", 5, &none, 2).is_ok());
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::smpp::message::c_octet;
 
-use super::{Behaviour, BindAttempt, Outgoing, ReceivedSms, State, lock, text};
+use super::{Behaviour, BindAttempt, Outgoing, ReceivedSms, State, lock};
 
 pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     loop {
@@ -295,7 +295,7 @@ impl Connection {
             message_id: message_id.clone(),
             from: sm.source_addr.as_str().to_string(),
             to: sm.destination_addr.as_str().to_string(),
-            text: text::decode(u8::from(sm.data_coding), sm.short_message()),
+            text: crate::sms::decode(u8::from(sm.data_coding), sm.short_message()),
             data_coding: u8::from(sm.data_coding),
             esm_class: u8::from(sm.esm_class),
             validity_period: sm.validity_period.as_str().to_string(),

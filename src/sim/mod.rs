@@ -13,7 +13,6 @@
 pub mod accounting;
 mod connection;
 pub mod fuzz;
-pub mod text;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

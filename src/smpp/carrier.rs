@@ -284,7 +284,7 @@ impl Carrier {
     /// Submits one SMS and says which session carried it (`None` when none did). Waits at most
     /// `max_wait` for a pacing slot and window room, else answers [`NotSubmitted::Busy`].
     pub async fn submit_via(&self, sms: &OutboundSms, max_wait: Duration) -> Submission {
-        let not_sent = |outcome| Submission { outcome, session: None, slot: None };
+        let not_sent = |outcome| Submission { outcome, accepted: Vec::new(), parts: 1, session: None, slot: None };
         if self.health().admit(std::time::Instant::now()) == Admission::No {
             return not_sent(SubmitOutcome::RetryElsewhere { reason: NotSubmitted::CircuitOpen });
         }
@@ -307,27 +307,67 @@ impl Carrier {
                 return not_sent(outcome);
             }
         };
-        let pdu = match sms.to_submit_sm(&self.config.source_addr, SystemTime::now()) {
-            Ok(pdu) => pdu,
+        let pdus = match sms.to_submit_sms(&self.config, SystemTime::now()) {
+            Ok(pdus) => pdus,
             Err(e) => return not_sent(SubmitOutcome::Permanent { reason: Permanent::Message(e) }),
         };
-        let (outcome, label, permit) = match session {
-            Some(session) => {
-                let started = std::time::Instant::now();
-                let (outcome, permit) = session.submit(pdu).await;
-                if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
-                    metrics::histogram!(telemetry::SUBMIT_RESPONSE_SECONDS, "carrier" => self.name.to_string())
-                        .record(started.elapsed().as_secs_f64());
-                }
-                (outcome, Some(session.label().clone()), permit)
-            }
-            None => (SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }, None, None),
+        let parts = pdus.len();
+        let Some(session) = session else {
+            let outcome = SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession };
+            self.health().record(&outcome, std::time::Instant::now());
+            return Submission { parts, ..not_sent(outcome) };
         };
-        if self.health().record(&outcome, std::time::Instant::now()) {
-            tracing::warn!(carrier = %self.name, "circuit opened: submits keep failing; traffic goes elsewhere");
+        let started = std::time::Instant::now();
+        // The parts go out in order, each as soon as it has room, before any answer comes back;
+        // each takes its own pacing slot (max_tps counts submit_sm, as carriers do). A part that
+        // cannot go out stops the rest.
+        let (mut pending, mut verdicts) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
+        for (i, pdu) in pdus.into_iter().enumerate() {
+            if i > 0 {
+                self.pace().await;
+            }
+            match session.send_submit(pdu).await {
+                Ok(sent) => pending.push(sent),
+                Err(refused) => {
+                    verdicts.push(refused);
+                    break;
+                }
+            }
         }
-        let slot = WindowSlot { permit, released: self.released.clone() };
-        Submission { outcome, session: label, slot: Some(slot) }
+        let mut answered = Vec::with_capacity(parts);
+        for sent in pending {
+            answered.push(sent.verdict().await);
+        }
+        answered.extend(verdicts);
+        let verdicts = answered;
+        let (mut first_refusal, mut accepted, mut permits) = (None, Vec::new(), Vec::new());
+        for (i, (outcome, permit)) in verdicts.into_iter().enumerate() {
+            if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
+                metrics::histogram!(telemetry::SUBMIT_RESPONSE_SECONDS, "carrier" => self.name.to_string())
+                    .record(started.elapsed().as_secs_f64());
+            }
+            if self.health().record(&outcome, std::time::Instant::now()) {
+                tracing::warn!(carrier = %self.name, "circuit opened: submits keep failing; traffic goes elsewhere");
+            }
+            permits.extend(permit);
+            match outcome {
+                SubmitOutcome::Accepted { message_id } => {
+                    metrics::counter!(telemetry::SEGMENTS_TOTAL, "carrier" => self.name.to_string()).increment(1);
+                    accepted.push((i as u8 + 1, message_id));
+                }
+                refused => {
+                    first_refusal.get_or_insert(refused);
+                }
+            }
+        }
+        let outcome = match first_refusal {
+            Some(refused) => refused,
+            // Fewer verdicts than parts only when one could not be sent, which is a refusal.
+            None if accepted.len() < parts => SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession },
+            None => SubmitOutcome::Accepted { message_id: accepted.last().map(|(_, id)| id.clone()).unwrap_or_default() },
+        };
+        let slot = WindowSlot { permits, released: self.released.clone() };
+        Submission { outcome, accepted, parts, session: Some(session.label().clone()), slot: Some(slot) }
     }
 
     /// Waits until every supervisor has finished (after shutdown: all sessions unbound).
@@ -346,7 +386,14 @@ impl Carrier {
 
 /// What a submit came to.
 pub struct Submission {
+    /// `Accepted` (with the last part's id) when the SMSC took every part; else the verdict on
+    /// the first part it did not take.
     pub outcome: SubmitOutcome,
+    /// The parts the SMSC took, in order: (part number from 1, its SMSC message id). With a
+    /// refusal, parts taken may still reach the handset.
+    pub accepted: Vec<(u8, String)>,
+    /// How many parts the message went in on this carrier (1 unless it is long).
+    pub parts: usize,
     /// The session that carried it, if one did.
     pub session: Option<Arc<str>>,
     /// Its window slot, taken until this is dropped.
@@ -358,14 +405,14 @@ pub struct Submission {
 /// store does not know of (each is sent again: the duplicate bound). Dropping it frees the slot
 /// and wakes a submit waiting for room.
 pub struct WindowSlot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     released: Arc<Notify>,
 }
 
 impl Drop for WindowSlot {
     fn drop(&mut self) {
         // Freed first, so whoever wakes finds the room.
-        drop(self.permit.take());
+        self.permits.clear();
         self.released.notify_one();
     }
 }

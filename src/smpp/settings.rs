@@ -19,6 +19,42 @@ pub enum BindType {
     TransmitterReceiver,
 }
 
+/// How a long text is sent: in parts the handset joins (told by a user data header or by
+/// TLVs), or whole for the SMSC to cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongSms {
+    /// A user data header (IE 0x00, 8-bit reference) in each part; esm_class 0x40.
+    #[default]
+    Udh,
+    /// A user data header with a 16-bit reference (IE 0x08).
+    Udh16,
+    /// sar_msg_ref_num, sar_total_segments and sar_segment_seqnum TLVs; the SMSC writes the header.
+    Sar,
+    /// One submit_sm with the whole text in message_payload: the SMSC cuts it.
+    Payload,
+}
+
+impl LongSms {
+    /// The header the parts travel with on the air, which sets their room.
+    pub fn header(self) -> crate::sms::Header {
+        match self {
+            // The SMSC writes SAR's 16-bit reference into a 16-bit header.
+            LongSms::Udh16 | LongSms::Sar => crate::sms::Header::Reference16,
+            LongSms::Udh | LongSms::Payload => crate::sms::Header::Reference8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LongSms::Udh => "udh",
+            LongSms::Udh16 => "udh16",
+            LongSms::Sar => "sar",
+            LongSms::Payload => "payload",
+        }
+    }
+}
+
 /// One carrier SMSC and how we talk to it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +101,12 @@ pub struct CarrierConfig {
     /// `hex_to_dec` or `dec_to_hex`.
     #[serde(default)]
     pub receipt_id: super::receipt::IdRelation,
+    /// How a text longer than one SMS goes to this carrier.
+    #[serde(default)]
+    pub long_sms: LongSms,
+    /// How this SMSC reads data_coding 0.
+    #[serde(default)]
+    pub default_alphabet: crate::sms::DefaultAlphabet,
     /// SMPP over TLS 1.2/1.3: the SMSC's chain and name are always verified, and a failed
     /// handshake is a failed bind (never a fallback to plain TCP).
     #[serde(default)]

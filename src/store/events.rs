@@ -797,6 +797,8 @@ mod tests {
             from: None,
             text: text.into(),
             deadline: now + Duration::from_secs(300),
+            encoding: None,
+            segments: 1,
         };
         let (cut, whole);
         {

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (JSON) |
 //! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
-//! | `r` | carrier, NUL, canonical SMSC id | message id: receipt correlation |
+//! | `r` | carrier, NUL, canonical SMSC id | message id (and, for a part of a long message, its part number): receipt correlation |
+//! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
@@ -33,6 +34,7 @@ pub(super) const VERIFICATION_DONE: u8 = b'w';
 pub(super) const SHARED_SETTING: u8 = b's';
 pub(super) const EVENT: u8 = b'x';
 pub(super) const DEAD_EVENT: u8 = b'y';
+pub(super) const REFERENCE: u8 = b'u';
 
 /// The queue depth at the last clean close: a whole key of its own.
 pub(super) const CLEAN_CLOSE: &[u8] = b"c";
@@ -71,6 +73,10 @@ pub(super) fn held_receipts(carrier: &str, candidate: &str) -> Vec<u8> {
     key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), b""])
 }
 
+pub(super) fn reference(to: &str) -> Vec<u8> {
+    key(REFERENCE, &[to.as_bytes()])
+}
+
 pub(super) fn verification(id: &VerificationId) -> Vec<u8> {
     key(VERIFICATION, &[&id.0.0])
 }
@@ -90,6 +96,22 @@ pub(super) fn done(prefix: u8, done_ms: u64, id: &MessageId) -> Vec<u8> {
     k.extend_from_slice(&done_ms.to_be_bytes());
     k.extend_from_slice(&id.0);
     k
+}
+
+/// A receipt index row's value: the message, and which part of it (`None`: the one SMS).
+pub(super) fn index_value(id: &MessageId, part: Option<u8>) -> Vec<u8> {
+    let mut value = id.0.to_vec();
+    value.extend(part);
+    value
+}
+
+/// What a receipt index row's value names.
+pub(super) fn index_target(value: &[u8]) -> Option<(MessageId, Option<u8>)> {
+    match value.len() {
+        16 => id_from(value).map(|id| (id, None)),
+        17 => id_from(&value[..16]).map(|id| (id, Some(value[16]))),
+        _ => None,
+    }
 }
 
 /// The id in a row key or value that is exactly one.

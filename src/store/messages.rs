@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, VerificationId};
+use super::record::{self, Attempt, MessageId, MessageRecord, MessageStatus, PartRecord, VerificationId};
 use super::{Change, Changes, Store, StoreError, decode, encode, idempotency, keys, lock};
 use tokio::sync::oneshot;
 
@@ -19,6 +19,10 @@ pub struct NewMessage {
     pub from: Option<String>,
     pub text: String,
     pub deadline: SystemTime,
+    /// The encoding the client asked for, if it did.
+    pub encoding: Option<crate::sms::Encoding>,
+    /// How many SMS the text takes, as counted at intake.
+    pub segments: u16,
 }
 
 /// The rows that queue a message, record first: the one way every intake (API message,
@@ -243,6 +247,25 @@ impl Store {
         Ok(())
     }
 
+    /// The reference for a send of `id` in parts to `to`: one past the last reference any long
+    /// message to `to` went with (a random one for a number not seen within a day), so no two
+    /// sends to one handset share one, across restarts too. Kept in the record and under the
+    /// number; the caller's wait for the in-flight mark ([`Store::durable`]) puts both on disk
+    /// before the parts go out.
+    pub async fn take_reference(&self, id: &MessageId, to: &str, now: SystemTime) -> Result<u16, StoreError> {
+        let row = keys::reference(to);
+        let last = self.engine.get(&row).await?.and_then(|v| Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?)));
+        let reference = last.map_or_else(rand::random, |last| last.wrapping_add(1));
+        let value: Vec<u8> = reference.to_be_bytes().into_iter().chain(record::to_ms(now).to_be_bytes()).collect();
+        self.update(id, |r, rows| {
+            r.reference = Some(reference);
+            rows.add(row, value);
+            true
+        })
+        .await?;
+        Ok(reference)
+    }
+
     /// Takes the mark back when the submit never went out (no carrier had room in time).
     pub async fn clear_in_flight(&self, id: &MessageId) -> Result<(), StoreError> {
         self.engine.swap(&keys::queue(id), Some(keys::IN_FLIGHT), Some(&[])).await?;
@@ -315,9 +338,30 @@ impl Store {
         attempt: Attempt,
         now: SystemTime,
     ) -> Result<Option<MessageStatus>, StoreError> {
+        self.mark_submitted_parts(id, carrier, &[smsc_id.to_string()], 1, attempt, now).await
+    }
+
+    /// As [`Store::mark_submitted`] for a message the carrier took in parts (`smsc_ids`, one per
+    /// part in order) and bills as `segments` SMS; each part gets its index row and its receipt.
+    pub async fn mark_submitted_parts(
+        &self,
+        id: &MessageId,
+        carrier: &str,
+        smsc_ids: &[String],
+        segments: u16,
+        attempt: Attempt,
+        now: SystemTime,
+    ) -> Result<Option<MessageStatus>, StoreError> {
         let (answer, mut answered) = oneshot::channel();
-        let submit =
-            Submitted { id: *id, carrier: carrier.to_string(), smsc_id: smsc_id.to_string(), attempt, now_ms: record::to_ms(now), answer };
+        let submit = Submitted {
+            id: *id,
+            carrier: carrier.to_string(),
+            smsc_ids: smsc_ids.to_vec(),
+            segments,
+            attempt,
+            now_ms: record::to_ms(now),
+            answer,
+        };
         lock(&self.submits.pending).push(submit);
         loop {
             // Whoever holds this records every submit pending, its own among them.
@@ -346,9 +390,18 @@ impl Store {
     }
 
     async fn record_submits_at_once(&self, batch: &[Submitted]) -> Result<Vec<Option<MessageStatus>>, StoreError> {
-        let canonical: Vec<String> = batch.iter().map(|s| crate::smsc_id::canonical(&s.smsc_id)).collect();
+        // Every SMS sent: (its submit in the batch, its part number for a long message, its
+        // canonical SMSC id).
+        let sent: Vec<(usize, Option<u8>, String)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                let long = s.smsc_ids.len() > 1;
+                s.smsc_ids.iter().enumerate().map(move |(p, smsc_id)| (i, long.then_some(p as u8 + 1), crate::smsc_id::canonical(smsc_id)))
+            })
+            .collect();
         let ids: Vec<MessageId> = batch.iter().map(|s| s.id).collect();
-        let correlation: Vec<(&str, &str)> = batch.iter().zip(&canonical).map(|(s, c)| (s.carrier.as_str(), c.as_str())).collect();
+        let correlation: Vec<(&str, &str)> = sent.iter().map(|(i, _, c)| (batch[*i].carrier.as_str(), c.as_str())).collect();
         let _locked = self.locks.and_messages(self.locks.take_pairs(&correlation).await, &ids).await;
         // The records, and receipts that beat these responses, read side by side.
         let held_prefixes: Vec<Vec<u8>> = correlation.iter().map(|(carrier, c)| keys::held_receipts(carrier, c)).collect();
@@ -356,9 +409,15 @@ impl Store {
         let mut records: HashMap<MessageId, Option<MessageRecord>> = ids.iter().copied().zip(read).collect();
         let verifications = self.sent_verifications(&records).await?;
         let (mut changes, mut applied_held, mut entering, mut dequeued) = (Changes::default(), HashSet::new(), Vec::new(), 0);
+        let mut held = sent.iter().zip(held).peekable();
         let mut statuses = Vec::with_capacity(batch.len());
-        for ((submit, canonical), held) in batch.iter().zip(&canonical).zip(held) {
+        for (i, submit) in batch.iter().enumerate() {
             let id = submit.id;
+            // This submit's SMS, with the receipt held for each.
+            let mut own = Vec::new();
+            while let Some(((_, part, canonical), first_held)) = held.next_if(|((at, ..), _)| *at == i) {
+                own.push((*part, canonical, first_held));
+            }
             let Some(Some(record)) = records.get_mut(&id) else {
                 statuses.push(None);
                 continue;
@@ -374,22 +433,40 @@ impl Store {
             record.status = MessageStatus::Submitted;
             record.submitted_ms = Some(submit.now_ms);
             record.carrier = Some(submit.carrier.clone());
-            record.smsc_message_id = Some(submit.smsc_id.clone());
+            record.segments = submit.segments;
+            let long = submit.smsc_ids.len() > 1;
+            record.smsc_message_id = (!long).then(|| submit.smsc_ids.first().cloned()).flatten();
+            record.parts = match long {
+                true => (1..)
+                    .zip(&submit.smsc_ids)
+                    .map(|(seq, smsc_id)| PartRecord {
+                        seq,
+                        smsc_message_id: smsc_id.clone(),
+                        status: MessageStatus::Submitted,
+                        receipt: None,
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
             self.emit_message(&mut rows.events, &id, record, submit.now_ms);
             if let Some((vid, verification)) = record.verification.and_then(|v| Some((v, verifications.get(&v)?))) {
                 let sent = super::events::EventType::VerificationSent;
                 self.emit_verification(&mut rows.events, sent, &vid, verification, Some((&id, record)), None, submit.now_ms);
             }
-            if !canonical.is_empty() {
+            let was_final = record.status.is_final();
+            for (part, canonical, first_held) in own {
+                if canonical.is_empty() {
+                    continue;
+                }
                 // One index row, under the canonical form; the receipt side reads its ids back into it.
-                rows.add(keys::receipt_index(&submit.carrier, canonical), &id.0[..]);
+                rows.add(keys::receipt_index(&submit.carrier, canonical), keys::index_value(&id, part));
                 // A held receipt goes to one submit, even if two in this batch share its id.
-                let held = held.filter(|(key, _)| applied_held.insert(key.clone()));
-                self.apply_held(record, &id, &submit.carrier, held, submit.now_ms, rows).await?;
+                let first_held = first_held.filter(|(key, _)| applied_held.insert(key.clone()));
+                self.apply_held(record, (&id, part), &submit.carrier, first_held, submit.now_ms, rows).await?;
             }
             rows.remove(keys::queue(&id));
             entering.push(MessageStatus::Submitted);
-            if record.status.is_final() {
+            if record.status.is_final() && !was_final {
                 // A receipt that beat this response was applied just now.
                 entering.push(record.status);
                 self.emit_message(&mut rows.events, &id, record, submit.now_ms);
@@ -438,7 +515,9 @@ pub(super) struct Submits {
 struct Submitted {
     id: MessageId,
     carrier: String,
-    smsc_id: String,
+    /// One per part (one for a single SMS).
+    smsc_ids: Vec<String>,
+    segments: u16,
     attempt: Attempt,
     now_ms: u64,
     answer: oneshot::Sender<Result<Option<MessageStatus>, StoreError>>,

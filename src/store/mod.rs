@@ -508,6 +508,8 @@ mod tests {
             from: None,
             text: "hello".into(),
             deadline: now + Duration::from_secs(300),
+            encoding: None,
+            segments: 1,
         }
     }
 

@@ -481,7 +481,15 @@ mod tests {
     }
 
     fn message(now: SystemTime) -> NewMessage {
-        NewMessage { owner: "k".into(), to: "+447700900123".into(), from: None, text: "hi".into(), deadline: now + Duration::from_secs(60) }
+        NewMessage {
+            owner: "k".into(),
+            to: "+447700900123".into(),
+            from: None,
+            text: "hi".into(),
+            deadline: now + Duration::from_secs(60),
+            encoding: None,
+            segments: 1,
+        }
     }
 
     async fn schema_versions(server: &ThrowawayPostgres) -> Vec<i32> {

@@ -64,9 +64,12 @@ impl<R> Reading<R> {
     }
 }
 
-/// Which message a receipt goes to.
+/// A message an index row names: the reading that found it, the message, its part.
+type Named<R> = (Option<R>, MessageId, Option<u8>);
+
+/// Which message (and part of it) a receipt goes to.
 enum Choice {
-    Message(MessageId),
+    Message(MessageId, Option<u8>),
     /// None known (yet).
     None,
     /// More than one could be meant.
@@ -75,18 +78,21 @@ enum Choice {
 
 /// Of the messages a receipt's ids name (all present in `records`): the exact id's, else the
 /// one still waiting for its receipt if only one is (no guessing), else any when none waits.
-fn choose<R>(named: &[(Option<R>, MessageId)], records: &HashMap<MessageId, Option<MessageRecord>>) -> Choice {
-    let Some((_, first)) = named.first() else { return Choice::None };
-    if let Some((_, exact)) = named.iter().find(|(reading, _)| reading.is_none()) {
-        return Choice::Message(*exact);
+fn choose<R>(named: &[Named<R>], records: &HashMap<MessageId, Option<MessageRecord>>) -> Choice {
+    let Some(&(_, first, first_part)) = named.first() else { return Choice::None };
+    if let Some(&(_, exact, part)) = named.iter().find(|(reading, ..)| reading.is_none()) {
+        return Choice::Message(exact, part);
     }
-    let mut waiting: Vec<MessageId> =
-        named.iter().map(|(_, id)| *id).filter(|id| records.get(id).is_some_and(|r| r.as_ref().is_some_and(awaiting_receipt))).collect();
-    waiting.sort_unstable_by_key(|id| id.0);
+    let mut waiting: Vec<(MessageId, Option<u8>)> = named
+        .iter()
+        .map(|&(_, id, part)| (id, part))
+        .filter(|(id, part)| records.get(id).is_some_and(|r| r.as_ref().is_some_and(|r| takes_receipt(r, *part))))
+        .collect();
+    waiting.sort_unstable_by_key(|(id, part)| (id.0, *part));
     waiting.dedup();
     match waiting.as_slice() {
-        [] => Choice::Message(*first),
-        [only] => Choice::Message(*only),
+        [] => Choice::Message(first, first_part),
+        [(only, part)] => Choice::Message(*only, *part),
         _ => Choice::Ambiguous,
     }
 }
@@ -109,12 +115,12 @@ impl Store {
         Ok(held)
     }
 
-    /// Applies `first_held`, a receipt held for the SMSC id of a message just submitted, if
-    /// there is one, and drops its rows.
+    /// Applies `first_held`, a receipt held for the SMSC id of a message (or of one part of it)
+    /// just submitted, if there is one, and drops its rows.
     pub(super) async fn apply_held(
         &self,
         record: &mut MessageRecord,
-        id: &MessageId,
+        (id, part): (&MessageId, Option<u8>),
         carrier: &str,
         first_held: Option<(Vec<u8>, Vec<u8>)>,
         now_ms: u64,
@@ -122,7 +128,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let Some((_, value)) = first_held else { return Ok(()) };
         if let Ok(held) = serde_json::from_slice::<HeldReceipt>(&value) {
-            apply_receipt_to(record, id, &held.summary, held.final_status, now_ms, rows);
+            apply_receipt_to(record, id, part, &held.summary, held.final_status, now_ms, rows);
             for candidate in &held.candidates {
                 if let Some((key, _)) = self.first_held(carrier, candidate).await? {
                     rows.remove(key);
@@ -167,18 +173,18 @@ impl Store {
         let locked = self.locks.take(carrier, &stripes, None).await;
         let index_keys: Vec<Vec<u8>> = receipts.iter().flat_map(|r| r.ids.iter().map(|(_, k)| keys::receipt_index(carrier, k))).collect();
         let mut index = self.engine.get_many(&index_keys).await?.into_iter();
-        let mut found: Vec<Vec<(Option<R>, MessageId)>> = Vec::with_capacity(receipts.len());
+        let mut found: Vec<Vec<Named<R>>> = Vec::with_capacity(receipts.len());
         for receipt in &receipts {
             let mut named = Vec::new();
             for (reading, _) in &receipt.ids {
-                if let Some(id) = index.next().flatten().as_deref().and_then(keys::id_from) {
-                    named.push((*reading, id));
+                if let Some((id, part)) = index.next().flatten().as_deref().and_then(keys::index_target) {
+                    named.push((*reading, id, part));
                 }
             }
             found.push(named);
         }
         // Every message named, read once under its own stripe (the dispatcher may be changing it).
-        let mut named: Vec<MessageId> = found.iter().flatten().map(|(_, id)| *id).collect();
+        let mut named: Vec<MessageId> = found.iter().flatten().map(|(_, id, _)| *id).collect();
         named.sort_unstable_by_key(|id| id.0);
         named.dedup();
         let _locked = self.locks.and_messages(locked, &named).await;
@@ -190,9 +196,9 @@ impl Store {
         let (mut newly_held, mut dequeued, mut entering) = (0, 0, Vec::new());
         for (receipt, mut named) in receipts.into_iter().zip(found) {
             // Messages gone (swept, or never written) are no candidates.
-            named.retain(|(_, id)| records.get(id).is_some_and(Option::is_some));
-            let chosen = match choose(&named, &records) {
-                Choice::Message(id) => id,
+            named.retain(|(_, id, _)| records.get(id).is_some_and(Option::is_some));
+            let (chosen, part) = match choose(&named, &records) {
+                Choice::Message(id, part) => (id, part),
                 Choice::Ambiguous => {
                     outcome.push(ReceiptMatch::Ambiguous);
                     continue;
@@ -210,18 +216,18 @@ impl Store {
                 }
             };
             let Some(Some(record)) = records.get_mut(&chosen) else { continue };
-            if !awaiting_receipt(record) {
+            if !takes_receipt(record, part) {
                 outcome.push(ReceiptMatch::Late { id: chosen });
                 continue;
             }
             // The text reading under which the id matched, when only one did.
-            let reading = match named.iter().filter_map(|(r, _)| *r).collect::<Vec<R>>().as_slice() {
+            let reading = match named.iter().filter_map(|(r, ..)| *r).collect::<Vec<R>>().as_slice() {
                 [only] => Some(*only),
                 _ => None,
             };
             let change = changes.of(chosen);
             let was_queued = record.status == MessageStatus::Queued;
-            let finished = apply_receipt_to(record, &chosen, &receipt.summary, receipt.final_status, now_ms, change);
+            let finished = apply_receipt_to(record, &chosen, part, &receipt.summary, receipt.final_status, now_ms, change);
             if finished {
                 dequeued += i64::from(was_queued);
                 entering.push(record.status);
@@ -296,9 +302,12 @@ impl Store {
     /// Removes the index row of a message being deleted, if it still points there (a newer
     /// message may reuse the SMSC id).
     pub(super) async fn unindex(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
-        if let (Some(carrier), Some(smsc_id)) = (&record.carrier, &record.smsc_message_id) {
+        let Some(carrier) = &record.carrier else { return Ok(()) };
+        let single = record.smsc_message_id.iter().map(|smsc_id| (smsc_id, None));
+        let parts = record.parts.iter().map(|p| (&p.smsc_message_id, Some(p.seq)));
+        for (smsc_id, part) in single.chain(parts) {
             let index = keys::receipt_index(carrier, &crate::smsc_id::canonical(smsc_id));
-            if self.engine.get(&index).await?.as_deref() == Some(&id.0[..]) {
+            if self.engine.get(&index).await? == Some(keys::index_value(id, part)) {
                 self.engine.delete(&index).await?;
             }
         }
@@ -306,23 +315,51 @@ impl Store {
     }
 }
 
-/// Whether a message still takes a receipt: it has no final one yet.
-fn awaiting_receipt(record: &MessageRecord) -> bool {
-    !record.receipt.as_ref().is_some_and(|s| s.is_final)
+/// Whether a message (or the part of it) still takes a receipt: it has no final one yet.
+fn takes_receipt(record: &MessageRecord, part: Option<u8>) -> bool {
+    match part {
+        None => record.awaiting_receipt(),
+        Some(seq) => record.parts.iter().any(|p| p.seq == seq && !p.receipt.as_ref().is_some_and(|r| r.is_final)),
+    }
 }
 
-/// Applies a receipt to its record; returns whether this made the message final. A final
-/// receipt is the network's word: it settles a status we set ourselves (expired, failed).
+/// Applies a receipt to its record (to the part it names, for a long message); returns whether
+/// this made the message final. A final receipt is the network's word: it settles a status we
+/// set ourselves (expired, failed). A long message is delivered once every part is, and ends
+/// as the first part that ends otherwise (undeliverable, expired, rejected).
 fn apply_receipt_to(
     record: &mut MessageRecord,
     id: &MessageId,
+    part: Option<u8>,
     summary: &ReceiptSummary,
     final_status: Option<MessageStatus>,
     now_ms: u64,
     rows: &mut Change,
 ) -> bool {
-    record.receipt = Some(summary.clone());
-    let Some(status) = final_status else { return false };
+    let status = match part.and_then(|seq| record.parts.iter_mut().find(|p| p.seq == seq)) {
+        None => {
+            record.receipt = Some(summary.clone());
+            let Some(status) = final_status else { return false };
+            status
+        }
+        Some(part) => {
+            part.receipt = Some(summary.clone());
+            let Some(status) = final_status else { return false };
+            part.status = status;
+            if record.status.is_final() {
+                // Settled already (by an earlier part): this receipt adds to its part only.
+                return false;
+            }
+            let failed = record.parts.iter().find(|p| p.status.is_final() && p.status != MessageStatus::Delivered);
+            let status = match failed {
+                Some(failed) => failed.status,
+                None if record.parts.iter().all(|p| p.status == MessageStatus::Delivered) => MessageStatus::Delivered,
+                None => return false,
+            };
+            record.receipt = Some(summary.clone());
+            status
+        }
+    };
     let was_final = record.status.is_final();
     rows.add(keys::done(keys::MESSAGE_DONE, now_ms, id), []);
     // Removals run after the adds: never remove the row just added.

@@ -137,6 +137,17 @@ pub struct ReceiptSummary {
     pub is_final: bool,
 }
 
+/// One part of a long message, as the carrier took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// From 1.
+    pub seq: u8,
+    pub smsc_message_id: String,
+    /// Submitted, then the final state its own receipt gave.
+    pub status: MessageStatus,
+    pub receipt: Option<ReceiptSummary>,
+}
+
 /// The stored record of a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -169,6 +180,22 @@ pub struct MessageRecord {
     /// the real text lives only in memory until submitted.
     #[serde(default)]
     pub verification: Option<VerificationId>,
+    /// The encoding it was taken in with (chosen, or asked for: a carrier keeps it).
+    #[serde(default)]
+    pub encoding: Option<crate::sms::Encoding>,
+    /// How many SMS it takes: counted at intake, then as the carrier that took it cut it.
+    #[serde(default = "one")]
+    pub segments: u16,
+    /// A long message's parts as the carrier took them (empty for one SMS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartRecord>,
+    /// The reference of its last send in parts: the next send takes another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<u16>,
+}
+
+fn one() -> u16 {
+    1
 }
 
 /// Attempts beyond this are dropped oldest first: a message retried for an hour must not grow
@@ -196,6 +223,19 @@ impl MessageRecord {
             error: None,
             unconfirmed: 0,
             verification,
+            encoding: message.encoding,
+            segments: message.segments,
+            parts: Vec::new(),
+            reference: None,
+        }
+    }
+
+    /// Whether it still takes a receipt: for one SMS, until its final one; for a long message,
+    /// while some part has had no final one.
+    pub fn awaiting_receipt(&self) -> bool {
+        match self.parts.is_empty() {
+            true => !self.receipt.as_ref().is_some_and(|r| r.is_final),
+            false => self.parts.iter().any(|p| !p.receipt.as_ref().is_some_and(|r| r.is_final)),
         }
     }
 

@@ -17,10 +17,17 @@ impl Store {
         loop {
             let page = self.finished_by(keys::MESSAGE_DONE, cutoff(retention, now)).await?;
             for (k, id) in &page {
-                // The record's correlation stripe (its index row goes too), then its own.
-                let smsc = self.message(id).await?.and_then(|r| Some((r.carrier?, crate::smsc_id::canonical(&r.smsc_message_id?))));
+                // The record's correlation stripes (its index rows go too), then its own.
+                let smsc = self.message(id).await?.and_then(|r| {
+                    let ids =
+                        r.smsc_message_id.iter().chain(r.parts.iter().map(|p| &p.smsc_message_id)).map(|s| crate::smsc_id::canonical(s));
+                    Some((r.carrier.clone()?, ids.collect::<Vec<String>>()))
+                });
                 let _locked = match &smsc {
-                    Some((carrier, smsc_id)) => self.locks.take(carrier, &[smsc_id], Some(id)).await,
+                    Some((carrier, smsc_ids)) => {
+                        let stripes: Vec<&str> = smsc_ids.iter().map(String::as_str).collect();
+                        self.locks.take(carrier, &stripes, Some(id)).await
+                    }
                     None => self.locks.message(id).await,
                 };
                 // Index rows, then the record, then the done row: a sweep cut short finds the
@@ -43,9 +50,27 @@ impl Store {
             tokio::task::yield_now().await;
         }
         self.sweep_idempotency(now).await?;
+        self.sweep_references(now).await?;
         self.sweep_dead_events(retention, now).await?;
         let unmatched = self.drop_stale_held(now).await?;
         Ok((deleted, unmatched))
+    }
+
+    /// Forgets the long-message references of numbers that got none for a day: a handset
+    /// joins parts within minutes, so a reference may come round again after that.
+    async fn sweep_references(&self, now: SystemTime) -> Result<(), StoreError> {
+        const KEPT: Duration = Duration::from_secs(24 * 3600);
+        let stale_before = cutoff(KEPT, now);
+        let mut pages = self.engine.pages(&[keys::REFERENCE]);
+        while let Some(rows) = pages.next().await? {
+            for (k, v) in rows {
+                let at_ms = v.get(2..10).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+                if at_ms < stale_before {
+                    self.engine.delete(&k).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Up to a page of the rows of a "finished at" index done at or before `cutoff_ms`, oldest

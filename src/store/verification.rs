@@ -314,8 +314,15 @@ mod tests {
 
     fn send(store: &Store, to: &str, now: SystemTime) -> VerificationSend {
         let ms = crate::store::record::to_ms(now);
-        let message =
-            NewMessage { owner: "key".into(), to: to.into(), from: None, text: "code".into(), deadline: now + Duration::from_secs(300) };
+        let message = NewMessage {
+            owner: "key".into(),
+            to: to.into(),
+            from: None,
+            text: "code".into(),
+            deadline: now + Duration::from_secs(300),
+            encoding: None,
+            segments: 1,
+        };
         let record = VerificationRecord {
             owner: "key".into(),
             to: to.into(),

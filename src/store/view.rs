@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::record::{MessageId, MessageRecord, VerificationId, rfc3339, to_ms};
+use super::record::{MessageId, MessageRecord, ReceiptSummary, VerificationId, rfc3339, to_ms};
 use super::verification::{VerificationRecord, VerificationStatus};
 
 /// The fields every view of a verification shares.
@@ -77,7 +77,7 @@ impl Delivery {
             message_id,
             status: message.map(|m| m.status.as_str()),
             carrier: message.and_then(|m| m.carrier.clone()),
-            receipt: message.and_then(|m| m.receipt.as_ref()).map(|r| Receipt { stat: r.stat.clone(), err: r.err.clone() }),
+            receipt: message.and_then(|m| m.receipt.as_ref()).map(receipt),
         }
     }
 }
@@ -103,6 +103,25 @@ pub struct Message<'a> {
     pub error: Option<&'a str>,
     pub attempts: usize,
     pub session: Option<&'a str>,
+    /// How many SMS it takes (what the carrier bills), and in which alphabet.
+    pub segments: u16,
+    pub encoding: Option<&'static str>,
+    /// A long message's parts as the carrier took them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part<'a>>,
+}
+
+/// One part of a long message.
+#[derive(Debug, Serialize)]
+pub struct Part<'a> {
+    pub seq: u8,
+    pub smsc_message_id: &'a str,
+    pub status: &'static str,
+    pub receipt: Option<Receipt>,
+}
+
+fn receipt(r: &ReceiptSummary) -> Receipt {
+    Receipt { stat: r.stat.clone(), err: r.err.clone() }
 }
 
 /// [`Message`] of the record `r`.
@@ -117,9 +136,21 @@ pub fn message<'a>(id: &MessageId, r: &'a MessageRecord) -> Message<'a> {
         submitted_at: r.submitted_ms.map(rfc3339),
         done_at: r.done_ms.map(rfc3339),
         expires_at: rfc3339(r.deadline_ms),
-        receipt: r.receipt.as_ref().map(|rc| Receipt { stat: rc.stat.clone(), err: rc.err.clone() }),
+        receipt: r.receipt.as_ref().map(receipt),
         error: r.error.as_deref(),
         attempts: r.attempts.len(),
         session: r.attempts.last().and_then(|a| a.session.as_deref()),
+        segments: r.segments,
+        encoding: r.encoding.map(crate::sms::Encoding::name),
+        parts: r
+            .parts
+            .iter()
+            .map(|p| Part {
+                seq: p.seq,
+                smsc_message_id: &p.smsc_message_id,
+                status: p.status.as_str(),
+                receipt: p.receipt.as_ref().map(receipt),
+            })
+            .collect(),
     }
 }

@@ -59,7 +59,7 @@ pub async fn start_bound(config: CarrierConfig) -> Running {
 }
 
 pub fn sms(text: &str) -> OutboundSms {
-    OutboundSms { to: "+447700900123".into(), from: None, text: text.into(), deadline: None }
+    OutboundSms::new("+447700900123", text.into(), None)
 }
 
 /// One sample of `fixtures/dlr-samples.txt` with its line of `fixtures/dlr-expected.txt`.

@@ -179,6 +179,61 @@ enum RequestError {
 type Transport = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 type FramedSmpp = Framed<Transport, FrameCodec>;
 
+/// A request queued to be written, its response still to come.
+struct Sent {
+    sequence: u32,
+    answer: oneshot::Receiver<Answer>,
+}
+
+impl Sent {
+    /// Waits up to `response_timeout` for the response.
+    async fn answer(self, inner: &Inner) -> Result<Answer, RequestError> {
+        match timeout(inner.response_timeout, self.answer).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(RequestError::Closed),
+            Err(_) => {
+                lock(&inner.pending).remove(&self.sequence);
+                Err(RequestError::Timeout)
+            }
+        }
+    }
+}
+
+/// A submit_sm on its way, holding its window slot; [`PendingSubmit::verdict`] waits for the
+/// SMSC's answer.
+pub struct PendingSubmit {
+    inner: Arc<Inner>,
+    request: Sent,
+    permit: OwnedSemaphorePermit,
+}
+
+impl PendingSubmit {
+    /// The SMSC's verdict (within `response_timeout`), with the window slot.
+    pub async fn verdict(self) -> (SubmitOutcome, Option<OwnedSemaphorePermit>) {
+        let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
+        let outcome = match self.request.answer(&self.inner).await {
+            Ok(answer) => {
+                if answer.undecodable {
+                    // Accepted or not, nobody can tell: a carrier fault, and a possible duplicate.
+                    not_submitted(NotSubmitted::Undecodable)
+                } else if answer.id == CommandId::GenericNack {
+                    // The SMSC could not read our PDU: not this message's fault, nor final.
+                    not_submitted(NotSubmitted::Smsc(answer.status))
+                } else {
+                    SubmitOutcome::from_status(answer.status, answer.message_id)
+                }
+            }
+            Err(RequestError::Timeout) => {
+                self.inner.close(CloseReason::ResponseTimeout);
+                not_submitted(NotSubmitted::ResponseTimeout)
+            }
+            Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
+            Err(RequestError::NotSent) => not_submitted(NotSubmitted::NoSession),
+        };
+        (outcome, Some(self.permit))
+    }
+}
+
 /// What a response said, as far as the request waiting on it cares.
 #[derive(Debug)]
 struct Answer {
@@ -315,44 +370,38 @@ impl Session {
     /// waiting for a free window slot comes first and is not bounded here). Returns the window
     /// slot it took, if it took one: the caller frees it by dropping it (see `carrier::WindowSlot`).
     pub async fn submit(&self, pdu: SubmitSm) -> (SubmitOutcome, Option<OwnedSemaphorePermit>) {
+        match self.send_submit(pdu).await {
+            Ok(sent) => sent.verdict().await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Queues a submit_sm to be written once it has a window slot, without waiting for its
+    /// answer: the parts of a long message go out in order this way, one after the other. The
+    /// error is the verdict on a submit that never went out.
+    pub async fn send_submit(&self, pdu: SubmitSm) -> Result<PendingSubmit, (SubmitOutcome, Option<OwnedSemaphorePermit>)> {
         let inner = &self.inner;
         let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
         if !inner.mode.can_submit() || inner.draining.load(Ordering::Acquire) {
-            return (not_submitted(NotSubmitted::NoSession), None);
+            return Err((not_submitted(NotSubmitted::NoSession), None));
         }
         let permit = tokio::select! {
             permit = inner.window.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => return (not_submitted(NotSubmitted::NoSession), None),
+                Err(_) => return Err((not_submitted(NotSubmitted::NoSession), None)),
             },
-            _ = inner.closed.cancelled() => return (not_submitted(NotSubmitted::NoSession), None),
+            _ = inner.closed.cancelled() => return Err((not_submitted(NotSubmitted::NoSession), None)),
         };
         if inner.draining.load(Ordering::Acquire) {
-            return (not_submitted(NotSubmitted::NoSession), None);
+            return Err((not_submitted(NotSubmitted::NoSession), None));
         }
         if !inner.gate.allows() {
-            return (not_submitted(NotSubmitted::Fenced), None);
+            return Err((not_submitted(NotSubmitted::Fenced), None));
         }
-        let outcome = match inner.request(Pdu::SubmitSm(pdu)).await {
-            Ok(answer) => {
-                if answer.undecodable {
-                    // Accepted or not, nobody can tell: a carrier fault, and a possible duplicate.
-                    not_submitted(NotSubmitted::Undecodable)
-                } else if answer.id == CommandId::GenericNack {
-                    // The SMSC could not read our PDU: not this message's fault, nor final.
-                    not_submitted(NotSubmitted::Smsc(answer.status))
-                } else {
-                    SubmitOutcome::from_status(answer.status, answer.message_id)
-                }
-            }
-            Err(RequestError::Timeout) => {
-                inner.close(CloseReason::ResponseTimeout);
-                not_submitted(NotSubmitted::ResponseTimeout)
-            }
-            Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
-            Err(RequestError::NotSent) => not_submitted(NotSubmitted::NoSession),
-        };
-        (outcome, Some(permit))
+        match inner.send(Pdu::SubmitSm(pdu)).await {
+            Ok(request) => Ok(PendingSubmit { inner: self.inner.clone(), request, permit }),
+            Err(_) => Err((not_submitted(NotSubmitted::NoSession), Some(permit))),
+        }
     }
 
     /// How long the oldest request still unanswered has waited: a session that has stopped
@@ -406,6 +455,11 @@ impl Inner {
 
     /// Sends a request and waits up to `response_timeout` for its response.
     async fn request(&self, pdu: Pdu) -> Result<Answer, RequestError> {
+        self.send(pdu).await?.answer(self).await
+    }
+
+    /// Queues a request to be written; its answer is awaited with [`Sent::answer`].
+    async fn send(&self, pdu: Pdu) -> Result<Sent, RequestError> {
         let (tx, rx) = oneshot::channel();
         let sequence = {
             let mut pending = lock(&self.pending);
@@ -425,14 +479,7 @@ impl Inner {
             lock(&self.pending).remove(&sequence);
             return Err(RequestError::NotSent);
         }
-        match timeout(self.response_timeout, rx).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(RequestError::Closed),
-            Err(_) => {
-                lock(&self.pending).remove(&sequence);
-                Err(RequestError::Timeout)
-            }
-        }
+        Ok(Sent { sequence, answer: rx })
     }
 
     /// Closes the session once; later calls keep the first reason.
