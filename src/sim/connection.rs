@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::smpp::message::c_octet;
 
-use super::{Behaviour, BindAttempt, Outgoing, ReceivedSms, State, lock};
+use super::{Behaviour, BindAttempt, Outgoing, ReceivedSms, State, lock, parts};
 
 pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     loop {
@@ -265,11 +265,15 @@ impl Connection {
     }
 
     fn submit(&self, seen: u64, sequence: u32, sm: &SubmitSm) {
+        let (part, octets) = parts::read(sm);
         let mut forced = self.state.submit_status.load(Ordering::SeqCst);
         let every = self.state.status_every.load(Ordering::SeqCst).max(1);
+        let failed_part = part.and_then(|p| lock(&self.state.fail_part).filter(|(seq, _)| *seq == p.seq));
         // Message-type bits (§5.2.12) have no place in a submit_sm: a strict SMSC refuses it.
         if u8::from(sm.esm_class) & 0x3C != 0 {
             forced = u32::from(CommandStatus::EsmeRinvesmclass);
+        } else if let Some((_, status)) = failed_part {
+            forced = u32::from(status);
         } else if self.over_rate() {
             forced = u32::from(CommandStatus::EsmeRthrottled);
         } else if seen % every != 0 {
@@ -295,16 +299,28 @@ impl Connection {
             message_id: message_id.clone(),
             from: sm.source_addr.as_str().to_string(),
             to: sm.destination_addr.as_str().to_string(),
-            text: crate::sms::decode(u8::from(sm.data_coding), sm.short_message()),
+            text: crate::sms::decode(u8::from(sm.data_coding), &octets),
             data_coding: u8::from(sm.data_coding),
             esm_class: u8::from(sm.esm_class),
             validity_period: sm.validity_period.as_str().to_string(),
+            part,
         };
-        let _ = self.state.printed.send(received.clone());
+        // A long message is printed once, whole, when its last part is in.
+        let joined = part.and_then(|p| lock(&self.state.joiner).add(&received.to, p, received.text.clone(), message_id.clone()));
+        match (&joined, part) {
+            (Some(joined), _) => {
+                let whole =
+                    ReceivedSms { text: joined.text.clone(), message_id: joined.message_ids.join(","), part: None, ..received.clone() };
+                let _ = self.state.printed.send(whole);
+            }
+            (None, None) => drop(self.state.printed.send(received.clone())),
+            (None, Some(_)) => {}
+        }
         self.state.update(|s| {
             s.outstanding += 1;
             s.max_outstanding = s.max_outstanding.max(s.outstanding);
             s.submits.push(received);
+            s.joined.extend(joined);
         });
         let wants_receipt = u8::from(sm.registered_delivery) & 0x03 != 0;
         let state = self.state.clone();
@@ -322,6 +338,31 @@ impl Connection {
         }
         let response = Command::new(CommandStatus::EsmeRok, sequence, SubmitSmResp::new(c_octet(&message_id), Vec::new()));
         let receipt = (wants_receipt && state.config.receipts).then(|| receipt(&message_id, number, sm, state.config.receipt_stat));
+        if let Some(p) = part.filter(|_| state.reverse_parts.load(Ordering::SeqCst)) {
+            // Held until the message's last part is in, then answered last part first.
+            let key = (sm.destination_addr.as_str().to_string(), p.reference);
+            let mut held = lock(&state.held_parts);
+            let answers = held.entry(key.clone()).or_default();
+            answers.push((response, receipt));
+            if answers.len() < usize::from(p.total) {
+                return;
+            }
+            let answers = held.remove(&key).unwrap_or_default();
+            drop(held);
+            tokio::spawn(async move {
+                let mut receipts = Vec::new();
+                for (response, receipt) in answers.into_iter().rev() {
+                    state.update(|s| s.outstanding = s.outstanding.saturating_sub(1));
+                    let _ = outgoing.send(Outgoing::Response(response));
+                    receipts.extend(receipt);
+                }
+                tokio::time::sleep(state.config.receipt_delay).await;
+                for receipt in receipts {
+                    state.deliver(receipt);
+                }
+            });
+            return;
+        }
         tokio::spawn(async move {
             let receipt_first = state.config.receipt_first;
             if receipt_first {

@@ -13,6 +13,9 @@
 pub mod accounting;
 mod connection;
 pub mod fuzz;
+mod parts;
+
+pub use parts::{JoinedSms, PartOf};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -102,6 +105,8 @@ pub struct ReceivedSms {
     pub data_coding: u8,
     pub esm_class: u8,
     pub validity_period: String,
+    /// Which part of a long message it is.
+    pub part: Option<PartOf>,
 }
 
 /// What the simulator has seen so far.
@@ -129,6 +134,8 @@ pub struct SimStats {
     pub tls_failures: u64,
     /// The TLS version the last TLS client negotiated ("TLSv1_3").
     pub tls_protocol: Option<String>,
+    /// Long messages joined from their parts.
+    pub joined: Vec<JoinedSms>,
 }
 
 enum Outgoing {
@@ -172,7 +179,18 @@ struct State {
     printed: broadcast::Sender<ReceivedSms>,
     /// Cancelled to drop every current connection (the listener stays).
     connections: Mutex<CancellationToken>,
+    /// Parts of long messages waiting for the rest.
+    joiner: Mutex<parts::Joiner>,
+    /// Answer part n of every long message with this status.
+    fail_part: Mutex<Option<(u8, CommandStatus)>>,
+    /// Hold the answers (and receipts) to a long message's parts until its last part is in,
+    /// then send them last part first.
+    reverse_parts: std::sync::atomic::AtomicBool,
+    held_parts: Mutex<std::collections::HashMap<(String, u16), HeldAnswers>>,
 }
+
+/// Answers held for a long message's parts: each submit_sm_resp with its receipt.
+type HeldAnswers = Vec<(Command, Option<Pdu>)>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -216,6 +234,10 @@ impl SmscSim {
             queued_receipts: Mutex::new(VecDeque::new()),
             printed: broadcast::channel(1 << 16).0,
             connections: Mutex::new(CancellationToken::new()),
+            joiner: Mutex::default(),
+            fail_part: Mutex::new(None),
+            reverse_parts: std::sync::atomic::AtomicBool::new(false),
+            held_parts: Mutex::default(),
         });
         let shutdown = CancellationToken::new();
         tokio::spawn(connection::accept_loop(listener, state.clone(), shutdown.clone()));
@@ -293,7 +315,19 @@ impl SmscSim {
         self.state.garbled_responses.store(on, Ordering::SeqCst);
     }
 
-    /// Every accepted submit, as it arrives (for printing).
+    /// Answers part `seq` of every long message with `status` (or none again with `None`).
+    pub fn set_fail_part(&self, part: Option<(u8, CommandStatus)>) {
+        *lock(&self.state.fail_part) = part;
+    }
+
+    /// Holds the answers and receipts of a long message's parts until its last part is in, then
+    /// sends them in reverse order.
+    pub fn set_reverse_parts(&self, on: bool) {
+        self.state.reverse_parts.store(on, Ordering::SeqCst);
+    }
+
+    /// Every accepted submit (a long message once, when all its parts are in), as it arrives
+    /// (for printing).
     pub fn subscribe(&self) -> broadcast::Receiver<ReceivedSms> {
         self.state.printed.subscribe()
     }

@@ -71,6 +71,11 @@ const server = smpp.createServer(serverOptions, (session) => {
       data_coding: pdu.data_coding,
       sm_default_msg_id: pdu.sm_default_msg_id,
       text: String(message),
+      // Long messages: the user data header's elements as node-smpp split them, the SAR TLVs,
+      // or the whole text in message_payload.
+      udh: pdu.short_message && pdu.short_message.udh ? pdu.short_message.udh.map((ie) => Array.from(ie)) : null,
+      sar: pdu.sar_msg_ref_num === undefined ? null : [pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum],
+      payload: pdu.message_payload === undefined ? null : String(pdu.message_payload.message !== undefined ? pdu.message_payload.message : pdu.message_payload),
     };
     if (options.throttle_every > 0 && submits % options.throttle_every === 0) {
       emit(Object.assign(fields, { status: 0x58 }));
