@@ -118,6 +118,10 @@ struct BenchArgs {
     /// the intake, SMPP over TLS to the carriers), each on a fresh daemon.
     #[arg(long, conflicts_with = "webhook")]
     tls: bool,
+    /// Only compare the closed loop with one-SMS messages and with three-part ones (messages/s
+    /// and parts/s), on the same daemon.
+    #[arg(long, conflicts_with_all = ["webhook", "tls"])]
+    long: bool,
 }
 
 impl BenchArgs {
@@ -138,6 +142,7 @@ impl BenchArgs {
             store,
             webhook: self.webhook,
             tls: self.tls,
+            long: self.long,
         }
     }
 }

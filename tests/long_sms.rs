@@ -286,3 +286,16 @@ async fn an_otp_in_a_ucs2_locale_may_take_two_sms_with_the_autofill_line_last() 
         client.request("POST", &format!("/v1/verifications/{id}/check"), &headers, Some(&json!({"code": code}).to_string())).await.unwrap();
     assert_eq!(check.json()["status"], "approved", "{}", check.body);
 }
+
+#[test]
+fn bench_long_reports_messages_and_parts_per_second() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["bench", "--long", "--messages", "300", "--concurrency", "8"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| closed loop of 300 (concurrency 8): messages end to end / s, one SMS / three parts |"), "{stdout}");
+    assert!(stdout.contains("(900 parts) |"), "every part accepted: {stdout}");
+}

@@ -8,7 +8,7 @@
 //! with an accounting line and fails (exit 1) if any acknowledged message was lost. With
 //! `--webhook` it runs only the comparison in `webhook.rs`: the closed loop without a webhook
 //! endpoint and with one; with `--tls` only the one in `tls.rs`: plain links, then every link
-//! encrypted.
+//! encrypted; with `--long` only one-SMS messages against three-part ones.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -109,6 +109,8 @@ pub struct BenchOptions {
     pub webhook: bool,
     /// Only the TLS comparison: the closed loop over plain links, then over encrypted ones.
     pub tls: bool,
+    /// Only the long-message run: the closed loop with one-SMS messages, then three-part ones.
+    pub long: bool,
 }
 
 /// The store the daemon runs on.
@@ -278,6 +280,14 @@ async fn exported(metrics: SocketAddr, sample: &str) -> bool {
     reply.body.lines().any(|l| l.starts_with(&format!("{sample} ")))
 }
 
+/// The sum of every series of the metric `name` (all its labels) on the daemon's /metrics.
+async fn summed(metrics: SocketAddr, name: &str) -> f64 {
+    let Ok(mut client) = Client::connect(metrics).await else { return 0.0 };
+    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0.0 };
+    let series = format!("{name}{{");
+    reply.body.lines().filter(|l| l.starts_with(&series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 /// One sample (by its full name with labels) from the daemon's /metrics.
 async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
     let Ok(mut client) = Client::connect(metrics).await else { return 0 };
@@ -432,6 +442,37 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         let _ = std::fs::remove_dir_all(&work);
         if c.tls.accepted < options.messages || c.plain.accepted < options.messages {
             return Err(BenchError::Lost(format!("only {} / {} of {} accepted", c.plain.accepted, c.tls.accepted, options.messages)));
+        }
+        return Ok(());
+    }
+
+    if options.long {
+        // The same daemon and load, one SMS per message, then three parts (UDH, 8-bit reference).
+        let single = phase(http.into(), metrics, pid, options.messages, options.concurrency, "single").await;
+        let parts_before = summed(metrics, telemetry::SEGMENTS_TOTAL).await;
+        let long_text = format!("long {}", "x".repeat(440));
+        let long = phase(http.into(), metrics, pid, options.messages, options.concurrency, &long_text).await;
+        let parts = summed(metrics, telemetry::SEGMENTS_TOTAL).await - parts_before;
+        let seconds = long.accepted as f64 / long.rate.max(f64::MIN_POSITIVE);
+        row(
+            &format!(
+                "closed loop of {} (concurrency {}): messages end to end / s, one SMS / three parts",
+                options.messages, options.concurrency
+            ),
+            format!("{:.0} / {:.0}", single.rate, long.rate),
+        );
+        row(
+            "three-part loop: parts (submit_sm) accepted / s, each with its receipt matched",
+            format!("{:.0} ({parts:.0} parts)", parts / seconds),
+        );
+        row(
+            "CPU ms per message (otpgate process), one SMS / three parts",
+            format!("{:.3} / {:.3}", single.cpu_ms_per_message, long.cpu_ms_per_message),
+        );
+        stop(child);
+        let _ = std::fs::remove_dir_all(&work);
+        if long.accepted < options.messages || parts < 3.0 * long.accepted as f64 {
+            return Err(BenchError::Lost(format!("{} of {} accepted, {parts} parts", long.accepted, options.messages)));
         }
         return Ok(());
     }

@@ -361,6 +361,12 @@ impl Config {
                 c.source_addr,
                 c.source_kind(),
             );
+            let alphabet = match c.default_alphabet {
+                crate::sms::DefaultAlphabet::Gsm7 => "",
+                crate::sms::DefaultAlphabet::Latin1 => "  data_coding 0 read as Latin-1",
+                crate::sms::DefaultAlphabet::Ascii => "  data_coding 0 read as ASCII",
+            };
+            let _ = writeln!(out, "  {:<12} long SMS: {}{alphabet}", "", c.long_sms.name());
             let _ = writeln!(
                 out,
                 "  {:<12} timers: enquire_link {}  response {}  reconnect {}..{}",
