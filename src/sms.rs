@@ -215,6 +215,51 @@ fn utf16(text: &str) -> Text {
     encoded
 }
 
+/// Packs GSM septets eight to seven octets (3GPP TS 23.038 §6.1.2.1.1), after `fill` zero bits
+/// (what puts the first septet on a septet boundary after a user data header). Seven spare bits
+/// at the end hold CR, not '@' (§6.1.2.3.1), and a text that ends in CR exactly on an octet
+/// boundary gets a second CR, so the receiver can tell the two apart.
+pub fn pack(septets: &[u8], fill: u8) -> Vec<u8> {
+    const CR: u32 = 0x0D;
+    let mut out = Vec::with_capacity((septets.len() * 7 + usize::from(fill)).div_ceil(8) + 1);
+    let (mut bits, mut held) = (0u32, u32::from(fill));
+    let ends_in_cr = septets.last() == Some(&(CR as u8));
+    for &septet in septets {
+        bits |= u32::from(septet & 0x7F) << held;
+        held += 7;
+        while held >= 8 {
+            out.push(bits as u8);
+            (bits, held) = (bits >> 8, held - 8);
+        }
+    }
+    match held {
+        0 if ends_in_cr => out.push(CR as u8),
+        0 => {}
+        // Seven bits to spare: a CR there is padding.
+        1 => out.push((bits | CR << 1) as u8),
+        _ => out.push(bits as u8),
+    }
+    out
+}
+
+/// The septets of packed GSM (see [`pack`]), the padding CR left out.
+pub fn unpack(octets: &[u8], fill: u8) -> Vec<u8> {
+    let total = (octets.len() * 8).saturating_sub(usize::from(fill));
+    let mut septets: Vec<u8> = (0..total / 7)
+        .map(|i| {
+            let bit = usize::from(fill) + i * 7;
+            let pair = u16::from(octets[bit / 8]) | u16::from(*octets.get(bit / 8 + 1).unwrap_or(&0)) << 8;
+            (pair >> (bit % 8)) as u8 & 0x7F
+        })
+        .collect();
+    // A CR in seven bits that end the octets exactly was padding (a text that truly ends in CR
+    // there was given a second CR and a padding bit, so it never ends exactly).
+    if total % 7 == 0 && septets.last() == Some(&0x0D) {
+        septets.pop();
+    }
+    septets
+}
+
 /// A text read back from its octets (the simulator's side, and the tests').
 pub fn decode(data_coding: u8, octets: &[u8]) -> String {
     match data_coding {
@@ -288,6 +333,30 @@ mod tests {
         let ascii = Text::encode_for(&format!("{}{{{}", "x".repeat(152), "x".repeat(10)), None, DefaultAlphabet::Ascii).unwrap();
         assert_eq!(ascii.parts(Header::Reference8).iter().map(|p| p.len()).collect::<Vec<_>>(), [152, 11]);
         assert_eq!(Text::encode_for("é", None, DefaultAlphabet::Ascii).unwrap().encoding(), Encoding::Ucs2);
+    }
+
+    #[test]
+    fn packing_follows_23_038() {
+        let hello = Text::encode("hellohello", None).unwrap();
+        assert_eq!(pack(hello.octets(), 0), [0xE8, 0x32, 0x9B, 0xFD, 0x46, 0x97, 0xD9, 0xEC, 0x37]);
+        // Seven septets leave seven spare bits: CR, never an '@'.
+        let seven = pack(&[0x31; 7], 0);
+        assert_eq!((seven.len(), seven[6] >> 1), (7, 0x0D));
+        assert_eq!(unpack(&seven, 0), [0x31; 7]);
+        // After a 6-octet header one fill bit puts the first septet on a boundary.
+        assert_eq!(unpack(&pack(b"\x31\x32", 1), 1), [0x31, 0x32]);
+    }
+
+    proptest! {
+        #[test]
+        fn packed_septets_unpack_to_themselves(septets in prop::collection::vec(0u8..0x80, 0..170), fill in 0u8..7) {
+            let mut expected = septets.clone();
+            // A final CR on an octet boundary reads as CR CR, which shows the same (§6.1.2.3.1).
+            if septets.last() == Some(&0x0D) && (usize::from(fill) + 7 * septets.len()) % 8 == 0 {
+                expected.push(0x0D);
+            }
+            prop_assert_eq!(unpack(&pack(&septets, fill), fill), expected);
+        }
     }
 
     /// Characters from every corner: GSM basic, extension, Latin, Cyrillic, CJK, emoji.

@@ -309,3 +309,20 @@ fn bench_long_reports_messages_and_parts_per_second() {
     assert!(stdout.contains("| closed loop of 300 (concurrency 8): messages end to end / s, one SMS / three parts |"), "{stdout}");
     assert!(stdout.contains("(900 parts) |"), "every part accepted: {stdout}");
 }
+
+#[tokio::test]
+async fn gsm7_packed_for_an_smsc_that_wants_it_reads_back_whole() {
+    let sim = sim(SimConfig { gsm7_packed: true, ..SimConfig::default() }).await;
+    let (_gw, mut client) = Gateway::bound(&[sim.addr()], "gsm7_packed = true").await;
+    let text = gsm_text();
+    let long = send(&mut client, "+447700900014", &text).await;
+    let short = send(&mut client, "+447700900015", "1234567 @ the end").await;
+    for created in [&long, &short] {
+        wait_status(&mut client, created["id"].as_str().unwrap(), "delivered", Duration::from_secs(10)).await;
+    }
+    assert_eq!(sim.with_stats(|s| s.joined[0].text.clone()), text);
+    let single = submits_to(&sim, "447700900015");
+    assert_eq!(single[0].text, "1234567 @ the end", "no '@' from the padding bits");
+    // 443 septets packed: each part at most 140 octets with its header.
+    assert!(submits_to(&sim, "447700900014").iter().all(|s| s.text.chars().count() <= 153));
+}

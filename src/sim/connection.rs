@@ -265,7 +265,11 @@ impl Connection {
     }
 
     fn submit(&self, seen: u64, sequence: u32, sm: &SubmitSm) {
-        let (part, octets) = parts::read(sm);
+        let (part, octets, header) = parts::read(sm);
+        let octets = match self.state.config.gsm7_packed && u8::from(sm.data_coding) == 0 {
+            true => crate::sms::unpack(&octets, ((7 - header * 8 % 7) % 7) as u8),
+            false => octets,
+        };
         let mut forced = self.state.submit_status.load(Ordering::SeqCst);
         let every = self.state.status_every.load(Ordering::SeqCst).max(1);
         let failed_part = part.and_then(|p| lock(&self.state.fail_part).filter(|(seq, _)| *seq == p.seq));

@@ -52,6 +52,8 @@ pub struct SimConfig {
     pub random_ids: bool,
     /// Serve SMPP over TLS (and, when it was built with a client CA, require client certificates).
     pub tls: Option<crate::tls::ServerTls>,
+    /// Read GSM 03.38 (data_coding 0) packed, eight septets to seven octets.
+    pub gsm7_packed: bool,
 }
 
 impl Default for SimConfig {
@@ -67,6 +69,7 @@ impl Default for SimConfig {
             receipt_stat: "DELIVRD",
             random_ids: false,
             tls: None,
+            gsm7_packed: false,
         }
     }
 }

@@ -28,15 +28,15 @@ pub struct JoinedSms {
     pub message_ids: Vec<String>,
 }
 
-/// The part a submit_sm is, if it is one, and the octets of its text (the header left out; the
-/// whole text when it came in message_payload).
-pub(super) fn read(sm: &SubmitSm) -> (Option<PartOf>, Vec<u8>) {
+/// The part a submit_sm is, if it is one, the octets of its text (the header left out; the
+/// whole text when it came in message_payload), and the header's length in octets (0: none).
+pub(super) fn read(sm: &SubmitSm) -> (Option<PartOf>, Vec<u8>, usize) {
     let short = sm.short_message();
     if u8::from(sm.esm_class) & UDHI != 0 {
         let header_length = usize::from(short.first().copied().unwrap_or(0));
         let header = short.get(1..1 + header_length).unwrap_or_default();
         let text = short.get(1 + header_length..).unwrap_or_default().to_vec();
-        return (concatenation_ie(header), text);
+        return (concatenation_ie(header), text, 1 + header_length);
     }
     let (mut reference, mut total, mut seq, mut payload) = (None, None, None, None);
     for tlv in sm.tlvs() {
@@ -52,7 +52,7 @@ pub(super) fn read(sm: &SubmitSm) -> (Option<PartOf>, Vec<u8>) {
         (Some(reference), Some(total), Some(seq)) => Some(PartOf { reference, total, seq }),
         _ => None,
     };
-    (part, payload.unwrap_or_else(|| short.to_vec()))
+    (part, payload.unwrap_or_else(|| short.to_vec()), 0)
 }
 
 /// The concatenation information element of a user data header (IE 0x00: 8-bit reference,

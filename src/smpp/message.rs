@@ -133,11 +133,18 @@ impl OutboundSms {
             return Err(MessageError::TooLong(parts.len()));
         }
         let octets = |bytes: Vec<u8>| OctetString::from_vec(bytes).map_err(|_| MessageError::TooLong(parts.len()));
+        // Septets packed when the carrier wants them so, after the fill bits that put the first
+        // one on a septet boundary past a header of `header` octets.
+        let packed = carrier.gsm7_packed && text.encoding() == Encoding::Gsm7;
+        let wire = |septets: &[u8], header: usize| match packed {
+            true => crate::sms::pack(septets, ((7 - header * 8 % 7) % 7) as u8),
+            false => septets.to_vec(),
+        };
         if parts.len() == 1 {
-            return Ok(vec![base.short_message(octets(text.octets().to_vec())?).build()]);
+            return Ok(vec![base.short_message(octets(wire(text.octets(), 0))?).build()]);
         }
         if carrier.long_sms == LongSms::Payload {
-            let payload = MessagePayload::new(AnyOctetString::from_vec(text.octets().to_vec()));
+            let payload = MessagePayload::new(AnyOctetString::from_vec(wire(text.octets(), 0)));
             return Ok(vec![base.short_message(OctetString::empty()).push_tlv(Tlv::MessagePayload(payload)).build()]);
         }
         let (total, reference) = (parts.len() as u8, self.reference);
@@ -148,15 +155,17 @@ impl OutboundSms {
             let pdu = match carrier.long_sms {
                 LongSms::Udh | LongSms::Payload => {
                     let udh = [0x05, 0x00, 0x03, low, total, seq];
-                    base.clone().esm_class(EsmClass::from(WITH_UDH)).short_message(octets([&udh[..], part].concat())?).build()
+                    let user_data = [&udh[..], &wire(part, udh.len())].concat();
+                    base.clone().esm_class(EsmClass::from(WITH_UDH)).short_message(octets(user_data)?).build()
                 }
                 LongSms::Udh16 => {
                     let udh = [0x06, 0x08, 0x04, high, low, total, seq];
-                    base.clone().esm_class(EsmClass::from(WITH_UDH)).short_message(octets([&udh[..], part].concat())?).build()
+                    let user_data = [&udh[..], &wire(part, udh.len())].concat();
+                    base.clone().esm_class(EsmClass::from(WITH_UDH)).short_message(octets(user_data)?).build()
                 }
                 LongSms::Sar => base
                     .clone()
-                    .short_message(octets(part.to_vec())?)
+                    .short_message(octets(wire(part, 0))?)
                     .push_tlv(Tlv::SarMsgRefNum(reference))
                     .push_tlv(Tlv::SarTotalSegments(total))
                     .push_tlv(Tlv::SarSegmentSeqnum(seq))

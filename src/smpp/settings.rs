@@ -107,6 +107,10 @@ pub struct CarrierConfig {
     /// How this SMSC reads data_coding 0.
     #[serde(default)]
     pub default_alphabet: crate::sms::DefaultAlphabet,
+    /// GSM 03.38 packed eight septets to seven octets, for an SMSC that wants it so (most take
+    /// one septet per octet).
+    #[serde(default)]
+    pub gsm7_packed: bool,
     /// SMPP over TLS 1.2/1.3: the SMSC's chain and name are always verified, and a failed
     /// handshake is a failed bind (never a fallback to plain TCP).
     #[serde(default)]
@@ -269,6 +273,9 @@ impl CarrierConfig {
         }
         if let Err(e) = super::address::Address::source(&self.source_addr) {
             return Some(("source_addr", e.to_string()));
+        }
+        if self.gsm7_packed && self.default_alphabet != crate::sms::DefaultAlphabet::Gsm7 {
+            return Some(("gsm7_packed", "packs GSM 03.38 septets: it needs default_alphabet = \"gsm7\"".into()));
         }
         self.tls_problem()
     }
