@@ -326,3 +326,27 @@ async fn gsm7_packed_for_an_smsc_that_wants_it_reads_back_whole() {
     // 443 septets packed: each part at most 140 octets with its header.
     assert!(submits_to(&sim, "447700900014").iter().all(|s| s.text.chars().count() <= 153));
 }
+
+#[tokio::test]
+async fn long_messages_share_a_small_window_without_deadlock_and_fit_one_smaller_than_themselves() {
+    // Window 4: three-part messages each take their three slots at once, never two of them
+    // holding part of the window each.
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(20), ..SimConfig::default() }).await;
+    let (_gw, mut client) = Gateway::bound(&[sim.addr()], "window = 4").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(send(&mut client, &format!("+4477009001{i:02}"), &gsm_text()).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        wait_status(&mut client, id, "delivered", Duration::from_secs(10)).await;
+    }
+    assert!(sim.with_stats(|s| s.max_outstanding) <= 4);
+    assert_eq!(sim.with_stats(|s| s.joined.len()), 8);
+
+    // Window 2: a three-part message goes one part at a time.
+    let narrow = common::sim(SimConfig::default()).await;
+    let (_gw, mut client) = Gateway::bound(&[narrow.addr()], "window = 2").await;
+    let created = send(&mut client, "+447700900200", &gsm_text()).await;
+    wait_status(&mut client, created["id"].as_str().unwrap(), "delivered", Duration::from_secs(10)).await;
+    assert_eq!(narrow.with_stats(|s| s.joined[0].text.clone()), gsm_text());
+}

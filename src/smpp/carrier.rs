@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -318,30 +318,9 @@ impl Carrier {
             return Submission { parts, ..not_sent(outcome) };
         };
         let started = std::time::Instant::now();
-        // The parts go out in order, each as soon as it has room, before any answer comes back;
-        // each takes its own pacing slot (max_tps counts submit_sm, as carriers do). A part that
-        // cannot go out stops the rest.
-        let (mut pending, mut verdicts) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
-        for (i, pdu) in pdus.into_iter().enumerate() {
-            if i > 0 {
-                self.pace().await;
-            }
-            match session.send_submit(pdu).await {
-                Ok(sent) => pending.push(sent),
-                Err(refused) => {
-                    verdicts.push(refused);
-                    break;
-                }
-            }
-        }
-        let mut answered = Vec::with_capacity(parts);
-        for sent in pending {
-            answered.push(sent.verdict().await);
-        }
-        answered.extend(verdicts);
-        let verdicts = answered;
-        let (mut first_refusal, mut accepted, mut permits) = (None, Vec::new(), Vec::new());
-        for (i, (outcome, permit)) in verdicts.into_iter().enumerate() {
+        let (verdicts, permits) = self.send_parts(&session, pdus).await;
+        let (mut first_refusal, mut accepted) = (None, Vec::new());
+        for (i, outcome) in verdicts.into_iter().enumerate() {
             if matches!(outcome, SubmitOutcome::Accepted { .. } | SubmitOutcome::RetryLater { .. } | SubmitOutcome::Permanent { .. }) {
                 metrics::histogram!(telemetry::SUBMIT_RESPONSE_SECONDS, "carrier" => self.name.to_string())
                     .record(started.elapsed().as_secs_f64());
@@ -349,7 +328,6 @@ impl Carrier {
             if self.health().record(&outcome, std::time::Instant::now()) {
                 tracing::warn!(carrier = %self.name, "circuit opened: submits keep failing; traffic goes elsewhere");
             }
-            permits.extend(permit);
             match outcome {
                 SubmitOutcome::Accepted { message_id } => {
                     metrics::counter!(telemetry::SEGMENTS_TOTAL, "carrier" => self.name.to_string()).increment(1);
@@ -368,6 +346,57 @@ impl Carrier {
         };
         let slot = WindowSlot { permits, released: self.released.clone() };
         Submission { outcome, accepted, parts, session: Some(session.label().clone()), slot: Some(slot) }
+    }
+
+    /// Sends a message's PDUs over `session` in order and returns the verdict on each sent (a
+    /// part that could not go out ends the list) with the window slots they hold. Parts that fit
+    /// the window take their slots all at once and go out without waiting for each other's
+    /// answers; a message with more parts than the window goes one part at a time, each slot
+    /// freed with its answer. Every part takes its own pacing slot (max_tps counts submit_sm, as
+    /// carriers do).
+    async fn send_parts(&self, session: &Session, pdus: Vec<rusmpp::pdus::SubmitSm>) -> (Vec<SubmitOutcome>, Vec<OwnedSemaphorePermit>) {
+        let mut verdicts = Vec::with_capacity(pdus.len());
+        let single = pdus.len() == 1;
+        if single || pdus.len() > self.config.window {
+            let mut permits = Vec::new();
+            for (i, pdu) in pdus.into_iter().enumerate() {
+                if i > 0 {
+                    self.pace().await;
+                }
+                let (outcome, permit) = session.submit(pdu).await;
+                let accepted = matches!(outcome, SubmitOutcome::Accepted { .. });
+                // One SMS keeps its slot until the store knows it; parts one by one cannot.
+                permits.extend(permit.filter(|_| single));
+                verdicts.push(outcome);
+                if !accepted {
+                    break;
+                }
+            }
+            return (verdicts, permits);
+        }
+        let slots = match session.reserve(pdus.len()).await {
+            Ok(slots) => slots,
+            Err(refused) => return (vec![refused], Vec::new()),
+        };
+        let mut pending = Vec::with_capacity(pdus.len());
+        for (i, pdu) in pdus.into_iter().enumerate() {
+            if i > 0 {
+                self.pace().await;
+            }
+            match session.send_reserved(pdu).await {
+                Ok(sent) => pending.push(sent),
+                Err(refused) => {
+                    verdicts.push(refused);
+                    break;
+                }
+            }
+        }
+        let mut answered = Vec::with_capacity(pending.len() + verdicts.len());
+        for sent in pending {
+            answered.push(sent.verdict().await);
+        }
+        answered.extend(verdicts);
+        (answered, vec![slots])
     }
 
     /// Waits until every supervisor has finished (after shutdown: all sessions unbound).

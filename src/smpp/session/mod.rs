@@ -199,19 +199,18 @@ impl Sent {
     }
 }
 
-/// A submit_sm on its way, holding its window slot; [`PendingSubmit::verdict`] waits for the
-/// SMSC's answer.
+/// A submit_sm on its way (its window slot reserved by the caller); [`PendingSubmit::verdict`]
+/// waits for the SMSC's answer.
 pub struct PendingSubmit {
     inner: Arc<Inner>,
     request: Sent,
-    permit: OwnedSemaphorePermit,
 }
 
 impl PendingSubmit {
-    /// The SMSC's verdict (within `response_timeout`), with the window slot.
-    pub async fn verdict(self) -> (SubmitOutcome, Option<OwnedSemaphorePermit>) {
+    /// The SMSC's verdict (within `response_timeout`).
+    pub async fn verdict(self) -> SubmitOutcome {
         let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
-        let outcome = match self.request.answer(&self.inner).await {
+        match self.request.answer(&self.inner).await {
             Ok(answer) => {
                 if answer.undecodable {
                     // Accepted or not, nobody can tell: a carrier fault, and a possible duplicate.
@@ -229,8 +228,7 @@ impl PendingSubmit {
             }
             Err(RequestError::Closed) => not_submitted(NotSubmitted::ConnectionLost),
             Err(RequestError::NotSent) => not_submitted(NotSubmitted::NoSession),
-        };
-        (outcome, Some(self.permit))
+        }
     }
 }
 
@@ -370,37 +368,47 @@ impl Session {
     /// waiting for a free window slot comes first and is not bounded here). Returns the window
     /// slot it took, if it took one: the caller frees it by dropping it (see `carrier::WindowSlot`).
     pub async fn submit(&self, pdu: SubmitSm) -> (SubmitOutcome, Option<OwnedSemaphorePermit>) {
-        match self.send_submit(pdu).await {
-            Ok(sent) => sent.verdict().await,
-            Err(refused) => refused,
+        let slot = match self.reserve(1).await {
+            Ok(slot) => slot,
+            Err(refused) => return (refused, None),
+        };
+        match self.send_reserved(pdu).await {
+            Ok(sent) => (sent.verdict().await, Some(slot)),
+            Err(refused) => (refused, Some(slot)),
         }
     }
 
-    /// Queues a submit_sm to be written once it has a window slot, without waiting for its
-    /// answer: the parts of a long message go out in order this way, one after the other. The
-    /// error is the verdict on a submit that never went out.
-    pub async fn send_submit(&self, pdu: SubmitSm) -> Result<PendingSubmit, (SubmitOutcome, Option<OwnedSemaphorePermit>)> {
+    /// Takes `n` window slots at once: a long message's parts take theirs all together, so two
+    /// long messages never each hold part of the window waiting for the rest. At most the
+    /// window; the error is the verdict on a submit that cannot go out here.
+    pub async fn reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, SubmitOutcome> {
         let inner = &self.inner;
-        let not_submitted = |reason| SubmitOutcome::RetryElsewhere { reason };
+        let no_session = SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession };
         if !inner.mode.can_submit() || inner.draining.load(Ordering::Acquire) {
-            return Err((not_submitted(NotSubmitted::NoSession), None));
+            return Err(no_session);
         }
-        let permit = tokio::select! {
-            permit = inner.window.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Err((not_submitted(NotSubmitted::NoSession), None)),
-            },
-            _ = inner.closed.cancelled() => return Err((not_submitted(NotSubmitted::NoSession), None)),
+        let n = u32::try_from(n.clamp(1, inner.window_size)).unwrap_or(1);
+        let slots = tokio::select! {
+            slots = inner.window.clone().acquire_many_owned(n) => slots.map_err(|_| no_session.clone())?,
+            _ = inner.closed.cancelled() => return Err(no_session),
         };
         if inner.draining.load(Ordering::Acquire) {
-            return Err((not_submitted(NotSubmitted::NoSession), None));
+            return Err(no_session);
         }
+        Ok(slots)
+    }
+
+    /// Queues a submit_sm under a window slot already reserved, without waiting for its answer:
+    /// the parts of a long message go out in order this way, one after the other. The error is
+    /// the verdict on a submit that never went out.
+    pub async fn send_reserved(&self, pdu: SubmitSm) -> Result<PendingSubmit, SubmitOutcome> {
+        let inner = &self.inner;
         if !inner.gate.allows() {
-            return Err((not_submitted(NotSubmitted::Fenced), None));
+            return Err(SubmitOutcome::RetryElsewhere { reason: NotSubmitted::Fenced });
         }
         match inner.send(Pdu::SubmitSm(pdu)).await {
-            Ok(request) => Ok(PendingSubmit { inner: self.inner.clone(), request, permit }),
-            Err(_) => Err((not_submitted(NotSubmitted::NoSession), Some(permit))),
+            Ok(request) => Ok(PendingSubmit { inner: self.inner.clone(), request }),
+            Err(_) => Err(SubmitOutcome::RetryElsewhere { reason: NotSubmitted::NoSession }),
         }
     }
 
