@@ -628,7 +628,9 @@ impl Shared {
                     drop(accepted_slot);
                     self.log_store_error(&id, marked);
                     if let (Some(_), Some(tx)) = (job.verification, &self.otp_submitted) {
-                        metrics::counter!(telemetry::OTP_SENT_TOTAL, "carrier" => carrier.name().to_string()).increment(1);
+                        let country = crate::country::label(&job.sms.to);
+                        metrics::counter!(telemetry::OTP_SENT_TOTAL, "carrier" => carrier.name().to_string(), "country" => country)
+                            .increment(1);
                         let _ = tx.send(OtpSubmitted { message: id });
                     }
                     return;

@@ -7,6 +7,7 @@
 //! → receipt tracking (`track`) → [`store`] → events out ([`webhook`]). No module imports one that imports it back.
 //!
 //! Layout, one concept per module:
+//! - [`country`]: a number's country by its E.164 calling code (a bounded metric label);
 //! - [`config`]: composes the TOML file from each component's settings and runs the checks that
 //!   span sections; [`config::ConfigBuilder`] writes configs from code;
 //! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
@@ -49,6 +50,7 @@ pub mod bench;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod country;
 pub mod daemon;
 pub mod demo;
 pub(crate) mod dispatch;

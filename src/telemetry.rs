@@ -128,8 +128,8 @@ fn describe() {
     describe_counter!(MOBILE_ORIGINATED_TOTAL, "Mobile-originated SMS received and ignored (otpgate takes no inbound SMS)");
     describe_counter!(LONG_MESSAGE_IDS_TOTAL, "submit_sm_resp with a message_id longer than SMPP allows, read anyway");
     describe_counter!(VERIFICATIONS_TOTAL, "Verification events by outcome");
-    describe_counter!(OTP_SENT_TOTAL, "OTP SMS accepted by each carrier");
-    describe_counter!(OTP_APPROVED_TOTAL, "Verifications approved, by the carrier of their last SMS");
+    describe_counter!(OTP_SENT_TOTAL, "OTP SMS accepted, by carrier and destination country");
+    describe_counter!(OTP_APPROVED_TOTAL, "Verifications approved, by the carrier of their last SMS and the number's country");
     describe_counter!(
         WEBHOOK_DELIVERIES_TOTAL,
         "Webhook attempts per endpoint by result: delivered (2xx), rejected (other status), gone (410), timeout, unreachable"

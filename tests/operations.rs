@@ -120,6 +120,8 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         r#"otpgate_carrier_circuit_open{carrier="alpha"} 0"#,
         r#"otpgate_http_requests_total{route="/v1/messages/{id}",status="200"}"#,
         r#"otpgate_reconnects_total{carrier="alpha",reason="peer_closed"}"#,
+        r#"otpgate_otp_sent_total{carrier="alpha",country="GB"} 1"#,
+        r#"otpgate_otp_approved_total{carrier="alpha",country="GB"} 1"#,
     ] {
         assert!(body.contains(sample), "no sample {sample} in:\n{body}");
     }

@@ -413,7 +413,8 @@ impl Otp {
                 None => None,
             };
             let carrier = latest.and_then(|m| m.carrier).unwrap_or_else(|| "unknown".into());
-            metrics::counter!(telemetry::OTP_APPROVED_TOTAL, "carrier" => carrier).increment(1);
+            let country = crate::country::label(&record.to);
+            metrics::counter!(telemetry::OTP_APPROVED_TOTAL, "carrier" => carrier, "country" => country).increment(1);
         }
         Ok((id, outcome))
     }
