@@ -108,7 +108,10 @@ impl Daemon {
         // Routes hold carriers that never bind until this process dispatches.
         let network = Arc::new(Network::new(duties::dormant(config), &config.routes));
         let dispatch = Dispatch::new(store.clone());
-        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone()));
+        // The fraud guard's suspensions and windows, from the store (a day of verifications).
+        let guard = Arc::new(crate::fraud::Guard::new(store.clone(), config.fraud.clone()));
+        guard.load(clock.now()).await?;
+        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone(), guard));
         let (terms, elected) = watch::channel(None::<Term>);
         let clustered = matches!(options.backend, Backend::Postgres(_));
         let gate = match clustered {
@@ -220,6 +223,7 @@ impl Daemon {
             None => self.crew.network.replace(duties::dormant(new), &new.routes),
         }
         self.state.set_api_keys(&new.api_keys);
+        self.crew.otp.guard().reload(new.fraud.clone());
         self.crew.store.subscribe(new.webhooks.iter().map(WebhookConfig::subscription).collect());
         let mut restart = Vec::new();
         if !running.server.same_listeners(&new.server) {

@@ -7,6 +7,8 @@
 //! → receipt tracking (`track`) → [`store`] → events out ([`webhook`]). No module imports one that imports it back.
 //!
 //! Layout, one concept per module:
+//! - [`fraud`]: the fraud guard: conversion per destination prefix over a sliding window,
+//!   pumping suspended by itself, pins and modes (`[fraud]`);
 //! - [`country`]: a number's country by its E.164 calling code (a bounded metric label);
 //! - [`config`]: composes the TOML file from each component's settings and runs the checks that
 //!   span sections; [`config::ConfigBuilder`] writes configs from code;
@@ -57,6 +59,7 @@ pub(crate) mod dispatch;
 pub(crate) mod duration;
 mod duties;
 pub(crate) mod echo;
+pub mod fraud;
 mod gauges;
 pub(crate) mod hex;
 pub mod http;

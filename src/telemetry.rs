@@ -44,6 +44,9 @@ pub const RECEIPTS_DEFERRED_TOTAL: &str = "otpgate_receipts_deferred_total";
 pub const DISPATCH_DEFERRED_TOTAL: &str = "otpgate_dispatch_deferred_total";
 pub const RECONNECTS_TOTAL: &str = "otpgate_reconnects_total";
 pub const SEGMENTS_TOTAL: &str = "otpgate_segments_total";
+pub const FRAUD_SUSPENSIONS_TOTAL: &str = "otpgate_fraud_suspensions_total";
+pub const FRAUD_REFUSED_TOTAL: &str = "otpgate_fraud_refused_total";
+pub const FRAUD_SUSPENDED_PREFIXES: &str = "otpgate_fraud_suspended_prefixes";
 pub const RECOVERED_TOTAL: &str = "otpgate_recovered_total";
 pub const RESEND_LIMIT_TOTAL: &str = "otpgate_resend_limit_total";
 pub const RESUBMITS_TOTAL: &str = "otpgate_resubmits_total";
@@ -110,6 +113,12 @@ fn describe() {
     describe_histogram!(SUBMIT_RESPONSE_SECONDS, "submit_sm to submit_sm_resp time per carrier");
     describe_gauge!(WINDOW_IN_USE, "submit_sm awaiting a response per carrier");
     describe_counter!(RECONNECTS_TOTAL, "Sessions lost or binds failed, by reason");
+    describe_counter!(FRAUD_SUSPENSIONS_TOTAL, "Destination prefixes suspended by the fraud guard, by country");
+    describe_counter!(
+        FRAUD_REFUSED_TOTAL,
+        "New codes refused by the fraud guard (mode enforce) or that it would refuse (mode monitor), by country"
+    );
+    describe_gauge!(FRAUD_SUSPENDED_PREFIXES, "Destination prefixes suspended (or probed) now");
     describe_counter!(SEGMENTS_TOTAL, "SMS parts (submit_sm) a carrier accepted: what carriers bill");
     describe_counter!(RECEIPTS_TOTAL, "Delivery receipts per carrier and state");
     describe_histogram!(RECEIPT_LATENCY_SECONDS, "Submit to receipt time per carrier");

@@ -107,6 +107,7 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
         ("otpgate_webhook_disabled", "gauge"),
         ("otpgate_tls_certificate_expiry_timestamp_seconds", "gauge"),
         ("otpgate_segments_total", "counter"),
+        ("otpgate_fraud_suspended_prefixes", "gauge"),
     ];
     for (name, kind) in expected {
         assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name} missing or of the wrong type");

@@ -14,6 +14,7 @@ mod builder;
 
 pub use crate::cluster::settings::ClusterConfig;
 use crate::echo::shown;
+pub use crate::fraud::FraudConfig;
 pub use crate::http::settings::{ApiKeyConfig, MessagesConfig};
 pub use crate::otp::settings::OtpConfig;
 pub use crate::route::{RouteConfig, Strategy};
@@ -56,6 +57,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub fraud: FraudConfig,
 }
 
 /// Listeners and the data directory.
@@ -225,6 +228,9 @@ impl Config {
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));
         }
+        if let Some((field, message)) = self.fraud.problem() {
+            return Err(invalid(format!("fraud.{field}"), message));
+        }
         if let Some((field, message)) = self.store.problem() {
             return Err(invalid(format!("store.{field}"), message));
         }
@@ -343,6 +349,22 @@ impl Config {
                 if w.plain_http() { "  WARNING: plain http, events travel unencrypted" } else { "" },
             );
         }
+        let f = &self.fraud;
+        let _ = writeln!(
+            out,
+            "fraud:     {:?}: prefix = country code + {} digits; suspend under {:.0} % conversion over {} (>= {} settled sends) or at {} sends a minute and {}x the day's average; {} then a probe every {}; pinned allow {} block {}",
+            f.mode,
+            f.prefix_digits,
+            f.min_conversion * 100.0,
+            humantime::format_duration(f.window),
+            f.min_sends,
+            f.spike_sends,
+            f.spike_factor,
+            humantime::format_duration(f.suspend_for),
+            humantime::format_duration(f.probe_every),
+            f.always_allow.len(),
+            f.always_block.len(),
+        );
         let _ = writeln!(out, "carriers:  {}", self.carriers.len());
         for c in &self.carriers {
             let bind = match c.bind {

@@ -3,6 +3,7 @@
 //! Bodies are read by hand (size limit, content type, JSON) so that every failure, including
 //! the ones axum's extractors would answer in plain text, comes back in our JSON error shape.
 
+mod analytics;
 pub mod client;
 mod error;
 pub(crate) mod serve;
@@ -136,6 +137,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/verifications/{id}", get(get_verification).delete(cancel_verification))
         .route("/v1/verifications/{id}/check", post(check_verification))
         .route("/v1/webhooks/dead", get(webhooks::list_dead))
+        .route("/v1/analytics/verifications", get(analytics::verifications))
         .route("/v1/webhooks/dead/resend", post(webhooks::resend_dead))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -418,6 +420,7 @@ impl From<OtpError> for ApiError {
             OtpError::NoRoute => ApiError::unavailable("no_route", message),
             OtpError::RateLimited(_, wait) => ApiError::too_many("rate_limited", message, wait),
             OtpError::Cooldown(wait) => ApiError::too_many("resend_cooldown", message, wait),
+            OtpError::SuspectedFraud(wait) => ApiError::too_many("suspected_fraud", message, wait),
             OtpError::SendLimit(wait) => ApiError::too_many("send_limit", message, wait),
             OtpError::FailedCheckLimit(wait) => ApiError::too_many("failed_check_limit", message, wait),
             OtpError::NotFound => ApiError::not_found("verification"),

@@ -78,7 +78,7 @@ pub(super) async fn resend_dead(State(state): State<Arc<AppState>>, headers: Hea
 }
 
 /// A query string read into `T`, with our error shape.
-fn read_query<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, ApiError> {
+pub(super) fn read_query<T: for<'de> Deserialize<'de>>(query: &str) -> Result<T, ApiError> {
     axum::extract::Query::<T>::try_from_uri(
         &format!("/?{query}").parse().map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid"))?,
     )

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::clock::Clock;
 use crate::dispatch::{Dispatch, Job};
+use crate::fraud::{Admission, Guard};
 use crate::route::Network;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
@@ -59,6 +60,8 @@ pub enum OtpError {
     NoRoute,
     #[error("too many requests {0}; retry later")]
     RateLimited(&'static str, Duration),
+    #[error("codes to this destination are paused: its traffic looks like SMS pumping; retry later")]
+    SuspectedFraud(Duration),
     #[error("a code was sent to this number moments ago; wait before resending")]
     Cooldown(Duration),
     #[error("too many codes sent to this number; retry later")]
@@ -107,6 +110,7 @@ pub struct Otp {
     checks_per_key: RateLimiter,
     checks_per_ip: RateLimiter,
     checks_per_number: RateLimiter,
+    guard: Arc<Guard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,7 @@ impl Otp {
         clock: Arc<dyn Clock>,
         key: CodeKey,
         policy: OtpConfig,
+        guard: Arc<Guard>,
     ) -> Otp {
         Otp {
             network,
@@ -177,7 +182,13 @@ impl Otp {
             clock,
             key,
             policy,
+            guard,
         }
+    }
+
+    /// The fraud guard the verifications go through.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
     }
 
     pub fn now(&self) -> SystemTime {
@@ -227,6 +238,15 @@ impl Otp {
         let code_length = request.code_length.unwrap_or(self.policy.code_length);
         if !(4..=10).contains(&code_length) {
             return Err(OtpError::InvalidCodeLength);
+        }
+        // A suspended prefix refuses every number in it alike, but one that approved this
+        // client's code before.
+        let asked_at = self.now();
+        let since = to_ms(asked_at).saturating_sub(crate::fraud::RETURNING_FOR.as_millis() as u64);
+        let returning = self.store.converted_since(owner, &request.to, since).await?;
+        if let Admission::Refuse { retry_after, .. } = self.guard.admit(&request.to, returning, asked_at) {
+            metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "suspected_fraud").increment(1);
+            return Err(OtpError::SuspectedFraud(retry_after));
         }
         let locale = request.locale.clone().unwrap_or_else(|| self.policy.default_locale.clone());
         if !self.policy.templates.contains_key(&locale) {
@@ -332,6 +352,11 @@ impl Otp {
         };
         let outcome = if send.record.sends > 1 { "resent" } else { "created" };
         metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
+        if let Some(change) = self.guard.sent(&send.record.to, now) {
+            if let Err(e) = self.guard.record(change).await {
+                tracing::error!(error = %e, "fraud guard: suspension not stored (it holds until a restart)");
+            }
+        }
         self.dispatch.enqueue(Job {
             id: send.message_id,
             sms: OutboundSms::new(&send.record.to, text, Some(from_ms(send.record.expires_ms))),
@@ -407,6 +432,11 @@ impl Otp {
         let (record, outcome) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
         let outcome = outcome?;
         if outcome == CheckOutcome::Approved {
+            if let Some(change) = self.guard.approved(&record.to, record.last_send_ms, self.now()) {
+                if let Err(e) = self.guard.record(change).await {
+                    tracing::error!(error = %e, "fraud guard: lifted suspension not stored");
+                }
+            }
             // Conversion per carrier: credit the carrier that delivered the last SMS.
             let latest = match record.message_ids.last() {
                 Some(m) => self.store.message(m).await.ok().flatten(),

@@ -6,6 +6,7 @@
 //! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (JSON) |
 //! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
 //! | `r` | carrier, NUL, canonical SMSC id | message id (and, for a part of a long message, its part number): receipt correlation |
+//! | `f` | destination prefix | the fraud guard's suspension of it (its JSON) |
 //! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
@@ -35,6 +36,7 @@ pub(super) const SHARED_SETTING: u8 = b's';
 pub(super) const EVENT: u8 = b'x';
 pub(super) const DEAD_EVENT: u8 = b'y';
 pub(super) const REFERENCE: u8 = b'u';
+pub(super) const FRAUD: u8 = b'f';
 
 /// The queue depth at the last clean close: a whole key of its own.
 pub(super) const CLEAN_CLOSE: &[u8] = b"c";
@@ -71,6 +73,10 @@ pub(super) fn receipt_index(carrier: &str, smsc_id: &str) -> Vec<u8> {
 /// The prefix of every held-receipt row of `carrier` for `candidate`.
 pub(super) fn held_receipts(carrier: &str, candidate: &str) -> Vec<u8> {
     key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), b""])
+}
+
+pub(super) fn fraud(prefix: &str) -> Vec<u8> {
+    key(FRAUD, &[prefix.as_bytes()])
 }
 
 pub(super) fn reference(to: &str) -> Vec<u8> {

@@ -30,6 +30,7 @@
 mod commit;
 mod engine;
 pub mod events;
+pub mod fraud;
 mod idempotency;
 mod keys;
 mod locks;

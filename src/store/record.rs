@@ -19,6 +19,13 @@ impl MessageId {
         bytes[8..].copy_from_slice(&rand::random::<[u8; 8]>());
         MessageId(bytes)
     }
+
+    /// The smallest id made at `ms` (ids made then or later sort at or after it).
+    pub fn first_at(ms: u64) -> MessageId {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&ms.saturating_mul(1000).to_be_bytes());
+        MessageId(bytes)
+    }
 }
 
 impl fmt::Display for MessageId {

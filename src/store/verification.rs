@@ -106,6 +106,10 @@ pub struct NumberStats {
     pub by_owner: std::collections::BTreeMap<String, Recent>,
 }
 
+/// How long a key's last approval for a number is kept: the fraud guard lets such returning
+/// users through a suspended prefix.
+pub const APPROVALS_KEPT: Duration = Duration::from_secs(90 * 86_400);
+
 /// Recent sends and failed checks, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recent {
@@ -127,7 +131,11 @@ impl NumberStats {
             recent.sends_ms.retain(|&t| t > s);
             recent.failed_checks_ms.retain(|&t| t > f);
         }
-        self.by_owner.retain(|_, r| !r.sends_ms.is_empty() || !r.failed_checks_ms.is_empty());
+        // A key's last approval stays longer: the fraud guard lets numbers that converted before
+        // through a suspended prefix.
+        let approved = cutoff(APPROVALS_KEPT, now);
+        self.by_owner
+            .retain(|_, r| !r.sends_ms.is_empty() || !r.failed_checks_ms.is_empty() || r.approved_ms.is_some_and(|t| t > approved));
     }
 
     /// One API key's share.
