@@ -111,7 +111,7 @@ impl Daemon {
         // The fraud guard's suspensions and windows, from the store (a day of verifications).
         let guard = Arc::new(crate::fraud::Guard::new(store.clone(), config.fraud.clone()));
         guard.load(clock.now()).await?;
-        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone(), guard));
+        let otp = Arc::new(Otp::new(store.clone(), network.clone(), dispatch.clone(), clock, key, config.otp.clone(), guard.clone()));
         let (terms, elected) = watch::channel(None::<Term>);
         let clustered = matches!(options.backend, Backend::Postgres(_));
         let gate = match clustered {
@@ -171,6 +171,7 @@ impl Daemon {
         let app = http::router(state.clone());
         let intake_tls = tls.clone();
         intake.spawn(|stop| http::serve::serve(listener, app, limits, intake_tls, stop));
+        intake.spawn(|stop| crate::fraud::keep_fresh(guard, stop));
         tracing::info!(%http_addr, %metrics_addr, "HTTP intake and metrics listening");
         if config.api_keys.is_empty() {
             tracing::warn!("no [[api_keys]] configured: every API request will be refused with 401");

@@ -368,3 +368,29 @@ async fn a_database_restart_mid_load_gets_503_and_loses_nothing() {
     assert!(accounting.nothing_lost(), "{accounting}");
     assert!(node.shutdown(Duration::from_secs(5)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_one_node_suspends_is_refused_by_the_other_within_seconds() {
+    let Some(db) = Db::start().await else { return };
+    let sim = sim(SimConfig::default()).await;
+    let fraud = "\n[fraud]\nmin_sends = 5\napproval_grace = \"0s\"\n";
+    let a = Daemon::start(&db.node("gw-a", sim.addr(), "").sections(fraud).build().unwrap()).await.expect("node a starts");
+    wait_for("a leads", Duration::from_secs(5), || a.dispatching()).await;
+    let b = Daemon::start(&db.node("gw-b", sim.addr(), "").sections(fraud).build().unwrap()).await.expect("node b starts");
+    let (mut via_a, mut via_b) = (Client::connect(a.http_addr()).await.unwrap(), Client::connect(b.http_addr()).await.unwrap());
+    for i in 0..6 {
+        call(&mut via_a, "POST", "/v1/verifications", Some(&format!(r#"{{"to": "+44798800000{i}"}}"#))).await;
+    }
+    let refused = call(&mut via_a, "POST", "/v1/verifications", Some(r#"{"to": "+447988000099"}"#)).await;
+    assert_eq!(refused.status, 429, "node a suspended the prefix: {}", refused.body);
+    // Node b saw none of those sends: it learns of the suspension from the database.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let reply = call(&mut via_b, "POST", "/v1/verifications", Some(r#"{"to": "+447988000098"}"#)).await;
+        if reply.status == 429 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node b never refused: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -24,11 +24,15 @@ struct Setup {
 }
 
 async fn setup(fraud: &str) -> Setup {
+    setup_with(fraud, "").await
+}
+
+async fn setup_with(fraud: &str, more: &str) -> Setup {
     let sim = sim(SimConfig { receipt_delay: Duration::from_millis(1), ..SimConfig::default() }).await;
     let clock = Arc::new(ShiftedClock::default());
     let otp = "[otp]\ncreates_per_minute_per_key = 0\ncreates_per_minute_per_ip = 0\nchecks_per_minute_per_key = 0\n\
                checks_per_minute_per_ip = 0\nchecks_per_minute_per_number = 0\nmax_sends_per_number = 1000\nresend_cooldown = \"0s\"\n";
-    let sections = format!("{otp}\n[fraud]\n{fraud}\n");
+    let sections = format!("{otp}\n[fraud]\n{fraud}\n\n{more}\n");
     let (gw, client) = Gateway::setup(&[sim.addr()], "").sections(&sections).clock(clock.clone()).bound().await;
     Setup { sim, gw, client, clock }
 }
@@ -292,4 +296,29 @@ async fn the_windows_are_rebuilt_from_the_store_after_a_restart() {
     // The tenth send (the first after the restart) completes the window the restart rebuilt.
     assert_eq!(send(&mut client, 9).await, 201);
     assert_eq!(send(&mut client, 10).await, 429, "the nine sends before the restart still count");
+}
+
+#[tokio::test]
+async fn a_suspension_is_a_signed_webhook_event_for_endpoints_that_hear_every_key() {
+    let everyone = common::receiver::Receiver::start(common::receiver::Mode::Answer(204)).await;
+    let one_key = common::receiver::Receiver::start(common::receiver::Mode::Answer(204)).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let hooks = format!(
+        "[[webhooks]]\nname = \"ops\"\nurl = \"{}\"\nsecret = \"{secret}\"\nevents = [\"fraud.*\"]\n\n\
+         [[webhooks]]\nname = \"client\"\nurl = \"{}\"\nsecret = \"{secret}\"\napi_keys = [\"test\"]\n",
+        everyone.url(),
+        one_key.url()
+    );
+    let mut s = setup_with("min_sends = 5\napproval_grace = \"0s\"", &hooks).await;
+    for i in 0..6 {
+        let _ = create(&mut s, API_KEY, &format!("+447990{i:06}")).await;
+    }
+    let taken = everyone.wait_taken(1, Duration::from_secs(5)).await;
+    let event = taken.iter().map(|seen| seen.json()).find(|e| e["type"] == "fraud.prefix_suspended").expect("the suspension event");
+    assert_eq!((event["data"]["prefix"].as_str(), event["data"]["country"].as_str()), (Some("+44799"), Some("GB")), "{event}");
+    assert_eq!(event["data"]["mode"], "enforce");
+    assert!(taken[0].verifies(secret));
+    // An endpoint that hears one key's records gets its verifications, not the suspension.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(one_key.taken().iter().all(|seen| seen.json()["type"] != "fraud.prefix_suspended"));
 }

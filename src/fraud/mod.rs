@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use settings::{FraudConfig, Mode};
 
-use crate::store::record::to_ms;
+use crate::store::record::{rfc3339, to_ms};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
@@ -33,6 +33,8 @@ use crate::telemetry;
 pub const MAX_PREFIXES: usize = 20_000;
 /// A number that approved a code within this still gets codes when its prefix is suspended.
 pub const RETURNING_FOR: Duration = crate::store::verification::APPROVALS_KEPT;
+/// How often the suspensions are read again from the store (see [`Guard::refresh`]).
+pub const REFRESH: Duration = Duration::from_secs(5);
 /// The baseline a spike is measured against.
 const BASELINE: u64 = 24 * 60;
 
@@ -187,6 +189,23 @@ impl Guard {
         Ok(())
     }
 
+    /// Takes the suspensions from the store again: on a database every node of a cluster sees
+    /// the others' suspensions and lifts within `REFRESH`.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let rows = self.store.fraud_rows().await?;
+        let mut state = lock(&self.state);
+        let mut fresh: HashMap<String, Suspension> =
+            rows.into_iter().filter_map(|(prefix, value)| Some((prefix, serde_json::from_slice(&value).ok()?))).collect();
+        for (prefix, suspension) in fresh.iter_mut() {
+            if let Some(ours) = state.suspended.get(prefix) {
+                suspension.last_probe_ms = suspension.last_probe_ms.max(ours.last_probe_ms);
+            }
+        }
+        state.suspended = fresh;
+        metrics::gauge!(telemetry::FRAUD_SUSPENDED_PREFIXES).set(state.suspended.len() as f64);
+        Ok(())
+    }
+
     /// Whether a new code to `to` may go: pinned prefixes first, then a suspension (a
     /// `returning` number passes it; while probed, one code per `probe_every` does).
     pub fn admit(&self, to: &str, returning: bool, now: SystemTime) -> Admission {
@@ -288,7 +307,16 @@ impl Guard {
         match change {
             Change::Suspend(prefix, suspension) => {
                 let value = serde_json::to_vec(&suspension).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.store.put_fraud_row(&prefix, &value).await
+                let mode = format!("{:?}", self.mode()).to_lowercase();
+                let data = serde_json::json!({
+                    "prefix": prefix,
+                    "country": crate::country::label(&prefix),
+                    "reason": suspension.reason,
+                    "suspended_at": rfc3339(suspension.since_ms),
+                    "until": rfc3339(suspension.until_ms),
+                    "mode": mode,
+                });
+                self.store.suspend_prefix(&prefix, &value, data, suspension.since_ms).await
             }
             Change::Lift(prefix) => self.store.delete_fraud_row(&prefix).await,
         }
@@ -307,6 +335,19 @@ impl Guard {
 
     pub fn prefix_digits(&self) -> usize {
         self.config().prefix_digits
+    }
+}
+
+/// Reads the suspensions again every [`REFRESH`] until `stop`.
+pub async fn keep_fresh(guard: Arc<Guard>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+        if let Err(e) = guard.refresh().await {
+            tracing::warn!(error = %e, "fraud guard: suspensions not read again");
+        }
     }
 }
 

@@ -36,10 +36,13 @@ pub enum EventType {
     VerificationExpired,
     VerificationCanceled,
     VerificationMaxAttemptsReached,
+    /// The fraud guard suspended a destination prefix (no API key's: sent to endpoints that
+    /// hear every key).
+    FraudPrefixSuspended,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         EventType::MessageSubmitted,
         EventType::MessageDelivered,
         EventType::MessageUndeliverable,
@@ -52,6 +55,7 @@ impl EventType {
         EventType::VerificationExpired,
         EventType::VerificationCanceled,
         EventType::VerificationMaxAttemptsReached,
+        EventType::FraudPrefixSuspended,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +72,7 @@ impl EventType {
             EventType::VerificationExpired => "verification.expired",
             EventType::VerificationCanceled => "verification.canceled",
             EventType::VerificationMaxAttemptsReached => "verification.max_attempts_reached",
+            EventType::FraudPrefixSuspended => "fraud.prefix_suspended",
         }
     }
 

@@ -1,6 +1,7 @@
 //! The fraud guard's rows: a suspension per destination prefix (the guard's own JSON: the store
 //! keeps bytes), and the reads its windows are rebuilt from at start.
 
+use super::events::{Emitted, EventType};
 use super::record::{MessageId, VerificationId};
 use super::verification::VerificationRecord;
 use super::{Store, StoreError, decode, keys};
@@ -15,8 +16,13 @@ impl Store {
         Ok(all)
     }
 
-    pub async fn put_fraud_row(&self, prefix: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.engine.put(&keys::fraud(prefix), value).await
+    /// Writes a suspension row and, with it, the `fraud.prefix_suspended` event (`data` its body's
+    /// data) for the endpoints that hear every API key.
+    pub async fn suspend_prefix(&self, prefix: &str, value: &[u8], data: serde_json::Value, now_ms: u64) -> Result<(), StoreError> {
+        let mut events = Emitted::default();
+        let subject = self.new_id();
+        self.emit(&mut events, EventType::FraudPrefixSuspended, "", &subject, None, now_ms, || data);
+        self.write_with_events(vec![(keys::fraud(prefix), Some(value.to_vec()))], events).await
     }
 
     pub async fn delete_fraud_row(&self, prefix: &str) -> Result<(), StoreError> {
