@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{API_KEY, Gateway, OTHER_KEY, bearer, sim};
+use common::{API_KEY, Gateway, OTHER_KEY, call, sim};
 use otpgate::clock::ShiftedClock;
 use otpgate::http::client::{Client, Reply};
 use otpgate::sim::{SimConfig, SmscSim};
@@ -35,15 +35,6 @@ async fn setup_with(fraud: &str, more: &str) -> Setup {
     let sections = format!("{otp}\n[fraud]\n{fraud}\n\n{more}\n");
     let (gw, client) = Gateway::setup(&[sim.addr()], "").sections(&sections).clock(clock.clone()).bound().await;
     Setup { sim, gw, client, clock }
-}
-
-async fn call(client: &mut Client, method: &str, path: &str, key: &str, body: Option<&str>) -> Reply {
-    let auth = bearer(key);
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    client.request(method, path, &headers, body).await.expect("request")
 }
 
 /// Starts a verification to `to`; its id, or the refusal.

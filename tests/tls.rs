@@ -281,39 +281,16 @@ async fn https_intake_and_metrics_serve_curl_and_plain_http_gets_a_clear_refusal
     let ca = pki.ca_file.to_str().unwrap();
 
     // curl (its own TLS stack) starts and checks a verification over HTTPS.
-    let out = curl(&[
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve,
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"to": "+4915100000777"}"#,
-        &format!("{base}/v1/verifications"),
-    ])
-    .await;
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    let post = async |path: &str, body: &str| {
+        let url = format!("{base}{path}");
+        let out =
+            curl(&["--cacert", ca, "--resolve", &resolve, "-H", &auth, "-H", "Content-Type: application/json", "-d", body, &url]).await;
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
+    };
+    let created = post("/v1/verifications", r#"{"to": "+4915100000777"}"#).await;
     let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}"));
     let code = code_sent(&sim, "+4915100000777", 1).await;
-    let check = format!(r#"{{"code": "{code}"}}"#);
-    let out = curl(&[
-        "--cacert",
-        ca,
-        "--resolve",
-        &resolve,
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &check,
-        &format!("{base}/v1/verifications/{id}/check"),
-    ])
-    .await;
-    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    let checked = post(&format!("/v1/verifications/{id}/check"), &format!(r#"{{"code": "{code}"}}"#)).await;
     assert_eq!(checked["status"], "approved", "{checked}");
 
     // Without the authority, curl refuses our certificate: nothing is sent in the clear instead.

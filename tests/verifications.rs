@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{API_KEY, Gateway, OTHER_KEY, bearer, code_sent, sim};
+use common::{API_KEY, Gateway, OTHER_KEY, bearer, call, code_sent, sim};
 use otpgate::clock::{Clock, ShiftedClock};
 use otpgate::http::client::{Client, Reply};
 use otpgate::sim::{SimConfig, SmscSim};
@@ -28,15 +28,6 @@ async fn setup(otp: &str) -> Setup {
     let extra = format!("[otp]\nbrand = \"Acme\"\n{otp}\n");
     let (gw, client) = Gateway::setup(&[sim.addr()], "").sections(&extra).clock(clock.clone()).bound().await;
     Setup { sim, gw, client, clock }
-}
-
-async fn call(client: &mut Client, method: &str, path: &str, key: &str, body: Option<&str>) -> Reply {
-    let auth = bearer(key);
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    client.request(method, path, &headers, body).await.expect("request")
 }
 
 async fn create(client: &mut Client, key: &str, body: &str) -> Reply {

@@ -368,6 +368,22 @@ pub async fn post_message(
     client.request("POST", "/v1/messages", &headers, Some(body)).await.expect("request succeeds")
 }
 
+/// A request as `key`, with a JSON body when there is one.
+pub async fn call(
+    client: &mut otpgate::http::client::Client,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> otpgate::http::client::Reply {
+    let auth = bearer(key);
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    client.request(method, path, &headers, body).await.expect("request")
+}
+
 pub async fn get_message(client: &mut otpgate::http::client::Client, key: &str, id: &str) -> otpgate::http::client::Reply {
     let auth = bearer(key);
     client.request("GET", &format!("/v1/messages/{id}"), &[("Authorization", auth.as_str())], None).await.expect("request succeeds")
