@@ -239,15 +239,6 @@ impl Otp {
         if !(4..=10).contains(&code_length) {
             return Err(OtpError::InvalidCodeLength);
         }
-        // A suspended prefix refuses every number in it alike, but one that approved this
-        // client's code before.
-        let asked_at = self.now();
-        let since = to_ms(asked_at).saturating_sub(crate::fraud::RETURNING_FOR.as_millis() as u64);
-        let returning = self.store.converted_since(owner, &request.to, since).await?;
-        if let Admission::Refuse { retry_after, .. } = self.guard.admit(&request.to, returning, asked_at) {
-            metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "suspected_fraud").increment(1);
-            return Err(OtpError::SuspectedFraud(retry_after));
-        }
         let locale = request.locale.clone().unwrap_or_else(|| self.policy.default_locale.clone());
         if !self.policy.templates.contains_key(&locale) {
             let known: Vec<&str> = self.policy.templates.keys().map(String::as_str).collect();
@@ -285,6 +276,12 @@ impl Otp {
             }
             if mine.sends_ms.len() >= policy.max_sends_per_number as usize {
                 return Err(OtpError::SendLimit(retry_after(mine.sends_ms.first().copied(), policy.send_window, now)));
+            }
+            // A suspended prefix refuses every number in it alike, but one that approved this
+            // client's code before (the number's stats keep that for RETURNING_FOR).
+            let returning = mine.approved_ms.is_some_and(|at| at + crate::fraud::RETURNING_FOR.as_millis() as u64 >= now_ms);
+            if let Admission::Refuse { retry_after, .. } = self.guard.admit(&request.to, returning, now) {
+                return Err(OtpError::SuspectedFraud(retry_after));
             }
             mine.sends_ms.push(now_ms);
             if stats.sends_ms.len() >= policy.sends_ceiling() as usize {
@@ -346,6 +343,9 @@ impl Otp {
             Err(e) => {
                 if matches!(e, OtpError::Cooldown(_) | OtpError::SendLimit(_)) {
                     metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "rate_limited").increment(1);
+                }
+                if matches!(e, OtpError::SuspectedFraud(_)) {
+                    metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "suspected_fraud").increment(1);
                 }
                 return Err(e);
             }

@@ -55,10 +55,4 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Whether `to` approved a code for `owner` at or after `since_ms`.
-    pub async fn converted_since(&self, owner: &str, to: &str, since_ms: u64) -> Result<bool, StoreError> {
-        let stats: Option<super::verification::NumberStats> = self.read(&keys::number(to), || format!("number stats of {to}")).await?;
-        Ok(stats.and_then(|s| s.by_owner.get(owner).and_then(|r| r.approved_ms)).is_some_and(|at| at >= since_ms))
-    }
 }
