@@ -82,6 +82,7 @@ pub(super) async fn verifications(
         let page = state.store.verifications_since(since_ms, after.as_ref(), 1024).await.map_err(unavailable)?;
         let Some((last, _)) = page.last() else { break };
         after = Some(*last);
+        read += page.len();
         for (_, record) in page {
             if record.created_ms < since_ms || owner.as_ref().is_some_and(|o| *o != record.owner) {
                 continue;
@@ -107,7 +108,6 @@ pub(super) async fn verifications(
                 group.to_approve_ms.push(record.done_ms.unwrap_or(record.created_ms).saturating_sub(record.created_ms));
             }
         }
-        read += 1024;
         if read >= MAX_READ {
             complete = false;
             break;
