@@ -68,9 +68,7 @@ pub(super) async fn verifications(
     let now = state.otp.now();
     let since = match query.since.as_deref() {
         None => now - Duration::from_secs(86_400),
-        Some(text) => humantime::parse_rfc3339_weak(text)
-            .or_else(|_| humantime::parse_duration(text).map(|back| now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)))
-            .map_err(|_| ApiError::bad_request("invalid_since", "since is an RFC 3339 time or a duration back from now (\"24h\")"))?,
+        Some(text) => super::listing::parse_time("invalid_since", text, now)?,
     };
     let since = since.max(now.checked_sub(MAX_SINCE).unwrap_or(SystemTime::UNIX_EPOCH));
     let since_ms = to_ms(since);

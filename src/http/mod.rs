@@ -6,6 +6,7 @@
 mod analytics;
 pub mod client;
 mod error;
+mod listing;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod webhooks;
@@ -131,9 +132,9 @@ impl AppState {
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/messages", post(create_message))
+        .route("/v1/messages", post(create_message).get(listing::messages))
         .route("/v1/messages/{id}", get(get_message))
-        .route("/v1/verifications", post(create_verification))
+        .route("/v1/verifications", post(create_verification).get(listing::verifications))
         .route("/v1/verifications/{id}", get(get_verification).delete(cancel_verification))
         .route("/v1/verifications/{id}/check", post(check_verification))
         .route("/v1/webhooks/dead", get(webhooks::list_dead))

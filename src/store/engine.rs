@@ -201,6 +201,18 @@ impl Engine {
         }
     }
 
+    /// Up to `limit` rows from `start` (inclusive) to `end` (exclusive), last key first: a
+    /// listing's newest records.
+    pub(super) async fn range_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Rows, StoreError> {
+        match self {
+            Engine::Sled(db) => {
+                let rows = db.range::<&[u8], _>(start..end).rev().take(limit);
+                rows.map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
+            }
+            Engine::Postgres(pg) => pg.range_back(start, end, limit).await,
+        }
+    }
+
     /// Up to `limit` rows whose key starts with `prefix`, from `after` (exclusive) if given.
     pub(super) async fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Rows, StoreError> {
         let start = match after {

@@ -33,6 +33,7 @@ pub mod events;
 pub mod fraud;
 mod idempotency;
 mod keys;
+pub mod listing;
 mod locks;
 mod messages;
 mod postgres;

@@ -216,6 +216,14 @@ impl Postgres {
         Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
+    pub(super) async fn range_back(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Rows, StoreError> {
+        let limit = limit as i64;
+        let rows = self
+            .query("SELECT key, value FROM otpgate_kv WHERE key >= $1 AND key < $2 ORDER BY key DESC LIMIT $3", &[&start, &end, &limit])
+            .await?;
+        Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     /// The last key from `start` to `end` (exclusive, `None`: the end).
     pub(super) async fn last_key(&self, start: &[u8], end: Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         let rows = match end {
