@@ -193,6 +193,14 @@ impl Config {
             if self.api_keys[..i].iter().any(|k| k.name == api_key.name) {
                 return Err(invalid(format!("api_keys[{i}].name"), format!("{:?} is used twice", api_key.name)));
             }
+            let sid = |k: &ApiKeyConfig| k.twilio.as_ref().map(|t| t.account_sid.to_ascii_lowercase());
+            if sid(api_key).is_some() && self.api_keys[..i].iter().any(|k| sid(k) == sid(api_key)) {
+                return Err(invalid(format!("api_keys[{i}].twilio.account_sid"), "is used by another key".into()));
+            }
+            let user = |k: &ApiKeyConfig| k.kannel.as_ref().map(|u| u.username.clone());
+            if user(api_key).is_some() && self.api_keys[..i].iter().any(|k| user(k) == user(api_key)) {
+                return Err(invalid(format!("api_keys[{i}].kannel.username"), "is used by another key".into()));
+            }
         }
         if let Some((field, message)) = self.messages.problem() {
             return Err(invalid(format!("messages.{field}"), message));

@@ -9,6 +9,7 @@ mod error;
 mod listing;
 pub(crate) mod serve;
 pub(crate) mod settings;
+mod twilio;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use crate::route::Network;
 use crate::smpp::address::Address;
 use crate::sms::{Encoding, Header, Text};
 use crate::store::{Idempotency, MessageId, NewMessage, Store};
-use settings::{ApiKeyConfig, MessagesConfig};
+use settings::{ApiKeyConfig, KannelUser, MessagesConfig, TwilioAccount};
 
 /// Largest request body accepted.
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -53,8 +54,8 @@ pub(crate) struct AppState {
     pub dispatch: Dispatch,
     /// A single node until the daemon says it is a cluster node.
     pub role: Role,
-    /// (name, SHA-256 of the key, admin); replaced on reload.
-    pub api_keys: std::sync::RwLock<Vec<(String, [u8; 32], bool)>>,
+    /// The configured clients; replaced on reload.
+    clients: std::sync::RwLock<Vec<Client>>,
     pub messages: MessagesConfig,
     /// A request body must arrive within this once its head has (`server.http_body_timeout`).
     pub body_timeout: Duration,
@@ -82,7 +83,7 @@ impl AppState {
             otp,
             dispatch,
             role: Role::new(false),
-            api_keys: std::sync::RwLock::new(hashed_keys(api_keys)),
+            clients: std::sync::RwLock::new(api_keys.iter().map(Client::of).collect()),
             messages,
             body_timeout,
             accepting: AtomicBool::new(true),
@@ -119,15 +120,39 @@ impl Role {
     }
 }
 
-fn hashed_keys(keys: &[ApiKeyConfig]) -> Vec<(String, [u8; 32], bool)> {
-    keys.iter().map(|k| (k.name.clone(), k.hash(), k.admin)).collect()
+/// A configured client: its API key's hash and the other credentials that act as it.
+struct Client {
+    name: String,
+    key_hash: [u8; 32],
+    admin: bool,
+    twilio: Option<TwilioAccount>,
+    kannel: Option<KannelUser>,
+}
+
+impl Client {
+    fn of(key: &ApiKeyConfig) -> Client {
+        Client { name: key.name.clone(), key_hash: key.hash(), admin: key.admin, twilio: key.twilio.clone(), kannel: key.kannel.clone() }
+    }
 }
 
 impl AppState {
     /// Swaps in reloaded API keys.
     pub fn set_api_keys(&self, keys: &[ApiKeyConfig]) {
-        *self.api_keys.write().unwrap_or_else(|p| p.into_inner()) = hashed_keys(keys);
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = keys.iter().map(Client::of).collect();
     }
+
+    /// The first client `matches` picks, read under the lock.
+    fn client<T>(&self, mut matches: impl FnMut(&Client) -> Option<T>) -> Option<T> {
+        let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
+        // Every client is looked at, so the time taken does not tell which one matched.
+        clients.iter().fold(None, |found, client| matches(client).or(found))
+    }
+}
+
+/// Whether `secret` hashes to `expected` (hex SHA-256), compared in constant time.
+fn secret_matches(secret: &str, expected_hex: &str) -> bool {
+    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    bool::from(hash.ct_eq(&crate::hex::decode32(expected_hex)))
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -140,6 +165,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/webhooks/dead", get(webhooks::list_dead))
         .route("/v1/analytics/verifications", get(analytics::verifications))
         .route("/v1/webhooks/dead/resend", post(webhooks::resend_dead))
+        .merge(twilio::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })
@@ -171,14 +197,7 @@ fn authenticate_key(state: &AppState, headers: &HeaderMap) -> Result<(String, bo
         .filter(|k| !k.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
     let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let mut found = None;
-    let keys = state.api_keys.read().unwrap_or_else(|p| p.into_inner());
-    for (name, expected, admin) in keys.iter() {
-        if bool::from(hash.ct_eq(expected)) {
-            found = Some((name.clone(), *admin));
-        }
-    }
-    found.ok_or_else(ApiError::unauthorized)
+    state.client(|c| bool::from(hash.ct_eq(&c.key_hash)).then(|| (c.name.clone(), c.admin))).ok_or_else(ApiError::unauthorized)
 }
 
 /// Runs a request that changes state to its end even if the client hangs up. hyper drops a
@@ -203,20 +222,17 @@ fn check_accepting(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a JSON body: content type, size limit and syntax, each with its own error.
-async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(T, Bytes), ApiError> {
-    let is_json = headers
+/// Whether the request says its body is `mime`.
+fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json",
-        ));
-    }
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(mime))
+}
+
+/// Reads a body within [`MAX_BODY_BYTES`] and the body timeout.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await.map_err(|_| {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -224,9 +240,21 @@ async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, headers: &Hea
             format!("the body did not arrive within {}", humantime::format_duration(state.body_timeout)),
         )
     })?;
-    let bytes = read.map_err(|_| {
+    read.map_err(|_| {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body must be at most {MAX_BODY_BYTES} bytes"))
-    })?;
+    })
+}
+
+/// Reads a JSON body: content type, size limit and syntax, each with its own error.
+async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(T, Bytes), ApiError> {
+    if !content_type_is(headers, "application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let bytes = read_body(state, body).await?;
     let value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON for this call: {e}")))?;
     Ok((value, bytes))
@@ -416,6 +444,8 @@ impl From<OtpError> for ApiError {
             OtpError::InvalidLocale(..) => ApiError::bad_request("invalid_locale", message),
             OtpError::InvalidContext => ApiError::bad_request("invalid_context", message),
             OtpError::InvalidCode => ApiError::bad_request("invalid_code", message),
+            OtpError::InvalidBrand => ApiError::bad_request("invalid_brand", message),
+            OtpError::InvalidAppHash => ApiError::bad_request("invalid_app_hash", message),
             OtpError::TextTooLong(_) => ApiError::unprocessable("text_too_long", message),
             OtpError::DestinationBlocked => ApiError::new(StatusCode::FORBIDDEN, "destination_blocked", message),
             OtpError::NoRoute => ApiError::unavailable("no_route", message),

@@ -18,6 +18,42 @@ pub struct ApiKeyConfig {
     /// (dead webhook events). Clients' own calls work as for any key.
     #[serde(default)]
     pub admin: bool,
+    /// Twilio Verify v2 credentials that act as this key on `/v2/Services/...`.
+    #[serde(default)]
+    pub twilio: Option<TwilioAccount>,
+    /// Kannel sendsms credentials that act as this key on `/cgi-bin/sendsms`.
+    #[serde(default)]
+    pub kannel: Option<KannelUser>,
+}
+
+/// What a Twilio SDK sends as Basic auth, and the one Verify service it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioAccount {
+    /// `AC` and 32 hex digits: the Basic auth user name.
+    pub account_sid: String,
+    /// SHA-256 of the auth token (`echo -n TOKEN | otpgate hash-key`), never the token.
+    pub auth_token_sha256: String,
+    /// `VA` and 32 hex digits: the service in the URL.
+    pub service_sid: String,
+}
+
+/// A Kannel sendsms user (`username`/`password` in the request).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KannelUser {
+    pub username: String,
+    /// SHA-256 of the password (`echo -n PASSWORD | otpgate hash-key`), never the password.
+    pub password_sha256: String,
+}
+
+/// `prefix` and 32 hex digits: a Twilio SID.
+pub(crate) fn is_sid(text: &str, prefix: &str) -> bool {
+    text.len() == 34 && text.starts_with(prefix) && text[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl ApiKeyConfig {
@@ -31,9 +67,33 @@ impl ApiKeyConfig {
         if self.name.is_empty() || self.name.len() > 64 {
             return Some(("name", "must be 1-64 characters".into()));
         }
-        let hex_ok = self.key_sha256.len() == 64 && self.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_ok {
+        if !is_sha256_hex(&self.key_sha256) {
             return Some(("key_sha256", "must be the 64-hex-digit SHA-256 of the key (otpgate hash-key prints it), not the key".into()));
+        }
+        if let Some(twilio) = &self.twilio {
+            if !is_sid(&twilio.account_sid, "AC") {
+                return Some(("twilio.account_sid", "must be \"AC\" and 32 hex digits".into()));
+            }
+            if !is_sid(&twilio.service_sid, "VA") {
+                return Some(("twilio.service_sid", "must be \"VA\" and 32 hex digits".into()));
+            }
+            if !is_sha256_hex(&twilio.auth_token_sha256) {
+                return Some((
+                    "twilio.auth_token_sha256",
+                    "must be the SHA-256 of the auth token (otpgate hash-key prints it), not the token".into(),
+                ));
+            }
+        }
+        if let Some(kannel) = &self.kannel {
+            if kannel.username.is_empty() || kannel.username.len() > 64 || kannel.username.chars().any(char::is_control) {
+                return Some(("kannel.username", "must be 1-64 characters".into()));
+            }
+            if !is_sha256_hex(&kannel.password_sha256) {
+                return Some((
+                    "kannel.password_sha256",
+                    "must be the SHA-256 of the password (otpgate hash-key prints it), not the password".into(),
+                ));
+            }
         }
         None
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::{Otp, OtpError, code, template};
+use super::{Otp, OtpError, Wording, code, template};
 use crate::dispatch::{Job, OtpSubmitted};
 use crate::smpp::OutboundSms;
 use crate::store::record::{from_ms, to_ms};
@@ -81,7 +81,7 @@ impl Otp {
             return Ok(false);
         }
         let code = code::generate(verification.code_length)?;
-        let text = self.render(&verification.locale, code.expose(), &verification.context);
+        let text = self.render(&Wording::of(&verification), code.expose());
         let new_id = self.store.new_id();
         let deadline = from_ms(verification.expires_ms);
         let (encoding, segments) = super::measured(&text);

@@ -50,6 +50,10 @@ pub enum OtpError {
     InvalidLocale(String, String),
     #[error("'context' must be 1-{MAX_CONTEXT_CHARS} visible characters (no controls, bidi overrides or zero-width characters)")]
     InvalidContext,
+    #[error("'brand' must be 1-{MAX_BRAND_CHARS} visible characters")]
+    InvalidBrand,
+    #[error("'app_hash' must be the 11-character Android SMS Retriever hash (letters, digits, '+' and '/')")]
+    InvalidAppHash,
     #[error("'code' must be 4-10 digits")]
     InvalidCode,
     #[error("the SMS with this context does not fit one segment: {0}")]
@@ -86,7 +90,28 @@ pub struct CreateRequest {
     pub locale: Option<String>,
     pub code_length: Option<usize>,
     pub context: Option<String>,
+    /// Replaces `[otp] brand` in this SMS (Twilio's CustomFriendlyName).
+    pub brand: Option<String>,
+    /// Ends this SMS with this Android SMS Retriever hash instead of the configured autofill line.
+    pub app_hash: Option<String>,
 }
+
+/// How a verification's SMS reads, but for its code.
+struct Wording {
+    locale: String,
+    context: String,
+    brand: Option<String>,
+    app_hash: Option<String>,
+}
+
+impl Wording {
+    fn of(r: &VerificationRecord) -> Wording {
+        Wording { locale: r.locale.clone(), context: r.context.clone(), brand: r.brand.clone(), app_hash: r.app_hash.clone() }
+    }
+}
+
+/// The longest brand a request may set.
+pub const MAX_BRAND_CHARS: usize = 30;
 
 /// The result of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,10 +229,15 @@ impl Otp {
         limiter.take(key, Instant::now()).map_err(|wait| OtpError::RateLimited(scope, wait))
     }
 
-    fn render(&self, locale: &str, code: &str, context: &str) -> String {
-        let template = self.policy.templates.get(locale).map_or("{code}", String::as_str);
-        let fill = Fill { code, brand: &self.policy.brand, minutes: self.policy.ttl_minutes(), context };
-        template::render(template, &fill, &self.autofill)
+    /// The SMS of `code` as `wording` asks for it.
+    fn render(&self, wording: &Wording, code: &str) -> String {
+        let template = self.policy.templates.get(&wording.locale).map_or("{code}", String::as_str);
+        let brand = wording.brand.as_deref().unwrap_or(&self.policy.brand);
+        let fill = Fill { code, brand, minutes: self.policy.ttl_minutes(), context: &wording.context };
+        match &wording.app_hash {
+            Some(hash) => template::render(template, &fill, &Autofill { webotp_domain: None, android_app_hash: Some(hash.clone()) }),
+            None => template::render(template, &fill, &self.autofill),
+        }
     }
 
     /// Sends a code: a new verification, or a resend when the key already has one pending for
@@ -250,8 +280,20 @@ impl Otp {
         {
             return Err(OtpError::InvalidContext);
         }
+        if let Some(brand) = &request.brand {
+            if brand.trim().is_empty() || brand.chars().count() > MAX_BRAND_CHARS || brand.chars().any(template::hidden) {
+                return Err(OtpError::InvalidBrand);
+            }
+        }
+        if let Some(hash) = &request.app_hash {
+            if hash.len() != 11 || !hash.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/') {
+                return Err(OtpError::InvalidAppHash);
+            }
+        }
+        let wording =
+            Wording { locale: locale.clone(), context: context.clone(), brand: request.brand.clone(), app_hash: request.app_hash.clone() };
         let code = code::generate(code_length)?;
-        let text = self.render(&locale, code.expose(), &context);
+        let text = self.render(&wording, code.expose());
         let (encoding, segments) = measured(&text);
         if usize::from(segments) > self.policy.max_segments {
             return Err(OtpError::TextTooLong(format!("the SMS takes {segments}; otp.max_segments allows {}", self.policy.max_segments)));
@@ -309,6 +351,8 @@ impl Otp {
                         message_ids: Vec::new(),
                         done_ms: None,
                         failovers: Vec::new(),
+                        brand: None,
+                        app_hash: None,
                     },
                 ),
             };
@@ -316,6 +360,8 @@ impl Otp {
             record.code_hmac = self.sealed(&id, &context, &code);
             record.context = context.clone();
             record.locale = locale.clone();
+            record.brand = wording.brand.clone();
+            record.app_hash = wording.app_hash.clone();
             record.code_length = code_length;
             record.expires_ms = expires_ms;
             record.sends += 1;
@@ -462,20 +508,39 @@ impl Otp {
 
     /// Cancels a pending verification: its code stops working.
     pub async fn cancel(&self, owner: &str, id: &str) -> Result<Canceled, OtpError> {
+        self.close(owner, id, VerificationStatus::Canceled, "canceled").await
+    }
+
+    /// Marks a pending verification approved without a code: the client verified the user
+    /// another way (Twilio's `Status=approved`).
+    pub async fn approve(&self, owner: &str, id: &str) -> Result<Canceled, OtpError> {
+        self.close(owner, id, VerificationStatus::Approved, "approved_by_client").await
+    }
+
+    /// Ends a pending verification as `status`.
+    async fn close(&self, owner: &str, id: &str, status: VerificationStatus, outcome: &'static str) -> Result<Canceled, OtpError> {
         let (id, _) = self.owned(owner, id).await?;
         let now = self.now();
-        let change = |r: &mut VerificationRecord, _: &mut NumberStats| {
+        let change = |r: &mut VerificationRecord, stats: &mut NumberStats| {
             if shown_status(r, now) != VerificationStatus::Pending {
                 return Err(OtpError::NotPending(shown_status(r, now)));
             }
-            r.status = VerificationStatus::Canceled;
+            r.status = status;
             r.done_ms = Some(to_ms(now));
+            if status == VerificationStatus::Approved {
+                stats.of(&r.owner).approved_ms = Some(to_ms(now));
+            }
             Ok(())
         };
         let (record, result) = self.store.update_verification(&id, change).await?.ok_or(OtpError::NotFound)?;
         result?;
-        metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "canceled").increment(1);
+        metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
         Ok(Canceled { id, status: record.status })
+    }
+
+    /// A client's verification record, for views other than ours (Twilio's).
+    pub async fn record(&self, owner: &str, id: &str) -> Result<(VerificationId, VerificationRecord), OtpError> {
+        self.owned(owner, id).await
     }
 
     /// Marks pending verifications past their expiry as expired (the sweep calls this; reads
@@ -523,10 +588,10 @@ impl Otp {
                 Err(e) => return Some(Err(e)),
             };
             r.code_hmac = self.sealed(&vid, &r.context, &code);
-            Some(Ok((code, r.locale.clone(), r.context.clone())))
+            Some(Ok((code, Wording::of(r))))
         };
         let reissued = self.store.update_verification(&vid, change).await?;
-        let (record, (code, locale, context)) = match reissued {
+        let (record, (code, wording)) = match reissued {
             Some((record, Some(result))) => (record, result?),
             _ => {
                 let reason = "its verification ended before it was sent".to_string();
@@ -536,7 +601,7 @@ impl Otp {
         };
         Ok(Some(Job {
             id: message_id,
-            sms: OutboundSms::new(&record.to, self.render(&locale, code.expose(), &context), Some(from_ms(record.expires_ms))),
+            sms: OutboundSms::new(&record.to, self.render(&wording, code.expose()), Some(from_ms(record.expires_ms))),
             avoid: Vec::new(),
             verification: Some(vid),
         }))

@@ -20,6 +20,13 @@ impl MessageId {
         MessageId(bytes)
     }
 
+    /// When the id was made (ms since the epoch).
+    pub fn made_ms(&self) -> u64 {
+        let mut micros = [0u8; 8];
+        micros.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(micros) / 1000
+    }
+
     /// The smallest id made at `ms` (ids made then or later sort at or after it).
     pub fn first_at(ms: u64) -> MessageId {
         let mut bytes = [0u8; 16];

@@ -57,6 +57,12 @@ pub struct VerificationRecord {
     /// Resends through another carrier after a failed or missing receipt.
     #[serde(default)]
     pub failovers: Vec<Failover>,
+    /// The brand its SMS name instead of `[otp] brand`, if the request set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    /// The Android SMS Retriever hash its SMS end with, if the request set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_hash: Option<String>,
 }
 
 /// One failed SMS of a verification, and the resend through another carrier if one followed

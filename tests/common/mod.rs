@@ -519,13 +519,13 @@ impl ScriptPeer {
     }
 
     /// A webhook receiver that checks every request with the `standardwebhooks` library from
-    /// PyPI under `secret` (see tests/webhook-receiver/receiver.py).
+    /// PyPI under `secret` (see tests/python/receiver.py).
     pub fn webhook_verifier(secret: &str) -> Option<ScriptPeer> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook-receiver");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
         let python = dir.join(".venv/bin/python");
         let mut command = std::process::Command::new(&python);
         command.arg(dir.join("receiver.py")).arg(secret);
-        ScriptPeer::spawn(python.exists().then_some(command), "the standardwebhooks verifier (tests/webhook-receiver/setup)")
+        ScriptPeer::spawn(python.exists().then_some(command), "the standardwebhooks verifier (tests/python/setup)")
     }
 
     /// Runs `command` (`None` when its peer is not installed on a developer's machine; under CI,
