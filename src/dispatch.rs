@@ -41,6 +41,8 @@ pub struct Job {
     pub sms: OutboundSms,
     /// Carriers not to use (a receipt failover avoids the carriers that already failed).
     pub avoid: Vec<String>,
+    /// The one carrier that may send it (the client pinned it), whatever its route says.
+    pub only: Option<String>,
     /// Set for OTP messages: their submits are reported for receipt failover.
     pub verification: Option<VerificationId>,
 }
@@ -58,6 +60,7 @@ impl Job {
                 reference: 0,
             },
             avoid: Vec::new(),
+            only: record.options.pinned_carrier.clone(),
             verification: None,
         }
     }
@@ -419,8 +422,11 @@ enum Next {
 impl Shared {
     fn choose(&self, job: &Job, tried: &HashSet<String>, spill_after: Duration) -> Option<Next> {
         let fabric = self.network.current();
-        let route = fabric.routes.route(&job.sms.to)?;
-        let order = route.order();
+        let order = match &job.only {
+            // Gone from the config since (a reload): it waits, and expires if it stays gone.
+            Some(name) => fabric.carriers.iter().filter(|c| c.name() == name).cloned().collect(),
+            None => fabric.routes.route(&job.sms.to)?.order(),
+        };
         let allowed: Vec<&Arc<Carrier>> = order.iter().filter(|c| !job.avoid.iter().any(|a| a == c.name())).collect();
         // A receipt failover that has run out of fresh carriers falls back to the whole route.
         let candidates = if allowed.is_empty() { order.iter().collect() } else { allowed };

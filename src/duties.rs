@@ -88,7 +88,7 @@ impl Duties {
         let receipt_tracking = TaskGroup::new();
         // Ends when every session is gone and the channel is drained, not on a stop.
         receipt_tracking.spawn(|_| track::track_receipts(store.clone(), receipts_rx, otp_failed));
-        let webhooks = Senders::start(store.clone(), &config.webhooks);
+        let webhooks = Senders::start(store.clone(), &config.event_endpoints());
         Duties {
             carrier_stops,
             carriers_stop,
@@ -144,7 +144,7 @@ impl Duties {
         }
         crew.network.replace(carriers, &new.routes);
         self.dispatcher.fit(&crew.network.current());
-        self.webhooks.reload(&new.webhooks);
+        self.webhooks.reload(&new.event_endpoints());
     }
 
     /// Stops in the order that loses nothing, within `limit`: no new attempts, submits under way

@@ -13,7 +13,8 @@
 //! - [`config`]: composes the TOML file from each component's settings and runs the checks that
 //!   span sections; [`config::ConfigBuilder`] writes configs from code;
 //! - [`http`]: the HTTP intake (axum on our own hyper accept loop with timeouts and a connection
-//!   cap), its settings, and a minimal client for the demo and tests;
+//!   cap), its settings, and a minimal client for the demo and tests; beside our API, Twilio
+//!   Verify v2's and Kannel's sendsms, and the OpenAPI document;
 //! - `otp`: verifications: codes and their HMAC, templates, rate rules, receipt failover;
 //! - [`store`]: the durable store (sled, or PostgreSQL for a cluster), one file per row kind,
 //!   group commit, retention;
@@ -38,6 +39,7 @@
 //! - [`cluster`]: cluster mode on PostgreSQL: the dispatch leader's lease and this node's campaign;
 //! - `duties`: the dispatch duties (carriers, dispatcher, receipts, recovery, sweep) a single node
 //!   has for its life and a cluster leader for its term;
+//! - `dlr_url`: Kannel's delivery-report URL with its escapes filled (a report's callback);
 //! - [`webhook`]: events out: signed Standard Webhooks requests to the clients' endpoints, one
 //!   sender per endpoint, retried with backoff, in order per message (the events are rows the
 //!   store writes with each change: `store::events`);
@@ -56,6 +58,7 @@ pub mod country;
 pub mod daemon;
 pub mod demo;
 pub(crate) mod dispatch;
+pub(crate) mod dlr_url;
 pub(crate) mod duration;
 mod duties;
 pub(crate) mod echo;

@@ -244,6 +244,7 @@ mod tests {
                 deadline: now,
                 encoding: None,
                 segments: 1,
+                options: Default::default(),
             };
             let (id, _) = store.insert_message(message, None, now).await.unwrap();
             let carrier = format!("c{i}");

@@ -72,6 +72,7 @@ async fn a_queued_message_the_dispatcher_never_got_is_found_and_sent() {
         deadline: now + Duration::from_secs(300),
         encoding: None,
         segments: 1,
+        options: Default::default(),
     };
     gw.daemon.store().insert_message(message, None, now).await.unwrap();
     let sent = sim.wait_until(Duration::from_secs(20), |s| s.submits.iter().any(|m| m.text == "orphan")).await;

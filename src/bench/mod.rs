@@ -854,6 +854,7 @@ async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Res
                             deadline: now + Duration::from_secs(3600),
                             encoding: None,
                             segments: 1,
+                            options: Default::default(),
                         };
                         if store.insert_message(message, None, now).await.is_err() {
                             return;

@@ -21,6 +21,7 @@ pub use crate::route::{RouteConfig, Strategy};
 pub use crate::smpp::settings::{BindType, CarrierConfig};
 pub use crate::store::settings::StoreConfig;
 pub use crate::webhook::WebhookConfig;
+use crate::webhook::settings::DlrFetchConfig;
 pub use builder::ConfigBuilder;
 
 /// Why a configuration could not be used.
@@ -58,7 +59,21 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
+    pub kannel_dlr: DlrFetchConfig,
+    #[serde(default)]
     pub fraud: FraudConfig,
+}
+
+impl Config {
+    /// Every endpoint events go out to: the configured webhooks, and the built-in one of Kannel
+    /// delivery reports when a Kannel user is configured.
+    pub(crate) fn event_endpoints(&self) -> Vec<WebhookConfig> {
+        let mut endpoints = self.webhooks.clone();
+        if self.api_keys.iter().any(|k| k.kannel.is_some()) {
+            endpoints.push(self.kannel_dlr.endpoint());
+        }
+        endpoints
+    }
 }
 
 /// Listeners and the data directory.
@@ -232,6 +247,9 @@ impl Config {
             if self.webhooks[..i].iter().any(|w| w.name == webhook.name) {
                 return Err(invalid(format!("webhooks[{i}].name"), format!("{:?} is used twice", webhook.name)));
             }
+        }
+        if let Some((field, message)) = self.kannel_dlr.endpoint().limits_problem() {
+            return Err(invalid(format!("kannel_dlr.{field}"), message));
         }
         if let Some((key, message)) = self.otp.problem() {
             return Err(invalid(key, message));

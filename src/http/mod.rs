@@ -6,7 +6,9 @@
 mod analytics;
 pub mod client;
 mod error;
+mod kannel;
 mod listing;
+mod openapi;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod twilio;
@@ -166,6 +168,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/analytics/verifications", get(analytics::verifications))
         .route("/v1/webhooks/dead/resend", post(webhooks::resend_dead))
         .merge(twilio::routes())
+        .merge(kannel::routes())
+        .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })
@@ -383,6 +387,7 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         deadline: now + validity,
         encoding: Some(text.encoding()),
         segments: segments as u16,
+        options: Default::default(),
     };
     let (id, record) = state
         .store

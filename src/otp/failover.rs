@@ -93,6 +93,7 @@ impl Otp {
             deadline,
             encoding,
             segments,
+            options: Default::default(),
         };
         // The message first: a crash before the verification points at it leaves a message the
         // recovery recognises as stale (it is not the verification's latest) and drops.
@@ -117,6 +118,7 @@ impl Otp {
             id: new_id,
             sms: OutboundSms::new(&verification.to, text, Some(deadline)),
             avoid: used,
+            only: None,
             verification: Some(vid),
         });
         Ok(true)

@@ -378,6 +378,7 @@ impl Otp {
                     deadline: from_ms(expires_ms),
                     encoding,
                     segments,
+                    options: Default::default(),
                 },
                 record,
                 message_id,
@@ -407,6 +408,7 @@ impl Otp {
             id: send.message_id,
             sms: OutboundSms::new(&send.record.to, text, Some(from_ms(send.record.expires_ms))),
             avoid: Vec::new(),
+            only: None,
             verification: Some(send.id),
         });
         Ok(created(send.id, &send.record, now))
@@ -603,6 +605,7 @@ impl Otp {
             id: message_id,
             sms: OutboundSms::new(&record.to, self.render(&wording, code.expose()), Some(from_ms(record.expires_ms))),
             avoid: Vec::new(),
+            only: None,
             verification: Some(vid),
         }))
     }

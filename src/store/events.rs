@@ -21,6 +21,20 @@ use super::record::{self, MessageId, MessageRecord, MessageStatus, VerificationI
 use super::verification::{VerificationRecord, VerificationStatus};
 use super::{Store, StoreError, keys, lock, view};
 
+/// The built-in endpoint whose rows are Kannel delivery reports: each row's body is the URL to
+/// fetch (`webhook::settings` starts its sender when a Kannel user is configured).
+pub const DLR_ENDPOINT: &str = "kannel-dlr";
+const DLR_KIND: &str = "kannel.dlr";
+
+/// A receipt as Kannel's `%A` shows it, in the receipt's own words.
+fn receipt_words(message: &MessageRecord) -> String {
+    let id = message.smsc_message_id.as_deref().unwrap_or_default();
+    match &message.receipt {
+        Some(r) => format!("id:{id} stat:{} err:{}", r.stat, r.err.as_deref().unwrap_or("000")),
+        None => format!("id:{id} stat:{}", message.error.as_deref().unwrap_or("UNKNOWN")),
+    }
+}
+
 /// Every kind of event, as its `type` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -399,14 +413,10 @@ impl Store {
         data: impl FnOnce() -> D,
     ) {
         let subscriptions = self.subscriptions();
-        let wanted: Vec<&Subscription> = subscriptions.iter().filter(|s| s.wants(kind, owner)).collect();
+        let wanted: Vec<&str> = subscriptions.iter().filter(|s| s.wants(kind, owner)).map(|s| s.name.as_str()).collect();
         if wanted.is_empty() {
             return;
         }
-        let event = self.new_id();
-        lock(&self.outbox.unwritten).entry(*subject).or_default().push(event);
-        out.ids.push((*subject, event));
-        out.unwritten.get_or_insert_with(|| self.outbox.unwritten.clone());
         #[derive(serde::Serialize)]
         struct Body<'a, D> {
             #[serde(rename = "type")]
@@ -417,9 +427,29 @@ impl Store {
         let body = Body { kind: kind.name(), timestamp: record::rfc3339(now_ms), data: data() };
         // Our own plain structs: serialisation cannot fail.
         let body = serde_json::to_string(&body).unwrap_or_default();
+        self.push_rows(out, kind.name(), owner, subject, requires, now_ms, body, &wanted);
+    }
+
+    /// Adds one event's row for each of `endpoints` to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_rows(
+        &self,
+        out: &mut Emitted,
+        kind: &str,
+        owner: &str,
+        subject: &MessageId,
+        requires: Option<(MessageId, MessageStatus)>,
+        now_ms: u64,
+        body: String,
+        endpoints: &[&str],
+    ) {
+        let event = self.new_id();
+        lock(&self.outbox.unwritten).entry(*subject).or_default().push(event);
+        out.ids.push((*subject, event));
+        out.unwritten.get_or_insert_with(|| self.outbox.unwritten.clone());
         let row = EventRow {
             id: format!("evt_{event}"),
-            kind: kind.name().to_string(),
+            kind: kind.to_string(),
             owner: owner.to_string(),
             created_ms: now_ms,
             body,
@@ -430,14 +460,49 @@ impl Store {
             requires,
         };
         let value = row.encode();
-        for s in wanted {
-            out.rows.push((event_key(keys::EVENT, &s.name, subject, &event), value.clone()));
+        for endpoint in endpoints {
+            out.rows.push((event_key(keys::EVENT, endpoint, subject, &event), value.clone()));
         }
+    }
+
+    /// The Kannel delivery report of `message` entering its status, if its client asked for
+    /// that state: a row for [`DLR_ENDPOINT`] whose body is the URL to fetch.
+    fn emit_dlr(&self, out: &mut Emitted, id: &MessageId, message: &MessageRecord, now_ms: u64) {
+        let Some(dlr) = &message.options.dlr else { return };
+        let submitted = message.smsc_message_id.is_some();
+        let (kind, reply) = match message.status {
+            MessageStatus::Queued => return,
+            MessageStatus::Submitted => (8, "ACK/".to_string()),
+            MessageStatus::Delivered | MessageStatus::Undeliverable | MessageStatus::Rejected => {
+                let kind = if message.status == MessageStatus::Delivered { 1 } else { 2 };
+                (kind, receipt_words(message))
+            }
+            MessageStatus::Expired | MessageStatus::Failed if submitted => (2, receipt_words(message)),
+            MessageStatus::Expired | MessageStatus::Failed => (16, format!("NACK/{}", message.error.as_deref().unwrap_or_default())),
+        };
+        if dlr.mask & kind == 0 {
+            return;
+        }
+        let report = crate::dlr_url::Report {
+            kind,
+            smsc_message_id: message.smsc_message_id.as_deref().unwrap_or_default(),
+            handset: &dlr.to,
+            sender: &dlr.from,
+            at_unix: now_ms / 1000,
+            reply: &reply,
+            carrier: message.carrier.as_deref().unwrap_or_default(),
+            user: &dlr.user,
+            coding: if message.encoding == Some(crate::sms::Encoding::Ucs2) { 2 } else { 0 },
+            message_id: &id.to_string(),
+        };
+        let url = crate::dlr_url::fill(&dlr.url, &report);
+        self.push_rows(out, DLR_KIND, &message.owner, id, Some((*id, message.status)), now_ms, url, &[DLR_ENDPOINT]);
     }
 
     /// The event of `message` entering its status now, about its verification when it carries
     /// a code (so a verification's events keep one order).
     pub(super) fn emit_message(&self, out: &mut Emitted, id: &MessageId, message: &MessageRecord, now_ms: u64) {
+        self.emit_dlr(out, id, message, now_ms);
         if let Some(kind) = EventType::of_message(message.status) {
             let subject = message.verification.map_or(*id, |v| v.0);
             self.emit(out, kind, &message.owner, &subject, Some((*id, message.status)), now_ms, || view::message(id, message));
@@ -804,6 +869,7 @@ mod tests {
             deadline: now + Duration::from_secs(300),
             encoding: None,
             segments: 1,
+            options: Default::default(),
         };
         let (cut, whole);
         {

@@ -23,6 +23,7 @@ pub struct NewMessage {
     pub encoding: Option<crate::sms::Encoding>,
     /// How many SMS the text takes, as counted at intake.
     pub segments: u16,
+    pub options: super::record::SendOptions,
 }
 
 /// The rows that queue a message, record first: the one way every intake (API message,

@@ -512,6 +512,7 @@ mod tests {
             deadline: now + Duration::from_secs(300),
             encoding: None,
             segments: 1,
+            options: Default::default(),
         }
     }
 

@@ -497,6 +497,7 @@ mod tests {
             deadline: now + Duration::from_secs(60),
             encoding: None,
             segments: 1,
+            options: Default::default(),
         }
     }
 

@@ -206,6 +206,40 @@ pub struct MessageRecord {
     /// The reference of its last send in parts: the next send takes another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<u16>,
+    /// How the client asked for it to be sent and reported beyond the basics. (A nested
+    /// field, not flattened: serde's flatten reads the whole record through a map.)
+    #[serde(default, skip_serializing_if = "SendOptions::is_empty")]
+    pub options: SendOptions,
+}
+
+/// A message's requests beyond text and number: a carrier it must go through, and a callback
+/// URL per delivery state (Kannel's `smsc`, `dlr-mask` and `dlr-url`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendOptions {
+    /// Only this carrier sends it, whatever its route says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_carrier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlr: Option<DlrRequest>,
+}
+
+impl SendOptions {
+    fn is_empty(&self) -> bool {
+        self.pinned_carrier.is_none() && self.dlr.is_none()
+    }
+}
+
+/// A Kannel-style delivery report request: `url` (with Kannel's escapes) is fetched for each
+/// state whose bit is in `mask`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlrRequest {
+    pub url: String,
+    pub mask: u8,
+    /// The sendsms user (`%n`).
+    pub user: String,
+    /// The receiver and sender as the client wrote them (`%p`, `%P`).
+    pub to: String,
+    pub from: String,
 }
 
 fn one() -> u16 {
@@ -241,6 +275,7 @@ impl MessageRecord {
             segments: message.segments,
             parts: Vec::new(),
             reference: None,
+            options: message.options,
         }
     }
 

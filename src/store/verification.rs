@@ -336,6 +336,7 @@ mod tests {
             deadline: now + Duration::from_secs(300),
             encoding: None,
             segments: 1,
+            options: Default::default(),
         };
         let record = VerificationRecord {
             owner: "key".into(),
@@ -353,6 +354,8 @@ mod tests {
             message_ids: Vec::new(),
             done_ms: None,
             failovers: Vec::new(),
+            brand: None,
+            app_hash: None,
         };
         VerificationSend { id: VerificationId(store.new_id()), record, message_id: store.new_id(), message, idempotency: None }
     }

@@ -70,15 +70,27 @@ enum Outcome {
 /// An endpoint as its sender uses it.
 pub(crate) struct Endpoint {
     pub(crate) config: WebhookConfig,
-    signer: Signer,
-    uri: hyper::Uri,
+    target: Target,
     client: HttpsClient,
+}
+
+/// Where an endpoint's events go.
+enum Target {
+    /// Each event's body POSTed to one URL, signed.
+    Signed { uri: hyper::Uri, signer: Signer },
+    /// A GET of the URL each event's body is (Kannel's `dlr-url`), as Kannel sends it: unsigned.
+    UrlInEvent,
 }
 
 impl Endpoint {
     pub(crate) fn new(config: WebhookConfig) -> Result<Endpoint, String> {
-        let signer = config.signer().map_err(|e| e.to_string())?;
-        let uri = config.url.parse::<hyper::Uri>().map_err(|e| format!("url: {e}"))?;
+        let target = match config.url_in_event {
+            true => Target::UrlInEvent,
+            false => Target::Signed {
+                uri: config.url.parse::<hyper::Uri>().map_err(|e| format!("url: {e}"))?,
+                signer: config.signer().map_err(|e| e.to_string())?,
+            },
+        };
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         // No CA bundle on the host: https endpoints then fail verification, loudly, per attempt.
         let builder = match builder.with_native_roots() {
@@ -91,7 +103,7 @@ impl Endpoint {
         };
         let connector = builder.https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Ok(Endpoint { config, signer, uri, client })
+        Ok(Endpoint { config, target, client })
     }
 
     fn name(&self) -> &str {
@@ -102,17 +114,24 @@ impl Endpoint {
         backoff(failures, self.config.backoff_min, self.config.backoff_max)
     }
 
-    /// One signed POST of `event`, within the endpoint's timeout.
+    /// One attempt at `event` (a signed POST, or a GET of its URL), within the endpoint's timeout.
     async fn attempt(&self, event: &PendingEvent) -> Outcome {
-        let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let body = event.row.body.as_bytes();
-        let request = hyper::Request::post(self.uri.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("otpgate/", env!("CARGO_PKG_VERSION")))
-            .header("webhook-id", &event.row.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", self.signer.signature(&event.row.id, timestamp, body))
-            .body(Full::new(Bytes::copy_from_slice(body)));
+        let request = match &self.target {
+            Target::Signed { uri, signer } => {
+                let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                hyper::Request::post(uri.clone())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header(hyper::header::USER_AGENT, concat!("otpgate/", env!("CARGO_PKG_VERSION")))
+                    .header("webhook-id", &event.row.id)
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signer.signature(&event.row.id, timestamp, body))
+                    .body(Full::new(Bytes::copy_from_slice(body)))
+            }
+            Target::UrlInEvent => hyper::Request::get(event.row.body.as_str())
+                .header(hyper::header::USER_AGENT, concat!("otpgate/", env!("CARGO_PKG_VERSION")))
+                .body(Full::new(Bytes::new())),
+        };
         let request = match request {
             Ok(request) => request,
             Err(e) => return Outcome::Failed { result: "unreachable", reason: format!("cannot build the request: {e}") },
@@ -132,6 +151,8 @@ impl Endpoint {
             },
             Ok(Err(e)) => Outcome::Failed { result: "unreachable", reason: error_chain(&e) },
             Ok(Ok(status)) if status.is_success() => Outcome::Delivered,
+            // One report URL's 410 is that URL's business, not the endpoint's: it is not asked again.
+            Ok(Ok(hyper::StatusCode::GONE)) if self.config.url_in_event => Outcome::Delivered,
             Ok(Ok(hyper::StatusCode::GONE)) => Outcome::Gone,
             Ok(Ok(status)) => Outcome::Failed { result: "rejected", reason: format!("answered {status}") },
         };

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::sign::{SecretError, Signer};
 use crate::echo::shown;
-use crate::store::events::{EventType, Subscription, glob};
+use crate::store::events::{DLR_ENDPOINT, EventType, Subscription, glob};
 
 /// One endpoint.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -46,6 +46,58 @@ pub struct WebhookConfig {
     pub backoff_min: Duration,
     #[serde(default = "an_hour", deserialize_with = "crate::duration::human")]
     pub backoff_max: Duration,
+    /// The built-in endpoint of Kannel delivery reports: each event's body is the URL to GET
+    /// (no body, no signature) instead of a body to POST to `url`.
+    #[serde(skip)]
+    pub(crate) url_in_event: bool,
+}
+
+/// `[kannel_dlr]`: how Kannel delivery-report URLs (`dlr-url`) are fetched: from the durable
+/// outbox like webhook events, retried with backoff, kept as dead events past `retry_for`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlrFetchConfig {
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub retry_for: Duration,
+    pub max_in_flight: usize,
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub backoff_min: Duration,
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub backoff_max: Duration,
+}
+
+impl Default for DlrFetchConfig {
+    fn default() -> Self {
+        DlrFetchConfig {
+            timeout: ten_seconds(),
+            retry_for: a_day(),
+            max_in_flight: in_flight(),
+            backoff_min: five_seconds(),
+            backoff_max: an_hour(),
+        }
+    }
+}
+
+impl DlrFetchConfig {
+    /// The built-in endpoint that fetches delivery-report URLs.
+    pub(crate) fn endpoint(&self) -> WebhookConfig {
+        WebhookConfig {
+            name: DLR_ENDPOINT.to_string(),
+            url: String::new(),
+            secret: None,
+            secret_file: None,
+            events: Vec::new(),
+            api_keys: Vec::new(),
+            timeout: self.timeout,
+            retry_for: self.retry_for,
+            max_in_flight: self.max_in_flight,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            url_in_event: true,
+        }
+    }
 }
 
 fn every_event() -> Vec<String> {
@@ -87,6 +139,7 @@ impl fmt::Debug for WebhookConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
+            .field("url_in_event", &self.url_in_event)
             .finish()
     }
 }
@@ -119,6 +172,9 @@ impl WebhookConfig {
         if !name_ok {
             return Some(("name", "must be 1-64 characters of A-Z a-z 0-9 - _ .".into()));
         }
+        if self.name == DLR_ENDPOINT {
+            return Some(("name", format!("{DLR_ENDPOINT} is the name of the built-in endpoint of Kannel delivery reports")));
+        }
         if let Some(problem) = url_problem(&self.url) {
             return Some(("url", problem));
         }
@@ -138,6 +194,11 @@ impl WebhookConfig {
         if let Some(unknown) = self.api_keys.iter().find(|k| !api_keys.contains(&k.as_str())) {
             return Some(("api_keys", format!("no [[api_keys]] entry named {}", shown(unknown))));
         }
+        self.limits_problem()
+    }
+
+    /// The first timing or concurrency setting out of bounds.
+    pub(crate) fn limits_problem(&self) -> Option<(&'static str, String)> {
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.timeout) {
             return Some(("timeout", "must be between 100ms and 5m".into()));
         }
@@ -189,6 +250,7 @@ mod tests {
             max_in_flight: 32,
             backoff_min: five_seconds(),
             backoff_max: an_hour(),
+            url_in_event: false,
         }
     }
 

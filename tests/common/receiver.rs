@@ -34,6 +34,9 @@ pub struct Seen {
     pub body: String,
     /// What the receiver answered (0: it hung).
     pub status: u16,
+    pub method: String,
+    /// The path and query asked for.
+    pub target: String,
 }
 
 impl Seen {
@@ -160,6 +163,8 @@ where
         async move {
             let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+            let method = request.method().to_string();
+            let target = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
             let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let mode = *shared.mode.lock().unwrap();
             let status = match mode {
@@ -168,7 +173,7 @@ where
                 Mode::Hang => 0,
             };
             let body = String::from_utf8_lossy(&body).into_owned();
-            shared.seen.lock().unwrap().push(Seen { id, timestamp, signature, body, status });
+            shared.seen.lock().unwrap().push(Seen { id, timestamp, signature, body, status, method, target });
             match mode {
                 Mode::Hang => std::future::pending::<()>().await,
                 Mode::Slow(delay) => tokio::time::sleep(delay).await,
