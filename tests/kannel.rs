@@ -57,7 +57,7 @@ fn query_of(target: &str) -> HashMap<String, String> {
 #[tokio::test]
 async fn the_user_guides_request_forms_send() {
     let sim = sim(SimConfig::default()).await;
-    let (_gw, mut client) = gateway(&[&sim]).await;
+    let (gw, mut client) = gateway(&[&sim]).await;
 
     // The user guide's GET, '+' for a space; Kannel's national-style number without '+'.
     let reply = get(&mut client, "username=tester&password=foobar&to=447700900701&text=Hello+world").await;
@@ -95,6 +95,13 @@ async fn the_user_guides_request_forms_send() {
     assert_eq!((ucs2.text.as_str(), ucs2.data_coding), ("При", 8));
     assert_eq!(get(&mut client, "username=tester&password=foobar&to=447700900707&charset=ISO-8859-1&text=%E9t%E9").await.status, 202);
     assert_eq!(submits_to(&sim, "447700900707", 1).await[0].text, "été");
+
+    // The sendsms password never reaches the store.
+    let Gateway { daemon, dir } = gw;
+    assert!(daemon.shutdown(Duration::from_secs(5)).await);
+    for (place, bytes) in common::stored(dir.path()) {
+        assert!(!bytes.windows(6).any(|w| w == b"foobar"), "the password is in {place}");
+    }
 }
 
 #[tokio::test]
@@ -223,6 +230,11 @@ async fn every_message_under_load_gets_its_reports_across_a_restart_and_a_receiv
     let mut client = gw.client().await;
     for query in &queries[requests / 2..] {
         assert_eq!(get(&mut client, query).await.status, 202);
+    }
+    // Up again once reports met the outage.
+    let refused = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !receiver.seen().iter().any(|s| s.status == 503) && tokio::time::Instant::now() < refused {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     receiver.set(Mode::Answer(200));
     let expected = numbers.len() * 2;

@@ -84,7 +84,7 @@ fn error_of(answer: &Value) -> (u64, u64) {
 
 #[tokio::test]
 async fn start_fetch_wrong_check_right_check() {
-    let (sim, _gw, sdk) = gateway("").await;
+    let (sim, gw, sdk) = gateway("").await;
     let Some(mut sdk) = sdk else { return };
     let number = "+447700900501";
     let started = sdk.create(number).await;
@@ -112,6 +112,13 @@ async fn start_fetch_wrong_check_right_check() {
     assert_eq!(error_of(&sdk.check(json!({"to": number, "code": code})).await), (404, 20404));
     let fetched = sdk.run(json!({"op": "fetch", "sid": sid})).await;
     assert_eq!(fetched["status"], "approved");
+
+    // The auth token never reaches the store (tests/secrets.rs covers codes).
+    let Gateway { daemon, dir } = gw;
+    assert!(daemon.shutdown(std::time::Duration::from_secs(5)).await);
+    for (place, bytes) in common::stored(dir.path()) {
+        assert!(!bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the auth token is in {place}");
+    }
 }
 
 #[tokio::test]

@@ -686,6 +686,39 @@ source_addr = "Acme"
     }
 
     #[test]
+    fn twilio_and_kannel_credentials_are_hashes_used_once() {
+        let hash = "bb".repeat(32);
+        let key = |name: &str, extra: &str| format!("\n[[api_keys]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n{extra}");
+        let twilio = |sid: &str, token: &str| {
+            format!("[api_keys.twilio]\naccount_sid = \"{sid}\"\nauth_token_sha256 = \"{token}\"\nservice_sid = \"VA{}\"\n", "0".repeat(32))
+        };
+        let sid = format!("AC{}", "1".repeat(32));
+        let ok = format!("{MINIMAL}{}", key("a", &twilio(&sid, &hash)));
+        assert!(parse(&ok).unwrap().api_keys[0].twilio.is_some());
+        let e = error_of(&format!("{MINIMAL}{}", key("a", &twilio("AC12", &hash))));
+        assert!(e.contains("api_keys[0].twilio.account_sid"), "{e}");
+        let e = error_of(&format!("{MINIMAL}{}", key("a", &twilio(&sid, "the-auth-token"))));
+        assert!(e.contains("api_keys[0].twilio.auth_token_sha256") && !e.contains("the-auth-token"), "{e}");
+        let e = error_of(&format!("{ok}{}", key("b", &twilio(&sid, &hash))));
+        assert!(e.contains("api_keys[1].twilio.account_sid"), "{e}");
+
+        let kannel = |user: &str, password: &str| format!("[api_keys.kannel]\nusername = \"{user}\"\npassword_sha256 = \"{password}\"\n");
+        let ok = format!("{MINIMAL}{}", key("a", &kannel("tester", &hash)));
+        let config = parse(&ok).unwrap();
+        assert!(
+            config.event_endpoints().iter().any(|e| e.name == crate::store::events::DLR_ENDPOINT),
+            "a Kannel user starts the report sender"
+        );
+        let e = error_of(&format!("{MINIMAL}{}", key("a", &kannel("tester", "foobar"))));
+        assert!(e.contains("api_keys[0].kannel.password_sha256") && !e.contains("foobar"), "{e}");
+        let e = error_of(&format!("{ok}{}", key("b", &kannel("tester", &hash))));
+        assert!(e.contains("api_keys[1].kannel.username"), "{e}");
+        let e = error_of(&format!("[kannel_dlr]\ntimeout = \"1ms\"\n{ok}"));
+        assert!(e.contains("kannel_dlr.timeout"), "{e}");
+        assert!(parse(MINIMAL).unwrap().event_endpoints().is_empty(), "no Kannel user, no report sender");
+    }
+
+    #[test]
     fn message_validity_limits_are_checked() {
         let e = error_of(&format!("[messages]\ndefault_validity = \"5h\"\nmax_validity = \"1h\"\n{MINIMAL}"));
         assert!(e.contains("messages.default_validity"), "{e}");
