@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use otpgate::config::Config;
 use otpgate::daemon::Daemon;
 use otpgate::sim::{SimConfig, SmscSim};
@@ -50,6 +50,9 @@ enum Command {
     },
     /// Print the SHA-256 of an API key read from stdin, for `[[api_keys]] key_sha256`.
     HashKey,
+    /// Print the man page (roff), generated from this command line's own help.
+    #[command(hide = true)]
+    Man,
     /// Measure throughput, latency and resources against simulated carriers (use --release).
     Bench(BenchArgs),
     /// Run the SMSC simulator on its own, printing every SMS it receives.
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config } => check_config(config),
             Command::Demo { once, http, tls } => otpgate::demo::run(once, http, tls).await.map_err(|e| e.to_string()),
             Command::HashKey => hash_key(),
+            Command::Man => man_page(),
             Command::Bench(args) => otpgate::bench::run(args.options()).await.map_err(|e| e.to_string()),
             Command::SmscSim { listen, system_id, password, response_delay, no_receipts, tls_cert, tls_key, tls_client_ca } => {
                 let tls = match tls_cert.zip(tls_key) {
@@ -272,6 +276,10 @@ fn reload(daemon: &Daemon, path: &std::path::Path) {
 }
 
 /// Reads a key from stdin (one line; surrounding whitespace ignored) and prints its SHA-256.
+fn man_page() -> Result<(), String> {
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| format!("cannot write the man page: {e}"))
+}
+
 fn hash_key() -> Result<(), String> {
     let mut key = String::new();
     std::io::stdin().read_line(&mut key).map_err(|e| format!("cannot read stdin: {e}"))?;

@@ -158,3 +158,15 @@ fn check_config_lists_webhooks_warns_of_plain_http_and_never_shows_a_secret() {
     assert!(stderr.contains("webhooks[1].secret") && stderr.contains("whsec_"), "{stderr}");
     assert!(!stderr.contains("MfKQ9r8"), "the secret was echoed: {stderr}");
 }
+
+/// The package's man page comes from the command line's own help (tests/deb installs it).
+#[test]
+fn man_prints_a_man_page_of_the_commands() {
+    let out = otpgate().arg("man").output().expect("runs");
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH otpgate 1"), "{page}");
+    for command in ["run", "check\\-config", "demo", "hash\\-key", "bench", "smsc\\-sim"] {
+        assert!(page.contains(command), "the man page lacks {command}: {page}");
+    }
+}

@@ -317,7 +317,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         "WatchdogSec=",
         "Restart=on-failure",
         "StateDirectory=otpgate",
-        "DynamicUser=yes",
+        "User=otpgate",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=",
@@ -328,9 +328,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = std::fs::canonicalize("config/otpgate.toml").unwrap();
-    let local = unit
-        .replace("/usr/local/bin/otpgate", env!("CARGO_BIN_EXE_otpgate"))
-        .replace("/etc/otpgate/otpgate.toml", &config.display().to_string());
+    let local =
+        unit.replace("/usr/bin/otpgate", env!("CARGO_BIN_EXE_otpgate")).replace("/etc/otpgate/otpgate.toml", &config.display().to_string());
     let path = dir.path().join("otpgate.service");
     std::fs::write(&path, local).unwrap();
     match std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output() {
