@@ -58,6 +58,10 @@ impl Job {
                 deadline: Some(record.deadline()),
                 encoding: record.encoding,
                 reference: 0,
+                registration: crate::smpp::tlv::Registration {
+                    template_id: record.options.template_id.clone(),
+                    entity_id: record.options.entity_id.clone(),
+                },
             },
             avoid: Vec::new(),
             only: record.options.pinned_carrier.clone(),
@@ -588,7 +592,17 @@ impl Shared {
             // the SMSC is known for what it is (a possible duplicate), never resent blind.
             self.log_store_error(&id, self.store.mark_in_flight(&id).await);
             self.log_store_error(&id, self.store.durable().await);
-            let Submission { outcome, accepted, parts, session, slot } = carrier.submit_via(&job.sms, max_wait).await;
+            // A message that names no sender goes from its route's sender on this carrier, if
+            // the route sets one (else the carrier's source_addr).
+            let route_sender = match job.sms.from {
+                Some(_) => None,
+                None => self.network.current().routes.route(&job.sms.to).and_then(|r| r.sender_on(carrier.name()).map(str::to_string)),
+            };
+            let sms = match route_sender {
+                Some(from) => std::borrow::Cow::Owned(OutboundSms { from: Some(from), ..job.sms.clone() }),
+                None => std::borrow::Cow::Borrowed(&job.sms),
+            };
+            let Submission { outcome, accepted, parts, session, slot } = carrier.submit_via(&sms, max_wait).await;
             // An accepted submit keeps its window slot until the store knows it (WindowSlot);
             // any other outcome frees it now.
             let accepted_slot = matches!(outcome, SubmitOutcome::Accepted { .. }).then_some(slot);

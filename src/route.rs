@@ -35,6 +35,37 @@ pub struct RouteConfig {
     pub strategy: Strategy,
     #[serde(default)]
     pub weights: Vec<u32>,
+    /// The sender of this route's messages that name none, on every carrier of the route ...
+    #[serde(default)]
+    pub from: Option<String>,
+    /// ... or on one carrier (a short code on one, a registered long number on another).
+    #[serde(default)]
+    pub from_by_carrier: std::collections::BTreeMap<String, String>,
+    /// The senders a request may name for these destinations: `"any"` (the default) or a list.
+    #[serde(default)]
+    pub allowed_from: AllowedFrom,
+}
+
+/// Which senders a request may name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AllowedFrom {
+    #[default]
+    #[serde(skip)]
+    Any,
+    /// `"any"` as written.
+    Word(String),
+    List(Vec<String>),
+}
+
+impl AllowedFrom {
+    /// The list, or `None` for any sender.
+    pub fn list(&self) -> Option<&[String]> {
+        match self {
+            AllowedFrom::List(list) => Some(list),
+            AllowedFrom::Any | AllowedFrom::Word(_) => None,
+        }
+    }
 }
 
 impl RouteConfig {
@@ -52,6 +83,32 @@ impl RouteConfig {
         }
         if self.carriers.is_empty() {
             return Some(("carriers", "list at least one carrier".into()));
+        }
+        let sender = |from: &str| crate::smpp::address::Address::source(from).err().map(|e| format!("{}: {e}", shown(from)));
+        if let Some(e) = self.from.as_deref().and_then(sender) {
+            return Some(("from", e));
+        }
+        for (carrier, from) in &self.from_by_carrier {
+            if !self.carriers.contains(carrier) {
+                return Some(("from_by_carrier", format!("{} is not a carrier of this route", shown(carrier))));
+            }
+            if let Some(e) = sender(from) {
+                return Some(("from_by_carrier", e));
+            }
+        }
+        match &self.allowed_from {
+            AllowedFrom::Word(word) if word != "any" => {
+                return Some(("allowed_from", format!("is \"any\" or a list of senders, not {}", shown(word))));
+            }
+            AllowedFrom::List(list) if list.is_empty() || list.len() > 100 => {
+                return Some(("allowed_from", "lists 1-100 senders (or write \"any\")".into()));
+            }
+            AllowedFrom::List(list) => {
+                if let Some(e) = list.iter().find_map(|f| sender(f)) {
+                    return Some(("allowed_from", e));
+                }
+            }
+            _ => {}
         }
         match self.strategy {
             Strategy::Weighted if self.weights.len() != self.carriers.len() => {
@@ -75,15 +132,54 @@ fn default_strategy() -> Strategy {
 pub struct Route {
     carriers: Vec<Arc<Carrier>>,
     strategy: Strategy,
+    /// The sender per carrier name for messages that name none (`from`, `from_by_carrier`).
+    senders: std::collections::HashMap<String, String>,
+    /// The senders a request may name (`None`: any).
+    allowed_from: Option<Vec<String>>,
     /// For `weighted`: one smooth weighted round-robin cycle of carrier indexes.
     cycle: Vec<usize>,
     turn: AtomicU64,
 }
 
 impl Route {
-    fn new(carriers: Vec<Arc<Carrier>>, strategy: Strategy, weights: &[u32]) -> Route {
-        let cycle = if strategy == Strategy::Weighted { smooth_cycle(weights) } else { Vec::new() };
-        Route { carriers, strategy, cycle, turn: AtomicU64::new(0) }
+    fn new(carriers: Vec<Arc<Carrier>>, config: Option<&RouteConfig>) -> Route {
+        let strategy = config.map_or(Strategy::Failover, |c| c.strategy);
+        let cycle = match (strategy, config) {
+            (Strategy::Weighted, Some(config)) => smooth_cycle(&config.weights),
+            _ => Vec::new(),
+        };
+        let senders = carriers
+            .iter()
+            .filter_map(|c| {
+                let config = config?;
+                let from = config.from_by_carrier.get(c.name()).or(config.from.as_ref())?;
+                Some((c.name().to_string(), from.clone()))
+            })
+            .collect();
+        let allowed_from = config.and_then(|c| c.allowed_from.list().map(<[String]>::to_vec));
+        Route { carriers, strategy, senders, allowed_from, cycle, turn: AtomicU64::new(0) }
+    }
+
+    /// The sender of a message that names none, on `carrier` (`None`: the carrier's `source_addr`).
+    pub fn sender_on(&self, carrier: &str) -> Option<&str> {
+        self.senders.get(carrier).map(String::as_str)
+    }
+
+    /// The registration fields a message needs to go through whichever carrier of the route
+    /// sends it.
+    pub fn needs(&self) -> Vec<crate::smpp::tlv::Field> {
+        let mut fields: Vec<_> = self.carriers.iter().flat_map(|c| c.config().required_fields()).collect();
+        fields.sort();
+        fields.dedup();
+        fields
+    }
+
+    /// Whether a request may name `from` as its sender here; `Err` lists the allowed ones.
+    pub fn allows(&self, from: &str) -> Result<(), &[String]> {
+        match &self.allowed_from {
+            Some(list) if !list.iter().any(|allowed| allowed == from) => Err(list),
+            _ => Ok(()),
+        }
     }
 
     /// The carriers to try for one attempt, best first: the strategy picks the first, the rest
@@ -138,7 +234,7 @@ impl Routes {
     pub fn new(routes: &[RouteConfig], carriers: &[Arc<Carrier>]) -> Routes {
         let mut by_prefix = Vec::new();
         if routes.is_empty() {
-            let all = Arc::new(Route::new(carriers.to_vec(), Strategy::Failover, &[]));
+            let all = Arc::new(Route::new(carriers.to_vec(), None));
             by_prefix.push((String::new(), all));
         }
         for config in routes {
@@ -147,7 +243,7 @@ impl Routes {
             if members.is_empty() {
                 continue;
             }
-            let route = Arc::new(Route::new(members, config.strategy, &config.weights));
+            let route = Arc::new(Route::new(members, Some(config)));
             for prefix in &config.prefixes {
                 let digits = if prefix == "*" { String::new() } else { prefix.trim_start_matches('+').to_string() };
                 by_prefix.push((digits, route.clone()));

@@ -348,7 +348,9 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 /// retry elsewhere), not "connection refused".
 #[tokio::test]
 async fn during_the_shutdown_drain_new_requests_get_503_shutting_down() {
-    let sim = sim(SimConfig { response_delay: Duration::from_millis(800), ..SimConfig::default() }).await;
+    // The drain lasts as long as the slow submit: long enough for the checks below on a loaded
+    // machine (at 800 ms a busy CI host once saw the drain end before the last request).
+    let sim = sim(SimConfig { response_delay: Duration::from_millis(2500), ..SimConfig::default() }).await;
     let files = DaemonFiles::new(&[sim.addr()], "", "");
     let mut daemon = spawn_daemon(&files.config, None, &[]);
     wait_ready(files.http).await;

@@ -344,6 +344,15 @@ impl Config {
             humantime::format_duration(o.resend_cooldown),
             locales.join(",")
         );
+        for (locale, registration) in &o.registrations {
+            let _ = writeln!(
+                out,
+                "           registered {locale}: template {} entity {}: {:?}",
+                registration.template_id,
+                registration.entity_id.as_deref().unwrap_or("-"),
+                o.sample(locale)
+            );
+        }
         if self.routes.is_empty() {
             let _ = writeln!(out, "routes:    none: every destination fails over through the carriers in order");
         }
@@ -356,6 +365,18 @@ impl Config {
                 r.strategy,
                 if r.weights.is_empty() { String::new() } else { format!(" {:?}", r.weights) }
             );
+            // The sender each carrier uses for this route's messages that name none.
+            let senders: Vec<String> = r
+                .carriers
+                .iter()
+                .map(|name| {
+                    let carrier_default = self.carriers.iter().find(|c| &c.name == name).map_or("", |c| c.source_addr.as_str());
+                    let from = r.from_by_carrier.get(name).or(r.from.as_ref()).map_or(carrier_default, String::as_str);
+                    format!("{name} {from:?}")
+                })
+                .collect();
+            let allowed = r.allowed_from.list().map_or("any".to_string(), |list| list.join(", "));
+            let _ = writeln!(out, "           senders: {}  requests may name: {allowed}", senders.join(", "));
         }
         if self.webhooks.is_empty() {
             let _ = writeln!(out, "webhooks:  none: clients learn of state changes by GET only");
@@ -415,6 +436,10 @@ impl Config {
                 crate::sms::DefaultAlphabet::Ascii => "  data_coding 0 read as ASCII",
             };
             let _ = writeln!(out, "  {:<12} long SMS: {}{alphabet}", "", c.long_sms.name());
+            if !c.tlvs.is_empty() {
+                let tlvs: Vec<String> = c.tlvs.iter().map(|(tag, value)| format!("{tag}={value:?}")).collect();
+                let _ = writeln!(out, "  {:<12} vendor TLVs: {}", "", tlvs.join("  "));
+            }
             let _ = writeln!(
                 out,
                 "  {:<12} timers: enquire_link {}  response {}  reconnect {}..{}",

@@ -263,9 +263,23 @@ async fn take(state: &AppState, method: Method, query: String, headers: HeaderMa
     let fabric = state.network.current();
     match &smsc {
         Some(name) if !fabric.carriers.iter().any(|c| c.name() == name) => return Err(Answer::not_routable()),
-        Some(_) => {}
-        None if receivers.iter().any(|(number, _)| fabric.routes.route(number).is_none()) => return Err(Answer::not_routable()),
-        None => {}
+        Some(name) if fabric.carriers.iter().any(|c| c.name() == name && !c.config().required_fields().is_empty()) => {
+            return Err(Answer::bad("The carrier needs registered template ids; send through /v1/messages, rejected"));
+        }
+        _ => {}
+    }
+    for (number, _) in &receivers {
+        let route = match (fabric.routes.route(number), &smsc) {
+            (Some(route), _) => route,
+            (None, Some(_)) => continue,
+            (None, None) => return Err(Answer::not_routable()),
+        };
+        if from.as_deref().is_some_and(|from| route.allows(from).is_err()) {
+            return Err(Answer::bad("Sender not allowed for this destination, rejected"));
+        }
+        if smsc.is_none() && !route.needs().is_empty() {
+            return Err(Answer::bad("The carrier needs registered template ids; send through /v1/messages, rejected"));
+        }
     }
 
     let now = SystemTime::now();
@@ -285,7 +299,7 @@ async fn take(state: &AppState, method: Method, query: String, headers: HeaderMa
             deadline: now + validity,
             encoding: Some(encoded.encoding()),
             segments: segments as u16,
-            options: SendOptions { pinned_carrier: smsc.clone(), dlr },
+            options: SendOptions { pinned_carrier: smsc.clone(), dlr, ..SendOptions::default() },
         };
         state.store.insert_message(message, None, now)
     });

@@ -37,7 +37,9 @@ use crate::dispatch::{Dispatch, Job};
 use crate::otp::{CheckOutcome, CreateRequest, Otp, OtpError};
 use crate::route::Network;
 use crate::smpp::address::Address;
+use crate::smpp::tlv::Registration;
 use crate::sms::{Encoding, Header, Text};
+use crate::store::record::SendOptions;
 use crate::store::{Idempotency, MessageId, NewMessage, Store};
 use settings::{ApiKeyConfig, KannelUser, MessagesConfig, TwilioAccount};
 
@@ -273,6 +275,9 @@ struct CreateMessage {
     validity: Option<String>,
     /// `gsm7` or `ucs2`; the cheapest that carries the text when absent.
     encoding: Option<Encoding>,
+    /// Registration ids for carriers whose vendor TLVs carry them (India's DLT).
+    template_id: Option<String>,
+    entity_id: Option<String>,
 }
 
 /// What the Idempotency-Key header says to do.
@@ -337,12 +342,16 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
 
     Address::destination(&request.to)
         .map_err(|_| ApiError::bad_request("invalid_to", "'to' must be an E.164 number: '+' and 8-15 digits"))?;
-    if state.network.current().routes.route(&request.to).is_none() {
-        return Err(ApiError::unavailable("no_route", "no carrier route serves this destination"));
-    }
     if let Some(from) = &request.from {
         Address::source(from).map_err(|e| ApiError::bad_request("invalid_from", format!("'from': {e}")))?;
     }
+    for (field, id) in [("template_id", &request.template_id), ("entity_id", &request.entity_id)] {
+        if id.as_deref().is_some_and(|id| !crate::smpp::tlv::valid_id(id)) {
+            return Err(ApiError::bad_request("invalid_registration", format!("'{field}' must be 1-64 visible ASCII characters")));
+        }
+    }
+    let registration = Registration { template_id: request.template_id.clone(), entity_id: request.entity_id.clone() };
+    routable(&state, &request.to, request.from.as_deref(), &registration)?;
     if request.text.is_empty() {
         return Err(ApiError::bad_request("invalid_text", "'text' must not be empty"));
     }
@@ -387,7 +396,7 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         deadline: now + validity,
         encoding: Some(text.encoding()),
         segments: segments as u16,
-        options: Default::default(),
+        options: SendOptions { template_id: registration.template_id, entity_id: registration.entity_id, ..SendOptions::default() },
     };
     let (id, record) = state
         .store
@@ -396,6 +405,28 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         .map_err(store_unavailable)?;
     state.dispatch.enqueue(Job::from_record(id, &record));
     Ok(accepted(&id, &text))
+}
+
+/// Whether a message to `to` may go: a route serves it, it allows the sender asked for, and every
+/// carrier of it gets the registration ids its vendor TLVs need.
+fn routable(state: &AppState, to: &str, from: Option<&str>, registration: &Registration) -> Result<(), ApiError> {
+    let fabric = state.network.current();
+    let route = fabric.routes.route(to).ok_or_else(|| ApiError::unavailable("no_route", "no carrier route serves this destination"))?;
+    if let Some(from) = from {
+        route.allows(from).map_err(|allowed| {
+            ApiError::unprocessable(
+                "from_not_allowed",
+                format!("'from' {from:?} is not allowed for this destination; allowed: {}", allowed.join(", ")),
+            )
+        })?;
+    }
+    if let Some(missing) = route.needs().into_iter().find(|field| !registration.has(*field)) {
+        return Err(ApiError::unprocessable(
+            "registration_required",
+            format!("a carrier of this destination's route needs '{}' (its vendor TLVs carry it)", missing.name()),
+        ));
+    }
+    Ok(())
 }
 
 fn store_unavailable(e: crate::store::StoreError) -> ApiError {
@@ -454,6 +485,7 @@ impl From<OtpError> for ApiError {
             OtpError::TextTooLong(_) => ApiError::unprocessable("text_too_long", message),
             OtpError::DestinationBlocked => ApiError::new(StatusCode::FORBIDDEN, "destination_blocked", message),
             OtpError::NoRoute => ApiError::unavailable("no_route", message),
+            OtpError::RegistrationRequired(_) => ApiError::unprocessable("registration_required", message),
             OtpError::RateLimited(_, wait) => ApiError::too_many("rate_limited", message, wait),
             OtpError::Cooldown(wait) => ApiError::too_many("resend_cooldown", message, wait),
             OtpError::SuspectedFraud(wait) => ApiError::too_many("suspected_fraud", message, wait),

@@ -110,6 +110,7 @@ fn refusal(e: OtpError, path: &str) -> TwilioError {
         OtpError::DestinationBlocked => TwilioError::new(StatusCode::FORBIDDEN, 60605, message),
         OtpError::SuspectedFraud(_) => TwilioError::new(StatusCode::FORBIDDEN, 60410, message),
         OtpError::NoRoute => TwilioError::new(StatusCode::SERVICE_UNAVAILABLE, 20503, message),
+        OtpError::RegistrationRequired(_) => TwilioError::new(StatusCode::UNPROCESSABLE_ENTITY, 60200, message),
         OtpError::RateLimited("for this number", wait) => TwilioError::too_many(60212, message, wait),
         OtpError::RateLimited(_, wait) | OtpError::Cooldown(wait) => TwilioError::too_many(20429, message, wait),
         OtpError::SendLimit(wait) => TwilioError::too_many(60203, "Max send attempts reached", wait),

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Otp, OtpError, Wording, code, template};
 use crate::dispatch::{Job, OtpSubmitted};
-use crate::smpp::OutboundSms;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{Failover, NumberStats, VerificationRecord, VerificationStatus};
 use crate::store::view::shown_status;
@@ -116,7 +115,7 @@ impl Otp {
         metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "failover").increment(1);
         self.dispatch.enqueue(Job {
             id: new_id,
-            sms: OutboundSms::new(&verification.to, text, Some(deadline)),
+            sms: self.outbound(&verification.to, text, deadline, &verification.locale),
             avoid: used,
             only: None,
             verification: Some(vid),

@@ -26,6 +26,7 @@ use crate::fraud::{Admission, Guard};
 use crate::route::Network;
 use crate::smpp::OutboundSms;
 use crate::smpp::address::Address;
+use crate::smpp::tlv::Registration;
 use crate::store::record::{from_ms, to_ms};
 use crate::store::verification::{NumberStats, VerificationRecord, VerificationSend, VerificationStatus};
 use crate::store::view::{Canceled, Created, Delivery, Detail, Summary, shown_status};
@@ -62,6 +63,8 @@ pub enum OtpError {
     DestinationBlocked,
     #[error("no carrier route serves this destination")]
     NoRoute,
+    #[error("a carrier of this destination's route needs the template's registered {0}: set [otp.registrations]")]
+    RegistrationRequired(&'static str),
     #[error("too many requests {0}; retry later")]
     RateLimited(&'static str, Duration),
     #[error("codes to this destination are paused: its traffic looks like SMS pumping; retry later")]
@@ -229,6 +232,18 @@ impl Otp {
         limiter.take(key, Instant::now()).map_err(|wait| OtpError::RateLimited(scope, wait))
     }
 
+    /// A code's SMS to `to`, with its locale's registration ids for the carriers' vendor TLVs.
+    fn outbound(&self, to: &str, text: String, deadline: SystemTime, locale: &str) -> OutboundSms {
+        let mut sms = OutboundSms::new(to, text, Some(deadline));
+        sms.registration = self.registration(locale);
+        sms
+    }
+
+    fn registration(&self, locale: &str) -> Registration {
+        let registered = self.policy.registrations.get(locale);
+        Registration { template_id: registered.map(|r| r.template_id.clone()), entity_id: registered.and_then(|r| r.entity_id.clone()) }
+    }
+
     /// The SMS of `code` as `wording` asks for it.
     fn render(&self, wording: &Wording, code: &str) -> String {
         let template = self.policy.templates.get(&wording.locale).map_or("{code}", String::as_str);
@@ -256,8 +271,15 @@ impl Otp {
             metrics::counter!(telemetry::VERIFICATIONS_TOTAL, "outcome" => "blocked").increment(1);
             return Err(OtpError::DestinationBlocked);
         }
-        if self.network.current().routes.route(&request.to).is_none() {
-            return Err(OtpError::NoRoute);
+        let locale = request.locale.clone().unwrap_or_else(|| self.policy.default_locale.clone());
+        match self.network.current().routes.route(&request.to) {
+            None => return Err(OtpError::NoRoute),
+            Some(route) => {
+                let registration = self.registration(&locale);
+                if let Some(missing) = route.needs().into_iter().find(|field| !registration.has(*field)) {
+                    return Err(OtpError::RegistrationRequired(missing.name()));
+                }
+            }
         }
         let limited = Self::limit(&self.creates_per_key, "for this API key", owner)
             .and_then(|_| Self::limit(&self.creates_per_ip, "from this address", &ip.to_string()));
@@ -269,7 +291,6 @@ impl Otp {
         if !(4..=10).contains(&code_length) {
             return Err(OtpError::InvalidCodeLength);
         }
-        let locale = request.locale.clone().unwrap_or_else(|| self.policy.default_locale.clone());
         if !self.policy.templates.contains_key(&locale) {
             let known: Vec<&str> = self.policy.templates.keys().map(String::as_str).collect();
             return Err(OtpError::InvalidLocale(locale, known.join(", ")));
@@ -406,7 +427,7 @@ impl Otp {
         }
         self.dispatch.enqueue(Job {
             id: send.message_id,
-            sms: OutboundSms::new(&send.record.to, text, Some(from_ms(send.record.expires_ms))),
+            sms: self.outbound(&send.record.to, text, from_ms(send.record.expires_ms), &locale),
             avoid: Vec::new(),
             only: None,
             verification: Some(send.id),
@@ -603,7 +624,7 @@ impl Otp {
         };
         Ok(Some(Job {
             id: message_id,
-            sms: OutboundSms::new(&record.to, self.render(&wording, code.expose()), Some(from_ms(record.expires_ms))),
+            sms: self.outbound(&record.to, self.render(&wording, code.expose()), from_ms(record.expires_ms), &wording.locale),
             avoid: Vec::new(),
             only: None,
             verification: Some(vid),

@@ -68,6 +68,18 @@ pub struct OtpConfig {
     pub checks_per_minute_per_key: u32,
     pub checks_per_minute_per_ip: u32,
     pub checks_per_minute_per_number: u32,
+    /// Per locale, the template's registration with the carriers' regulator (India's DLT: the
+    /// content template id and the principal entity id), sent in the carriers' vendor TLVs.
+    pub registrations: std::collections::BTreeMap<String, TemplateRegistration>,
+}
+
+/// A template's registration ids.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRegistration {
+    pub template_id: String,
+    #[serde(default)]
+    pub entity_id: Option<String>,
 }
 
 impl Default for OtpConfig {
@@ -105,11 +117,20 @@ impl Default for OtpConfig {
             checks_per_minute_per_key: 1200,
             checks_per_minute_per_ip: 120,
             checks_per_minute_per_number: 10,
+            registrations: Default::default(),
         }
     }
 }
 
 impl OtpConfig {
+    /// A locale's SMS with the code 123456: what a registered template must match, but for the
+    /// code (India's DLT refuses an SMS that differs from its registered template).
+    pub fn sample(&self, locale: &str) -> String {
+        let template = self.templates.get(locale).map_or("{code}", String::as_str);
+        let fill = super::template::Fill { code: "123456", brand: &self.brand, minutes: self.ttl_minutes(), context: "" };
+        super::template::render(template, &fill, &self.autofill())
+    }
+
     /// The autofill lines every OTP text ends with.
     pub fn autofill(&self) -> super::template::Autofill {
         super::template::Autofill { webotp_domain: self.webotp_domain.clone(), android_app_hash: self.android_app_hash.clone() }
@@ -217,6 +238,16 @@ impl OtpConfig {
         }
         if !(1..=crate::smpp::message::MAX_PARTS).contains(&self.max_segments) {
             return p("max_segments", format!("must be 1-{}", crate::smpp::message::MAX_PARTS));
+        }
+        for (locale, registration) in &self.registrations {
+            let key = format!("registrations.{}", shown(locale));
+            if !self.templates.contains_key(locale) {
+                return p(&key, "no template of this locale to register".into());
+            }
+            let ids = std::iter::once(&registration.template_id).chain(registration.entity_id.as_ref());
+            if !ids.into_iter().all(|id| crate::smpp::tlv::valid_id(id)) {
+                return p(&key, "ids are 1-64 visible ASCII characters".into());
+            }
         }
         let autofill = self.autofill();
         for (locale, template) in &self.templates {

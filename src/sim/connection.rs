@@ -273,11 +273,28 @@ impl Connection {
         let mut forced = self.state.submit_status.load(Ordering::SeqCst);
         let every = self.state.status_every.load(Ordering::SeqCst).max(1);
         let failed_part = part.and_then(|p| lock(&self.state.fail_part).filter(|(seq, _)| *seq == p.seq));
+        let vendor_tlvs: Vec<(u16, Vec<u8>)> = sm
+            .tlvs()
+            .iter()
+            .filter_map(|tlv| {
+                let tag = u16::from(tlv.tag());
+                let value = tlv.value()?;
+                (0x1400..=0x3FFF).contains(&tag).then(|| {
+                    let mut bytes = vec![0; rusmpp::encode::Length::length(value)];
+                    rusmpp::encode::Encode::encode(value, &mut bytes);
+                    (tag, bytes)
+                })
+            })
+            .collect();
+        let missing_tlv =
+            self.state.config.require_tlvs.as_ref().filter(|(tags, _)| tags.iter().any(|t| !vendor_tlvs.iter().any(|(tag, _)| tag == t)));
         // Message-type bits (§5.2.12) have no place in a submit_sm: a strict SMSC refuses it.
         if u8::from(sm.esm_class) & 0x3C != 0 {
             forced = u32::from(CommandStatus::EsmeRinvesmclass);
         } else if let Some((_, status)) = failed_part {
             forced = u32::from(status);
+        } else if let Some((_, status)) = missing_tlv {
+            forced = *status;
         } else if self.over_rate() {
             forced = u32::from(CommandStatus::EsmeRthrottled);
         } else if seen % every != 0 {
@@ -308,6 +325,7 @@ impl Connection {
             esm_class: u8::from(sm.esm_class),
             validity_period: sm.validity_period.as_str().to_string(),
             part,
+            vendor_tlvs,
         };
         // A long message is printed once, whole, when its last part is in.
         let joined = part.and_then(|p| lock(&self.state.joiner).add(&received.to, p, received.text.clone(), message_id.clone()));

@@ -54,6 +54,9 @@ pub struct SimConfig {
     pub tls: Option<crate::tls::ServerTls>,
     /// Read GSM 03.38 (data_coding 0) packed, eight septets to seven octets.
     pub gsm7_packed: bool,
+    /// Refuse a submit_sm without each of these vendor TLVs with this command_status, as an
+    /// SMSC enforcing India's DLT does (a vendor status: a permanent refusal).
+    pub require_tlvs: Option<(Vec<u16>, u32)>,
 }
 
 impl Default for SimConfig {
@@ -70,6 +73,7 @@ impl Default for SimConfig {
             random_ids: false,
             tls: None,
             gsm7_packed: false,
+            require_tlvs: None,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct ReceivedSms {
     pub validity_period: String,
     /// Which part of a long message it is.
     pub part: Option<PartOf>,
+    /// Vendor TLVs (tags 0x1400-0x3FFF) it carried: tag and value.
+    pub vendor_tlvs: Vec<(u16, Vec<u8>)>,
 }
 
 /// What the simulator has seen so far.

@@ -11,11 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use rusmpp::pdus::SubmitSm;
 use rusmpp::tlvs::MessageSubmissionRequestTlvValue as Tlv;
+use rusmpp::tlvs::TlvTag;
 use rusmpp::types::{AnyOctetString, COctetString, EmptyOrFullCOctetString, OctetString};
 use rusmpp::values::{DataCoding, EsmClass, MessagePayload, PriorityFlag, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType};
 
 use super::address::{Address, AddressError};
 use super::settings::{CarrierConfig, LongSms};
+use super::tlv::Registration;
 use crate::sms::{Encoding, Text, TextError};
 
 /// One SMS to submit.
@@ -33,12 +35,14 @@ pub struct OutboundSms {
     /// The reference that ties a long text's parts together (its low 8 bits with `udh`); a
     /// new one for each send, so a handset never mixes the parts of two sends.
     pub reference: u16,
+    /// The ids the carrier's vendor TLVs may ask for.
+    pub registration: Registration,
 }
 
 impl OutboundSms {
     /// An SMS to `to` from the carrier's sender, in the cheapest encoding.
     pub fn new(to: &str, text: String, deadline: Option<SystemTime>) -> OutboundSms {
-        OutboundSms { to: to.to_string(), from: None, text, deadline, encoding: None, reference: 0 }
+        OutboundSms { to: to.to_string(), from: None, text, deadline, encoding: None, reference: 0, registration: Registration::default() }
     }
 }
 
@@ -55,6 +59,10 @@ pub enum MessageError {
     TooLong(usize),
     #[error("the validity deadline has passed")]
     Expired,
+    #[error("the carrier's TLV 0x{0:04X} needs the message's {1}, which it does not carry")]
+    MissingField(u16, &'static str),
+    #[error("the carrier's TLV 0x{0:04X} would be over 255 bytes")]
+    TlvTooLong(u16),
 }
 
 /// esm_class of an ordinary message: default messaging mode, normal message type, no UDH ...
@@ -110,6 +118,14 @@ impl OutboundSms {
             }
         };
         let text = self.text_for(carrier)?;
+        let mut vendor = Vec::new();
+        for tlv in carrier.vendor_tlvs() {
+            let value = tlv.fill(&self.registration, from).map_err(|field| MessageError::MissingField(tlv.tag, field.name()))?;
+            if value.len() > super::tlv::MAX_VALUE {
+                return Err(MessageError::TlvTooLong(tlv.tag));
+            }
+            vendor.push(Tlv::Other { tag: TlvTag::Other(tlv.tag), value: AnyOctetString::from_vec(value) });
+        }
         let base = SubmitSm::builder()
             .service_type(ServiceType::default())
             .source_addr_ton(source.ton)
@@ -127,7 +143,8 @@ impl OutboundSms {
             .registered_delivery(RegisteredDelivery::from(0x01))
             .replace_if_present_flag(ReplaceIfPresentFlag::DoNotReplace)
             .data_coding(DataCoding::from(text.data_coding()))
-            .sm_default_msg_id(0);
+            .sm_default_msg_id(0)
+            .tlvs(vendor);
         let parts = text.parts(carrier.long_sms.header());
         if parts.len() > MAX_PARTS {
             return Err(MessageError::TooLong(parts.len()));
@@ -195,7 +212,15 @@ mod tests {
     use super::*;
 
     fn sms(text: &str) -> OutboundSms {
-        OutboundSms { to: "+447700900123".into(), from: None, text: text.into(), deadline: None, encoding: None, reference: 0x1234 }
+        OutboundSms {
+            to: "+447700900123".into(),
+            from: None,
+            text: text.into(),
+            deadline: None,
+            encoding: None,
+            reference: 0x1234,
+            registration: Registration::default(),
+        }
     }
 
     fn carrier(extra: &str) -> CarrierConfig {

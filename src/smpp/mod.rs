@@ -4,6 +4,7 @@
 //! - [`codec`]: PDU framing (rusmpp's codec, reading over-long message ids);
 //! - [`session`]: one bound connection (window, timeouts, enquire_link, unbind);
 //! - [`message`] and [`address`]: an SMS turned into a submit_sm;
+//! - [`tlv`]: the vendor TLVs a carrier wants on every submit_sm (India's DLT ids ...);
 //! - [`outcome`]: submit_sm_resp statuses in the classes the dispatcher acts on;
 //! - [`receipt`]: delivery receipts, TLV and text;
 //! - [`health`]: circuit breaker and AIMD pacing per carrier;
@@ -21,6 +22,7 @@ pub mod outcome;
 pub mod receipt;
 pub mod session;
 pub(crate) mod settings;
+pub mod tlv;
 
 pub use carrier::{Carrier, Submission};
 pub use gate::SubmitGate;

@@ -111,6 +111,10 @@ pub struct CarrierConfig {
     /// one septet per octet).
     #[serde(default)]
     pub gsm7_packed: bool,
+    /// Vendor TLVs added to every submit_sm: tag (`"0x1400"`) to value, literal or with
+    /// `{template_id}`, `{entity_id}`, `{sender}` (see `tlv`).
+    #[serde(default)]
+    pub tlvs: std::collections::BTreeMap<String, String>,
     /// SMPP over TLS 1.2/1.3: the SMSC's chain and name are always verified, and a failed
     /// handshake is a failed bind (never a fallback to plain TCP).
     #[serde(default)]
@@ -181,6 +185,20 @@ const MAX_TPS: u32 = 1_000_000;
 const MAX_SESSIONS: usize = 64;
 
 impl CarrierConfig {
+    /// Its vendor TLVs (the table was checked at load: an unreadable one is none).
+    pub fn vendor_tlvs(&self) -> Vec<super::tlv::VendorTlv> {
+        super::tlv::parse(&self.tlvs).unwrap_or_default()
+    }
+
+    /// The registration fields a message must carry to go through this carrier.
+    pub fn required_fields(&self) -> Vec<super::tlv::Field> {
+        let mut fields: Vec<super::tlv::Field> = self.vendor_tlvs().iter().flat_map(|t| t.fields().collect::<Vec<_>>()).collect();
+        fields.retain(|f| *f != super::tlv::Field::Sender);
+        fields.sort();
+        fields.dedup();
+        fields
+    }
+
     /// The first thing wrong with this carrier, as (field, message).
     pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         let name_ok = !self.name.is_empty()
@@ -198,6 +216,9 @@ impl CarrierConfig {
             || self.receipt_states.iter().any(|(k, v)| k.len() > 32 || v.len() > 32)
         {
             return Some(("receipt_text", "receipt layouts hold at most 256 characters, 64 states of 32".into()));
+        }
+        if let Err(e) = super::tlv::parse(&self.tlvs) {
+            return Some(("tlvs", e));
         }
         if self.source_addr.len() > 21 {
             return Some(("source_addr", "must be at most 21 characters (SMPP 3.4)".into()));

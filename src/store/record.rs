@@ -212,8 +212,8 @@ pub struct MessageRecord {
     pub options: SendOptions,
 }
 
-/// A message's requests beyond text and number: a carrier it must go through, and a callback
-/// URL per delivery state (Kannel's `smsc`, `dlr-mask` and `dlr-url`).
+/// A message's requests beyond text and number: a carrier it must go through, a callback URL per
+/// delivery state (Kannel's `smsc`, `dlr-mask` and `dlr-url`), and its registration ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendOptions {
     /// Only this carrier sends it, whatever its route says.
@@ -221,11 +221,17 @@ pub struct SendOptions {
     pub pinned_carrier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlr: Option<DlrRequest>,
+    /// Registration ids a carrier's vendor TLVs may carry (India's DLT content template and
+    /// principal entity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
 }
 
 impl SendOptions {
     fn is_empty(&self) -> bool {
-        self.pinned_carrier.is_none() && self.dlr.is_none()
+        self.pinned_carrier.is_none() && self.dlr.is_none() && self.template_id.is_none() && self.entity_id.is_none()
     }
 }
 

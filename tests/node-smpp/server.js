@@ -12,6 +12,8 @@
 //   tls_cert, tls_key  serve SMPP over TLS (Node's tls module, OpenSSL) with these PEM files
 //   tls_client_ca   require a client certificate signed by this PEM authority
 //   tls_max_version cap the TLS version (e.g. "TLSv1.1", to play an outdated SMSC)
+//   require_tlvs    [tags]: refuse a submit_sm without each of these vendor TLVs with
+//                   require_status (an SMSC enforcing India's DLT)
 'use strict';
 
 const smpp = require('smpp');
@@ -76,7 +78,18 @@ const server = smpp.createServer(serverOptions, (session) => {
       udh: pdu.short_message && pdu.short_message.udh ? pdu.short_message.udh.map((ie) => Array.from(ie)) : null,
       sar: pdu.sar_msg_ref_num === undefined ? null : [pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum],
       payload: pdu.message_payload === undefined ? null : String(pdu.message_payload.message !== undefined ? pdu.message_payload.message : pdu.message_payload),
+      // Vendor TLVs (0x1400-0x3FFF): node-smpp keeps tags it does not know as raw buffers under
+      // their number.
+      vendor_tlvs: Object.keys(pdu)
+        .filter((key) => /^[0-9]+$/.test(key) && Number(key) >= 0x1400 && Number(key) <= 0x3fff)
+        .map((key) => [Number(key), Buffer.from(pdu[key]).toString('latin1')]),
     };
+    const missing = (options.require_tlvs || []).filter((tag) => !fields.vendor_tlvs.some(([seen]) => seen === tag));
+    if (missing.length > 0) {
+      emit(Object.assign(fields, { status: options.require_status }));
+      session.send(pdu.response({ command_status: options.require_status }));
+      return;
+    }
     if (options.throttle_every > 0 && submits % options.throttle_every === 0) {
       emit(Object.assign(fields, { status: 0x58 }));
       session.send(pdu.response({ command_status: 0x58 }));
