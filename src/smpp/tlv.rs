@@ -107,6 +107,8 @@ pub fn parse(table: &BTreeMap<String, String>) -> Result<Vec<VendorTlv>, String>
         }
         tlvs.push(VendorTlv { tag, pieces });
     }
+    // In tag order, however the keys were written.
+    tlvs.sort_by_key(|t| t.tag);
     Ok(tlvs)
 }
 
