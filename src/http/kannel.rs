@@ -100,21 +100,17 @@ impl Params {
 }
 
 fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'+', ..) => out.push(b' '),
+            (b'%', Some(high), Some(low)) => {
+                out.push(high << 4 | low);
+                i += 2;
             }
-            byte => out.push(byte),
+            (byte, ..) => out.push(byte),
         }
         i += 1;
     }
@@ -317,5 +313,13 @@ async fn take(state: &AppState, method: Method, query: String, headers: HeaderMa
         0 => Ok(Answer(StatusCode::ACCEPTED, "0: Accepted for delivery".into())),
         // Those stored go out; a retry of the whole request may send them twice, as on Kannel.
         _ => Err(Answer::temporal()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_takes_only_two_hex_digits() {
+        assert_eq!(super::percent_decode(b"a+b%41%4a%+1%4%"), b"a bAJ%+1%4%");
     }
 }
