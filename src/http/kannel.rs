@@ -320,6 +320,6 @@ async fn take(state: &AppState, method: Method, query: String, headers: HeaderMa
 mod tests {
     #[test]
     fn percent_decoding_takes_only_two_hex_digits() {
-        assert_eq!(super::percent_decode(b"a+b%41%4a%+1%4%"), b"a bAJ%+1%4%");
+        assert_eq!(super::percent_decode(b"a+b%41%4a%+1%4%"), b"a bAJ% 1%4%");
     }
 }
