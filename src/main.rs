@@ -125,6 +125,9 @@ struct BenchArgs {
     /// and parts/s), on the same daemon.
     #[arg(long, conflicts_with_all = ["webhook", "tls"])]
     long: bool,
+    /// Draw each phase's rate and HTTP latency percentiles over time to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -146,6 +149,7 @@ impl BenchArgs {
             webhook: self.webhook,
             tls: self.tls,
             long: self.long,
+            plot: self.plot,
         }
     }
 }

@@ -92,6 +92,8 @@ fn hash_key_prints_the_sha256_of_the_key_on_stdin() {
 
 #[test]
 fn bench_runs_end_to_end_and_accounts_for_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
     let out = otpgate()
         .args([
             "bench",
@@ -109,6 +111,8 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
             "300",
             "--random-ids",
         ])
+        .arg("--plot")
+        .arg(&plot)
         .env("RUST_LOG", "error")
         .output()
         .expect("runs");
@@ -121,6 +125,12 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     assert!(stdout.contains("| restart with 300 queued, carriers up: every one submitted and its receipt matched after |"), "{stdout}");
     assert!(stdout.contains("reached the SMSCs 300, lost 0)"), "{stdout}");
     assert!(stdout.contains("accounting: acknowledged 400, reached the SMSCs 400, duplicates 0, lost 0; receipts matched 400"), "{stdout}");
+    // Beside the rates: CPU per message and the machine's idle share; progress on stderr; the plot.
+    assert!(stdout.contains("CPU ms per message, otpgate / this process") && stdout.contains("machine idle"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bench: closed: 300/300 messages in") && stderr.contains("bench: open: 100/100 messages in"), "{stderr}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(svg.starts_with("<svg") && svg.contains("closed") && svg.contains("open"));
 }
 
 #[test]

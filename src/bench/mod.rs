@@ -26,6 +26,8 @@ use crate::store::{NewMessage, Store, StoreOptions};
 use crate::telemetry;
 use crate::throwaway_pg::ThrowawayPostgres;
 
+mod plot;
+mod progress;
 mod tls;
 mod webhook;
 
@@ -60,6 +62,8 @@ struct Phase {
     cpu_ms_per_message: f64,
     own_cpu_ms_per_message: f64,
     accepted: usize,
+    /// The machine's idle share over the phase: near 0, the two cores were the limit.
+    idle: f64,
 }
 
 /// A closed loop of `count` messages against the daemon `pid`.
@@ -67,6 +71,7 @@ async fn phase(http: Intake, metrics: SocketAddr, pid: u32, count: usize, concur
     let delivered_before = messages_in_state(metrics, "delivered").await;
     let (cpu0, _) = usage(pid);
     let (own0, _) = usage(std::process::id());
+    let machine = progress::Machine::now();
     let started = Instant::now();
     let load = drive(http, count, concurrency, None, tag).await;
     let target = delivered_before + load.accepted.len() as u64;
@@ -84,7 +89,12 @@ async fn phase(http: Intake, metrics: SocketAddr, pid: u32, count: usize, concur
         cpu_ms_per_message: per_message(cpu1 - cpu0),
         own_cpu_ms_per_message: per_message(own1 - own0),
         accepted,
+        idle: machine.idle_since(),
     }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0} %", share * 100.0)
 }
 
 /// What to run.
@@ -111,6 +121,8 @@ pub struct BenchOptions {
     pub tls: bool,
     /// Only the long-message run: the closed loop with one-SMS messages, then three-part ones.
     pub long: bool,
+    /// Draw each phase's rate and latency over time to this SVG file.
+    pub plot: Option<PathBuf>,
 }
 
 /// The store the daemon runs on.
@@ -322,11 +334,14 @@ struct LoadResult {
 async fn drive(http: impl Into<Intake>, count: usize, concurrency: usize, rate: Option<u32>, tag: &str) -> LoadResult {
     let http = http.into();
     let next = Arc::new(AtomicUsize::new(0));
+    // The phase's name: its tag's first word (a long-message phase tags with its text).
+    let name = tag.split_whitespace().next().unwrap_or("load").to_string();
+    let progress = progress::Progress::start(&name, count);
     let started = Instant::now();
     let auth = format!("Bearer {API_KEY}");
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (next, auth, tag, http) = (next.clone(), auth.clone(), tag.to_string(), http.clone());
+            let (next, auth, tag, http, done) = (next.clone(), auth.clone(), tag.to_string(), http.clone(), progress.counter());
             tokio::spawn(async move {
                 let mut out = (Vec::new(), Vec::new(), 0usize);
                 let Ok(mut client) = http.connect().await else {
@@ -352,30 +367,45 @@ async fn drive(http: impl Into<Intake>, count: usize, concurrency: usize, rate: 
                     let sent = Instant::now();
                     match client.request("POST", "/v1/messages", &headers, Some(&body)).await {
                         Ok(reply) if reply.status == 202 => {
-                            out.1.push(due.elapsed());
+                            out.1.push((due - started, due.elapsed()));
                             out.0.push((text, sent));
                         }
                         _ => out.2 += 1,
                     }
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
     let mut result = LoadResult { accepted: Vec::new(), latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
+    let mut samples = Vec::with_capacity(count);
     for worker in workers {
-        if let Ok((accepted, latencies, errors)) = worker.await {
+        if let Ok((accepted, timed, errors)) = worker.await {
             result.accepted.extend(accepted);
-            result.latencies.extend(latencies);
+            result.latencies.extend(timed.iter().map(|(_, latency)| *latency));
+            samples.extend(timed);
             result.errors += errors;
         }
     }
+    drop(progress);
     result.elapsed = started.elapsed();
     result.latencies.sort();
+    progress::record(progress::Timeline { name, samples });
     result
 }
 
 /// Runs the whole benchmark and prints its table.
 pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
+    let result = run_phases(&options).await;
+    if let Some(path) = &options.plot {
+        plot::draw(path, &progress::timelines()).map_err(BenchError::Setup)?;
+        println!("\nplot: {}", path.display());
+    }
+    result
+}
+
+async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
+    let options = options.clone();
     let work = tempfile_dir()?;
     let data_dir = work.join("data");
     let mut sims = Vec::new();
@@ -438,6 +468,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             "CPU ms per message (otpgate process), plain / TLS",
             format!("{:.3} / {:.3}", c.plain.cpu_ms_per_message, c.tls.cpu_ms_per_message),
         );
+        row("machine idle, plain / TLS", format!("{} / {}", percent(c.plain.idle), percent(c.tls.idle)));
         row("TLS: protocol the SMSC links negotiated", c.protocol.clone());
         let _ = std::fs::remove_dir_all(&work);
         if c.tls.accepted < options.messages || c.plain.accepted < options.messages {
@@ -469,6 +500,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             "CPU ms per message (otpgate process), one SMS / three parts",
             format!("{:.3} / {:.3}", single.cpu_ms_per_message, long.cpu_ms_per_message),
         );
+        row("machine idle, one SMS / three parts", format!("{} / {}", percent(single.idle), percent(long.idle)));
         stop(child);
         let _ = std::fs::remove_dir_all(&work);
         if long.accepted < options.messages || parts < 3.0 * long.accepted as f64 {
@@ -495,6 +527,7 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             "CPU ms per message, this process (load generator, simulated SMSCs, the receiver), without / with",
             format!("{:.3} / {:.3}", c.without.own_cpu_ms_per_message, c.with.own_cpu_ms_per_message),
         );
+        row("machine idle, without / with", format!("{} / {}", percent(c.without.idle), percent(c.with.idle)));
         row("closed loop: the last event arrived after the last receipt was matched", format!("{:.2} s", c.lag.as_secs_f64()));
         row(
             &format!("open loop at {}/s with the endpoint: HTTP latency p50 / p99", c.paced_rate),
@@ -518,6 +551,8 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
 
     // Closed loop to saturation.
     let (cpu0, _) = usage(pid);
+    let (own0, _) = usage(std::process::id());
+    let machine = progress::Machine::now();
     let closed = drive(http, options.messages, options.concurrency, None, "closed").await;
     let accepted = closed.accepted.len();
     let intake_rate = accepted as f64 / closed.elapsed.as_secs_f64();
@@ -534,6 +569,8 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
     }
     let e2e = e2e_started.elapsed();
     let (cpu1, _) = usage(pid);
+    let (own1, _) = usage(std::process::id());
+    let closed_idle = machine.idle_since();
     let all_submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).collect();
     let submit_span = match (all_submits.iter().map(|s| s.at).min(), all_submits.iter().map(|s| s.at).max()) {
         (Some(a), Some(b)) if b > a => b - a,
@@ -557,11 +594,22 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
         all_submits.iter().filter_map(|s| sent_at.get(s.text.as_str()).map(|at| s.at.saturating_duration_since(*at))).collect();
     to_submit.sort();
     row("closed loop: intake → submit_sm p50 / p99", format!("{} / {}", ms(percentile(&to_submit, 0.5)), ms(percentile(&to_submit, 0.99))));
-    row("CPU seconds per 1,000 messages (otpgate process)", format!("{:.3}", (cpu1 - cpu0) / accepted.max(1) as f64 * 1000.0));
+    row(
+        "closed loop: CPU ms per message, otpgate / this process (load generator, simulated SMSCs); machine idle",
+        format!(
+            "{:.3} / {:.3}; {}",
+            (cpu1 - cpu0) / accepted.max(1) as f64 * 1000.0,
+            (own1 - own0) / accepted.max(1) as f64 * 1000.0,
+            percent(closed_idle)
+        ),
+    );
 
     // Open loop at a fixed offered rate.
     let open_count = options.rate as usize * options.open_loop_seconds as usize;
+    let (cpu0, _) = usage(pid);
+    let machine = progress::Machine::now();
     let open = drive(http, open_count, options.concurrency.max(64), Some(options.rate), "open").await;
+    let (cpu1, _) = usage(pid);
     row(
         &format!("open loop at {}/s: HTTP latency p50 / p99 / p99.9", options.rate),
         format!(
@@ -570,6 +618,10 @@ pub async fn run(options: BenchOptions) -> Result<(), BenchError> {
             ms(percentile(&open.latencies, 0.99)),
             ms(percentile(&open.latencies, 0.999))
         ),
+    );
+    row(
+        "open loop: CPU ms per message (otpgate); machine idle",
+        format!("{:.3}; {}", (cpu1 - cpu0) / open.accepted.len().max(1) as f64 * 1000.0, percent(machine.idle_since())),
     );
 
     // Receipts for every plain message, before verifications add their own.
