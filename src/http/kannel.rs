@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{AppState, content_type_is, read_body, secret_matches, to_completion};
+use super::{AppState, completed, content_type_is, read_body, secret_matches};
 use crate::dispatch::Job;
 use crate::smpp::address::Address;
 use crate::sms::{Encoding, Header, Text};
@@ -149,14 +149,10 @@ async fn sendsms(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let work = {
-        let state = state.clone();
-        async move {
-            let answer = take(&state, method, query.unwrap_or_default(), headers, body).await;
-            Ok(answer.unwrap_or_else(|refused| refused).into_response())
-        }
+    let work = |state: Arc<AppState>| async move {
+        take(&state, method, query.unwrap_or_default(), headers, body).await.map(IntoResponse::into_response)
     };
-    to_completion(&state, work).await.unwrap_or_else(|_| Answer::temporal().into_response())
+    completed(&state, work, |_| Answer::temporal().into_response()).await
 }
 
 async fn take(state: &AppState, method: Method, query: String, headers: HeaderMap, body: Body) -> Result<Answer, Answer> {

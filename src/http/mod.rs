@@ -220,6 +220,17 @@ where
     })
 }
 
+/// [`to_completion`] for a handler with an error shape of its own (Twilio's, Kannel's): `work`
+/// answers either way; a task that could not finish answers as `failed` says.
+async fn completed<E, Fut>(state: &Arc<AppState>, work: impl FnOnce(Arc<AppState>) -> Fut, failed: fn(ApiError) -> Response) -> Response
+where
+    E: IntoResponse,
+    Fut: std::future::Future<Output = Result<Response, E>> + Send + 'static,
+{
+    let task = work(state.clone());
+    to_completion(state, async move { Ok(task.await.unwrap_or_else(IntoResponse::into_response)) }).await.unwrap_or_else(failed)
+}
+
 fn check_accepting(state: &AppState) -> Result<(), ApiError> {
     if state.accepting.load(Ordering::Acquire) {
         Ok(())

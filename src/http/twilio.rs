@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::settings::{TwilioAccount, is_sid};
-use super::{AppState, check_accepting, content_type_is, read_body, secret_matches, to_completion};
+use super::{AppState, check_accepting, completed, content_type_is, read_body, secret_matches};
 use crate::otp::{CheckOutcome, CreateRequest, OtpError};
 use crate::store::VerificationId;
 use crate::store::record::from_ms;
@@ -233,15 +233,13 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let work = {
-        let state = state.clone();
-        async move {
-            let path = format!("/v2/Services/{service}/Verifications");
-            let answer = start(&state, peer, &service, &path, &headers, body).await;
-            Ok(answer.unwrap_or_else(IntoResponse::into_response))
-        }
-    };
-    to_completion(&state, work).await.unwrap_or_else(|e| TwilioError::from(e).into_response())
+    let path = format!("/v2/Services/{service}/Verifications");
+    completed(&state, |state| async move { start(&state, peer, &service, &path, &headers, body).await }, unfinished).await
+}
+
+/// A request task that could not finish, in Twilio's shape.
+fn unfinished(e: ApiError) -> Response {
+    TwilioError::from(e).into_response()
 }
 
 async fn start(
@@ -306,30 +304,33 @@ async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let work = {
-        let state = state.clone();
-        async move {
-            let path = format!("/v2/Services/{service}/Verifications/{sid}");
-            let answer = async {
-                check_accepting(&state)?;
-                let (owner, account) = account(&state, &headers, &service, &path)?;
-                let mut form = Form::read(&state, &headers, body).await?;
-                let status = form.take("Status").ok_or_else(|| TwilioError::invalid("Missing required parameter Status"))?;
-                form.done()?;
-                let id = verification_id(&sid).ok_or_else(|| TwilioError::not_found(&path))?;
-                match status.as_str() {
-                    "canceled" => state.otp.cancel(&owner, &id).await,
-                    "approved" => state.otp.approve(&owner, &id).await,
-                    _ => return Err(TwilioError::invalid("Invalid parameter: Status is canceled or approved")),
-                }
-                .map_err(|e| refusal(e, &path))?;
-                let (id, record) = state.otp.record(&owner, &id).await.map_err(|e| refusal(e, &path))?;
-                Ok::<_, TwilioError>(axum::Json(verification(&state, &headers, &account, id, &record)).into_response())
-            };
-            Ok(answer.await.unwrap_or_else(IntoResponse::into_response))
-        }
-    };
-    to_completion(&state, work).await.unwrap_or_else(|e| TwilioError::from(e).into_response())
+    let path = format!("/v2/Services/{service}/Verifications/{sid}");
+    completed(&state, |state| async move { set_status(&state, &service, &sid, &path, &headers, body).await }, unfinished).await
+}
+
+/// `Status=canceled|approved`.
+async fn set_status(
+    state: &AppState,
+    service: &str,
+    sid: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, TwilioError> {
+    check_accepting(state)?;
+    let (owner, account) = account(state, headers, service, path)?;
+    let mut form = Form::read(state, headers, body).await?;
+    let status = form.take("Status").ok_or_else(|| TwilioError::invalid("Missing required parameter Status"))?;
+    form.done()?;
+    let id = verification_id(sid).ok_or_else(|| TwilioError::not_found(path))?;
+    match status.as_str() {
+        "canceled" => state.otp.cancel(&owner, &id).await,
+        "approved" => state.otp.approve(&owner, &id).await,
+        _ => return Err(TwilioError::invalid("Invalid parameter: Status is canceled or approved")),
+    }
+    .map_err(|e| refusal(e, path))?;
+    let (id, record) = state.otp.record(&owner, &id).await.map_err(|e| refusal(e, path))?;
+    Ok(axum::Json(verification(state, headers, &account, id, &record)).into_response())
 }
 
 async fn check(
@@ -339,14 +340,8 @@ async fn check(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let work = {
-        let state = state.clone();
-        async move {
-            let path = format!("/v2/Services/{service}/VerificationCheck");
-            Ok(check_code(&state, peer, &service, &path, &headers, body).await.unwrap_or_else(IntoResponse::into_response))
-        }
-    };
-    to_completion(&state, work).await.unwrap_or_else(|e| TwilioError::from(e).into_response())
+    let path = format!("/v2/Services/{service}/VerificationCheck");
+    completed(&state, |state| async move { check_code(&state, peer, &service, &path, &headers, body).await }, unfinished).await
 }
 
 async fn check_code(
