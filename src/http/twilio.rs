@@ -237,6 +237,20 @@ async fn create(
     completed(&state, |state| async move { start(&state, peer, &service, &path, &headers, body).await }, unfinished).await
 }
 
+/// A state-changing call's start: accepting requests, its credentials and service, its form.
+async fn admit(
+    state: &AppState,
+    service: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, TwilioAccount, Form), TwilioError> {
+    check_accepting(state)?;
+    let (owner, account) = account(state, headers, service, path)?;
+    let form = Form::read(state, headers, body).await?;
+    Ok((owner, account, form))
+}
+
 /// A request task that could not finish, in Twilio's shape.
 fn unfinished(e: ApiError) -> Response {
     TwilioError::from(e).into_response()
@@ -250,9 +264,7 @@ async fn start(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, TwilioError> {
-    check_accepting(state)?;
-    let (owner, account) = account(state, headers, service, path)?;
-    let mut form = Form::read(state, headers, body).await?;
+    let (owner, account, mut form) = admit(state, service, path, headers, body).await?;
     let to = form.take("To").ok_or_else(|| TwilioError::invalid("Missing required parameter To"))?;
     match form.take("Channel").as_deref() {
         Some("sms") => {}
@@ -317,9 +329,7 @@ async fn set_status(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, TwilioError> {
-    check_accepting(state)?;
-    let (owner, account) = account(state, headers, service, path)?;
-    let mut form = Form::read(state, headers, body).await?;
+    let (owner, account, mut form) = admit(state, service, path, headers, body).await?;
     let status = form.take("Status").ok_or_else(|| TwilioError::invalid("Missing required parameter Status"))?;
     form.done()?;
     let id = verification_id(sid).ok_or_else(|| TwilioError::not_found(path))?;
@@ -352,9 +362,7 @@ async fn check_code(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, TwilioError> {
-    check_accepting(state)?;
-    let (owner, account) = account(state, headers, service, path)?;
-    let mut form = Form::read(state, headers, body).await?;
+    let (owner, account, mut form) = admit(state, service, path, headers, body).await?;
     let code = form.take("Code").ok_or_else(|| TwilioError::invalid("Missing required parameter Code"))?;
     let (to, sid) = (form.take("To"), form.take("VerificationSid"));
     for ignored in ["Amount", "Payee"] {
