@@ -130,21 +130,34 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_its_schema() {
     let bearer = format!("Authorization: Bearer {API_KEY}");
     let runs = [vec!["--header", bearer.as_str(), "--exclude-tag", "twilio"], vec!["--auth", TWILIO_AUTH, "--include-tag", "twilio"]];
     for auth in runs {
-        let report = tempfile::tempdir().unwrap();
-        let run = tokio::process::Command::new(&schemathesis)
-            .args(["run", &document])
-            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance"])
-            .args(&auth)
-            .args(["--max-examples", "40", "--seed", "7", "--workers", "2", "--no-color"])
-            .args(["--phases", "examples,coverage,fuzzing"])
-            .args(["--generation-database", "none"])
-            .arg("--report-dir")
-            .arg(report.path())
-            .output()
-            .await
-            .expect("schemathesis runs");
-        let out = String::from_utf8_lossy(&run.stdout);
-        assert!(run.status.success(), "schemathesis found failures:\n{out}\n{}", String::from_utf8_lossy(&run.stderr));
+        // One worker: with two, CPython 3.11 once failed inside hypothesis's own source
+        // introspection ("AST constructor recursion depth mismatch", a Runtime Error of the tool,
+        // no request involved). A run whose only trouble is such a tool error gets one more go;
+        // a check failure never does.
+        let mut attempts = 0;
+        let out = loop {
+            attempts += 1;
+            let report = tempfile::tempdir().unwrap();
+            let run = tokio::process::Command::new(&schemathesis)
+                .args(["run", &document])
+                .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance"])
+                .args(&auth)
+                .args(["--max-examples", "40", "--seed", "7", "--workers", "1", "--no-color"])
+                .args(["--phases", "examples,coverage,fuzzing"])
+                .args(["--generation-database", "none"])
+                .arg("--report-dir")
+                .arg(report.path())
+                .output()
+                .await
+                .expect("schemathesis runs");
+            let out = String::from_utf8_lossy(&run.stdout).into_owned();
+            let tool_error_only = out.contains("Runtime Error") && !out.contains("= FAILURES =");
+            if run.status.success() || !tool_error_only || attempts == 2 {
+                assert!(run.status.success(), "schemathesis found failures:\n{out}\n{}", String::from_utf8_lossy(&run.stderr));
+                break out;
+            }
+            eprintln!("schemathesis hit an error of its own; running it again:\n{out}");
+        };
         assert!(out.contains(" passed"), "{out}");
         eprintln!("{out}");
     }
