@@ -183,7 +183,7 @@ impl EventRow {
         out.extend_from_slice(&self.dead_ms.unwrap_or_default().to_be_bytes());
         match self.requires {
             Some((message, status)) => {
-                out.push(1 + status_code(status));
+                out.push(1 + status.code());
                 out.extend_from_slice(&message.0);
             }
             None => out.push(0),
@@ -215,7 +215,7 @@ impl EventRow {
         let dead_ms = Some(u64_at(take(8)?)).filter(|ms| *ms > 0);
         let requires = match take(1)?[0] {
             0 => None,
-            code => Some((keys::id_from(take(16)?)?, status_of(code - 1)?)),
+            code => Some((keys::id_from(take(16)?)?, MessageStatus::from_code(code - 1)?)),
         };
         let mut texts = Vec::with_capacity(4);
         for _ in 0..4 {
@@ -236,24 +236,6 @@ fn cut(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-const STATUSES: [MessageStatus; 7] = [
-    MessageStatus::Queued,
-    MessageStatus::Submitted,
-    MessageStatus::Delivered,
-    MessageStatus::Undeliverable,
-    MessageStatus::Expired,
-    MessageStatus::Rejected,
-    MessageStatus::Failed,
-];
-
-fn status_code(status: MessageStatus) -> u8 {
-    STATUSES.iter().position(|s| *s == status).unwrap_or_default() as u8
-}
-
-fn status_of(code: u8) -> Option<MessageStatus> {
-    STATUSES.get(usize::from(code)).copied()
 }
 
 /// Whether a message in `current` state has been through `required` (states only move

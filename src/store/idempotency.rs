@@ -32,6 +32,8 @@ struct Entry {
     response: Option<String>,
 }
 
+super::codec::stored_as_json!(Entry);
+
 /// The key of `owner`'s Idempotency-Key `key`: hashed, so neither is stored as given.
 fn row_key(owner: &str, key: &str) -> Vec<u8> {
     let digest = Sha256::new().chain_update(owner.as_bytes()).chain_update([0]).chain_update(key.as_bytes()).finalize();

@@ -3,7 +3,7 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (JSON) |
+//! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (binary, `codec.rs`) |
 //! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
 //! | `r` | carrier, NUL, canonical SMSC id | message id (and, for a part of a long message, its part number): receipt correlation |
 //! | `f` | destination prefix | the fraud guard's suspension of it (its JSON) |

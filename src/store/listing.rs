@@ -3,8 +3,6 @@
 //! read: records created meanwhile sort after every page already handed out, and never shift
 //! one.
 
-use serde::Deserialize;
-
 use super::record::{MessageId, MessageRecord, VerificationId};
 use super::verification::VerificationRecord;
 use super::{Store, StoreError, decode, keys};
@@ -34,7 +32,7 @@ impl Store {
         Ok(self.engine.get(&keys::pending(owner, to)).await?.and_then(|bytes| keys::id_from(&bytes)).map(VerificationId))
     }
 
-    async fn records_back<T: for<'de> Deserialize<'de>>(
+    async fn records_back<T: super::codec::Stored>(
         &self,
         prefix: u8,
         window: Window,

@@ -27,6 +27,7 @@
 //! reason ([`Store::apply_receipts`]).
 //! Verifications keep sled's atomic batches: their rows guard codes, and they are fewer.
 
+mod codec;
 mod commit;
 mod engine;
 pub mod events;
@@ -50,10 +51,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use commit::FlushError;
+use codec::Stored;
 use commit::GroupCommit;
 use engine::{Engine, Writes};
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
@@ -379,8 +380,8 @@ impl Store {
         String::from_utf8(on_record).map_err(|_| StoreError::Corrupt(format!("setting {name}")))
     }
 
-    /// Reads and decodes one JSON row.
-    async fn read<T: for<'de> Deserialize<'de>>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
+    /// Reads and decodes one row.
+    async fn read<T: Stored>(&self, k: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
         decode(self.engine.get(k).await?, what)
     }
 
@@ -425,17 +426,16 @@ impl Store {
     }
 }
 
-/// Decodes a JSON row; `what` names it in the error if it does not decode.
-fn decode<T: for<'de> Deserialize<'de>>(row: Option<Vec<u8>>, what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
+/// Decodes a row; `what` names it in the error if it does not decode.
+fn decode<T: Stored>(row: Option<Vec<u8>>, what: impl FnOnce() -> String) -> Result<Option<T>, StoreError> {
     match row {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(what())),
+        Some(bytes) => T::from_row(&bytes).map(Some).ok_or_else(|| StoreError::Corrupt(what())),
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Our own plain structs: serialisation cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Stored>(value: &T) -> Vec<u8> {
+    value.to_row()
 }
 
 #[cfg(test)]

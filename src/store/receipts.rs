@@ -105,6 +105,8 @@ struct HeldReceipt {
     final_status: Option<MessageStatus>,
 }
 
+super::codec::stored_as_json!(HeldReceipt);
+
 impl Store {
     /// Held receipts now (counted once at open: each by its first row).
     pub(super) async fn count_held(&self) -> Result<usize, StoreError> {

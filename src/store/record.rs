@@ -109,7 +109,27 @@ pub enum MessageStatus {
     Failed,
 }
 
+/// Every status in the order of its one-byte code in binary rows (append only).
+const STATUSES: [MessageStatus; 7] = [
+    MessageStatus::Queued,
+    MessageStatus::Submitted,
+    MessageStatus::Delivered,
+    MessageStatus::Undeliverable,
+    MessageStatus::Expired,
+    MessageStatus::Rejected,
+    MessageStatus::Failed,
+];
+
 impl MessageStatus {
+    /// Its one-byte code in binary rows.
+    pub(crate) fn code(self) -> u8 {
+        STATUSES.iter().position(|s| *s == self).unwrap_or_default() as u8
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<MessageStatus> {
+        STATUSES.get(usize::from(code)).copied()
+    }
+
     pub fn is_final(self) -> bool {
         !matches!(self, MessageStatus::Queued | MessageStatus::Submitted)
     }

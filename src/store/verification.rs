@@ -65,6 +65,8 @@ pub struct VerificationRecord {
     pub app_hash: Option<String>,
 }
 
+super::codec::stored_as_json!(VerificationRecord, NumberStats);
+
 /// One failed SMS of a verification, and the resend through another carrier if one followed
 /// (receipt failover).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
