@@ -13,7 +13,9 @@
 //! optional value is a 0 byte, or 1 and the value; a list is its length, then its items.
 //! A change of layout takes a new version byte and keeps the old reader.
 
-use super::record::{Attempt, DlrRequest, MessageId, MessageRecord, MessageStatus, PartRecord, ReceiptSummary, SendOptions, VerificationId};
+use super::record::{
+    Attempt, DlrRequest, MessageId, MessageRecord, MessageStatus, PartRecord, ReceiptSummary, SendOptions, VerificationId,
+};
 use crate::sms::Encoding;
 
 /// A kind of row the store keeps: its bytes, and back (`None` for bytes it did not write).
@@ -263,14 +265,18 @@ impl Reader<'_> {
             encoding: self.option(|r| encoding_of(r.byte()?))?,
             segments: self.small()?,
             parts: self.list(|r| {
-                Some(PartRecord { seq: r.byte()?, smsc_message_id: r.text()?, status: r.status()?, receipt: r.option(|r| r.receipt(base))? })
+                Some(PartRecord {
+                    seq: r.byte()?,
+                    smsc_message_id: r.text()?,
+                    status: r.status()?,
+                    receipt: r.option(|r| r.receipt(base))?,
+                })
             })?,
             reference: self.option(Reader::small)?,
             options: SendOptions {
                 pinned_carrier: self.opt_text()?,
-                dlr: self.option(|r| {
-                    Some(DlrRequest { url: r.text()?, mask: r.byte()?, user: r.text()?, to: r.text()?, from: r.text()? })
-                })?,
+                dlr: self
+                    .option(|r| Some(DlrRequest { url: r.text()?, mask: r.byte()?, user: r.text()?, to: r.text()?, from: r.text()? }))?,
                 template_id: self.opt_text()?,
                 entity_id: self.opt_text()?,
             },
@@ -313,7 +319,13 @@ mod tests {
             carrier: Some("alpha".into()),
             smsc_message_id: Some("1f2e3d".into()),
             attempts: vec![
-                Attempt { at_ms: 1_764_000_000_001, carrier: "beta".into(), session: None, result: "retry_elsewhere".into(), detail: "0x58".into() },
+                Attempt {
+                    at_ms: 1_764_000_000_001,
+                    carrier: "beta".into(),
+                    session: None,
+                    result: "retry_elsewhere".into(),
+                    detail: "0x58".into(),
+                },
                 Attempt {
                     at_ms: 1_764_000_000_004,
                     carrier: "alpha".into(),
@@ -330,7 +342,12 @@ mod tests {
             encoding: Some(Encoding::Ucs2),
             segments: 2,
             parts: vec![
-                PartRecord { seq: 1, smsc_message_id: "a1".into(), status: MessageStatus::Delivered, receipt: Some(receipt(1_764_000_001_000)) },
+                PartRecord {
+                    seq: 1,
+                    smsc_message_id: "a1".into(),
+                    status: MessageStatus::Delivered,
+                    receipt: Some(receipt(1_764_000_001_000)),
+                },
                 PartRecord { seq: 2, smsc_message_id: "a2".into(), status: MessageStatus::Submitted, receipt: None },
             ],
             reference: Some(65_535),

@@ -53,8 +53,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-pub use commit::FlushError;
 use codec::Stored;
+pub use commit::FlushError;
 use commit::GroupCommit;
 use engine::{Engine, Writes};
 pub use idempotency::{IDEMPOTENCY_WINDOW, Idempotency};
@@ -102,7 +102,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             backend: settings::Backend::Sled,
-            cache_capacity_bytes: 4 << 20,
+            cache_capacity_bytes: 2 << 20,
             max_held_receipts: 10_000,
             hold_receipts_for: Duration::from_secs(600),
         }
@@ -854,6 +854,28 @@ mod tests {
             assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
             assert!(store.message(&queued).await.unwrap().is_some());
             assert!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap() == 0, "the stray done row is gone");
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// A store written before the binary record layout: its queued JSON record is read,
+        /// sent and finished, and its first rewrite moves it to the binary layout.
+        async fn a_store_of_json_records_still_reads_and_moves_to_binary_on_rewrite(place) {
+            let now = SystemTime::now();
+            let store = place.open().await;
+            let id = store.new_id();
+            let record = MessageRecord::queued(new_message(now), record::to_ms(now), None);
+            store.engine.put(&keys::message(&id), &serde_json::to_vec(&record).unwrap()).await.unwrap();
+            store.engine.put(&keys::queue(&id), &[]).await.unwrap();
+            assert_eq!(store.message(&id).await.unwrap(), Some(record.clone()));
+            assert_eq!(store.queued().await.unwrap(), vec![(id, record)]);
+
+            store.mark_submitted(&id, "alpha", "AB12", attempt(), now).await.unwrap();
+            let row = store.engine.get(&keys::message(&id)).await.unwrap().unwrap();
+            assert_eq!(row[0], 1, "rewritten in layout version 1");
+            assert_eq!(store.message(&id).await.unwrap().unwrap().smsc_message_id.as_deref(), Some("AB12"));
+            assert!(store.queued().await.unwrap().is_empty());
             store.close().await.unwrap();
         }
     }

@@ -83,7 +83,7 @@ impl Default for StoreConfig {
             postgres_password_file: None,
             pool_size: 8,
             retention: Duration::from_secs(7 * 24 * 3600),
-            cache_capacity_mb: 4,
+            cache_capacity_mb: 2,
             max_held_receipts: 10_000,
             hold_receipts_for: Duration::from_secs(600),
         }
