@@ -273,3 +273,31 @@ async fn an_accepted_submit_holds_its_window_slot_until_released() {
     assert_eq!(sim.stats().submits.len(), 2);
     running.shutdown.cancel();
 }
+
+/// The submit gate is checked again right before a submit_sm is written: a node whose term ends
+/// between a submit's first check and its write (stopped there by SIGSTOP, say) writes nothing
+/// and closes the session. tests/cluster.rs once caught a woken leader's submit going out.
+#[tokio::test]
+async fn a_gate_closed_after_a_submit_was_queued_keeps_it_off_the_wire() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sim = sim(SimConfig::default()).await;
+    // Open for the first check (before queueing), closed from the second (before writing).
+    let checks = Arc::new(AtomicUsize::new(0));
+    let gate = {
+        let checks = checks.clone();
+        otpgate::smpp::SubmitGate::new(move || checks.fetch_add(1, Ordering::SeqCst) == 0)
+    };
+    let config = carrier_config(sim.addr(), "");
+    let sessions = config.sessions;
+    let (receipts, _held) = tokio::sync::mpsc::channel(16);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let carrier = otpgate::smpp::carrier::Carrier::start_gated(config, receipts, shutdown.clone(), gate);
+    assert!(carrier.wait_bound(sessions, Duration::from_secs(5)).await, "carrier did not bind");
+    let outcome = carrier.submit(&sms("123456 is your Acme code")).await;
+    assert!(checks.load(Ordering::SeqCst) >= 2, "the writer did not check the gate ({outcome:?})");
+    assert!(!matches!(outcome, SubmitOutcome::Accepted { .. }), "{outcome:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sim.stats().submits.is_empty(), "the fenced submit reached the SMSC");
+    shutdown.cancel();
+}

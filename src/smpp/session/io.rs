@@ -26,6 +26,10 @@ pub(super) async fn write_loop(
         inner.queued_replies.fetch_sub(1, Ordering::AcqRel);
         reply
     };
+    // The gate is checked again here, right before the bytes go out: a node stopped between
+    // `send_reserved`'s check and this write (SIGSTOP, a long pause) wakes past its term with
+    // the submit still queued, and must not write it (tests/cluster.rs caught one in CI).
+    let fenced = |command: &Command| command.id() == rusmpp::CommandId::SubmitSm && !inner.gate.allows();
     loop {
         let first = tokio::select! {
             biased;
@@ -40,6 +44,9 @@ pub(super) async fn write_loop(
             _ = inner.closed.cancelled() => break,
         };
         let batch = async {
+            if fenced(&first) {
+                return Ok(Some(CloseReason::Fenced));
+            }
             sink.feed(first).await?;
             let mut batched = 1;
             while batched < MAX_BATCH {
@@ -50,14 +57,20 @@ pub(super) async fn write_loop(
                         Err(_) => break,
                     },
                 };
+                if fenced(&next) {
+                    // What was fed before it (answers, earlier submits) still goes out.
+                    SinkExt::<Command>::flush(&mut sink).await?;
+                    return Ok(Some(CloseReason::Fenced));
+                }
                 sink.feed(next).await?;
                 batched += 1;
             }
-            SinkExt::<Command>::flush(&mut sink).await
+            SinkExt::<Command>::flush(&mut sink).await.map(|()| None)
         };
         let reason = tokio::select! {
             written = timeout(inner.response_timeout, batch) => match written {
-                Ok(Ok(())) => continue,
+                Ok(Ok(None)) => continue,
+                Ok(Ok(Some(reason))) => reason,
                 Ok(Err(e)) => CloseReason::Io(e.to_string()),
                 Err(_) => CloseReason::NotReading,
             },

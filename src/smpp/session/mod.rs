@@ -138,6 +138,9 @@ pub enum CloseReason {
     NotReading,
     /// We unbound (shutdown or reconfiguration).
     Unbound,
+    /// This node's term as the cluster's dispatch leader ended with a submit_sm about to be
+    /// written: it was not written, and the session closes.
+    Fenced,
 }
 
 impl CloseReason {
@@ -152,6 +155,7 @@ impl CloseReason {
             CloseReason::Malformed(_) => "malformed_pdu",
             CloseReason::NotReading => "smsc_not_reading",
             CloseReason::Unbound => "unbound",
+            CloseReason::Fenced => "fenced",
         }
     }
 }
