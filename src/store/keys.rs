@@ -10,7 +10,7 @@
 //! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
-//! | `d` | done time (ms, BE), message id | empty: finished messages, oldest first, for the sweep |
+//! | `d` | time (ms, BE), message id | empty: when each message may be swept from (it finished; a sent one not before its validity ended), oldest first |
 //! | `c` | (none) | the queue depth, written by a clean close and consumed by the next open |
 //! | `v` | verification id | the verification record (JSON; the code only as an HMAC) |
 //! | `o` | owner, NUL, number | id of that owner's pending verification for the number |

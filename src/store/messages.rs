@@ -229,11 +229,11 @@ impl Store {
         let Some(mut record) = self.message(id).await? else {
             return Ok(None);
         };
-        let mut rows = Change::default();
+        let mut rows = Change::of(&record);
         if !change(&mut record, &mut rows) {
             return Ok(Some(record));
         }
-        self.apply(rows, keys::message(id), encode(&record)).await?;
+        self.apply(rows, id, &record).await?;
         Ok(Some(record))
     }
 
@@ -313,7 +313,6 @@ impl Store {
             if let Some(a) = attempt {
                 r.push_attempt(a);
             }
-            rows.add(keys::done(keys::MESSAGE_DONE, done, id), []);
             rows.remove(keys::queue(id));
             self.emit_message(&mut rows.events, id, r, done);
             changed = true;
@@ -423,7 +422,7 @@ impl Store {
                 statuses.push(None);
                 continue;
             };
-            let rows = changes.of(id);
+            let rows = changes.of(id, record);
             record.push_attempt(submit.attempt.clone());
             if record.status.is_final() {
                 // A late response for a message already finished (e.g. expired meanwhile).

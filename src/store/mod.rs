@@ -19,7 +19,7 @@
 //! one after another survive a crash as a prefix of that order. Each change is therefore
 //! written as `Change`: new index rows first, then the record, then removals; every prefix of
 //! that is a state the readers tolerate (a queue row whose record is missing or no longer
-//! queued is dropped by recovery; a done row whose record is not final is skipped by the sweep;
+//! queued is dropped by recovery; a done row the record has moved past is dropped by the sweep;
 //! an index row pointing at a message that never got its record is never reached). An intake
 //! writes its Idempotency-Key row last, so a replayed key always finds its message. On
 //! PostgreSQL a change is one statement (a round trip per row cost 2.4x the throughput), which
@@ -166,9 +166,16 @@ struct Change {
     adds: Vec<(Vec<u8>, Vec<u8>)>,
     removes: Vec<Vec<u8>>,
     events: events::Emitted,
+    /// When the record could be swept before this change: where its done row is.
+    sweepable_before: Option<u64>,
 }
 
 impl Change {
+    /// A change of `record` as it is now.
+    fn of(record: &MessageRecord) -> Change {
+        Change { adds: Vec::new(), removes: Vec::new(), events: events::Emitted::default(), sweepable_before: record.sweepable_from_ms() }
+    }
+
     fn add(&mut self, k: Vec<u8>, v: impl Into<Vec<u8>>) {
         self.adds.push((k, v.into()));
     }
@@ -177,10 +184,18 @@ impl Change {
         self.removes.push(k);
     }
 
-    /// The change with the record row `record_key` = `record`, as writes in the safe order,
-    /// and the events it emits.
-    fn into_writes(self, record_key: Vec<u8>, record: Vec<u8>) -> (Writes, events::Emitted) {
-        let adds = self.adds.into_iter().chain([(record_key, record)]).map(|(k, v)| (k, Some(v)));
+    /// The change with `id`'s record row = `record`, as writes in the safe order, and the
+    /// events it emits. The done row follows the record: every change that moves when the
+    /// record may be swept moves it, so no code path can forget it.
+    fn into_writes(mut self, id: &MessageId, record: &MessageRecord) -> (Writes, events::Emitted) {
+        let sweepable = record.sweepable_from_ms();
+        if sweepable != self.sweepable_before {
+            self.adds.extend(sweepable.map(|at| (keys::done(keys::MESSAGE_DONE, at, id), Vec::new())));
+            // Removals run after the adds and the record: a crash in between leaves a stale
+            // done row, which the sweep recognises (`sweep.rs`), never a record without one.
+            self.removes.extend(self.sweepable_before.map(|at| keys::done(keys::MESSAGE_DONE, at, id)));
+        }
+        let adds = self.adds.into_iter().chain([(keys::message(id), encode(record))]).map(|(k, v)| (k, Some(v)));
         (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events)
     }
 }
@@ -191,12 +206,12 @@ impl Change {
 struct Changes(Vec<(MessageId, Change)>);
 
 impl Changes {
-    /// `id`'s change, begun on first use.
-    fn of(&mut self, id: MessageId) -> &mut Change {
+    /// `id`'s change, begun on first use from `record` as it was then.
+    fn of(&mut self, id: MessageId, record: &MessageRecord) -> &mut Change {
         let at = match self.0.iter().position(|(changed, _)| *changed == id) {
             Some(at) => at,
             None => {
-                self.0.push((id, Change::default()));
+                self.0.push((id, Change::of(record)));
                 self.0.len() - 1
             }
         };
@@ -209,7 +224,7 @@ impl Changes {
         let (mut writes, mut events) = (Vec::new(), events::Emitted::default());
         for (id, change) in self.0 {
             if let Some(Some(record)) = records.get(&id) {
-                let (rows, emitted) = change.into_writes(keys::message(&id), encode(record));
+                let (rows, emitted) = change.into_writes(&id, record);
                 writes.extend(rows);
                 events.absorb(emitted);
             }
@@ -219,9 +234,9 @@ impl Changes {
 }
 
 impl Store {
-    /// Writes `change` around the record row `record_key` = `record` in the safe order.
-    async fn apply(&self, change: Change, record_key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
-        let (writes, events) = change.into_writes(record_key, record);
+    /// Writes `change` around `id`'s record row = `record` in the safe order.
+    async fn apply(&self, change: Change, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
+        let (writes, events) = change.into_writes(id, record);
         self.write_with_events(writes, events).await
     }
 
@@ -546,6 +561,8 @@ mod tests {
     }
 
     on_both! {
+        /// A delivered message goes `retention` after its validity ended (a receipt may come
+        /// until then), with its receipt index; a queued one stays.
         async fn retention_sweep_deletes_finished_messages_and_their_index(place) {
             let (store, now) = (place.open().await, SystemTime::now());
             let (done_id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
@@ -554,15 +571,60 @@ mod tests {
             let matched = store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).await.unwrap();
             assert!(matches!(matched, ReceiptMatch::Matched { status: MessageStatus::Delivered, .. }));
 
-            // Not old enough yet.
-            assert_eq!(store.sweep(Duration::from_secs(3600), now).await.unwrap().0, 0);
-            let later = now + Duration::from_secs(3601);
-            assert_eq!(store.sweep(Duration::from_secs(3600), later).await.unwrap().0, 1);
+            // Not old enough yet: an hour after it finished, but not after its validity (5 min) ended.
+            let retention = Duration::from_secs(3600);
+            assert_eq!(store.sweep(retention, now + retention + Duration::from_secs(1)).await.unwrap().0, 0);
+            assert!(store.message(&done_id).await.unwrap().is_some());
+            let later = now + retention + Duration::from_secs(301);
+            assert_eq!(store.sweep(retention, later).await.unwrap().0, 1);
             assert!(store.message(&done_id).await.unwrap().is_none());
             assert!(store.message(&queued_id).await.unwrap().is_some(), "queued messages are never swept");
             // Its receipt index went with it: a late duplicate receipt is held, not applied.
             let late = store.apply_receipt("alpha", received(&["AB12"], MessageStatus::Delivered), later).await.unwrap();
             assert_eq!(late, ReceiptMatch::Held);
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// A carrier that never sends a receipt does not keep its messages for ever: a sent
+        /// message goes `retention` after its validity ended, receipt or not.
+        async fn a_sent_message_without_a_final_receipt_goes_retention_after_its_validity(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&id, "alpha", "AB12", attempt(), now).await.unwrap();
+            let progress = IncomingReceipt { final_status: None, ..received(&["ab12"], MessageStatus::Delivered) };
+            store.apply_receipt("alpha", progress, now).await.unwrap();
+            let retention = Duration::from_secs(3600);
+            let deadline = now + Duration::from_secs(300);
+            assert_eq!(store.sweep(retention, deadline + retention - Duration::from_secs(1)).await.unwrap().0, 0);
+            assert_eq!(store.message(&id).await.unwrap().unwrap().status, MessageStatus::Submitted);
+            assert_eq!(store.sweep(retention, deadline + retention + Duration::from_secs(1)).await.unwrap().0, 1);
+            assert!(store.message(&id).await.unwrap().is_none());
+            assert_eq!(store.engine.count(&[keys::RECEIPT_INDEX]).await.unwrap(), 0, "its receipt index went too");
+            assert_eq!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap(), 0);
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// Stores of earlier versions keep a delivered message's done row at its receipt, not
+        /// at its validity's end: the sweep moves the row on instead of losing the message.
+        async fn a_done_row_of_an_earlier_version_is_moved_to_when_the_record_may_go(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&id, "alpha", "AB12", attempt(), now).await.unwrap();
+            store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), now).await.unwrap();
+            let deadline = record::to_ms(now + Duration::from_secs(300));
+            store.engine.delete(&keys::done(keys::MESSAGE_DONE, deadline, &id)).await.unwrap();
+            store.engine.put(&keys::done(keys::MESSAGE_DONE, record::to_ms(now), &id), &[]).await.unwrap();
+
+            let retention = Duration::from_secs(3600);
+            assert_eq!(store.sweep(retention, now + retention + Duration::from_secs(1)).await.unwrap().0, 0);
+            let rows: Vec<Vec<u8>> = store.engine.scan(&[keys::MESSAGE_DONE], None, 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(rows, vec![keys::done(keys::MESSAGE_DONE, deadline, &id)], "moved to the end of its validity");
+            assert_eq!(store.sweep(retention, now + retention + Duration::from_secs(301)).await.unwrap().0, 1);
+            assert!(store.message(&id).await.unwrap().is_none());
             store.close().await.unwrap();
         }
     }
@@ -853,7 +915,8 @@ mod tests {
 
             assert_eq!(store.sweep(Duration::from_secs(1), now).await.unwrap().0, 0, "a queued message is never swept");
             assert!(store.message(&queued).await.unwrap().is_some());
-            assert!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap() == 0, "the stray done row is gone");
+            let rows: Vec<Vec<u8>> = store.engine.scan(&[keys::MESSAGE_DONE], None, 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+            assert!(!rows.contains(&keys::done(keys::MESSAGE_DONE, 1, &queued)), "the stray done row is gone");
             store.close().await.unwrap();
         }
     }

@@ -227,7 +227,7 @@ impl Store {
                 [only] => Some(*only),
                 _ => None,
             };
-            let change = changes.of(chosen);
+            let change = changes.of(chosen, record);
             let was_queued = record.status == MessageStatus::Queued;
             let finished = apply_receipt_to(record, &chosen, part, &receipt.summary, receipt.final_status, now_ms, change);
             if finished {
@@ -363,11 +363,6 @@ fn apply_receipt_to(
         }
     };
     let was_final = record.status.is_final();
-    rows.add(keys::done(keys::MESSAGE_DONE, now_ms, id), []);
-    // Removals run after the adds: never remove the row just added.
-    if let Some(old_done) = record.done_ms.filter(|&old| old != now_ms) {
-        rows.remove(keys::done(keys::MESSAGE_DONE, old_done, id));
-    }
     record.status = status;
     record.done_ms = Some(now_ms);
     rows.remove(keys::queue(id));

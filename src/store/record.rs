@@ -314,6 +314,17 @@ impl MessageRecord {
         }
     }
 
+    /// From when the retention sweep may delete it: when it finished, and once a carrier took
+    /// it, not before its validity ended either. Until then a receipt may still come; after it,
+    /// a message whose carrier never sends one goes too instead of staying for ever. `None`:
+    /// not sent and not finished (queued), kept.
+    pub(crate) fn sweepable_from_ms(&self) -> Option<u64> {
+        match self.submitted_ms {
+            Some(_) => Some(self.deadline_ms.max(self.done_ms.unwrap_or(0))),
+            None => self.done_ms,
+        }
+    }
+
     pub fn push_attempt(&mut self, attempt: Attempt) {
         if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
             self.attempts.remove(0);

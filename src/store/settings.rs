@@ -62,7 +62,8 @@ pub struct StoreConfig {
     /// more connections than the database has cores mostly add switching (on the 2-core bench
     /// machine, 8 gave 3,300 msg/s end to end, 16 gave 2,500 and 4 gave 2,650).
     pub pool_size: usize,
-    /// Finished messages are deleted this long after they finished.
+    /// Finished messages are deleted this long after they finished; a sent one not before
+    /// this long after its validity ended, final receipt or not.
     #[serde(deserialize_with = "crate::duration::human")]
     pub retention: Duration,
     /// sled's page cache in MiB (its own default, 1 GiB, is too much for most hosts).

@@ -1,5 +1,5 @@
-//! Retention: finished messages and verifications go after `retention`, through their "finished
-//! at" indexes, oldest first; stale idempotency keys and held receipts go too. Work is done a
+//! Retention: finished messages (and sent ones past their validity, receipt or not) and
+//! verifications go after `retention`, through their "finished at" indexes, oldest first; stale idempotency keys and held receipts go too. Work is done a
 //! page at a time, yielding between pages, so a large sweep never holds a worker thread.
 
 use std::time::{Duration, SystemTime};
@@ -9,13 +9,17 @@ use super::record::{self, MessageId};
 use super::{Store, StoreError, keys};
 
 impl Store {
-    /// Deletes finished messages older than `retention`, their receipt index rows, expired
-    /// idempotency keys, webhook events given up on more than `retention` ago, and held receipts older than [`StoreOptions::hold_receipts_for`](super::StoreOptions).
+    /// Deletes messages `retention` past the time they may go from (when they finished, and for
+    /// a message a carrier took, not before its validity ended, receipt or not: see
+    /// `MessageRecord::sweepable_from_ms`), their receipt index rows,
+    /// expired idempotency keys, webhook events given up on more than `retention` ago, and held
+    /// receipts older than [`StoreOptions::hold_receipts_for`](super::StoreOptions).
     /// Returns (messages deleted, the carrier of each held receipt dropped unmatched).
     pub async fn sweep(&self, retention: Duration, now: SystemTime) -> Result<(usize, Vec<String>), StoreError> {
         let mut deleted = 0;
+        let cutoff_ms = cutoff(retention, now);
         loop {
-            let page = self.finished_by(keys::MESSAGE_DONE, cutoff(retention, now)).await?;
+            let page = self.finished_by(keys::MESSAGE_DONE, cutoff_ms).await?;
             for (k, id) in &page {
                 // The record's correlation stripes (its index rows go too), then its own.
                 let smsc = self.message(id).await?.and_then(|r| {
@@ -31,15 +35,19 @@ impl Store {
                     None => self.locks.message(id).await,
                 };
                 // Index rows, then the record, then the done row: a sweep cut short finds the
-                // done row again next time.
-                match self.message(id).await? {
-                    Some(record) if record.status.is_final() => {
-                        self.unindex(id, &record).await?;
+                // done row again next time. The record says when it may go, not the row: a
+                // crash between a change's writes can leave a row the record has moved past,
+                // and stores of earlier versions keep a sent message's row at its receipt.
+                let record = self.message(id).await?;
+                match record.as_ref().map(|r| (r, r.sweepable_from_ms())) {
+                    Some((record, Some(sweepable))) if sweepable <= cutoff_ms => {
+                        self.unindex(id, record).await?;
                         self.engine.delete(&keys::message(id)).await?;
                         deleted += 1;
                     }
-                    // Not final: the done row of a change a crash cut short; the record's own
-                    // final change writes a fresh one.
+                    // Not yet: its own row, written before this one goes.
+                    Some((_, Some(sweepable))) => self.engine.put(&keys::done(keys::MESSAGE_DONE, sweepable, id), &[]).await?,
+                    // Queued (a change a crash cut short), or gone.
                     _ => {}
                 }
                 self.engine.delete(k).await?;
