@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::codec::Stored;
 use super::record::{self, MessageId};
 use super::{Store, StoreError, encode, keys};
 
@@ -62,7 +63,7 @@ impl Store {
         let Some(bytes) = self.engine.get(&row_key(owner, key)).await? else {
             return Ok(Idempotency::New);
         };
-        let entry: Entry = serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt("idempotency".into()))?;
+        let entry = Entry::from_row(&bytes).ok_or_else(|| StoreError::Corrupt("idempotency".into()))?;
         let expired = record::from_ms(entry.created_ms) + IDEMPOTENCY_WINDOW < now;
         if expired {
             return Ok(Idempotency::New);
@@ -80,7 +81,7 @@ impl Store {
         let mut pages = self.engine.pages(&[keys::IDEMPOTENCY]);
         while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
-                let stale = serde_json::from_slice::<Entry>(&v).map(|e| record::from_ms(e.created_ms) < cutoff).unwrap_or(true);
+                let stale = Entry::from_row(&v).is_none_or(|e| record::from_ms(e.created_ms) < cutoff);
                 if stale {
                     self.engine.delete(&k).await?;
                 }

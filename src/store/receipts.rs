@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::codec::Stored;
 use super::messages::entered;
 use super::record::{self, MessageId, MessageRecord, MessageStatus, ReceiptSummary};
 use super::{Change, Changes, Store, StoreError, encode, keys};
@@ -129,7 +130,7 @@ impl Store {
         rows: &mut Change,
     ) -> Result<(), StoreError> {
         let Some((_, value)) = first_held else { return Ok(()) };
-        if let Ok(held) = serde_json::from_slice::<HeldReceipt>(&value) {
+        if let Some(held) = HeldReceipt::from_row(&value) {
             apply_receipt_to(record, id, part, &held.summary, held.final_status, now_ms, rows);
             for candidate in &held.candidates {
                 if let Some((key, _)) = self.first_held(carrier, candidate).await? {
@@ -284,7 +285,7 @@ impl Store {
         let mut pages = self.engine.pages(&[keys::HELD_RECEIPT]);
         while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
-                let at_ms = serde_json::from_slice::<HeldReceipt>(&v).map_or(0, |held| held.summary.at_ms);
+                let at_ms = HeldReceipt::from_row(&v).map_or(0, |held| held.summary.at_ms);
                 if at_ms > expire_before {
                     continue;
                 }
@@ -372,7 +373,7 @@ fn apply_receipt_to(
 /// Whether a held-receipt row is the first of its receipt's rows (one per candidate id): the
 /// one a receipt is counted by.
 fn is_first_row(row_key: &[u8], value: &[u8]) -> bool {
-    let Ok(held) = serde_json::from_slice::<HeldReceipt>(value) else { return false };
+    let Some(held) = HeldReceipt::from_row(value) else { return false };
     held_candidate(row_key).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c))
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::codec::Stored;
 use super::engine::PAGE;
 use super::engine::Tx;
 use super::events::{Emitted, EventType};
@@ -294,9 +295,8 @@ impl Store {
         let mut pages = self.engine.pages(&[keys::NUMBER]);
         while let Some(rows) = pages.next().await? {
             for (k, v) in rows {
-                let stale = serde_json::from_slice::<NumberStats>(&v)
-                    .map(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before))
-                    .unwrap_or(true);
+                let stale =
+                    NumberStats::from_row(&v).is_none_or(|s| s.sends_ms.iter().chain(&s.failed_checks_ms).all(|&t| t <= stale_before));
                 if stale {
                     // Only if no send or check changed it since it was read.
                     self.engine.swap(&k, Some(&v), None).await?;
