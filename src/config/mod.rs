@@ -535,6 +535,8 @@ source_addr = "Acme"
             ("store", "retention", huge_duration),
             ("store", "cache_capacity_mb", huge_int),
             ("store", "cache_capacity_mb", "0"),
+            ("store", "compact_every", huge_duration),
+            ("store", "compact_every", "\"0s\""),
             ("store", "max_held_receipts", huge_int),
             ("store", "hold_receipts_for", huge_duration),
             ("store", "pool_size", huge_int),

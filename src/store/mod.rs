@@ -92,6 +92,8 @@ pub struct StoreOptions {
     pub backend: settings::Backend,
     /// sled's page cache; its default of 1 GiB is more than most hosts want to give.
     pub cache_capacity_bytes: u64,
+    /// How often sled compacts its log (its background thread's interval).
+    pub compact_every: Duration,
     /// Receipts held for a submit_sm_resp still to come, at most; more are dropped and counted.
     pub max_held_receipts: usize,
     /// How long a held receipt waits for its submit before it is dropped as unmatched.
@@ -103,6 +105,7 @@ impl Default for StoreOptions {
         StoreOptions {
             backend: settings::Backend::Sled,
             cache_capacity_bytes: 2 << 20,
+            compact_every: Duration::from_millis(20),
             max_held_receipts: 10_000,
             hold_receipts_for: Duration::from_secs(600),
         }
@@ -323,7 +326,9 @@ impl Store {
         // lock while sled's own threads wind down: wait a little before calling it taken.
         let mut lock_waits = 0;
         let db = loop {
-            match sled::Config::new().path(dir.join("db")).cache_capacity(options.cache_capacity_bytes).open() {
+            let compact_every_ms = options.compact_every.as_millis().max(1) as u64;
+            let config = sled::Config::new().path(dir.join("db")).cache_capacity(options.cache_capacity_bytes);
+            match config.flush_every_ms(Some(compact_every_ms)).open() {
                 Ok(db) => break db,
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     if lock_waits == LOCK_WAITS {
