@@ -18,8 +18,22 @@ use tokio_util::sync::CancellationToken;
 
 pub const LOOPBACK: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
 
-/// A loopback address nothing listens on (yet): for carriers that are down.
+/// A loopback address nothing listens on (yet): for carriers that are down, and that a test may
+/// bring up later. Taken below the kernel's ephemeral range: a port from that range (port 0) can
+/// go to another test's outgoing connection before the simulator binds it (seen in CI).
 pub fn free_addr() -> SocketAddr {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_from > 11_000 {
+        for _ in 0..100 {
+            let port = rand::random_range(10_000..ephemeral_from);
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return listener.local_addr().expect("local addr");
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
 }
