@@ -7,6 +7,8 @@
 //! atomic change under named locks (verifications, whose rows guard codes and limits).
 
 use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::MutexGuard;
 
@@ -29,7 +31,7 @@ pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Clone)]
 pub(super) struct Marks {
     mark: &'static [u8],
-    keys: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    keys: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Marks {
@@ -254,21 +256,27 @@ impl Engine {
 
     /// What the group commit calls to make every write so far durable. It first marks the rows
     /// `marks` has collected (each set from empty to `mark` if still empty), as part of the
-    /// same flush: on a database, in the same round trip.
+    /// same flush: on a database, in the same round trip. On sled it also writes `depth` (the
+    /// queue's, as the store counts it) to `depth_key`, so that an open after a crash reads
+    /// it instead of counting the queue (a database counts its index instead).
     pub(super) fn flusher(
         &self,
         marks: Marks,
+        depth: Arc<AtomicI64>,
+        depth_key: &'static [u8],
     ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
         let flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> = match self {
             Engine::Sled(db) => {
                 let db = db.clone();
                 Box::new(move || {
-                    let (db, marks) = (db.clone(), marks.clone());
+                    let (db, marks, depth) = (db.clone(), marks.clone(), depth.clone());
                     Box::pin(async move {
                         let flushed = tokio::task::spawn_blocking(move || {
                             for key in marks.take() {
                                 db.compare_and_swap(key, Some(&[]), Some(marks.mark)).map_err(|e| e.to_string())?.ok();
                             }
+                            let depth = depth.load(Ordering::Relaxed).max(0) as u64;
+                            db.insert(depth_key, &depth.to_be_bytes()).map_err(|e| e.to_string())?;
                             db.flush().map(drop).map_err(|e| e.to_string())
                         });
                         flushed.await.unwrap_or_else(|e| Err(format!("flush task failed: {e}")))

@@ -11,7 +11,7 @@
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | time (ms, BE), message id | empty: when each message may be swept from (it finished; a sent one not before its validity ended), oldest first |
-//! | `c` | (none) | the queue depth, written by a clean close and consumed by the next open |
+//! | `c` | (none) | the queue depth as of the last group commit (exact after a clean close), read by the next open |
 //! | `v` | verification id | the verification record (JSON; the code only as an HMAC) |
 //! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
 //! | `n` | number | recent sends and failed checks of the number |
@@ -38,8 +38,8 @@ pub(super) const DEAD_EVENT: u8 = b'y';
 pub(super) const REFERENCE: u8 = b'u';
 pub(super) const FRAUD: u8 = b'f';
 
-/// The queue depth at the last clean close: a whole key of its own.
-pub(super) const CLEAN_CLOSE: &[u8] = b"c";
+/// The queue depth as of the last group commit: a whole key of its own.
+pub(super) const QUEUE_DEPTH: &[u8] = b"c";
 
 /// A queue row's value while a submit of its message is under way (its result not recorded
 /// yet): seen at startup, the previous process died mid-submit and the SMSC may have the message.

@@ -95,18 +95,31 @@ impl Store {
         Ok(())
     }
 
+    /// Counts queue rows written (`by` > 0: call after writing them) or about to be removed
+    /// (`by` < 0: call before removing them, so that an empty queue never meets a count that
+    /// still has to go down, see [`Store::queue_stats`]).
     pub(super) fn queue_changed(&self, by: i64) {
         self.queued.fetch_add(by, Ordering::Relaxed);
     }
 
     /// How many messages wait to be submitted, and how long the oldest has waited.
     pub async fn queue_stats(&self, now: SystemTime) -> (u64, Duration) {
-        // A shared store's queue also grows through other nodes: count it (an index range).
-        let depth = match self.engine.shared() {
-            true => self.engine.count(&[keys::QUEUE]).await.unwrap_or_default() as u64,
-            false => self.queued.load(Ordering::Relaxed).max(0) as u64,
+        let known = self.queued.load(Ordering::Relaxed);
+        let first = self.engine.scan(&[keys::QUEUE], None, 1).await.map(|rows| rows.into_iter().next());
+        let depth = match (self.engine.shared(), &first) {
+            // A shared store's queue also grows through other nodes: count it (an index range).
+            (true, _) => self.engine.count(&[keys::QUEUE]).await.unwrap_or_default() as u64,
+            // The depth an open read after a crash is off by the changes the crash cut short:
+            // an empty queue sets it right (unless it changed meanwhile).
+            (false, Ok(None)) if known != 0 => {
+                if self.queued.compare_exchange(known, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                    tracing::info!(was = known, "queue depth set to 0: the queue is empty");
+                }
+                0
+            }
+            (false, _) => known.max(0) as u64,
         };
-        let first = self.engine.scan(&[keys::QUEUE], None, 1).await.ok().and_then(|rows| rows.into_iter().next());
+        let first = first.ok().flatten();
         let record = match first.and_then(|(k, _)| keys::id_from(&k[1..])) {
             Some(id) => self.message(&id).await.ok().flatten(),
             None => None,
@@ -206,12 +219,12 @@ impl Store {
                         out.push((id, record));
                     }
                     // Left by a change a crash cut short (module doc): the record moved on, or
-                    // never made it to disk (and was never acknowledged).
+                    // never made it to disk (and was never acknowledged). Not in the depth on
+                    // record, which counts a message out before its queue row goes (a count at
+                    // open did find it: an empty queue sets that right, see `queue_stats`).
                     _ => {
                         let _locked = self.locks.message(&id).await;
-                        if self.engine.delete(&k).await?.is_some() {
-                            self.queue_changed(-1);
-                        }
+                        self.engine.delete(&k).await?;
                     }
                 }
             }
@@ -474,8 +487,11 @@ impl Store {
             statuses.push(Some(record.status));
         }
         let (writes, events) = changes.into_writes(&records);
-        self.write_with_events(writes, events).await?;
         self.queue_changed(-dequeued);
+        if let Err(e) = self.write_with_events(writes, events).await {
+            self.queue_changed(dequeued);
+            return Err(e);
+        }
         for status in entering {
             entered(status);
         }

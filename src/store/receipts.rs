@@ -243,9 +243,12 @@ impl Store {
         let mut writes = held_rows;
         let (changed, events) = changes.into_writes(&records);
         writes.extend(changed);
-        self.write_with_events(writes, events).await?;
-        self.held_changed(newly_held as isize);
         self.queue_changed(-dequeued);
+        if let Err(e) = self.write_with_events(writes, events).await {
+            self.queue_changed(dequeued);
+            return Err(e);
+        }
+        self.held_changed(newly_held as isize);
         for status in entering {
             entered(status);
         }
