@@ -879,7 +879,7 @@ struct Restart {
 
 /// Fills a store with `count` queued messages, then starts otpgate on it twice with carriers
 /// that never answer (the queue stays as it is): after the filler's clean close, then again
-/// after a kill -9 of the first, which leaves no queue depth on record (the open counts). Each
+/// after a kill -9 of the first (the open reads the queue depth its last group commit recorded). Each
 /// start is timed until `/healthz` answers; its peak RSS is read after two seconds of recovery.
 async fn recovery(work: &Path, sims: &[SocketAddr], count: usize) -> Result<[Restart; 2], BenchError> {
     let data_dir = work.join("recovery");
