@@ -10,7 +10,7 @@
 //! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
-//! | `d` | time (ms, BE), message id | empty: when each message may be swept from (it finished; a sent one not before its validity ended), oldest first |
+//! | `d` | time (ms, BE), message id (and 1 for a batch's row) | empty, or a batch's other message ids: when each message may be swept from (it finished; a sent one not before its validity ended), oldest first |
 //! | `c` | (none) | the queue depth as of the last group commit (exact after a clean close), read by the next open |
 //! | `v` | verification id | the verification record (JSON; the code only as an HMAC) |
 //! | `o` | owner, NUL, number | id of that owner's pending verification for the number |
@@ -101,6 +101,15 @@ pub(super) fn done(prefix: u8, done_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut k = vec![prefix];
     k.extend_from_slice(&done_ms.to_be_bytes());
     k.extend_from_slice(&id.0);
+    k
+}
+
+/// The done row of several messages a batch of submits moved at once: the first one's
+/// [`done`] key with a trailing 1 (so it never meets that message's own row, which a later
+/// change may remove), its value the other ids, 16 bytes each.
+pub(super) fn done_batch(done_ms: u64, first: &MessageId) -> Vec<u8> {
+    let mut k = done(MESSAGE_DONE, done_ms, first);
+    k.push(1);
     k
 }
 

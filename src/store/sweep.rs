@@ -20,35 +20,40 @@ impl Store {
         let cutoff_ms = cutoff(retention, now);
         loop {
             let page = self.finished_by(keys::MESSAGE_DONE, cutoff_ms).await?;
-            for (k, id) in &page {
-                // The record's correlation stripes (its index rows go too), then its own.
-                let smsc = self.message(id).await?.and_then(|r| {
-                    let ids =
-                        r.smsc_message_id.iter().chain(r.parts.iter().map(|p| &p.smsc_message_id)).map(|s| crate::smsc_id::canonical(s));
-                    Some((r.carrier.clone()?, ids.collect::<Vec<String>>()))
-                });
-                let _locked = match &smsc {
-                    Some((carrier, smsc_ids)) => {
-                        let stripes: Vec<&str> = smsc_ids.iter().map(String::as_str).collect();
-                        self.locks.take(carrier, &stripes, Some(id)).await
+            for (k, ids) in &page {
+                for id in ids {
+                    // The record's correlation stripes (its index rows go too), then its own.
+                    let smsc = self.message(id).await?.and_then(|r| {
+                        let ids = r
+                            .smsc_message_id
+                            .iter()
+                            .chain(r.parts.iter().map(|p| &p.smsc_message_id))
+                            .map(|s| crate::smsc_id::canonical(s));
+                        Some((r.carrier.clone()?, ids.collect::<Vec<String>>()))
+                    });
+                    let _locked = match &smsc {
+                        Some((carrier, smsc_ids)) => {
+                            let stripes: Vec<&str> = smsc_ids.iter().map(String::as_str).collect();
+                            self.locks.take(carrier, &stripes, Some(id)).await
+                        }
+                        None => self.locks.message(id).await,
+                    };
+                    // Index rows, then the record, then the done row: a sweep cut short finds the
+                    // done row again next time. The record says when it may go, not the row: a
+                    // crash between a change's writes can leave a row the record has moved past,
+                    // and stores of earlier versions keep a sent message's row at its receipt.
+                    let record = self.message(id).await?;
+                    match record.as_ref().map(|r| (r, r.sweepable_from_ms())) {
+                        Some((record, Some(sweepable))) if sweepable <= cutoff_ms => {
+                            self.unindex(id, record).await?;
+                            self.engine.delete(&keys::message(id)).await?;
+                            deleted += 1;
+                        }
+                        // Not yet: its own row, written before this one goes.
+                        Some((_, Some(sweepable))) => self.engine.put(&keys::done(keys::MESSAGE_DONE, sweepable, id), &[]).await?,
+                        // Queued (a change a crash cut short), or gone.
+                        _ => {}
                     }
-                    None => self.locks.message(id).await,
-                };
-                // Index rows, then the record, then the done row: a sweep cut short finds the
-                // done row again next time. The record says when it may go, not the row: a
-                // crash between a change's writes can leave a row the record has moved past,
-                // and stores of earlier versions keep a sent message's row at its receipt.
-                let record = self.message(id).await?;
-                match record.as_ref().map(|r| (r, r.sweepable_from_ms())) {
-                    Some((record, Some(sweepable))) if sweepable <= cutoff_ms => {
-                        self.unindex(id, record).await?;
-                        self.engine.delete(&keys::message(id)).await?;
-                        deleted += 1;
-                    }
-                    // Not yet: its own row, written before this one goes.
-                    Some((_, Some(sweepable))) => self.engine.put(&keys::done(keys::MESSAGE_DONE, sweepable, id), &[]).await?,
-                    // Queued (a change a crash cut short), or gone.
-                    _ => {}
                 }
                 self.engine.delete(k).await?;
             }
@@ -82,17 +87,23 @@ impl Store {
     }
 
     /// Up to a page of the rows of a "finished at" index done at or before `cutoff_ms`, oldest
-    /// first, with their ids. The caller deletes them, so the next call reads the next page.
-    pub(super) async fn finished_by(&self, prefix: u8, cutoff_ms: u64) -> Result<Vec<(Vec<u8>, MessageId)>, StoreError> {
-        let parse = |k: &[u8]| {
-            let done_ms = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
-            Some((done_ms, keys::id_from(k.get(9..)?)?))
+    /// first, each with its ids (one, or a batch's, [`keys::done_batch`]). The caller deletes
+    /// them, so the next call reads the next page.
+    pub(super) async fn finished_by(&self, prefix: u8, cutoff_ms: u64) -> Result<Vec<(Vec<u8>, Vec<MessageId>)>, StoreError> {
+        let parse = |k: &[u8], v: &[u8]| {
+            let first = keys::id_from(k.get(9..25)?)?;
+            let others = match k.get(25..)? {
+                [] if v.is_empty() => Vec::new(),
+                [1] if v.len() % 16 == 0 => v.chunks(16).map(keys::id_from).collect::<Option<Vec<_>>>()?,
+                _ => return None,
+            };
+            Some([first].into_iter().chain(others).collect())
         };
         let mut end = vec![prefix];
         end.extend_from_slice(&cutoff_ms.saturating_add(1).to_be_bytes());
         let rows = self.engine.range(&[prefix], std::ops::Bound::Excluded(&end), PAGE).await?;
-        // A row whose key does not parse is skipped (and stays).
-        Ok(rows.into_iter().map(|(k, _)| (parse(&k).map(|(_, id)| id), k)).filter_map(|(id, k)| Some((k, id?))).collect())
+        // A row that does not parse is skipped (and stays).
+        Ok(rows.into_iter().filter_map(|(k, v)| Some((parse(&k, &v)?, k))).map(|(ids, k)| (k, ids)).collect())
     }
 }
 

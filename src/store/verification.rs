@@ -281,10 +281,12 @@ impl Store {
         let mut deleted = 0;
         loop {
             let page = self.finished_by(keys::VERIFICATION_DONE, cutoff(retention, now)).await?;
-            for (k, id) in &page {
-                self.engine.delete(&keys::verification(&VerificationId(*id))).await?;
+            for (k, ids) in &page {
+                for id in ids {
+                    self.engine.delete(&keys::verification(&VerificationId(*id))).await?;
+                    deleted += 1;
+                }
                 self.engine.delete(k).await?;
-                deleted += 1;
             }
             if page.len() < PAGE {
                 break;
