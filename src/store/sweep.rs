@@ -56,6 +56,11 @@ impl Store {
                     }
                 }
                 self.engine.delete(k).await?;
+                // A batch's row lists up to a few hundred messages: yield after each such row
+                // too, not only after each page of rows.
+                if ids.len() > 1 {
+                    tokio::task::yield_now().await;
+                }
             }
             if page.len() < PAGE {
                 break;
