@@ -8,7 +8,7 @@
 //! | `r` | carrier, NUL, canonical SMSC id | message id (and, for a part of a long message, its part number): receipt correlation |
 //! | `f` | destination prefix | the fraud guard's suspension of it (its JSON) |
 //! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
-//! | `e` | carrier, NUL, id candidate, NUL, sequence | an early receipt waiting for its submit_sm_resp |
+//! | `e` | carrier, NUL, id candidate, NUL, sequence (top bit set under ids the receipt does not name first) | an early receipt waiting for its submit_sm_resp, one row per id it may stand for |
 //! | `k` | SHA-256 of (owner, NUL, Idempotency-Key) | the first answer's body hash and message id |
 //! | `d` | time (ms, BE), message id (and 1 for a batch's row) | empty, or a batch's other message ids: when each message may be swept from (it finished; a sent one not before its validity ended), oldest first |
 //! | `c` | (none) | the queue depth as of the last group commit (exact after a clean close), read by the next open |

@@ -473,8 +473,9 @@ impl Store {
                 }
                 // One index row, under the canonical form; the receipt side reads its ids back into it.
                 rows.add(keys::receipt_index(&submit.carrier, canonical), keys::index_value(&id, part));
-                // A held receipt goes to one submit, even if two in this batch share its id.
-                let first_held = first_held.filter(|(key, _)| applied_held.insert(key.clone()));
+                // A held receipt goes to one submit, even if two in this batch share one of its
+                // ids (its rows, one per candidate id, share its sequence).
+                let first_held = first_held.filter(|(key, _)| applied_held.insert(super::receipts::held_sequence(key)));
                 self.apply_held(record, (&id, part), &submit.carrier, first_held, submit.now_ms, rows).await?;
             }
             rows.remove(keys::queue(&id));

@@ -794,6 +794,40 @@ mod tests {
     }
 
     on_both! {
+        /// Two early receipts held under overlapping candidate ids (the carrier's TLV says 1a and
+        /// 26; each text id also reads as another's): each submit takes the receipt that names
+        /// its id first and removes only that receipt's rows, in either order of holding and of
+        /// submits.
+        async fn held_receipts_sharing_a_candidate_id_each_go_to_their_own_message(place) {
+            let (store, now) = (place.open().await, SystemTime::now());
+            let early = |exact: &str, other: &str, status: MessageStatus| IncomingReceipt {
+                exact_id: Some(exact.into()),
+                read_ids: vec![(0, exact.into()), (1, other.into())],
+                ..received(&[], status)
+            };
+            let for_1a = || early("1a", "26", MessageStatus::Delivered);
+            let for_26 = || early("26", "38", MessageStatus::Undeliverable);
+            // (carrier, held in this order, submitted in this order)
+            let cases = [("alpha", [for_26(), for_1a()], ["1A", "26"]), ("beta", [for_1a(), for_26()], ["26", "1A"])];
+            for (carrier, held, submitted) in cases {
+                for receipt in held {
+                    assert_eq!(store.apply_receipt(carrier, receipt, now).await.unwrap(), ReceiptMatch::Held);
+                }
+                assert_eq!(store.counts().await.unwrap().2, 4);
+                for (n, smsc_id) in submitted.into_iter().enumerate() {
+                    let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+                    let status = store.mark_submitted(&id, carrier, smsc_id, attempt(), now).await.unwrap();
+                    let own = if smsc_id == "1A" { MessageStatus::Delivered } else { MessageStatus::Undeliverable };
+                    assert_eq!(status, Some(own), "{smsc_id} got another message's receipt ({submitted:?})");
+                    assert_eq!(store.counts().await.unwrap().2, 2 - 2 * n, "only the applied receipt's rows went ({carrier})");
+                }
+                assert_eq!(store.held_receipts(), 0);
+            }
+            store.close().await.unwrap();
+        }
+    }
+
+    on_both! {
         /// Submits recorded at once (a batch on a database) end as one by one: a plain submit, a
         /// late response for a finished message, a message that is not there, and two messages
         /// whose responses share the SMSC id a receipt is held for: exactly one gets it.

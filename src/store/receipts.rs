@@ -119,7 +119,8 @@ impl Store {
     }
 
     /// Applies `first_held`, a receipt held for the SMSC id of a message (or of one part of it)
-    /// just submitted, if there is one, and drops its rows.
+    /// just submitted, if there is one, and drops its rows: its own, one per candidate id, by
+    /// its sequence (the first row under a candidate may be another receipt's).
     pub(super) async fn apply_held(
         &self,
         record: &mut MessageRecord,
@@ -129,22 +130,16 @@ impl Store {
         now_ms: u64,
         rows: &mut Change,
     ) -> Result<(), StoreError> {
-        let Some((_, value)) = first_held else { return Ok(()) };
+        let Some((key, value)) = first_held else { return Ok(()) };
         if let Some(held) = HeldReceipt::from_row(&value) {
             apply_receipt_to(record, id, part, &held.summary, held.final_status, now_ms, rows);
-            for candidate in &held.candidates {
-                if let Some((key, _)) = self.first_held(carrier, candidate).await? {
-                    rows.remove(key);
-                }
+            let sequence = held_sequence(&key);
+            for (i, candidate) in held.candidates.iter().enumerate() {
+                rows.remove(held_row_key(carrier, candidate, sequence, i == 0));
             }
             self.held_changed(-1);
         }
         Ok(())
-    }
-
-    /// The first held-receipt row of `carrier` for `candidate`.
-    async fn first_held(&self, carrier: &str, candidate: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        Ok(self.engine.scan(&keys::held_receipts(carrier, candidate), None, 1).await?.into_iter().next())
     }
 
     /// Applies a receipt from `carrier`: to its message when the correlation index knows one
@@ -263,11 +258,12 @@ impl Store {
                 candidates.push(k);
             }
         }
-        let sequence = self.engine.unique().await?.to_be_bytes();
+        let sequence = self.engine.unique().await? & !SECOND_READING;
         let value = encode(&HeldReceipt { candidates: candidates.clone(), summary: receipt.summary, final_status: receipt.final_status });
         Ok(candidates
             .iter()
-            .map(|candidate| (keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence]), Some(value.clone())))
+            .enumerate()
+            .map(|(i, candidate)| (held_row_key(carrier, candidate, sequence, i == 0), Some(value.clone())))
             .collect())
     }
 
@@ -319,6 +315,24 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Set in a held row's sequence when the receipt does not name that id first (its exact id, or
+/// else its first reading): under one id, a submit then finds a receipt that names it first
+/// before one that only may be read as it, whichever was held first.
+const SECOND_READING: u64 = 1 << 63;
+
+/// A held receipt's row under `candidate`: carrier, candidate, then its sequence (big-endian, so
+/// oldest first; [`SECOND_READING`] set unless `first`).
+fn held_row_key(carrier: &str, candidate: &str, sequence: u64, first: bool) -> Vec<u8> {
+    let sequence = if first { sequence } else { sequence | SECOND_READING };
+    keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence.to_be_bytes()])
+}
+
+/// The sequence all rows of one held receipt share, from any of their keys.
+pub(super) fn held_sequence(key: &[u8]) -> u64 {
+    let tail = key.get(key.len().saturating_sub(8)..).and_then(|t| <[u8; 8]>::try_from(t).ok()).unwrap_or_default();
+    u64::from_be_bytes(tail) & !SECOND_READING
 }
 
 /// Whether a message (or the part of it) still takes a receipt: it has no final one yet.
