@@ -305,16 +305,22 @@ impl Store {
     /// message may reuse the SMSC id).
     pub(super) async fn unindex(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
         let Some(carrier) = &record.carrier else { return Ok(()) };
-        let single = record.smsc_message_id.iter().map(|smsc_id| (smsc_id, None));
-        let parts = record.parts.iter().map(|p| (&p.smsc_message_id, Some(p.seq)));
-        for (smsc_id, part) in single.chain(parts) {
-            let index = keys::receipt_index(carrier, &crate::smsc_id::canonical(smsc_id));
+        for (smsc_id, part) in indexed_ids(record) {
+            let index = keys::receipt_index(carrier, &smsc_id);
             if self.engine.get(&index).await? == Some(keys::index_value(id, part)) {
                 self.engine.delete(&index).await?;
             }
         }
         Ok(())
     }
+}
+
+/// The canonical SMSC ids a message's index rows are under, each with its part (`None`: the
+/// one SMS).
+pub(super) fn indexed_ids(record: &MessageRecord) -> impl Iterator<Item = (String, Option<u8>)> + '_ {
+    let single = record.smsc_message_id.iter().map(|smsc_id| (smsc_id, None));
+    let parts = record.parts.iter().map(|p| (&p.smsc_message_id, Some(p.seq)));
+    single.chain(parts).map(|(smsc_id, part)| (crate::smsc_id::canonical(smsc_id), part))
 }
 
 /// Set in a held row's sequence when the receipt does not name that id first (its exact id, or

@@ -24,12 +24,8 @@ impl Store {
                 for id in ids {
                     // The record's correlation stripes (its index rows go too), then its own.
                     let smsc = self.message(id).await?.and_then(|r| {
-                        let ids = r
-                            .smsc_message_id
-                            .iter()
-                            .chain(r.parts.iter().map(|p| &p.smsc_message_id))
-                            .map(|s| crate::smsc_id::canonical(s));
-                        Some((r.carrier.clone()?, ids.collect::<Vec<String>>()))
+                        let ids = super::receipts::indexed_ids(&r).map(|(smsc_id, _)| smsc_id).collect::<Vec<String>>();
+                        Some((r.carrier.clone()?, ids))
                     });
                     let _locked = match &smsc {
                         Some((carrier, smsc_ids)) => {
