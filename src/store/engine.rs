@@ -258,18 +258,27 @@ impl Engine {
     /// `marks` has collected (each set from empty to `mark` if still empty), as part of the
     /// same flush: on a database, in the same round trip. On sled it also writes `depth` (the
     /// queue's, as the store counts it) to `depth_key`, so that an open after a crash reads
-    /// it instead of counting the queue (a database counts its index instead).
+    /// it instead of counting the queue (a database counts its index instead), and syncs
+    /// `sled_log`, sled's log file.
+    ///
+    /// sled's flush ends with `sync_file_range`: the log's pages reach the device, but neither
+    /// the device's volatile cache nor the file's new length is made durable, so a power cut
+    /// could lose writes already answered (a kill -9 cannot: the kernel holds them). sled's own
+    /// thread fsyncs only every `compact_every`. `fdatasync` on our descriptor of the same file
+    /// (a sync covers the file, not the descriptor) closes that gap; measured here at 0.1-0.2 ms
+    /// after sled's flush (README, Delivery guarantees).
     pub(super) fn flusher(
         &self,
         marks: Marks,
         depth: Arc<AtomicI64>,
         depth_key: &'static [u8],
+        sled_log: Option<std::fs::File>,
     ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
         let flush: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> = match self {
             Engine::Sled(db) => {
-                let db = db.clone();
+                let (db, log) = (db.clone(), sled_log.map(Arc::new));
                 Box::new(move || {
-                    let (db, marks, depth) = (db.clone(), marks.clone(), depth.clone());
+                    let (db, log, marks, depth) = (db.clone(), log.clone(), marks.clone(), depth.clone());
                     Box::pin(async move {
                         let flushed = tokio::task::spawn_blocking(move || {
                             for key in marks.take() {
@@ -277,7 +286,11 @@ impl Engine {
                             }
                             let depth = depth.load(Ordering::Relaxed).max(0) as u64;
                             db.insert(depth_key, &depth.to_be_bytes()).map_err(|e| e.to_string())?;
-                            db.flush().map(drop).map_err(|e| e.to_string())
+                            db.flush().map_err(|e| e.to_string())?;
+                            match log {
+                                Some(log) => log.sync_data().map_err(|e| format!("syncing sled's log file: {e}")),
+                                None => Ok(()),
+                            }
                         });
                         flushed.await.unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
                     })

@@ -290,9 +290,12 @@ impl Store {
     /// Opens (or creates) the store, in `dir` for sled or in the database for PostgreSQL, and
     /// starts its flusher.
     pub async fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<Store>, StoreError> {
-        let engine = match &options.backend {
-            settings::Backend::Sled => Engine::Sled(Self::open_sled(dir, options).await?),
-            settings::Backend::Postgres(pg) => Engine::Postgres(Box::new(postgres::Postgres::connect(pg).await?)),
+        let (engine, sled_log) = match &options.backend {
+            settings::Backend::Sled => {
+                let (db, log) = Self::open_sled(dir, options).await?;
+                (Engine::Sled(db), Some(log))
+            }
+            settings::Backend::Postgres(pg) => (Engine::Postgres(Box::new(postgres::Postgres::connect(pg).await?)), None),
         };
         let store = Arc::new(Store {
             engine,
@@ -337,14 +340,15 @@ impl Store {
             store
                 .commit
                 .clone()
-                .run(store.engine.flusher(store.in_flight.clone(), store.queued.clone(), keys::QUEUE_DEPTH), store.stop.clone()),
+                .run(store.engine.flusher(store.in_flight.clone(), store.queued.clone(), keys::QUEUE_DEPTH, sled_log), store.stop.clone()),
         );
         *lock(&store.flusher) = Some(flusher);
         Ok(store)
     }
 
-    /// Opens sled's files in `dir`, private to this user.
-    async fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
+    /// Opens sled's files in `dir`, private to this user, and sled's log file once more for the
+    /// group commit's `fdatasync` ([`Engine::flusher`]).
+    async fn open_sled(dir: &Path, options: &StoreOptions) -> Result<(sled::Db, std::fs::File), StoreError> {
         let path = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
         private(dir).map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make it private (0700): {e}") })?;
@@ -368,8 +372,11 @@ impl Store {
             }
         };
         // sled's own files, including those an earlier version created with the umask's modes.
-        private(&dir.join("db")).map_err(|e| StoreError::Open { path, message: format!("cannot make its files private (0600): {e}") })?;
-        Ok(db)
+        private(&dir.join("db"))
+            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot make its files private (0600): {e}") })?;
+        let log = std::fs::File::open(dir.join("db").join("db"))
+            .map_err(|e| StoreError::Open { path, message: format!("cannot open sled's log file to sync it: {e}") })?;
+        Ok((db, log))
     }
 
     /// Flushes everything (the queue depth with it) and stops the flusher (which holds a handle
