@@ -121,6 +121,18 @@ struct State {
     suspended: HashMap<String, Suspension>,
     /// The oldest code the store knew of at start (ms): a day of history makes baselines.
     history_since_ms: Option<u64>,
+    /// Suspensions and lifts decided here so far, and those of them not yet written to the
+    /// store: a refresh must not take back from the store a state older than ours.
+    decided: u64,
+    unwritten: u32,
+}
+
+impl State {
+    /// Counts a change decided here, on its way to the store ([`Guard::record`]).
+    fn decided(&mut self) {
+        self.decided += 1;
+        self.unwritten += 1;
+    }
 }
 
 /// The guard, shared by every intake path.
@@ -191,9 +203,22 @@ impl Guard {
 
     /// Takes the suspensions from the store again: on a database every node of a cluster sees
     /// the others' suspensions and lifts within `REFRESH`.
+    /// A round is skipped while a change decided here is not yet in the store or was decided
+    /// during the read (the read would take it back: a new suspension dropped, a lift undone);
+    /// the next round reads it.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let decided = {
+            let state = lock(&self.state);
+            if state.unwritten > 0 {
+                return Ok(());
+            }
+            state.decided
+        };
         let rows = self.store.fraud_rows().await?;
         let mut state = lock(&self.state);
+        if state.decided != decided {
+            return Ok(());
+        }
         let mut fresh: HashMap<String, Suspension> =
             rows.into_iter().filter_map(|(prefix, value)| Some((prefix, serde_json::from_slice(&value).ok()?))).collect();
         for (prefix, suspension) in fresh.iter_mut() {
@@ -277,6 +302,7 @@ impl Guard {
         tracing::warn!(%prefix, reason = %suspension.reason, mode = ?config.mode, "destination prefix suspended: suspected SMS pumping");
         metrics::counter!(telemetry::FRAUD_SUSPENSIONS_TOTAL, "country" => crate::country::label(to)).increment(1);
         state.suspended.insert(prefix.clone(), suspension.clone());
+        state.decided();
         metrics::gauge!(telemetry::FRAUD_SUSPENDED_PREFIXES).set(state.suspended.len() as f64);
         Some(Change::Suspend(prefix, suspension))
     }
@@ -295,6 +321,7 @@ impl Guard {
             return None;
         }
         state.suspended.remove(&prefix);
+        state.decided();
         // The burst is history now: judge the prefix afresh.
         state.prefixes.remove(&prefix);
         metrics::gauge!(telemetry::FRAUD_SUSPENDED_PREFIXES).set(state.suspended.len() as f64);
@@ -302,8 +329,16 @@ impl Guard {
         Some(Change::Lift(prefix))
     }
 
-    /// Writes a change to the store.
+    /// Writes a change to the store (every change [`Guard::sent`] and [`Guard::approved`]
+    /// return must come here, written or not: refreshes wait for it).
     pub async fn record(&self, change: Change) -> Result<(), StoreError> {
+        let written = self.write(change).await;
+        let mut state = lock(&self.state);
+        state.unwritten = state.unwritten.saturating_sub(1);
+        written
+    }
+
+    async fn write(&self, change: Change) -> Result<(), StoreError> {
         match change {
             Change::Suspend(prefix, suspension) => {
                 let value = serde_json::to_vec(&suspension).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -396,6 +431,35 @@ mod tests {
         assert_eq!(prefix_of("+14155550123", 3).as_deref(), Some("+1415"));
         assert_eq!(prefix_of("+2348031234567", 2).as_deref(), Some("+23480"));
         assert_eq!(prefix_of("+999123", 3), None);
+    }
+
+    /// A refresh that reads the store between a decision here and its write must not take it
+    /// back: a suspension not yet written stays, a lift not yet written is not undone.
+    #[tokio::test]
+    async fn a_refresh_keeps_what_was_decided_here_until_the_store_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &crate::store::StoreOptions::default()).await.unwrap();
+        let guard = Guard::new(store.clone(), FraudConfig::default());
+        let to = "+447911000001";
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert!(guard.sent("+447700900001", start).is_none(), "a first code starts the history");
+        let burst = start + Duration::from_secs(25 * 3600);
+        let suspension = (0..FraudConfig::default().spike_sends).find_map(|_| guard.sent(to, burst)).expect("a spike suspends");
+        let refused = |at| matches!(guard.admit(to, false, at), Admission::Refuse { .. });
+        guard.refresh().await.unwrap();
+        assert!(refused(burst), "a suspension not yet in the store was dropped by a refresh");
+        guard.record(suspension).await.unwrap();
+        guard.refresh().await.unwrap();
+        assert!(refused(burst), "the stored suspension holds");
+
+        let later = burst + FraudConfig::default().suspend_for + Duration::from_secs(60);
+        let lift = guard.approved(to, to_ms(later), later).expect("an approval while probed lifts");
+        guard.refresh().await.unwrap();
+        assert!(guard.suspensions().is_empty(), "a lift not yet in the store was undone by a refresh");
+        guard.record(lift).await.unwrap();
+        guard.refresh().await.unwrap();
+        assert!(guard.suspensions().is_empty());
+        store.close().await.unwrap();
     }
 
     fn window(minutes: &[(u64, u32, u32)]) -> Window {
