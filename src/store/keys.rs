@@ -6,6 +6,7 @@
 //! | `m` | message id | the [`MessageRecord`](super::MessageRecord) (binary, `codec.rs`) |
 //! | `q` | message id | the message waits for a submit: empty, or [`IN_FLIGHT`] while one is under way |
 //! | `r` | carrier, NUL, canonical SMSC id | message id (and, for a part of a long message, its part number): receipt correlation |
+//! | `t` | submit time (ms, BE), then what the `r` row's value would be | the `r` row's key: a recent submit's correlation, held in the receipt window (`window.rs`, sled only) |
 //! | `f` | destination prefix | the fraud guard's suspension of it (its JSON) |
 //! | `u` | number | the last reference a long message to it was sent with, and when (ms) |
 //! | `e` | carrier, NUL, id candidate, NUL, sequence (top bit set under ids the receipt does not name first) | an early receipt waiting for its submit_sm_resp, one row per id it may stand for |
@@ -25,6 +26,7 @@ use super::record::{MessageId, VerificationId};
 pub(super) const MESSAGE: u8 = b'm';
 pub(super) const QUEUE: u8 = b'q';
 pub(super) const RECEIPT_INDEX: u8 = b'r';
+pub(super) const WINDOW: u8 = b't';
 pub(super) const HELD_RECEIPT: u8 = b'e';
 pub(super) const IDEMPOTENCY: u8 = b'k';
 pub(super) const MESSAGE_DONE: u8 = b'd';
@@ -68,6 +70,21 @@ pub(super) fn queue(id: &MessageId) -> Vec<u8> {
 
 pub(super) fn receipt_index(carrier: &str, smsc_id: &str) -> Vec<u8> {
     key(RECEIPT_INDEX, &[carrier.as_bytes(), smsc_id.as_bytes()])
+}
+
+/// A receipt window row: the index row `index_value` of a submit at `at_ms`, in submit order.
+pub(super) fn window(at_ms: u64, index_value: &[u8]) -> Vec<u8> {
+    let mut k = vec![WINDOW];
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(index_value);
+    k
+}
+
+/// A receipt window row's key read back: (submit ms, index row value).
+pub(super) fn window_entry(key: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let at_ms = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let value = key.get(9..)?;
+    index_target(value).map(|_| (at_ms, value.to_vec()))
 }
 
 /// The prefix of every held-receipt row of `carrier` for `candidate`.

@@ -422,6 +422,7 @@ impl Store {
         let mut records: HashMap<MessageId, Option<MessageRecord>> = ids.iter().copied().zip(read).collect();
         let verifications = self.sent_verifications(&records).await?;
         let (mut changes, mut applied_held, mut entering, mut dequeued) = (Changes::default(), HashSet::new(), Vec::new(), 0);
+        let mut windowed = Vec::new();
         let mut held = sent.iter().zip(held).peekable();
         let mut statuses = Vec::with_capacity(batch.len());
         for (i, submit) in batch.iter().enumerate() {
@@ -472,11 +473,20 @@ impl Store {
                     continue;
                 }
                 // One index row, under the canonical form; the receipt side reads its ids back into it.
-                rows.add(keys::receipt_index(&submit.carrier, canonical), keys::index_value(&id, part));
+                let (index_key, value) = (keys::receipt_index(&submit.carrier, canonical), keys::index_value(&id, part));
                 // A held receipt goes to one submit, even if two in this batch share one of its
                 // ids (its rows, one per candidate id, share its sequence).
                 let first_held = first_held.filter(|(key, _)| applied_held.insert(super::receipts::held_sequence(key)));
                 self.apply_held(record, (&id, part), &submit.carrier, first_held, submit.now_ms, rows).await?;
+                match &self.window {
+                    // Into the receipt window once written (`window.rs`), with its row in submit order.
+                    Some(_) => {
+                        rows.add(keys::window(submit.now_ms, &value), index_key.clone());
+                        let answered = !super::receipts::takes_receipt(record, part);
+                        windowed.push((submit.now_ms, index_key, value, answered));
+                    }
+                    None => rows.add(index_key, value),
+                }
             }
             rows.remove(keys::queue(&id));
             entering.push(MessageStatus::Submitted);
@@ -492,6 +502,12 @@ impl Store {
         if let Err(e) = self.write_with_events(writes, events).await {
             self.queue_changed(dequeued);
             return Err(e);
+        }
+        // Still under the correlation locks: a receipt for one of these waits until it is held.
+        if let Some(window) = &self.window {
+            for (at_ms, index_key, value, answered) in windowed {
+                window.insert(at_ms, index_key, value, answered);
+            }
         }
         for status in entering {
             entered(status);

@@ -4,6 +4,7 @@
 //! One ordered key space, with a one-byte prefix per kind of row (`keys.rs` has the table), kept
 //! by a storage engine (`engine.rs`; `postgres.rs` for the database). One file per concept: `messages` (intake,
 //! queue, submits), [`receipts`] (the correlation index and receipts held for their submit),
+//! `window` (recent submits' correlation, before it needs an index row),
 //! `idempotency`, [`verification`], `sweep` (retention), `commit` (group commit), `locks`
 //! (striped write locks) and `settings` (`[store]`).
 //!
@@ -44,6 +45,7 @@ pub(crate) mod settings;
 mod sweep;
 pub mod verification;
 pub mod view;
+mod window;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -96,6 +98,11 @@ pub struct StoreOptions {
     pub compact_every: Duration,
     /// Receipts held for a submit_sm_resp still to come, at most; more are dropped and counted.
     pub max_held_receipts: usize,
+    /// How long a receipt is looked for in the receipt window (sled only, `window.rs`) before
+    /// a message still waiting for it gets its receipt index row.
+    pub receipt_window: Duration,
+    /// Submits held in the receipt window at most; older ones move out early.
+    pub receipt_window_max: usize,
     /// How long a held receipt waits for its submit before it is dropped as unmatched.
     pub hold_receipts_for: Duration,
 }
@@ -107,6 +114,8 @@ impl Default for StoreOptions {
             cache_capacity_bytes: 2 << 20,
             compact_every: Duration::from_millis(20),
             max_held_receipts: 10_000,
+            receipt_window: Duration::from_secs(60),
+            receipt_window_max: 10_000,
             hold_receipts_for: Duration::from_secs(600),
         }
     }
@@ -120,6 +129,9 @@ pub struct Store {
     locks: locks::Locks,
     stop: CancellationToken,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Recent submits' receipt correlation (sled only), and the task moving it out.
+    window: Option<window::Window>,
+    mover: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Queue rows to mark in flight with the next flush.
     in_flight: engine::Marks,
     /// Accepted submits being recorded a batch at a time.
@@ -297,12 +309,15 @@ impl Store {
             }
             settings::Backend::Postgres(pg) => (Engine::Postgres(Box::new(postgres::Postgres::connect(pg).await?)), None),
         };
+        let windowed = !engine.shared();
         let store = Arc::new(Store {
             engine,
             commit: GroupCommit::new(),
             locks: locks::Locks::new(),
             stop: CancellationToken::new(),
             flusher: Mutex::new(None),
+            window: windowed.then(|| window::Window::new(options.receipt_window, options.receipt_window_max)),
+            mover: Mutex::new(None),
             in_flight: engine::Marks::new(keys::IN_FLIGHT),
             submits: messages::Submits::default(),
             queued: Arc::new(AtomicI64::new(0)),
@@ -330,6 +345,7 @@ impl Store {
         store.queued.store(queued, Ordering::Relaxed);
         let held = store.count_held().await?;
         store.held.store(held, Ordering::Relaxed);
+        store.load_window().await?;
         if !store.engine.shared() {
             let orphans = store.drop_orphan_events().await?;
             if orphans > 0 {
@@ -343,6 +359,9 @@ impl Store {
                 .run(store.engine.flusher(store.in_flight.clone(), store.queued.clone(), keys::QUEUE_DEPTH, sled_log), store.stop.clone()),
         );
         *lock(&store.flusher) = Some(flusher);
+        if store.window.is_some() {
+            *lock(&store.mover) = Some(tokio::spawn(Self::run_mover(Arc::downgrade(&store), store.stop.clone())));
+        }
         Ok(store)
     }
 
@@ -385,9 +404,9 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         let result = self.commit.durable().await;
         self.stop.cancel();
-        let flusher = lock(&self.flusher).take();
-        if let Some(flusher) = flusher {
-            let _ = flusher.await;
+        let tasks = [lock(&self.flusher).take(), lock(&self.mover).take()];
+        for task in tasks.into_iter().flatten() {
+            let _ = task.await;
         }
         Ok(result?)
     }
@@ -592,8 +611,10 @@ mod tests {
     pub(super) async fn crash(store: Arc<Store>) {
         store.commit.durable().await.unwrap();
         store.stop.cancel();
-        let flusher = lock(&store.flusher).take();
-        flusher.unwrap().await.unwrap();
+        let tasks = [lock(&store.flusher).take(), lock(&store.mover).take()];
+        for task in tasks.into_iter().flatten() {
+            task.await.unwrap();
+        }
     }
 
     on_both! {
@@ -733,6 +754,17 @@ mod tests {
         }
     }
 
+    /// `carrier`'s receipt index rows: `r` rows, and on sled the receipt window's `t` rows.
+    async fn index_rows(store: &Store, carrier: &str) -> usize {
+        let index_prefix = keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""]);
+        let mut rows = store.engine.count(&index_prefix).await.unwrap();
+        let mut pages = store.engine.pages(&[keys::WINDOW]);
+        while let Some(page) = pages.next().await.unwrap() {
+            rows += page.iter().filter(|(_, index_key)| index_key.starts_with(&index_prefix)).count();
+        }
+        rows
+    }
+
     on_both! {
         async fn a_receipt_matches_through_the_one_index_row_of_its_submit(place) {
             let (store, now) = (place.open().await, SystemTime::now());
@@ -743,8 +775,7 @@ mod tests {
                 let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
                 let carrier = format!("c{i}");
                 store.mark_submitted(&id, &carrier, response, attempt(), now).await.unwrap();
-                let rows = store.engine.count(&keys::key(keys::RECEIPT_INDEX, &[carrier.as_bytes(), b""])).await.unwrap();
-                assert_eq!(rows, 1, "{response}: one index row");
+                assert_eq!(index_rows(&store, &carrier).await, 1, "{response}: one index row");
                 let matched = store.apply_receipt(&carrier, received(read_as, MessageStatus::Delivered), now).await.unwrap();
                 let reading = read_as.iter().position(|r| crate::smsc_id::canonical(r) == crate::smsc_id::canonical(response));
                 assert_eq!(
@@ -1050,6 +1081,91 @@ mod tests {
             assert!(store.queued().await.unwrap().is_empty());
             store.close().await.unwrap();
         }
+    }
+
+    /// On sled a receipt that comes within the receipt window is matched without an index row
+    /// ever being written; when the window moves on, only the message still waiting gets one,
+    /// and its receipt is matched through it.
+    #[tokio::test]
+    async fn only_a_message_still_waiting_when_the_receipt_window_moves_on_gets_an_index_row() {
+        let place = Place::new(settings::BackendKind::Sled).await.unwrap();
+        let (store, now) = (place.open().await, SystemTime::now());
+        let mut ids = Vec::new();
+        for smsc_id in ["AA01", "AA02", "AA03"] {
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            ids.push(id);
+            if smsc_id == "AA03" {
+                // Its receipt beats its submit_sm_resp: held, then applied with the submit.
+                assert_eq!(
+                    store.apply_receipt("alpha", received(&["aa03"], MessageStatus::Delivered), now).await.unwrap(),
+                    ReceiptMatch::Held
+                );
+            }
+            store.mark_submitted(&id, "alpha", smsc_id, attempt(), now).await.unwrap();
+        }
+        let delivered = store.apply_receipt("alpha", received(&["aa01"], MessageStatus::Delivered), now).await.unwrap();
+        assert!(matches!(delivered, ReceiptMatch::Matched { finished: true, .. }), "{delivered:?}");
+        let again = store.apply_receipt("alpha", received(&["aa01"], MessageStatus::Delivered), now).await.unwrap();
+        assert_eq!(again, ReceiptMatch::Late { id: ids[0] }, "a duplicate within the window is late");
+        assert_eq!(store.engine.count(&[keys::RECEIPT_INDEX]).await.unwrap(), 0, "no index row while in the window");
+        assert_eq!(index_rows(&store, "alpha").await, 3, "one window row per submit");
+
+        let window = StoreOptions::default().receipt_window;
+        assert_eq!(store.move_window(now + window - Duration::from_secs(1)).await.unwrap(), 0, "not due yet");
+        assert_eq!(store.move_window(now + window).await.unwrap(), 3);
+        let rows = store.engine.scan(&[keys::RECEIPT_INDEX], None, 10).await.unwrap();
+        assert_eq!(rows, [(keys::receipt_index("alpha", "aa02"), keys::index_value(&ids[1], None))], "only the waiting one");
+        assert_eq!(store.engine.count(&[keys::WINDOW]).await.unwrap(), 0, "window rows gone");
+        let later = now + window + Duration::from_secs(5);
+        let delivered = store.apply_receipt("alpha", received(&["aa02"], MessageStatus::Delivered), later).await.unwrap();
+        assert!(matches!(delivered, ReceiptMatch::Matched { finished: true, id, .. } if id == ids[1]), "{delivered:?}");
+        store.close().await.unwrap();
+    }
+
+    /// The window's entries are rows too: after a crash the receipt of a message submitted
+    /// just before still matches, and moving the window later gives it its index row.
+    #[tokio::test]
+    async fn the_receipt_window_survives_a_crash() {
+        let place = Place::new(settings::BackendKind::Sled).await.unwrap();
+        let now = SystemTime::now();
+        let (first, second) = {
+            let store = place.open().await;
+            let (first, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            let (second, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&first, "alpha", "BB01", attempt(), now).await.unwrap();
+            store.mark_submitted(&second, "alpha", "BB02", attempt(), now).await.unwrap();
+            crash(store).await;
+            (first, second)
+        };
+        let store = place.open().await;
+        assert_eq!(store.engine.count(&[keys::RECEIPT_INDEX]).await.unwrap(), 0);
+        let matched = store.apply_receipt("alpha", received(&["bb01"], MessageStatus::Delivered), now).await.unwrap();
+        assert!(matches!(matched, ReceiptMatch::Matched { id, .. } if id == first), "{matched:?}");
+        let window = StoreOptions::default().receipt_window;
+        assert_eq!(store.move_window(now + window).await.unwrap(), 2);
+        let rows = store.engine.scan(&[keys::RECEIPT_INDEX], None, 10).await.unwrap();
+        assert_eq!(rows, [(keys::receipt_index("alpha", "bb02"), keys::index_value(&second, None))], "the one still waiting");
+        let matched = store.apply_receipt("alpha", received(&["bb02"], MessageStatus::Delivered), now + window).await.unwrap();
+        assert!(matches!(matched, ReceiptMatch::Matched { id, .. } if id == second), "{matched:?}");
+        store.close().await.unwrap();
+    }
+
+    /// More submits than `receipt_window_max` move the oldest out early, whatever their age.
+    #[tokio::test]
+    async fn a_full_receipt_window_moves_its_oldest_out_early() {
+        let place = Place::new(settings::BackendKind::Sled).await.unwrap();
+        let store = place.open_with(StoreOptions { receipt_window_max: 2, ..place.options() }).await;
+        let now = SystemTime::now();
+        let mut ids = Vec::new();
+        for smsc_id in ["CC01", "CC02", "CC03"] {
+            let (id, _) = store.insert_message(new_message(now), None, now).await.unwrap();
+            store.mark_submitted(&id, "alpha", smsc_id, attempt(), now).await.unwrap();
+            ids.push(id);
+        }
+        assert_eq!(store.move_window(now).await.unwrap(), 1);
+        let rows = store.engine.scan(&[keys::RECEIPT_INDEX], None, 10).await.unwrap();
+        assert_eq!(rows, [(keys::receipt_index("alpha", "cc01"), keys::index_value(&ids[0], None))]);
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -170,7 +170,7 @@ impl Store {
         let stripes: Vec<&str> = receipts.iter().flat_map(|r| r.ids.iter().map(|(_, k)| k.as_str())).collect();
         let locked = self.locks.take(carrier, &stripes, None).await;
         let index_keys: Vec<Vec<u8>> = receipts.iter().flat_map(|r| r.ids.iter().map(|(_, k)| keys::receipt_index(carrier, k))).collect();
-        let mut index = self.engine.get_many(&index_keys).await?.into_iter();
+        let mut index = self.find_indexed(index_keys).await?.into_iter();
         let mut found: Vec<Vec<Named<R>>> = Vec::with_capacity(receipts.len());
         for receipt in &receipts {
             let mut named = Vec::new();
@@ -191,7 +191,7 @@ impl Store {
         let mut outcome = Vec::with_capacity(receipts.len());
         let mut changes = Changes::default();
         let mut held_rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let (mut newly_held, mut dequeued, mut entering) = (0, 0, Vec::new());
+        let (mut newly_held, mut dequeued, mut entering, mut answered) = (0, 0, Vec::new(), Vec::new());
         for (receipt, mut named) in receipts.into_iter().zip(found) {
             // Messages gone (swept, or never written) are no candidates.
             named.retain(|(_, id, _)| records.get(id).is_some_and(Option::is_some));
@@ -231,6 +231,10 @@ impl Store {
                 entering.push(record.status);
                 self.emit_message(&mut change.events, &chosen, record, now_ms);
             }
+            if receipt.final_status.is_some() && self.window.is_some() {
+                let value = keys::index_value(&chosen, part);
+                answered.extend(receipt.ids.iter().map(|(_, k)| (keys::receipt_index(carrier, k), value.clone())));
+            }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
             outcome.push(ReceiptMatch::Matched { id: chosen, status: record.status, latency, finished, reading });
         }
@@ -244,10 +248,31 @@ impl Store {
             return Err(e);
         }
         self.held_changed(newly_held as isize);
+        if let Some(window) = &self.window {
+            for (index_key, value) in answered {
+                window.answered(&index_key, &value);
+            }
+        }
         for status in entering {
             entered(status);
         }
         Ok(outcome)
+    }
+
+    /// The index row value under each of `index_keys`: from the receipt window where it holds
+    /// one, else from the index rows, read at once.
+    async fn find_indexed(&self, index_keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let Some(window) = &self.window else { return self.engine.get_many(&index_keys).await };
+        let mut found: Vec<Option<Vec<u8>>> = index_keys.iter().map(|k| window.get(k)).collect();
+        let missing: Vec<Vec<u8>> = index_keys.into_iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| k).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let mut read = self.engine.get_many(&missing).await?.into_iter();
+        for slot in found.iter_mut().filter(|f| f.is_none()) {
+            *slot = read.next().flatten();
+        }
+        Ok(found)
     }
 
     /// The rows that hold `receipt` for its submit_sm_resp: one per id it may stand for.
@@ -306,8 +331,11 @@ impl Store {
     pub(super) async fn unindex(&self, id: &MessageId, record: &MessageRecord) -> Result<(), StoreError> {
         let Some(carrier) = &record.carrier else { return Ok(()) };
         for (smsc_id, part) in indexed_ids(record) {
-            let index = keys::receipt_index(carrier, &smsc_id);
-            if self.engine.get(&index).await? == Some(keys::index_value(id, part)) {
+            let (index, value) = (keys::receipt_index(carrier, &smsc_id), keys::index_value(id, part));
+            if let Some(window) = &self.window {
+                window.forget(&index, &value);
+            }
+            if self.engine.get(&index).await? == Some(value) {
                 self.engine.delete(&index).await?;
             }
         }
@@ -342,7 +370,7 @@ pub(super) fn held_sequence(key: &[u8]) -> u64 {
 }
 
 /// Whether a message (or the part of it) still takes a receipt: it has no final one yet.
-fn takes_receipt(record: &MessageRecord, part: Option<u8>) -> bool {
+pub(super) fn takes_receipt(record: &MessageRecord, part: Option<u8>) -> bool {
     match part {
         None => record.awaiting_receipt(),
         Some(seq) => record.parts.iter().any(|p| p.seq == seq && !p.receipt.as_ref().is_some_and(|r| r.is_final)),

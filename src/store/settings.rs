@@ -80,6 +80,15 @@ pub struct StoreConfig {
     /// How long such a receipt waits before it is dropped as unmatched.
     #[serde(deserialize_with = "crate::duration::human")]
     pub hold_receipts_for: Duration,
+    /// How long a submit's SMSC id is found through the receipt window (sled only): in memory
+    /// and a time-ordered row, so a carrier's random ids do not each cost a read of a random
+    /// page of the receipt index. After it, a message still waiting for its receipt gets its
+    /// index row; one that had it gets none (a duplicate receipt later counts as unmatched).
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub receipt_window: Duration,
+    /// Submits in the receipt window at most (about 250 bytes of memory each); older ones
+    /// leave it early.
+    pub receipt_window_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -94,6 +103,8 @@ impl Default for StoreConfig {
             compact_every: Duration::from_millis(20),
             max_held_receipts: 10_000,
             hold_receipts_for: Duration::from_secs(600),
+            receipt_window: Duration::from_secs(60),
+            receipt_window_max: 10_000,
         }
     }
 }
@@ -117,6 +128,8 @@ impl StoreConfig {
             compact_every: self.compact_every,
             max_held_receipts: self.max_held_receipts,
             hold_receipts_for: self.hold_receipts_for,
+            receipt_window: self.receipt_window,
+            receipt_window_max: self.receipt_window_max,
         })
     }
 
@@ -176,6 +189,12 @@ impl StoreConfig {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.hold_receipts_for) {
             return Some(("hold_receipts_for", "must be between 1s and 24h".into()));
+        }
+        if self.receipt_window > Duration::from_secs(3600) {
+            return Some(("receipt_window", "must be at most 1h".into()));
+        }
+        if !(1..=1_000_000).contains(&self.receipt_window_max) {
+            return Some(("receipt_window_max", "must be 1-1000000".into()));
         }
         None
     }
