@@ -92,6 +92,32 @@ pub(super) fn held_receipts(carrier: &str, candidate: &str) -> Vec<u8> {
     key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), b""])
 }
 
+/// Set in a held row's sequence when the receipt does not name that id first (its exact id, or
+/// else its first reading): under one id, a submit then finds a receipt that names it first
+/// before one that only may be read as it, whichever was held first.
+pub(super) const SECOND_READING: u64 = 1 << 63;
+
+/// A held receipt's row under `candidate`: carrier, candidate, then its sequence (big-endian, so
+/// oldest first; [`SECOND_READING`] set unless `first`).
+pub(super) fn held_row(carrier: &str, candidate: &str, sequence: u64, first: bool) -> Vec<u8> {
+    let sequence = if first { sequence } else { sequence | SECOND_READING };
+    key(HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence.to_be_bytes()])
+}
+
+/// The sequence all rows of one held receipt share, from any of their keys.
+pub(super) fn held_sequence(key: &[u8]) -> u64 {
+    let tail = key.get(key.len().saturating_sub(8)..).and_then(|t| <[u8; 8]>::try_from(t).ok()).unwrap_or_default();
+    u64::from_be_bytes(tail) & !SECOND_READING
+}
+
+/// The candidate id inside a held-receipt row key: prefix, carrier, NUL, candidate, NUL,
+/// 8-byte sequence.
+pub(super) fn held_candidate(row_key: &[u8]) -> Option<&[u8]> {
+    let body = row_key.get(1..row_key.len().checked_sub(9)?)?;
+    let start = body.iter().position(|&b| b == 0)? + 1;
+    body.get(start..)
+}
+
 pub(super) fn fraud(prefix: &str) -> Vec<u8> {
     key(FRAUD, &[prefix.as_bytes()])
 }

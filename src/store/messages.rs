@@ -476,13 +476,16 @@ impl Store {
                 let (index_key, value) = (keys::receipt_index(&submit.carrier, canonical), keys::index_value(&id, part));
                 // A held receipt goes to one submit, even if two in this batch share one of its
                 // ids (its rows, one per candidate id, share its sequence).
-                let first_held = first_held.filter(|(key, _)| applied_held.insert(super::receipts::held_sequence(key)));
+                let first_held = first_held.filter(|(key, _)| applied_held.insert(keys::held_sequence(key)));
                 self.apply_held(record, (&id, part), &submit.carrier, first_held, submit.now_ms, rows).await?;
                 match &self.window {
                     // Into the receipt window once written (`window.rs`), with its row in submit order.
                     Some(_) => {
-                        rows.add(keys::window(submit.now_ms, &value), index_key.clone());
+                        // A receipt that came first settled it already: no row to keep.
                         let answered = !super::receipts::takes_receipt(record, part);
+                        if !answered {
+                            rows.add(keys::window(submit.now_ms, &value), index_key.clone());
+                        }
                         windowed.push((submit.now_ms, index_key, value, answered));
                     }
                     None => rows.add(index_key, value),

@@ -133,9 +133,9 @@ impl Store {
         let Some((key, value)) = first_held else { return Ok(()) };
         if let Some(held) = HeldReceipt::from_row(&value) {
             apply_receipt_to(record, id, part, &held.summary, held.final_status, now_ms, rows);
-            let sequence = held_sequence(&key);
+            let sequence = keys::held_sequence(&key);
             for (i, candidate) in held.candidates.iter().enumerate() {
-                rows.remove(held_row_key(carrier, candidate, sequence, i == 0));
+                rows.remove(keys::held_row(carrier, candidate, sequence, i == 0));
             }
             self.held_changed(-1);
         }
@@ -231,9 +231,16 @@ impl Store {
                 entering.push(record.status);
                 self.emit_message(&mut change.events, &chosen, record, now_ms);
             }
-            if receipt.final_status.is_some() && self.window.is_some() {
+            if let Some(window) = self.window.as_ref().filter(|_| receipt.final_status.is_some()) {
+                // Its window row goes with it, while its page is likely still in the cache.
                 let value = keys::index_value(&chosen, part);
-                answered.extend(receipt.ids.iter().map(|(_, k)| (keys::receipt_index(carrier, k), value.clone())));
+                for (_, k) in &receipt.ids {
+                    let index_key = keys::receipt_index(carrier, k);
+                    if let Some(row) = window.row_of(&index_key, &value) {
+                        change.remove(row);
+                        answered.push((index_key, value.clone()));
+                    }
+                }
             }
             let latency = record.submitted_ms.map(|s| Duration::from_millis(now_ms.saturating_sub(s)));
             outcome.push(ReceiptMatch::Matched { id: chosen, status: record.status, latency, finished, reading });
@@ -283,12 +290,12 @@ impl Store {
                 candidates.push(k);
             }
         }
-        let sequence = self.engine.unique().await? & !SECOND_READING;
+        let sequence = self.engine.unique().await? & !keys::SECOND_READING;
         let value = encode(&HeldReceipt { candidates: candidates.clone(), summary: receipt.summary, final_status: receipt.final_status });
         Ok(candidates
             .iter()
             .enumerate()
-            .map(|(i, candidate)| (held_row_key(carrier, candidate, sequence, i == 0), Some(value.clone())))
+            .map(|(i, candidate)| (keys::held_row(carrier, candidate, sequence, i == 0), Some(value.clone())))
             .collect())
     }
 
@@ -314,7 +321,7 @@ impl Store {
                     continue;
                 }
                 let carrier = String::from_utf8_lossy(&k[1..k.iter().position(|&b| b == 0).unwrap_or(1)]).into_owned();
-                let candidate = held_candidate(&k).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
+                let candidate = keys::held_candidate(&k).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
                 let _locked = self.locks.take(&carrier, &[&candidate], None).await;
                 if is_first_row(&k, &v) {
                     unmatched.push(carrier);
@@ -349,24 +356,6 @@ pub(super) fn indexed_ids(record: &MessageRecord) -> impl Iterator<Item = (Strin
     let single = record.smsc_message_id.iter().map(|smsc_id| (smsc_id, None));
     let parts = record.parts.iter().map(|p| (&p.smsc_message_id, Some(p.seq)));
     single.chain(parts).map(|(smsc_id, part)| (crate::smsc_id::canonical(smsc_id), part))
-}
-
-/// Set in a held row's sequence when the receipt does not name that id first (its exact id, or
-/// else its first reading): under one id, a submit then finds a receipt that names it first
-/// before one that only may be read as it, whichever was held first.
-const SECOND_READING: u64 = 1 << 63;
-
-/// A held receipt's row under `candidate`: carrier, candidate, then its sequence (big-endian, so
-/// oldest first; [`SECOND_READING`] set unless `first`).
-fn held_row_key(carrier: &str, candidate: &str, sequence: u64, first: bool) -> Vec<u8> {
-    let sequence = if first { sequence } else { sequence | SECOND_READING };
-    keys::key(keys::HELD_RECEIPT, &[carrier.as_bytes(), candidate.as_bytes(), &sequence.to_be_bytes()])
-}
-
-/// The sequence all rows of one held receipt share, from any of their keys.
-pub(super) fn held_sequence(key: &[u8]) -> u64 {
-    let tail = key.get(key.len().saturating_sub(8)..).and_then(|t| <[u8; 8]>::try_from(t).ok()).unwrap_or_default();
-    u64::from_be_bytes(tail) & !SECOND_READING
 }
 
 /// Whether a message (or the part of it) still takes a receipt: it has no final one yet.
@@ -425,13 +414,5 @@ fn apply_receipt_to(
 /// one a receipt is counted by.
 fn is_first_row(row_key: &[u8], value: &[u8]) -> bool {
     let Some(held) = HeldReceipt::from_row(value) else { return false };
-    held_candidate(row_key).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c))
-}
-
-/// The candidate id inside a held-receipt row key: prefix, carrier, NUL, candidate, NUL,
-/// 8-byte sequence.
-fn held_candidate(row_key: &[u8]) -> Option<&[u8]> {
-    let body = row_key.get(1..row_key.len().checked_sub(9)?)?;
-    let start = body.iter().position(|&b| b == 0)? + 1;
-    body.get(start..)
+    keys::held_candidate(row_key).is_some_and(|c| held.candidates.first().is_some_and(|f| f.as_bytes() == c))
 }

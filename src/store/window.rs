@@ -5,10 +5,11 @@
 //! random SMSC ids put each `r` (receipt index) row on a random leaf of a large tree, which sled
 //! reads back from its file to add one row (282 MB read back over 150,000 messages, against 7 MB
 //! with counting ids; README, Performance). A `t` row is keyed by the submit's time, so it lands
-//! on the leaf being filled now. A receipt looks here first; once an entry is older than
-//! `keep_for` (or more than `max` are held) the mover writes an `r` row for it only if its part
-//! still waits for a final receipt, then deletes its `t` row. A message that got its receipt in
-//! time never gets an `r` row.
+//! on the leaf being filled now. A receipt looks here first; a final one deletes the `t` row in
+//! its own write (while its page is still in the cache; the entry stays, so a duplicate is still
+//! known as late). Once an entry is older than `keep_for` (or more than `max` are held) the mover
+//! writes an `r` row for it if its part still waits for a final receipt, and deletes its `t`
+//! row. A message that got its receipt in time never gets an `r` row.
 //!
 //! On PostgreSQL every node must find every receipt (another node's bind may deliver it), so the
 //! `r` row is written with the submit, and there is no window.
@@ -45,6 +46,8 @@ struct Held {
 
 struct Entry {
     value: Vec<u8>,
+    at_ms: u64,
+    /// Its part had its final receipt, and its `t` row is gone (or never was).
     answered: bool,
 }
 
@@ -53,9 +56,20 @@ pub(super) struct Due {
     pub(super) at_ms: u64,
     pub(super) index_key: Vec<u8>,
     pub(super) value: Vec<u8>,
-    /// Whether it needs its `r` row: its part still waits for a final receipt (set by
-    /// [`Window::due`]).
-    pub(super) waiting: bool,
+    /// What moving it writes (set by [`Window::due`]).
+    pub(super) moves: Moves,
+}
+
+/// What moving an entry out of the window writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Moves {
+    /// Its part still waits for a final receipt: its `r` row, then the `t` row's removal.
+    IndexRow,
+    /// It had its final receipt (its `t` row went with it): nothing.
+    Nothing,
+    /// A newer submit took its key, or its message is being deleted: the `t` row's removal
+    /// (if it is still there).
+    WindowRow,
 }
 
 impl Window {
@@ -68,11 +82,12 @@ impl Window {
     }
 
     /// Holds the index row `index_key` → `value` of a submit at `at_ms`, replacing an older one
-    /// under the same key (the SMSC reused an id: the newer message is meant).
+    /// under the same key (the SMSC reused an id: the newer message is meant). `answered`: its
+    /// final receipt came before it (held), and it has no `t` row.
     pub(super) fn insert(&self, at_ms: u64, index_key: Vec<u8>, value: Vec<u8>, answered: bool) {
         let mut held = self.held();
-        held.by_key.insert(index_key.clone(), Entry { value: value.clone(), answered });
-        held.order.push_back(Due { at_ms, index_key, value, waiting: false });
+        held.by_key.insert(index_key.clone(), Entry { value: value.clone(), at_ms, answered });
+        held.order.push_back(Due { at_ms, index_key, value, moves: Moves::Nothing });
     }
 
     /// The index row value held under `index_key`.
@@ -80,7 +95,16 @@ impl Window {
         self.held().by_key.get(index_key).map(|e| e.value.clone())
     }
 
-    /// Notes that the part `value` names had its final receipt: it needs no `r` row.
+    /// The `t` row of the entry `index_key` → `value` if it has one: its part still waits for
+    /// its final receipt.
+    pub(super) fn row_of(&self, index_key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+        let held = self.held();
+        let entry = held.by_key.get(index_key).filter(|e| e.value == value && !e.answered)?;
+        Some(keys::window(entry.at_ms, value))
+    }
+
+    /// Notes that the part `value` names had its final receipt, written with the removal of its
+    /// `t` row ([`Window::row_of`]): it needs no `r` row.
     pub(super) fn answered(&self, index_key: &[u8], value: &[u8]) {
         if let Some(entry) = self.held().by_key.get_mut(index_key).filter(|e| e.value == value) {
             entry.answered = true;
@@ -113,7 +137,11 @@ impl Window {
                 _ => break,
             }
             let Some(mut entry) = held.order.pop_front() else { break };
-            entry.waiting = held.by_key.get(&entry.index_key).is_some_and(|e| e.value == entry.value && !e.answered);
+            entry.moves = match held.by_key.get(&entry.index_key).filter(|e| e.value == entry.value && e.at_ms == entry.at_ms) {
+                Some(e) if e.answered => Moves::Nothing,
+                Some(_) => Moves::IndexRow,
+                None => Moves::WindowRow,
+            };
             due.push(entry);
         }
         due
@@ -124,7 +152,7 @@ impl Window {
     pub(super) fn moved(&self, due: &[Due]) {
         let mut held = self.held();
         for entry in due {
-            if held.by_key.get(&entry.index_key).is_some_and(|e| e.value == entry.value) {
+            if held.by_key.get(&entry.index_key).is_some_and(|e| e.value == entry.value && e.at_ms == entry.at_ms) {
                 held.by_key.remove(&entry.index_key);
             }
         }
@@ -166,8 +194,14 @@ impl Store {
             if due.is_empty() {
                 return Ok(moved);
             }
-            let rows = due.iter().filter(|d| d.waiting).map(|d| (d.index_key.clone(), Some(d.value.clone())));
-            let writes: Writes = rows.chain(due.iter().map(|d| (keys::window(d.at_ms, &d.value), None))).collect();
+            let rows = due.iter().filter(|d| d.moves == Moves::IndexRow).map(|d| (d.index_key.clone(), Some(d.value.clone())));
+            let gone = due.iter().filter(|d| d.moves != Moves::Nothing).map(|d| (keys::window(d.at_ms, &d.value), None));
+            let writes: Writes = rows.chain(gone).collect();
+            if writes.is_empty() {
+                window.moved(&due);
+                moved += due.len();
+                continue;
+            }
             if let Err(e) = self.engine.write(writes).await {
                 window.restore(due);
                 return Err(e);
@@ -210,7 +244,10 @@ mod tests {
         window.answered(&key(1), &[9]); // another message's value: not this entry
         assert!(window.due(999).is_empty(), "nothing is a second old yet");
         let due = window.due(1010);
-        assert_eq!(due.iter().map(|d| (d.value.clone(), d.waiting)).collect::<Vec<_>>(), [(vec![1], true), (vec![2], false)]);
+        assert_eq!(
+            due.iter().map(|d| (d.value.clone(), d.moves)).collect::<Vec<_>>(),
+            [(vec![1], Moves::IndexRow), (vec![2], Moves::Nothing)]
+        );
         assert_eq!(window.get(&key(1)), Some(vec![1]), "findable until its row is written");
         window.moved(&due);
         assert_eq!((window.get(&key(1)), window.len()), (None, 0));
@@ -228,7 +265,7 @@ mod tests {
         window.insert(5, key(1), vec![2], false);
         let due = window.due(0);
         assert_eq!(due.len(), 1);
-        assert!(!due[0].waiting, "the key names the newer message now");
+        assert_eq!(due[0].moves, Moves::WindowRow, "the key names the newer message now");
         window.moved(&due);
         assert_eq!(window.get(&key(1)), Some(vec![2]));
         window.forget(&key(1), &[1]);
