@@ -3,8 +3,8 @@
 //!
 //! Why: receipts nearly always come within seconds of their submit, and carriers that hand out
 //! random SMSC ids put each `r` (receipt index) row on a random leaf of a large tree, which sled
-//! reads back from its file to add one row (282 MB read back over 150,000 messages, against 7 MB
-//! with counting ids; README, Performance). A `t` row is keyed by the submit's time, so it lands
+//! reads back from its file to add one row (259-328 MB read back over a 150,000-message bench,
+//! 2-4 MB with the window; README, Performance). A `t` row is keyed by the submit's time, so it lands
 //! on the leaf being filled now. A receipt looks here first; a final one deletes the `t` row in
 //! its own write (while its page is still in the cache; the entry stays, so a duplicate is still
 //! known as late). Once an entry is older than `keep_for` (or more than `max` are held) the mover
@@ -40,7 +40,7 @@ pub(super) struct Window {
 struct Held {
     /// `r` row key → its value, and whether that part has had its final receipt.
     by_key: HashMap<Vec<u8>, Entry>,
-    /// Every entry in submit order: (submit ms, `r` row key, value).
+    /// Every entry, in submit order.
     order: VecDeque<Due>,
 }
 
