@@ -26,8 +26,10 @@ use super::{Store, StoreError, keys, record};
 /// How often the mover looks for entries due.
 const MOVE_EVERY: Duration = Duration::from_secs(1);
 
-/// How many entries one step of the mover takes at most (so one write stays small).
-const STEP: usize = 4096;
+/// How many entries one step of the mover takes at most. sled writes on the calling task, and
+/// an `r` row lands on a random page that may have to be read back first: small steps, with a
+/// yield between them, keep the mover from holding a worker thread (and the requests behind it).
+const STEP: usize = 64;
 
 /// Recent submits' receipt index rows, not (yet) written as `r` rows.
 pub(super) struct Window {
@@ -197,17 +199,15 @@ impl Store {
             let rows = due.iter().filter(|d| d.moves == Moves::IndexRow).map(|d| (d.index_key.clone(), Some(d.value.clone())));
             let gone = due.iter().filter(|d| d.moves != Moves::Nothing).map(|d| (keys::window(d.at_ms, &d.value), None));
             let writes: Writes = rows.chain(gone).collect();
-            if writes.is_empty() {
-                window.moved(&due);
-                moved += due.len();
-                continue;
-            }
-            if let Err(e) = self.engine.write(writes).await {
+            if !writes.is_empty()
+                && let Err(e) = self.engine.write(writes).await
+            {
                 window.restore(due);
                 return Err(e);
             }
             window.moved(&due);
             moved += due.len();
+            tokio::task::yield_now().await;
         }
     }
 
@@ -256,6 +256,12 @@ mod tests {
             window.insert(2000, key(n), vec![n], false);
         }
         assert_eq!(window.due(2000).len(), 2, "past the maximum of 3");
+
+        let window = Window::new(Duration::ZERO, 1000);
+        for n in 0..200 {
+            window.insert(0, key(n), vec![n], false);
+        }
+        assert_eq!(window.due(0).len(), STEP, "one step at a time");
     }
 
     #[test]
