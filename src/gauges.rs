@@ -33,6 +33,7 @@ pub(crate) async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + 
             metrics::counter!(telemetry::SPILLOVERS_TOTAL, "carrier" => name.clone()).increment(0);
             metrics::counter!(telemetry::RECEIPTS_AMBIGUOUS_TOTAL, "carrier" => name.clone()).increment(0);
             metrics::counter!(telemetry::RECEIPTS_LATE_TOTAL, "carrier" => name.clone()).increment(0);
+            metrics::counter!(telemetry::RECEIPTS_HELD_TOTAL, "carrier" => name.clone()).increment(0);
             for reason in ["held_full", "unmatched"] {
                 metrics::counter!(telemetry::RECEIPTS_DROPPED_TOTAL, "carrier" => name.clone(), "reason" => reason).increment(0);
             }
@@ -40,6 +41,7 @@ pub(crate) async fn sample_gauges(carriers: Arc<dyn Fn() -> Vec<Arc<Carrier>> + 
         let (depth, oldest) = store.queue_stats(std::time::SystemTime::now()).await;
         metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
         metrics::gauge!(telemetry::QUEUE_OLDEST_AGE_SECONDS).set(oldest.as_secs_f64());
+        metrics::gauge!(telemetry::RECEIPT_WINDOW_ENTRIES).set(store.receipt_window_entries() as f64);
         telemetry::handle().run_upkeep();
     }
 }

@@ -35,8 +35,10 @@ pub const OTP_SENT_TOTAL: &str = "otpgate_otp_sent_total";
 pub const QUEUE_DEPTH: &str = "otpgate_queue_depth";
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "otpgate_queue_oldest_age_seconds";
 pub const RECEIPT_LATENCY_SECONDS: &str = "otpgate_receipt_latency_seconds";
+pub const RECEIPT_WINDOW_ENTRIES: &str = "otpgate_receipt_window_entries";
 pub const RECEIPTS_AMBIGUOUS_TOTAL: &str = "otpgate_receipts_ambiguous_total";
 pub const RECEIPTS_DROPPED_TOTAL: &str = "otpgate_receipts_dropped_total";
+pub const RECEIPTS_HELD_TOTAL: &str = "otpgate_receipts_held_total";
 pub const RECEIPTS_LATE_TOTAL: &str = "otpgate_receipts_late_total";
 pub const RECEIPTS_TOTAL: &str = "otpgate_receipts_total";
 pub const RECEIPTS_UNMATCHED_TOTAL: &str = "otpgate_receipts_unmatched_total";
@@ -90,6 +92,10 @@ fn describe() {
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency by route template");
     describe_counter!(MESSAGES_TOTAL, "Messages entering each state");
     describe_gauge!(QUEUE_DEPTH, "Messages waiting to be submitted");
+    describe_gauge!(
+        RECEIPT_WINDOW_ENTRIES,
+        "Recent submits whose receipt correlation is held in memory (sled; store.receipt_window_max caps it)"
+    );
     describe_gauge!(QUEUE_OLDEST_AGE_SECONDS, "Age of the oldest message waiting to be submitted");
     describe_counter!(
         RESUBMITS_TOTAL,
@@ -128,6 +134,7 @@ fn describe() {
     );
     describe_counter!(RECEIPTS_DEFERRED_TOTAL, "Receipts the SMSC was asked to send again later because the store was a full queue behind");
     describe_counter!(RECEIPTS_UNMATCHED_TOTAL, "Receipts that matched no message (or could not be read)");
+    describe_counter!(RECEIPTS_HELD_TOTAL, "Receipts that came before their submit_sm_resp was on record: held, applied when it is");
     describe_counter!(RECEIPTS_LATE_TOTAL, "Receipts for a message that already had its final receipt: counted, not applied");
     describe_counter!(RECEIPTS_AMBIGUOUS_TOTAL, "Receipts whose id names different waiting messages under different readings: not applied");
     describe_counter!(

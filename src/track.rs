@@ -160,6 +160,7 @@ fn account(event: &ReceiptEvent, stored: Stored, ids: &mut IdLearner, failed: &m
         }
         Ok(ReceiptMatch::Held) => {
             tracing::debug!(%carrier, smsc_id = %receipt.message_id, "receipt arrived before its submit_sm_resp; held");
+            metrics::counter!(telemetry::RECEIPTS_HELD_TOTAL, "carrier" => carrier).increment(1);
             true
         }
         Ok(ReceiptMatch::Dropped) => {

@@ -104,11 +104,16 @@ async fn receipts_per_part_out_of_order_and_on_the_receiver_session_all_count() 
 #[tokio::test]
 async fn part_receipts_that_beat_their_submit_sm_resp_are_held_and_applied_to_their_parts() {
     let sim = sim(SimConfig { receipt_first: true, response_delay: Duration::from_millis(30), ..SimConfig::default() }).await;
-    let (_gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
+    let (gw, mut client) = Gateway::bound(&[sim.addr()], "").await;
     let created = send(&mut client, "+447700900013", &gsm_text()).await;
     let message = wait_status(&mut client, created["id"].as_str().unwrap(), "delivered", Duration::from_secs(10)).await;
     let parts = message["parts"].as_array().unwrap();
     assert!(parts.iter().all(|p| p["status"] == "delivered" && p["receipt"]["stat"] == "DELIVRD"), "{message}");
+    // Operators see how many receipts took this path.
+    let mut metrics = otpgate::http::client::Client::connect(gw.daemon.metrics_addr()).await.unwrap();
+    let page = metrics.request("GET", "/metrics", &[], None).await.unwrap().body;
+    let held = format!("otpgate_receipts_held_total{{carrier=\"alpha\"}} {}\n", parts.len());
+    assert!(page.contains(&held), "no {held} in:\n{page}");
 }
 
 #[tokio::test]

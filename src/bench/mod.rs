@@ -632,6 +632,9 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
         matched_plain = messages_in_state(metrics, "delivered").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Receipts that beat their submit_sm_resp to the store take the held path (written, then
+    // applied with the response): how many did is part of what a run measured.
+    let held = summed(metrics, telemetry::RECEIPTS_HELD_TOTAL).await;
 
     // Verification round trips: create, read the code at the SMSC, check.
     let verification = verify(http, &sims, options.verifications, options.concurrency.min(64)).await;
@@ -711,7 +714,7 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
 
     println!();
     println!(
-        "accounting: {accounting}; receipts matched {matched_plain}{}",
+        "accounting: {accounting}; receipts matched {matched_plain} ({held} held for their submit_sm_resp){}",
         if closed.errors + open.errors > 0 { format!(" ({} requests refused)", closed.errors + open.errors) } else { String::new() }
     );
     let _ = std::fs::remove_dir_all(&work);

@@ -1162,7 +1162,9 @@ mod tests {
             store.mark_submitted(&id, "alpha", smsc_id, attempt(), now).await.unwrap();
             ids.push(id);
         }
+        assert_eq!(store.receipt_window_entries(), 3);
         assert_eq!(store.move_window(now).await.unwrap(), 1);
+        assert_eq!(store.receipt_window_entries(), 2, "the gauge's count follows");
         let rows = store.engine.scan(&[keys::RECEIPT_INDEX], None, 10).await.unwrap();
         assert_eq!(rows, [(keys::receipt_index("alpha", "cc01"), keys::index_value(&ids[0], None))]);
         store.close().await.unwrap();

@@ -92,6 +92,11 @@ impl Window {
         held.order.push_back(Due { at_ms, index_key, value, moves: Moves::Nothing });
     }
 
+    /// Entries held now (what `max` caps).
+    fn len(&self) -> usize {
+        self.held().order.len()
+    }
+
     /// The index row value held under `index_key`.
     pub(super) fn get(&self, index_key: &[u8]) -> Option<Vec<u8>> {
         self.held().by_key.get(index_key).map(|e| e.value.clone())
@@ -119,12 +124,6 @@ impl Window {
         if held.by_key.get(index_key).is_some_and(|e| e.value == value) {
             held.by_key.remove(index_key);
         }
-    }
-
-    /// Entries held now.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.held().order.len()
     }
 
     /// Takes the oldest entries due at `now_ms` (older than `keep_for`, or past `max`), at most
@@ -170,6 +169,11 @@ impl Window {
 }
 
 impl Store {
+    /// Submits in the receipt window now (none on PostgreSQL, which has no window).
+    pub fn receipt_window_entries(&self) -> usize {
+        self.window.as_ref().map_or(0, Window::len)
+    }
+
     /// Holds again what the window held when the store was last open (its `t` rows).
     pub(super) async fn load_window(&self) -> Result<(), StoreError> {
         let Some(window) = &self.window else { return Ok(()) };
