@@ -54,17 +54,8 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
     let vid = created.json()["id"].as_str().unwrap().to_string();
     assert!(sim.wait_until(Duration::from_secs(5), |s| s.submits.len() == 2).await);
     let code: String = sim.stats().submits[1].text.chars().take_while(char::is_ascii_digit).collect();
-    // The user types the code after the carrier took the SMS: by then its carrier is on record
-    // (the sim's view of the submit can run ahead of the store's record of the response).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = client.request("GET", &format!("/v1/verifications/{vid}"), &headers, None).await.unwrap().json();
-        if got["delivery"]["carrier"] == "alpha" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the verification's SMS never showed its carrier: {got}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The user types the code after the carrier took the SMS: by then its carrier is on record.
+    common::wait_sent_via(&mut client, API_KEY, &vid, "alpha").await;
     let body = format!(r#"{{"code": "{code}"}}"#);
     client.request("POST", &format!("/v1/verifications/{vid}/check"), &headers, Some(&body)).await.unwrap();
     sim.deliver(
