@@ -110,6 +110,11 @@ pub(super) fn held_sequence(key: &[u8]) -> u64 {
     u64::from_be_bytes(tail) & !SECOND_READING
 }
 
+/// The carrier inside a held-receipt row key: prefix, carrier, NUL, ...
+pub(super) fn held_carrier(row_key: &[u8]) -> Option<&[u8]> {
+    row_key.get(1..row_key.iter().position(|&b| b == 0)?)
+}
+
 /// The candidate id inside a held-receipt row key: prefix, carrier, NUL, candidate, NUL,
 /// 8-byte sequence.
 pub(super) fn held_candidate(row_key: &[u8]) -> Option<&[u8]> {

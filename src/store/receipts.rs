@@ -320,8 +320,8 @@ impl Store {
                 if at_ms > expire_before {
                     continue;
                 }
-                let carrier = String::from_utf8_lossy(&k[1..k.iter().position(|&b| b == 0).unwrap_or(1)]).into_owned();
-                let candidate = keys::held_candidate(&k).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
+                let text = |part: Option<&[u8]>| part.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                let (carrier, candidate) = (text(keys::held_carrier(&k)), text(keys::held_candidate(&k)));
                 let _locked = self.locks.take(&carrier, &[&candidate], None).await;
                 if is_first_row(&k, &v) {
                     unmatched.push(carrier);
