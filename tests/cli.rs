@@ -127,6 +127,7 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     assert!(stdout.contains("accounting: acknowledged 400, reached the SMSCs 400, duplicates 0, lost 0; receipts matched 400"), "{stdout}");
     // Beside the rates: CPU per message and the machine's idle share; progress on stderr; the plot.
     assert!(stdout.contains("CPU ms per message, otpgate / this process") && stdout.contains("machine idle"), "{stdout}");
+    assert!(stdout.contains("| open loop: requests sent behind their due time (load generator), p50 / p99 |"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bench: closed: 300/300 messages in") && stderr.contains("bench: open: 100/100 messages in"), "{stderr}");
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");

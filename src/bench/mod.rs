@@ -1052,3 +1052,20 @@ fn cpu_model() -> String {
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_hands_out_every_request_in_order_and_none_before_it_is_due() {
+        let (count, rate, started) = (40, 2_000, Instant::now());
+        let pacer = Pacer::start(count, rate, started);
+        let mut handed = Vec::new();
+        while let Some(i) = Pacer::next(&pacer).await {
+            assert!(Instant::now() >= due_time(started, i, rate), "request {i} handed out early");
+            handed.push(i);
+        }
+        assert_eq!(handed, (0..count).collect::<Vec<_>>());
+    }
+}
