@@ -92,11 +92,11 @@ fn describe() {
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency by route template");
     describe_counter!(MESSAGES_TOTAL, "Messages entering each state");
     describe_gauge!(QUEUE_DEPTH, "Messages waiting to be submitted");
+    describe_gauge!(QUEUE_OLDEST_AGE_SECONDS, "Age of the oldest message waiting to be submitted");
     describe_gauge!(
         RECEIPT_WINDOW_ENTRIES,
         "Recent submits whose receipt correlation is held in memory (sled; store.receipt_window_max caps it)"
     );
-    describe_gauge!(QUEUE_OLDEST_AGE_SECONDS, "Age of the oldest message waiting to be submitted");
     describe_counter!(
         RESUBMITS_TOTAL,
         "Sends of a message whose earlier submit went out without a readable answer (connection lost, response timeout, unreadable response, crash mid-submit): possible duplicates"

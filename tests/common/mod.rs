@@ -419,14 +419,14 @@ pub async fn wait_status(client: &mut otpgate::http::client::Client, id: &str, s
 
 /// Waits until verification `id`'s latest SMS shows `carrier`: the SMSC took it and the store
 /// recorded its response (the simulator sees a submit before the store has its response).
-pub async fn wait_sent_via(client: &mut otpgate::http::client::Client, key: &str, id: &str, carrier: &str) -> serde_json::Value {
+pub async fn wait_sent_via(client: &mut otpgate::http::client::Client, key: &str, id: &str, carrier: &str) {
     let auth = bearer(key);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let got =
             client.request("GET", &format!("/v1/verifications/{id}"), &[("Authorization", auth.as_str())], None).await.unwrap().json();
         if got["delivery"]["carrier"] == carrier {
-            return got;
+            return;
         }
         assert!(tokio::time::Instant::now() < deadline, "verification {id}'s SMS never showed carrier {carrier}: {got}");
         tokio::time::sleep(Duration::from_millis(20)).await;
