@@ -128,6 +128,10 @@ fn bench_runs_end_to_end_and_accounts_for_every_message() {
     // Beside the rates: CPU per message and the machine's idle share; progress on stderr; the plot.
     assert!(stdout.contains("CPU ms per message, otpgate / this process") && stdout.contains("machine idle"), "{stdout}");
     assert!(stdout.contains("| open loop: requests sent behind their due time (load generator), p50 / p99 |"), "{stdout}");
+    // The group commits the daemon reported: some, each covering at least one writer.
+    let commits = stdout.lines().find(|l| l.starts_with("| closed loop: group commits per message;")).expect("a group-commit row");
+    let per_flush: f64 = commits.trim_end_matches(" |").rsplit("; ").next().and_then(|v| v.parse().ok()).expect("writers per flush");
+    assert!(per_flush >= 1.0, "{commits}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bench: closed: 300/300 messages in") && stderr.contains("bench: open: 100/100 messages in"), "{stderr}");
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");

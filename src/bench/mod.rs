@@ -303,6 +303,29 @@ async fn summed(metrics: SocketAddr, name: &str) -> f64 {
 }
 
 /// One sample (by its full name with labels) from the daemon's /metrics.
+/// The daemon's group commits so far: how many, and how many writes they made durable.
+#[derive(Clone, Copy)]
+struct Commits {
+    flushes: u64,
+    writes: u64,
+}
+
+impl Commits {
+    async fn now(metrics: SocketAddr) -> Commits {
+        let flushes = counter(metrics, &format!("{}_count", telemetry::STORE_FLUSH_SECONDS)).await;
+        Commits { flushes, writes: counter(metrics, telemetry::STORE_FLUSHED_WRITES_TOTAL).await }
+    }
+
+    fn since(self, before: Commits) -> Commits {
+        Commits { flushes: self.flushes.saturating_sub(before.flushes), writes: self.writes.saturating_sub(before.writes) }
+    }
+
+    /// Per message, and writers per flush: a busy daemon batches more writers into each.
+    fn describe(self, messages: usize) -> String {
+        format!("{:.2}; {:.1}", self.flushes as f64 / messages.max(1) as f64, self.writes as f64 / self.flushes.max(1) as f64)
+    }
+}
+
 async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
     let Ok(mut client) = Client::connect(metrics).await else { return 0 };
     let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
@@ -605,6 +628,7 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
     // Closed loop to saturation.
     let (cpu0, _) = usage(pid);
     let (own0, _) = usage(std::process::id());
+    let commits0 = Commits::now(metrics).await;
     let machine = progress::Machine::now();
     let closed = drive(http, options.messages, options.concurrency, None, "closed").await;
     let accepted = closed.accepted.len();
@@ -623,6 +647,7 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
     let e2e = e2e_started.elapsed();
     let (cpu1, _) = usage(pid);
     let (own1, _) = usage(std::process::id());
+    let commits = Commits::now(metrics).await.since(commits0);
     let closed_idle = machine.idle_since();
     let all_submits: Vec<_> = sims.iter().flat_map(|s| s.stats().submits).collect();
     let submit_span = match (all_submits.iter().map(|s| s.at).min(), all_submits.iter().map(|s| s.at).max()) {
@@ -656,13 +681,16 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
             percent(closed_idle)
         ),
     );
+    row("closed loop: group commits per message; writers per group commit", commits.describe(accepted));
 
     // Open loop at a fixed offered rate.
     let open_count = options.rate as usize * options.open_loop_seconds as usize;
     let (cpu0, _) = usage(pid);
+    let commits0 = Commits::now(metrics).await;
     let machine = progress::Machine::now();
     let open = drive(http, open_count, options.concurrency.max(64), Some(options.rate), "open").await;
     let (cpu1, _) = usage(pid);
+    let commits = Commits::now(metrics).await.since(commits0);
     row(
         &format!("open loop at {}/s: HTTP latency p50 / p99 / p99.9", options.rate),
         format!(
@@ -680,6 +708,7 @@ async fn run_phases(options: &BenchOptions) -> Result<(), BenchError> {
         "open loop: CPU ms per message (otpgate); machine idle",
         format!("{:.3}; {}", (cpu1 - cpu0) / open.accepted.len().max(1) as f64 * 1000.0, percent(machine.idle_since())),
     );
+    row("open loop: group commits per message; writers per group commit", commits.describe(open.accepted.len()));
 
     // Receipts for every plain message, before verifications add their own.
     let plain = (accepted + open.accepted.len()) as u64;

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, watch};
 
+use crate::telemetry;
+
 /// The flusher's progress, as seen by writers.
 #[derive(Debug, Clone, Default)]
 struct Progress {
@@ -75,9 +77,12 @@ impl GroupCommit {
             // arrive while the flush runs share the next one.
             tokio::task::yield_now().await;
             let target = self.issued.load(Ordering::Acquire);
+            let started = std::time::Instant::now();
             let outcome = flush().await;
+            metrics::histogram!(telemetry::STORE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
             self.progress.send_modify(|p| match outcome {
                 Ok(()) => {
+                    metrics::counter!(telemetry::STORE_FLUSHED_WRITES_TOTAL).increment(target.saturating_sub(p.durable));
                     p.durable = p.durable.max(target);
                     p.error = None;
                 }
