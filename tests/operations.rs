@@ -152,6 +152,7 @@ async fn metrics_are_exported_with_their_types_and_cover_the_dashboard_and_alert
     for alert in [
         "OtpgateCarrierNotTakingTraffic",
         "OtpgateQueueStale",
+        "OtpgateStoreFlushSlow",
         "OtpgateCarrierThrottling",
         "OtpgateResendLimit",
         "OtpgateDeliveryRateLow",
