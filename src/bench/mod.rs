@@ -303,6 +303,13 @@ async fn summed(metrics: SocketAddr, name: &str) -> f64 {
 }
 
 /// One sample (by its full name with labels) from the daemon's /metrics.
+async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
+    let Ok(mut client) = Client::connect(metrics).await else { return 0 };
+    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
+    let needle = format!("{sample} ");
+    reply.body.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
+}
+
 /// The daemon's group commits so far: how many, and how many writes they made durable.
 #[derive(Clone, Copy)]
 struct Commits {
@@ -324,13 +331,6 @@ impl Commits {
     fn describe(self, messages: usize) -> String {
         format!("{:.2}; {:.1}", self.flushes as f64 / messages.max(1) as f64, self.writes as f64 / self.flushes.max(1) as f64)
     }
-}
-
-async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
-    let Ok(mut client) = Client::connect(metrics).await else { return 0 };
-    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
-    let needle = format!("{sample} ");
-    reply.body.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
