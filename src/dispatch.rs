@@ -510,6 +510,8 @@ impl Shared {
         let spill_after = self.policy.spill_after(&job);
         let mut retry_later = RETRY_LATER_FIRST;
         let mut round_pause = ROUND_PAUSE_FIRST;
+        // Logged once: the store could not put the in-flight mark on disk.
+        let mut held_back = false;
         let mut tried: HashSet<String> = HashSet::new();
         let mut pinned: Option<(Arc<Carrier>, bool)> = None;
         // The carrier the message waits on, and since when.
@@ -589,9 +591,24 @@ impl Shared {
                 }
             }
             // On disk before the submit goes out: after a crash, a submit that may have reached
-            // the SMSC is known for what it is (a possible duplicate), never resent blind.
-            self.log_store_error(&id, self.store.mark_in_flight(&id).await);
-            self.log_store_error(&id, self.store.durable().await);
+            // the SMSC is known for what it is (a possible duplicate), never resent blind. A
+            // store that cannot write (a full disk) holds the message back: sent anyway, its
+            // submit would be on record nowhere and go again, uncounted, after the restart.
+            let marked = match self.store.mark_in_flight(&id).await {
+                Ok(()) => self.store.durable().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = marked {
+                if !held_back {
+                    tracing::error!(message_id = %id, error = %e, "in-flight mark not on disk; not sent until the store writes again");
+                    held_back = true;
+                }
+                if !self.pause(round_pause, deadline).await {
+                    return;
+                }
+                round_pause = (round_pause * 2).min(ROUND_PAUSE_MAX);
+                continue;
+            }
             // A message that names no sender goes from its route's sender on this carrier, if
             // the route sets one (else the carrier's source_addr).
             let route_sender = match job.sms.from {
