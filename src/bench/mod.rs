@@ -289,25 +289,30 @@ async fn messages_in_state(metrics: SocketAddr, state: &str) -> u64 {
 
 /// Whether the daemon's /metrics has a series `sample` (by its full name with labels).
 async fn exported(metrics: SocketAddr, sample: &str) -> bool {
-    let Ok(mut client) = Client::connect(metrics).await else { return false };
-    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return false };
-    reply.body.lines().any(|l| l.starts_with(&format!("{sample} ")))
+    sample_in(&scrape(metrics).await, sample).is_some()
 }
 
 /// The sum of every series of the metric `name` (all its labels) on the daemon's /metrics.
 async fn summed(metrics: SocketAddr, name: &str) -> f64 {
-    let Ok(mut client) = Client::connect(metrics).await else { return 0.0 };
-    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0.0 };
     let series = format!("{name}{{");
-    reply.body.lines().filter(|l| l.starts_with(&series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    scrape(metrics).await.lines().filter(|l| l.starts_with(&series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// One sample (by its full name with labels) from the daemon's /metrics.
 async fn counter(metrics: SocketAddr, sample: &str) -> u64 {
-    let Ok(mut client) = Client::connect(metrics).await else { return 0 };
-    let Ok(reply) = client.request("GET", "/metrics", &[], None).await else { return 0 };
+    sample_in(&scrape(metrics).await, sample).map_or(0, |v| v as u64)
+}
+
+/// The daemon's /metrics page (empty if it cannot be read: every sample then reads as absent).
+async fn scrape(metrics: SocketAddr) -> String {
+    let Ok(mut client) = Client::connect(metrics).await else { return String::new() };
+    client.request("GET", "/metrics", &[], None).await.map(|reply| reply.body).unwrap_or_default()
+}
+
+/// The value of one sample (by its full name with labels) on a scraped /metrics page.
+fn sample_in(page: &str, sample: &str) -> Option<f64> {
     let needle = format!("{sample} ");
-    reply.body.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
+    page.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse::<f64>().ok())
 }
 
 /// The daemon's group commits so far: how many, and how many writes they made durable.
@@ -319,8 +324,12 @@ struct Commits {
 
 impl Commits {
     async fn now(metrics: SocketAddr) -> Commits {
-        let flushes = counter(metrics, &format!("{}_count", telemetry::STORE_FLUSH_SECONDS)).await;
-        Commits { flushes, writes: counter(metrics, telemetry::STORE_FLUSHED_WRITES_TOTAL).await }
+        let page = scrape(metrics).await;
+        let value = |sample: &str| sample_in(&page, sample).map_or(0, |v| v as u64);
+        Commits {
+            flushes: value(&format!("{}_count", telemetry::STORE_FLUSH_SECONDS)),
+            writes: value(telemetry::STORE_FLUSHED_WRITES_TOTAL),
+        }
     }
 
     fn since(self, before: Commits) -> Commits {
