@@ -76,6 +76,7 @@ impl Duties {
             otp_spill_after: config.otp.spill_after,
             max_unconfirmed_resends: config.messages.max_unconfirmed_resends,
             backlog: config.messages.dispatch_backlog,
+            backlog_wait: config.messages.backlog_wait,
             partial_failure: config.messages.partial_failure,
         };
         let dispatcher = Dispatcher::start(&crew.dispatch, crew.network.clone(), Some(otp_submitted), policy);

@@ -190,6 +190,53 @@ async fn an_smsc_sending_random_and_mutated_pdus_under_load_loses_nothing() {
     assert!(rss_kb < 200 * 1024, "RSS {} MB under noise", rss_kb / 1024);
 }
 
+/// While the dispatcher holds its whole backlog and is sending, a client's message waits at the
+/// door for room (`messages.backlog_wait`) rather than being left in the store behind the
+/// backlog: the daemon sends what it took before it takes more. The same burst with the wait
+/// off leaves messages in the store (the control: the load does fill the backlog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_that_is_sending_holds_clients_at_the_door() {
+    for (wait, held_at_the_door) in [("5s", true), ("0s", false)] {
+        let sim = sim(SimConfig { response_delay: Duration::from_millis(10), ..SimConfig::default() }).await;
+        let gw = Gateway::setup(&[sim.addr()], "sessions = 1\nwindow = 1")
+            .sections(&format!("[messages]\ndispatch_backlog = 16\nbacklog_wait = \"{wait}\"\n"))
+            .start()
+            .await;
+        gw.wait_bound().await;
+        let (clients, each) = (16, 5);
+        let mut posting = tokio::task::JoinSet::new();
+        for c in 0..clients {
+            let mut client = gw.client().await;
+            posting.spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..each {
+                    let body = format!(r#"{{"to":"+4477009{c:02}{i:03}","text":"burst {c} {i}"}}"#);
+                    statuses.push(post_message(&mut client, API_KEY, &body, None).await.status);
+                }
+                statuses
+            });
+        }
+        let statuses: Vec<u16> = posting.join_all().await.into_iter().flatten().collect();
+        assert!(statuses.iter().all(|s| *s == 202), "backlog_wait {wait}: {statuses:?}");
+        let deferred = common::metric(gw.daemon.metrics_addr(), "otpgate_dispatch_deferred_total").await;
+        println!("backlog_wait {wait}: {deferred} of {} messages left in the store", clients * each);
+        match held_at_the_door {
+            true => assert_eq!(deferred, 0.0, "backlog_wait {wait}: messages left in the store while the dispatcher was sending"),
+            false => assert!(deferred > 0.0, "backlog_wait {wait}: the burst never filled the backlog"),
+        }
+        let total = clients * each;
+        assert!(
+            sim.wait_until(Duration::from_secs(30), |s| s.submits.len() >= total).await,
+            "backlog_wait {wait}: not every message went out"
+        );
+        let mut texts: Vec<String> = sim.stats().submits.iter().map(|m| m.text.clone()).collect();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), total, "backlog_wait {wait}: each message once");
+        gw.daemon.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
 /// A carrier outage holds at most `messages.dispatch_backlog` queued messages in memory (each a
 /// waiting task of ~10 KB: a long outage grew memory with the queue): the rest wait in the store
 /// and go out once the carrier is back, every one, in the order taken in.

@@ -549,6 +549,7 @@ source_addr = "Acme"
             ("messages", "min_validity", "\"0s\""),
             ("messages", "spill_after", huge_duration),
             ("messages", "max_unconfirmed_resends", huge_int),
+            ("messages", "backlog_wait", huge_duration),
             ("otp", "ttl", huge_duration),
             ("otp", "code_length", huge_int),
             ("otp", "max_checks", huge_int),

@@ -298,7 +298,7 @@ async fn take(state: &AppState, method: Method, query: String, headers: HeaderMa
     let mut failed = 0;
     for inserted in futures::future::join_all(inserts).await {
         match inserted {
-            Ok((id, record)) => state.dispatch.enqueue(Job::from_record(id, &record)),
+            Ok((id, record)) => state.dispatch.admit(Job::from_record(id, &record)).await,
             Err(e) => {
                 failed += 1;
                 tracing::error!(error = %e, "sendsms: store write failed");

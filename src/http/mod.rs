@@ -414,7 +414,7 @@ async fn take_message(state: Arc<AppState>, headers: HeaderMap, body: Body) -> R
         .insert_message(message, idempotency.as_ref().map(|(k, h)| (k.as_str(), h.as_str())), now)
         .await
         .map_err(store_unavailable)?;
-    state.dispatch.enqueue(Job::from_record(id, &record));
+    state.dispatch.admit(Job::from_record(id, &record)).await;
     Ok(accepted(&id, &text))
 }
 

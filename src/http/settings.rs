@@ -124,6 +124,12 @@ pub struct MessagesConfig {
     /// store and are handed over as the dispatcher drains: memory stays bounded however far
     /// intake outruns the carriers (an outage, a throttled carrier).
     pub dispatch_backlog: usize,
+    /// How long a request may wait for room while `dispatch_backlog` messages or more wait to
+    /// be sent and the dispatcher is moving (0s: never): a daemon short of CPU then sends what
+    /// it took before it takes more, rather than letting codes queue for seconds. Not waited
+    /// while the dispatcher is held up (an outage): the store holds the queue.
+    #[serde(deserialize_with = "crate::duration::human")]
+    pub backlog_wait: Duration,
     /// The most SMS one message may take; a longer text is refused (422 text_too_long).
     pub max_segments: usize,
     /// When a carrier took some parts of a long message and refused a later one: send the whole
@@ -140,6 +146,7 @@ impl Default for MessagesConfig {
             spill_after: Duration::from_secs(5),
             max_unconfirmed_resends: 2,
             dispatch_backlog: 8192,
+            backlog_wait: Duration::from_millis(250),
             max_segments: 6,
             partial_failure: PartialFailure::Resend,
         }
@@ -166,6 +173,9 @@ impl MessagesConfig {
         }
         if !(16..=1_000_000).contains(&self.dispatch_backlog) {
             return Some(("dispatch_backlog", "must be 16-1000000".into()));
+        }
+        if self.backlog_wait > Duration::from_secs(10) {
+            return Some(("backlog_wait", "must be at most 10s".into()));
         }
         // SMPP relative validity counts at most 99 days in our encoding.
         if self.max_validity > Duration::from_secs(99 * 24 * 3600) {

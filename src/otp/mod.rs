@@ -425,13 +425,15 @@ impl Otp {
                 tracing::error!(error = %e, "fraud guard: suspension not stored (it holds until a restart)");
             }
         }
-        self.dispatch.enqueue(Job {
-            id: send.message_id,
-            sms: self.outbound(&send.record.to, text, from_ms(send.record.expires_ms), &locale),
-            avoid: Vec::new(),
-            only: None,
-            verification: Some(send.id),
-        });
+        self.dispatch
+            .admit(Job {
+                id: send.message_id,
+                sms: self.outbound(&send.record.to, text, from_ms(send.record.expires_ms), &locale),
+                avoid: Vec::new(),
+                only: None,
+                verification: Some(send.id),
+            })
+            .await;
         Ok(created(send.id, &send.record, now))
     }
 
