@@ -17,7 +17,7 @@
 //! code overtake an earlier one.
 //!
 //! Back-pressure: a client's message waits at the door ([`Dispatch::admit`]) while the
-//! dispatcher holds its whole backlog and is sending, so a daemon short of CPU sends what it took
+//! dispatcher holds its whole backlog and is moving, so a daemon short of CPU sends what it took
 //! before it takes more, instead of queueing codes for seconds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -187,16 +187,16 @@ impl Dispatch {
     }
 
     /// Queues a client's job, first waiting (at most `messages.backlog_wait`) while the
-    /// dispatcher holds its backlog (or the store holds more) and is moving. Without it a daemon short of CPU took
-    /// messages in 5 % faster than it sent them, and over a million messages half waited more
-    /// than 3.8 s for their submit_sm (README, Performance). A dispatcher held up by its
-    /// carriers is not waited for: the message waits in the store, as [`Dispatch::enqueue`]
-    /// leaves it.
+    /// dispatcher holds its backlog (or the store holds more) and is moving. Without it a daemon
+    /// short of CPU took messages in 5 % faster than it sent them, and over a million messages
+    /// half waited more than 3.8 s for their submit_sm (README, Performance). A dispatcher held
+    /// up by its carriers is not waited for: the message waits in the store, as
+    /// [`Dispatch::enqueue`] leaves it.
     pub async fn admit(&self, job: Job) {
         if let Some(link) = self.link() {
             let until = Instant::now() + link.wait;
             // Overflowing: the store holds messages the dispatcher has not taken yet.
-            while (self.overflowing() || self.backlog() >= link.backlog) && link.progress.moving() {
+            while (self.overflowing() || lock(&link.handed).len() >= link.backlog) && link.progress.moving() {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
